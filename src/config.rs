@@ -1,0 +1,209 @@
+//! Command-line and environment configuration. Every flag of `serve` has a `WSKAFKA_*`
+//! variable, so the same binary is configured the same way in a shell, systemd or a container.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::topic::TopicPattern;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A real-time hub joining WebSocket clients to Apache Kafka"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the hub.
+    Serve(Box<ServeConfig>),
+    /// Mint a development token signed with WSKAFKA_JWT_SECRET.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ServeConfig {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "WSKAFKA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WSKAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Topics exposed to clients, as comma-separated globs (`*`, `?`). Nothing outside them
+    /// can be published or subscribed, whatever a token grants.
+    #[arg(long, env = "WSKAFKA_TOPICS", value_delimiter = ',', required = true)]
+    pub topics: Vec<TopicPattern>,
+
+    #[command(flatten)]
+    pub jwt: JwtConfig,
+
+    /// Identifies this hub; its consumer group is `wskafka-<instance id>`. Random when unset.
+    #[arg(long, env = "WSKAFKA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// A librdkafka property for both the producer and the consumer, as KEY=VALUE; repeat
+    /// the flag, or separate with commas in the variable. Applied after the hub's own
+    /// defaults, so it can override them (SASL/SSL settings, for example).
+    #[arg(short = 'X', long = "kafka", env = "WSKAFKA_KAFKA", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka: Vec<(String, String)>,
+
+    /// A librdkafka property for the producer only (`linger.ms`, ...).
+    #[arg(long, env = "WSKAFKA_KAFKA_PRODUCER", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_producer: Vec<(String, String)>,
+
+    /// A librdkafka property for the consumer only (`fetch.wait.max.ms`, ...).
+    #[arg(long, env = "WSKAFKA_KAFKA_CONSUMER", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_consumer: Vec<(String, String)>,
+
+    /// Largest text frame a client may send, in bytes. Larger frames are refused with a
+    /// `too_large` error; frames over four times this close the socket (1009).
+    #[arg(long, env = "WSKAFKA_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Frames a connection may have waiting to be written before it counts as too slow and
+    /// is closed (4429).
+    #[arg(long, env = "WSKAFKA_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// Topics one connection may subscribe to at once.
+    #[arg(long, env = "WSKAFKA_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    pub max_subscriptions: usize,
+
+    /// Publishes one connection may have awaiting Kafka's acknowledgement; past it the hub
+    /// stops reading from that socket until acknowledgements come back.
+    #[arg(long, env = "WSKAFKA_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// How long Kafka may take to acknowledge a publish before the client gets `unavailable`.
+    #[arg(long, env = "WSKAFKA_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// How long a socket may refuse to take a write before it is dropped.
+    #[arg(long, env = "WSKAFKA_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for sockets to finish their in-flight publishes.
+    #[arg(long, env = "WSKAFKA_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Args, Clone)]
+pub struct JwtConfig {
+    /// HS256 secret that tokens are signed with.
+    #[arg(
+        long,
+        env = "WSKAFKA_JWT_SECRET",
+        hide_env_values = true,
+        required_unless_present = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, P-256 for ES256) that tokens are signed with.
+    #[arg(long, env = "WSKAFKA_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "WSKAFKA_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "WSKAFKA_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew allowed on `exp`, both at connect and for closing live sockets.
+    #[arg(long, env = "WSKAFKA_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// Topic globs the token may publish to; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<TopicPattern>,
+
+    /// Topic globs the token may subscribe to; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<TopicPattern>,
+
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    #[arg(long, env = "WSKAFKA_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_property("sasl.password=a=b").unwrap(),
+            ("sasl.password".into(), "a=b".into())
+        );
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+
+    #[test]
+    fn serve_requires_topics_and_exactly_one_key() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["wskafka", "serve"], args].concat());
+        assert!(parse(&["--jwt-secret", "s"]).is_err());
+        assert!(parse(&["--topics", "chat.*"]).is_err());
+        assert!(
+            parse(&[
+                "--topics",
+                "chat.*",
+                "--jwt-secret",
+                "s",
+                "--jwt-public-key",
+                "k.pem"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["--topics", "chat/*", "--jwt-secret", "s"]).is_err());
+        let Ok(Cli {
+            command: Command::Serve(config),
+        }) = parse(&[
+            "--topics",
+            "chat.*,notifications",
+            "--jwt-secret",
+            "s",
+            "-X",
+            "a=1",
+            "-X",
+            "b=2",
+        ])
+        else {
+            panic!("valid configuration refused")
+        };
+        assert_eq!(config.topics.len(), 2);
+        assert_eq!(
+            config.kafka,
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! Kafka on both sides of the hub: the producer behind `publish`, and the one consumer per hub
+//! that feeds every record of the exposed topics into the registry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
+
+use crate::config::ServeConfig;
+use crate::protocol::{self, ErrorCode, Record};
+use crate::registry::Registry;
+
+/// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Bound on the ListOffsets round trip that pins where a fresh assignment starts.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The hub's own properties, then the operator's: shared ones first, this side's last.
+fn client_config(
+    config: &ServeConfig,
+    own: &[(&str, String)],
+    side: &[(String, String)],
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in own {
+        client.set(*key, value);
+    }
+    for (key, value) in config.kafka.iter().chain(side) {
+        client.set(key, value);
+    }
+    client
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("Kafka could not take the record in time: {0}")]
+    Unavailable(RDKafkaErrorCode),
+    #[error("the record is larger than Kafka accepts")]
+    TooLarge,
+    #[error("Kafka refused the write to this topic: {0}")]
+    Refused(RDKafkaErrorCode),
+    #[error("the record could not be published: {0}")]
+    Internal(String),
+}
+
+impl PublishError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PublishError::Unavailable(_) => ErrorCode::Unavailable,
+            PublishError::TooLarge => ErrorCode::TooLarge,
+            PublishError::Refused(_) => ErrorCode::Forbidden,
+            PublishError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<KafkaError> for PublishError {
+    fn from(e: KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        match e.rdkafka_error_code() {
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => PublishError::TooLarge,
+            Some(code @ (C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed)) => {
+                PublishError::Refused(code)
+            }
+            Some(
+                code @ (C::QueueFull
+                | C::MessageTimedOut
+                | C::RequestTimedOut
+                | C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::UnknownPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend),
+            ) => PublishError::Unavailable(code),
+            _ => PublishError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Where a publish landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+impl Publisher {
+    pub fn new(config: &ServeConfig, client_id: &str) -> Result<Self, KafkaError> {
+        let producer = client_config(
+            config,
+            &[
+                ("client.id", client_id.to_string()),
+                // An ack means the record is replicated and written once, even across retries.
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+                ("linger.ms", "5".into()),
+                (
+                    "message.timeout.ms",
+                    config.publish_timeout.as_millis().to_string(),
+                ),
+            ],
+            &config.kafka_producer,
+        )
+        .create()?;
+        Ok(Publisher { producer })
+    }
+
+    /// Hands the record to librdkafka without waiting; the future resolves once Kafka has it.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        headers: &HashMap<String, String>,
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, PublishError> {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if !headers.is_empty() {
+            let owned = headers.iter().fold(
+                OwnedHeaders::new_with_capacity(headers.len()),
+                |acc, (key, value)| {
+                    acc.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
+                },
+            );
+            record = record.headers(owned);
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| PublishError::from(e))
+    }
+
+    pub async fn delivered(delivery: DeliveryFuture) -> Result<Position, PublishError> {
+        match delivery.await {
+            Ok(Ok(d)) => Ok(Position {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Err((e, _))) => Err(e.into()),
+            Err(_canceled) => Err(PublishError::Internal("the producer shut down".into())),
+        }
+    }
+
+    /// Blocks until a broker answered a metadata request.
+    pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(drop)
+    }
+
+    /// Blocks until every queued record is acknowledged or has failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+/// The hub's consumer, polled on a thread of its own: fan-out never awaits a socket, so the
+/// thread only ever blocks on Kafka, and no async worker is lent to librdkafka's callbacks.
+pub struct Consumer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Consumer {
+    pub fn start(
+        config: &ServeConfig,
+        group_id: &str,
+        registry: Arc<Registry>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, KafkaError> {
+        let context = FanOutContext {
+            ready,
+            assigned_before: AtomicBool::new(false),
+            positions: Mutex::default(),
+        };
+        let consumer: BaseConsumer<FanOutContext> = client_config(
+            config,
+            &[
+                ("client.id", group_id.to_string()),
+                ("group.id", group_id.to_string()),
+                // Start positions are set explicitly on assignment (see `FanOutContext`);
+                // this only applies when one falls out of range, where the oldest record
+                // still held loses the least.
+                ("auto.offset.reset", "earliest".into()),
+                // A group per hub, read by nobody else: committing would only cost requests.
+                ("enable.auto.commit", "false".into()),
+                // Topics created later that match a pattern are noticed on metadata refresh.
+                ("topic.metadata.refresh.interval.ms", "5000".into()),
+            ],
+            &config.kafka_consumer,
+        )
+        .create_with_context(context)?;
+        let subscriptions: Vec<String> = config
+            .topics
+            .iter()
+            .map(|p| p.kafka_subscription())
+            .collect();
+        let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+        consumer.subscribe(&subscriptions)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn({
+                let stop = stop.clone();
+                move || consume(consumer, &registry, &stop)
+            })
+            .expect("spawning the consumer thread");
+        Ok(Consumer { stop, thread })
+    }
+
+    /// Stops polling and leaves the group; blocks until done.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::error!("the Kafka consumer thread panicked");
+        }
+    }
+}
+
+fn consume(consumer: BaseConsumer<FanOutContext>, registry: &Registry, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(POLL_INTERVAL) {
+            None => {}
+            Some(Ok(message)) => deliver(consumer.context(), registry, &message),
+            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+        }
+    }
+    // Dropping a BaseConsumer closes it, which sends LeaveGroup.
+}
+
+fn deliver(context: &FanOutContext, registry: &Registry, message: &BorrowedMessage<'_>) {
+    let topic = message.topic();
+    if !context.advance(topic, message.partition(), message.offset()) {
+        tracing::debug!(
+            topic,
+            partition = message.partition(),
+            offset = message.offset(),
+            "skipping a record already delivered"
+        );
+        return;
+    }
+    if !registry.has_subscribers(topic) {
+        return;
+    }
+    let headers = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    let frame = protocol::message_frame(&Record {
+        topic,
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key(),
+        headers,
+        value: message.payload(),
+    });
+    registry.fan_out(topic, &Utf8Bytes::from(frame));
+}
+
+/// Decides where each assigned partition starts, which is what makes "every record appended
+/// after `subscribed`" hold:
+/// - on the hub's first assignment, at the partition's end, resolved with ListOffsets
+///   *before* the hub reports ready, so no record can slip in between readiness and the
+///   position being known (as it can with a lazily resolved `auto.offset.reset=latest`);
+/// - on a later assignment, at the beginning for partitions never seen (a topic created
+///   while the hub runs: every record in it is new), and right after the last delivered
+///   record for partitions seen before, so no rebalance skips or repeats anything.
+///
+/// It also keeps delivery monotonic: a record at or below a partition's last delivered
+/// offset is never delivered again.
+struct FanOutContext {
+    ready: Arc<AtomicBool>,
+    assigned_before: AtomicBool,
+    /// The next offset to deliver, per topic and partition.
+    positions: Mutex<HashMap<String, HashMap<i32, i64>>>,
+}
+
+impl ClientContext for FanOutContext {}
+
+impl ConsumerContext for FanOutContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let resolved = self.set_start_positions(consumer, tpl, cooperative);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match assigned {
+                    Ok(()) => {
+                        tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
+                        self.assigned_before.store(true, Ordering::Relaxed);
+                        if resolved {
+                            self.ready.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "assigning Kafka partitions failed"),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
+                let revoked = if cooperative {
+                    let mut positions = self.positions.lock().expect("positions lock");
+                    for elem in tpl.elements() {
+                        if let Some(partitions) = positions.get_mut(elem.topic()) {
+                            partitions.remove(&elem.partition());
+                        }
+                    }
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = revoked {
+                    tracing::error!(error = %e, "revoking Kafka partitions failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "Kafka rebalance failed");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassigning Kafka partitions failed");
+                }
+            }
+        }
+    }
+}
+
+impl FanOutContext {
+    /// Returns false when some start position could not be pinned down.
+    fn set_start_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        cooperative: bool,
+    ) -> bool {
+        let mut positions = self.positions.lock().expect("positions lock");
+        if !cooperative {
+            // An eager assignment is the whole assignment: forget what is no longer in it,
+            // so a deleted and re-created topic starts afresh.
+            let assigned: HashSet<(String, i32)> = tpl.to_topic_map().into_keys().collect();
+            for (topic, partitions) in positions.iter_mut() {
+                partitions.retain(|p, _| assigned.contains(&(topic.clone(), *p)));
+            }
+            positions.retain(|_, partitions| !partitions.is_empty());
+        }
+        let first = !self.assigned_before.load(Ordering::Relaxed);
+        let mut at_end = TopicPartitionList::new();
+        let assigned: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in assigned {
+            let start = match positions.get(&topic).and_then(|p| p.get(&partition)) {
+                Some(&next) => Offset::Offset(next),
+                None if first => {
+                    at_end
+                        .add_partition_offset(&topic, partition, Offset::End)
+                        .expect("a fresh list takes any offset");
+                    continue;
+                }
+                None => Offset::Beginning,
+            };
+            set_offset(tpl, &topic, partition, start);
+        }
+        if at_end.count() == 0 {
+            return true;
+        }
+        // A ListOffsets request with the "latest" timestamp answers each partition's end.
+        match consumer.offsets_for_times(at_end.clone(), RESOLVE_TIMEOUT) {
+            Ok(ends) => {
+                let mut all = true;
+                for elem in ends.elements() {
+                    match elem.offset() {
+                        Offset::Offset(end) => {
+                            set_offset(tpl, elem.topic(), elem.partition(), Offset::Offset(end));
+                            positions
+                                .entry(elem.topic().to_string())
+                                .or_default()
+                                .insert(elem.partition(), end);
+                        }
+                        other => {
+                            tracing::warn!(topic = elem.topic(), partition = elem.partition(), offset = ?other, "no end offset for a partition");
+                            set_offset(tpl, elem.topic(), elem.partition(), Offset::End);
+                            all = false;
+                        }
+                    }
+                }
+                all
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not resolve where the assigned partitions end; the hub stays unready");
+                for elem in at_end.elements() {
+                    set_offset(tpl, elem.topic(), elem.partition(), Offset::End);
+                }
+                false
+            }
+        }
+    }
+
+    /// Records `offset` as delivered; false when it was already.
+    fn advance(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let mut positions = self.positions.lock().expect("positions lock");
+        let next = match positions.get_mut(topic) {
+            Some(partitions) => partitions.entry(partition).or_insert(offset),
+            None => positions
+                .entry(topic.to_string())
+                .or_default()
+                .entry(partition)
+                .or_insert(offset),
+        };
+        if offset < *next {
+            return false;
+        }
+        *next = offset + 1;
+        true
+    }
+}
+
+fn set_offset(tpl: &mut TopicPartitionList, topic: &str, partition: i32, offset: Offset) {
+    if let Err(e) = tpl.set_partition_offset(topic, partition, offset) {
+        tracing::error!(topic, partition, error = %e, "setting a start offset failed");
+    }
+}

@@ -1,0 +1,15 @@
+//! wskafka: a real-time hub joining WebSocket clients to Apache Kafka.
+//!
+//! A request's path: [`server`] verifies the token and upgrades, [`connection`] parses
+//! frames ([`protocol`]), checks them against the exposed topics and the token's grants
+//! ([`topic`], [`auth`]) and publishes through [`kafka`]. A record's path: the [`kafka`]
+//! consumer thread serialises it once and the [`registry`] queues it for each subscriber.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod kafka;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod topic;

@@ -1,0 +1,232 @@
+//! The HTTP side: routes, authentication before the upgrade, readiness, and the lifecycle
+//! from start to a graceful stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rdkafka::error::KafkaError;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{AuthError, Authenticator, KeyError};
+use crate::config::ServeConfig;
+use crate::connection;
+use crate::kafka::{Consumer, Publisher};
+use crate::registry::{ConnId, Registry};
+
+/// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
+/// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Everything the handlers and connections share.
+pub struct Hub {
+    pub config: ServeConfig,
+    pub auth: Authenticator,
+    pub registry: Arc<Registry>,
+    pub publisher: Publisher,
+    /// Cancelled when the hub starts shutting down; every connection watches it.
+    pub shutdown: CancellationToken,
+    consumer_ready: Arc<AtomicBool>,
+    producer_ready: AtomicBool,
+    connections: TaskTracker,
+    next_conn: AtomicU64,
+}
+
+impl Hub {
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.consumer_ready.load(Ordering::Acquire) && self.producer_ready.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot create the Kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the hub until `shutdown` completes, then stops gracefully: no new sockets, open
+/// sockets closed with 1001 once their in-flight publishes are answered, the producer
+/// flushed, the consumer group left.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let instance_id = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let group_id = format!("wskafka-{instance_id}");
+    let auth = Authenticator::new(&config.jwt)?;
+    let registry = Arc::new(Registry::default());
+    let publisher = Publisher::new(&config, &group_id)?;
+    let consumer_ready = Arc::new(AtomicBool::new(false));
+    let consumer = Consumer::start(&config, &group_id, registry.clone(), consumer_ready.clone())?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let hub = Arc::new(Hub {
+        config,
+        auth,
+        registry,
+        publisher,
+        shutdown: CancellationToken::new(),
+        consumer_ready,
+        producer_ready: AtomicBool::new(false),
+        connections: TaskTracker::new(),
+        next_conn: AtomicU64::new(0),
+    });
+    tokio::spawn(watch_producer(hub.clone()));
+
+    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    tracing::info!(instance = %instance_id, topics = ?hub.config.topics, "listening on http://{addr}");
+    let stopping = hub.shutdown.clone();
+    axum::serve(listener, router(hub.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stopping.cancel();
+        })
+        .await
+        .map_err(StartError::Serve)?;
+
+    hub.connections.close();
+    let timeout = hub.config.shutdown_timeout;
+    if tokio::time::timeout(timeout, hub.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = hub.connections.len(),
+            "sockets still open after the shutdown timeout"
+        );
+    }
+    let flushing = hub.clone();
+    let (flushed, ()) = tokio::join!(
+        tokio::task::spawn_blocking(move || flushing.publisher.flush(timeout)),
+        async {
+            let _ = tokio::task::spawn_blocking(move || consumer.stop()).await;
+        }
+    );
+    if let Ok(Err(e)) = flushed {
+        tracing::error!(error = %e, "records left unflushed at shutdown");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Readiness needs a broker that answers the producer, not just a configured one.
+async fn watch_producer(hub: Arc<Hub>) {
+    loop {
+        let probe = hub.clone();
+        match tokio::task::spawn_blocking(move || {
+            probe.publisher.check_connection(Duration::from_secs(5))
+        })
+        .await
+        {
+            Ok(Ok(())) => {
+                hub.producer_ready.store(true, Ordering::Release);
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka not reachable yet"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        // The default span records the URI, query string and all: tokens travel there.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                tracing::info_span!("http", method = %request.method(), path = request.uri().path())
+            }),
+        )
+        .with_state(hub)
+}
+
+async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.is_ready() && !hub.shutdown.is_cancelled() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn websocket(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query.token.as_deref());
+    let session = match token
+        .ok_or(AuthError::Missing)
+        .and_then(|t| hub.auth.verify(t))
+    {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::info!(reason = e.reason(), "refused a connection");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+                e.to_string(),
+            )
+                .into_response();
+        }
+    };
+    if hub.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let hard_limit = hub.config.max_frame_bytes.saturating_mul(4);
+    let tracker = hub.connections.clone();
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| tracker.track_future(connection::run(hub, socket, session)))
+}

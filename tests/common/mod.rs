@@ -1,0 +1,389 @@
+//! What every integration test stands on: a real Tansu broker (one per test binary), the real
+//! `wskafka` binary on a random port, a WebSocket client, and an rdkafka client that checks
+//! Kafka independently of the hub.
+#![allow(dead_code)] // each test binary uses its own part of this helper
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wskafka::auth::{Grants, mint};
+
+pub const SECRET: &str = "integration-test-secret";
+/// Upper bound on any single wait; a test that hits it has failed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+/// Settings that suit Tansu (see shared/notes/tansu.md); production keeps librdkafka's.
+pub const CONSUMER_PROPS: &str =
+    "fetch.wait.max.ms=10,session.timeout.ms=6000,heartbeat.interval.ms=1000";
+
+// ---------------------------------------------------------------------------------------
+// The broker
+
+pub struct Broker {
+    pub addr: String,
+    _process: std::process::Child,
+}
+
+/// Starts Tansu once per test binary. It runs under a shell that kills it when its stdin
+/// closes, which happens when this test process exits, however it exits.
+pub fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let tansu = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let script = format!(
+            "{tansu} broker --listener-url {url} --advertised-listener-url {url} \
+             --storage-engine memory://tansu/ >&2 & pid=$!; echo started; read _; kill $pid"
+        );
+        let mut process = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting tansu: run scripts/test, which installs it");
+        let mut started = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(process.stdout.take().unwrap()),
+            &mut started,
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker {
+            addr,
+            _process: process,
+        }
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker().addr)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(PATIENCE)),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker().addr)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
+}
+
+/// Produces straight into Kafka, bypassing the hub; returns (partition, offset).
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+) -> (i32, i64) {
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    (delivery.partition, delivery.offset)
+}
+
+/// Reads the one record at `offset`, without any consumer group.
+pub async fn read_at(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
+    let (topic, addr) = (topic.to_string(), broker().addr.clone());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no record at {topic}/{partition}@{offset}"
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                return message.unwrap().detach();
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens
+
+pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
+    let parse = |globs: &[&str]| globs.iter().map(|g| g.parse().unwrap()).collect();
+    Grants {
+        publish: parse(publish),
+        subscribe: parse(subscribe),
+    }
+}
+
+pub fn token(sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
+    mint(
+        SECRET,
+        sub,
+        grants(publish, subscribe),
+        Duration::from_secs(3600),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The hub
+
+pub struct Hub {
+    pub addr: SocketAddr,
+    process: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Hub {
+    /// Starts the real binary exposing `topics` and waits until `/readyz` says ready.
+    /// `extra` flags come last and so override the defaults set here.
+    pub async fn start(topics: &str, extra: &[&str]) -> Hub {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--brokers",
+            &broker().addr,
+            "--topics",
+            topics,
+            "--kafka-consumer",
+            CONSUMER_PROPS,
+            "--jwt-leeway",
+            "0s",
+        ];
+        if !extra.contains(&"--jwt-public-key") {
+            args.extend(["--jwt-secret", SECRET]);
+        }
+        args.extend(extra);
+        let mut process = Command::new(env!("CARGO_BIN_EXE_wskafka"))
+            .args(&args)
+            .env("RUST_LOG", "debug,librdkafka=warn,rdkafka=warn")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting wskafka");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
+        tokio::spawn({
+            let log = log.clone();
+            async move {
+                let mut addr_tx = Some(addr_tx);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("hub: {line}");
+                    if let Some(addr) = line.split("listening on http://").nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+                        if let Some(tx) = addr_tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let addr = tokio::time::timeout(PATIENCE, addr_rx)
+            .await
+            .expect("the hub did not start listening")
+            .expect("the hub exited before listening");
+        let hub = Hub { addr, process, log };
+        hub.wait_ready().await;
+        hub
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.get("/readyz").await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hub never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A bare HTTP/1.1 GET; returns the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(self.addr).await else {
+            return (0, String::new());
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    pub fn url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    pub async fn connect(&self, token: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(self.url(token))
+            .await
+            .expect("connecting to the hub");
+        Client { ws }
+    }
+
+    /// Connects with `Authorization: Bearer` instead of the query string.
+    pub async fn connect_with_header(&self, token: &str) -> Result<Client, tungstenite::Error> {
+        let mut request = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client { ws })
+    }
+
+    /// The HTTP status a WebSocket handshake with this URL gets.
+    pub async fn handshake_status(&self, url: &str) -> u16 {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((_, response)) => response.status().as_u16(),
+            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.process.id().expect("the hub is running").to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(PATIENCE, self.process.wait())
+            .await
+            .expect("the hub did not stop after SIGTERM")
+            .unwrap();
+        status.code()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.unwrap();
+    }
+
+    /// The next frame, which must be JSON text.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("no frame from the hub in time")
+                .expect("the hub closed the socket")
+                .expect("socket error");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame, its reply on a quiet connection.
+    pub async fn call(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    pub async fn subscribe(&mut self, topic: &str) {
+        let reply = self
+            .call(serde_json::json!({"type": "subscribe", "id": "sub", "topic": topic}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+
+    /// Reads until the hub's close frame and returns it; other frames are skipped.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the hub did not close the socket in time");
+            match next {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
