@@ -18,11 +18,14 @@ use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionL
 use crate::config::ServeConfig;
 use crate::protocol::{self, ErrorCode, Record};
 use crate::registry::Registry;
+use crate::topic::{TopicPattern, any_matches};
 
 /// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Bound on the ListOffsets round trip that pins where a fresh assignment starts.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+const METADATA_RETRY: Duration = Duration::from_secs(1);
 
 /// The hub's own properties, then the operator's: shared ones first, this side's last.
 fn client_config(
@@ -193,7 +196,6 @@ impl Consumer {
     ) -> Result<Self, KafkaError> {
         let context = FanOutContext {
             ready,
-            assigned_before: AtomicBool::new(false),
             positions: Mutex::default(),
         };
         let consumer: BaseConsumer<FanOutContext> = client_config(
@@ -213,20 +215,13 @@ impl Consumer {
             &config.kafka_consumer,
         )
         .create_with_context(context)?;
-        let subscriptions: Vec<String> = config
-            .topics
-            .iter()
-            .map(|p| p.kafka_subscription())
-            .collect();
-        let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-        consumer.subscribe(&subscriptions)?;
-
+        let patterns = config.topics.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
             .spawn({
                 let stop = stop.clone();
-                move || consume(consumer, &registry, &stop)
+                move || consume(consumer, &patterns, &registry, &stop)
             })
             .expect("spawning the consumer thread");
         Ok(Consumer { stop, thread })
@@ -241,11 +236,55 @@ impl Consumer {
     }
 }
 
-fn consume(consumer: BaseConsumer<FanOutContext>, registry: &Registry, stop: &AtomicBool) {
+fn consume(
+    consumer: BaseConsumer<FanOutContext>,
+    patterns: &[TopicPattern],
+    registry: &Registry,
+    stop: &AtomicBool,
+) {
+    // Which partitions already exist decides where each one starts (see `FanOutContext`),
+    // so it is settled before subscribing.
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match consumer.fetch_metadata(None, METADATA_TIMEOUT) {
+            Ok(metadata) => {
+                let existing = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| any_matches(patterns, t.name()))
+                    .flat_map(|t| {
+                        t.partitions()
+                            .iter()
+                            .map(|p| (t.name().to_string(), p.id()))
+                    })
+                    .collect();
+                consumer.context().started_with(existing);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka not reachable yet");
+                std::thread::sleep(METADATA_RETRY);
+            }
+        }
+    }
+    let subscriptions: Vec<String> = patterns.iter().map(|p| p.kafka_subscription()).collect();
+    let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&subscriptions) {
+        tracing::error!(error = %e, "subscribing to the exposed topics failed");
+        return;
+    }
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(POLL_INTERVAL) {
             None => {}
             Some(Ok(message)) => deliver(consumer.context(), registry, &message),
+            // Exposed patterns that no topic matches yet are normal, and reported each refresh.
+            Some(Err(e))
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) =>
+            {
+                tracing::debug!(error = %e, "no topic matches an exposed pattern yet");
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
         }
     }
@@ -284,20 +323,27 @@ fn deliver(context: &FanOutContext, registry: &Registry, message: &BorrowedMessa
 
 /// Decides where each assigned partition starts, which is what makes "every record appended
 /// after `subscribed`" hold:
-/// - on the hub's first assignment, at the partition's end, resolved with ListOffsets
-///   *before* the hub reports ready, so no record can slip in between readiness and the
-///   position being known (as it can with a lazily resolved `auto.offset.reset=latest`);
-/// - on a later assignment, at the beginning for partitions never seen (a topic created
-///   while the hub runs: every record in it is new), and right after the last delivered
-///   record for partitions seen before, so no rebalance skips or repeats anything.
+/// - a partition seen before starts right after its last delivered record, so a rebalance
+///   neither skips nor repeats anything;
+/// - a partition that existed when the hub started starts at its end, resolved with
+///   ListOffsets *before* the hub reports ready, so no record slips in between readiness
+///   and the position being known (as it can with a lazily resolved `auto.offset.reset`);
+/// - any other partition was created while the hub ran, so every record in it is new: it
+///   starts at its beginning.
 ///
 /// It also keeps delivery monotonic: a record at or below a partition's last delivered
 /// offset is never delivered again.
 struct FanOutContext {
     ready: Arc<AtomicBool>,
-    assigned_before: AtomicBool,
+    positions: Mutex<Positions>,
+}
+
+#[derive(Default)]
+struct Positions {
+    /// Partitions that existed at start and have no resolved position yet.
+    existing: HashSet<(String, i32)>,
     /// The next offset to deliver, per topic and partition.
-    positions: Mutex<HashMap<String, HashMap<i32, i64>>>,
+    next: HashMap<String, HashMap<i32, i64>>,
 }
 
 impl ClientContext for FanOutContext {}
@@ -315,7 +361,7 @@ impl ConsumerContext for FanOutContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let resolved = self.set_start_positions(consumer, tpl, cooperative);
+                self.set_start_positions(consumer, tpl, cooperative);
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -324,10 +370,7 @@ impl ConsumerContext for FanOutContext {
                 match assigned {
                     Ok(()) => {
                         tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
-                        self.assigned_before.store(true, Ordering::Relaxed);
-                        if resolved {
-                            self.ready.store(true, Ordering::Release);
-                        }
+                        self.update_readiness();
                     }
                     Err(e) => tracing::error!(error = %e, "assigning Kafka partitions failed"),
                 }
@@ -337,7 +380,7 @@ impl ConsumerContext for FanOutContext {
                 let revoked = if cooperative {
                     let mut positions = self.positions.lock().expect("positions lock");
                     for elem in tpl.elements() {
-                        if let Some(partitions) = positions.get_mut(elem.topic()) {
+                        if let Some(partitions) = positions.next.get_mut(elem.topic()) {
                             partitions.remove(&elem.partition());
                         }
                     }
@@ -360,74 +403,83 @@ impl ConsumerContext for FanOutContext {
 }
 
 impl FanOutContext {
-    /// Returns false when some start position could not be pinned down.
+    fn started_with(&self, existing: HashSet<(String, i32)>) {
+        self.positions.lock().expect("positions lock").existing = existing;
+        self.update_readiness();
+    }
+
+    /// Ready once every partition that existed at start has a known position.
+    fn update_readiness(&self) {
+        let positions = self.positions.lock().expect("positions lock");
+        if positions.existing.is_empty() {
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
     fn set_start_positions(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
         cooperative: bool,
-    ) -> bool {
+    ) {
         let mut positions = self.positions.lock().expect("positions lock");
-        if !cooperative {
-            // An eager assignment is the whole assignment: forget what is no longer in it,
-            // so a deleted and re-created topic starts afresh.
-            let assigned: HashSet<(String, i32)> = tpl.to_topic_map().into_keys().collect();
-            for (topic, partitions) in positions.iter_mut() {
-                partitions.retain(|p, _| assigned.contains(&(topic.clone(), *p)));
-            }
-            positions.retain(|_, partitions| !partitions.is_empty());
-        }
-        let first = !self.assigned_before.load(Ordering::Relaxed);
-        let mut at_end = TopicPartitionList::new();
         let assigned: Vec<(String, i32)> = tpl
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        for (topic, partition) in assigned {
-            let start = match positions.get(&topic).and_then(|p| p.get(&partition)) {
+        if !cooperative {
+            // An eager assignment is the whole assignment: forget what is no longer in it,
+            // so a deleted and re-created topic starts afresh.
+            let kept: HashSet<&(String, i32)> = assigned.iter().collect();
+            for (topic, partitions) in positions.next.iter_mut() {
+                partitions.retain(|p, _| kept.contains(&(topic.clone(), *p)));
+            }
+            positions
+                .next
+                .retain(|_, partitions| !partitions.is_empty());
+        }
+        let mut at_end = TopicPartitionList::new();
+        for (topic, partition) in &assigned {
+            let start = match positions.next.get(topic).and_then(|p| p.get(partition)) {
                 Some(&next) => Offset::Offset(next),
-                None if first => {
+                None if positions.existing.contains(&(topic.clone(), *partition)) => {
                     at_end
-                        .add_partition_offset(&topic, partition, Offset::End)
+                        .add_partition_offset(topic, *partition, Offset::End)
                         .expect("a fresh list takes any offset");
                     continue;
                 }
                 None => Offset::Beginning,
             };
-            set_offset(tpl, &topic, partition, start);
+            set_offset(tpl, topic, *partition, start);
         }
         if at_end.count() == 0 {
-            return true;
+            return;
         }
         // A ListOffsets request with the "latest" timestamp answers each partition's end.
         match consumer.offsets_for_times(at_end.clone(), RESOLVE_TIMEOUT) {
             Ok(ends) => {
-                let mut all = true;
                 for elem in ends.elements() {
-                    match elem.offset() {
-                        Offset::Offset(end) => {
-                            set_offset(tpl, elem.topic(), elem.partition(), Offset::Offset(end));
-                            positions
-                                .entry(elem.topic().to_string())
-                                .or_default()
-                                .insert(elem.partition(), end);
-                        }
-                        other => {
-                            tracing::warn!(topic = elem.topic(), partition = elem.partition(), offset = ?other, "no end offset for a partition");
-                            set_offset(tpl, elem.topic(), elem.partition(), Offset::End);
-                            all = false;
-                        }
+                    let (topic, partition) = (elem.topic(), elem.partition());
+                    if let Offset::Offset(end) = elem.offset() {
+                        set_offset(tpl, topic, partition, Offset::Offset(end));
+                        positions.existing.remove(&(topic.to_string(), partition));
+                        positions
+                            .next
+                            .entry(topic.to_string())
+                            .or_default()
+                            .insert(partition, end);
+                    } else {
+                        tracing::warn!(topic, partition, offset = ?elem.offset(), "no end offset for a partition");
+                        set_offset(tpl, topic, partition, Offset::End);
                     }
                 }
-                all
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not resolve where the assigned partitions end; the hub stays unready");
                 for elem in at_end.elements() {
                     set_offset(tpl, elem.topic(), elem.partition(), Offset::End);
                 }
-                false
             }
         }
     }
@@ -435,14 +487,11 @@ impl FanOutContext {
     /// Records `offset` as delivered; false when it was already.
     fn advance(&self, topic: &str, partition: i32, offset: i64) -> bool {
         let mut positions = self.positions.lock().expect("positions lock");
-        let next = match positions.get_mut(topic) {
-            Some(partitions) => partitions.entry(partition).or_insert(offset),
-            None => positions
-                .entry(topic.to_string())
-                .or_default()
-                .entry(partition)
-                .or_insert(offset),
+        let partitions = match positions.next.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => positions.next.entry(topic.to_string()).or_default(),
         };
+        let next = partitions.entry(partition).or_insert(offset);
         if offset < *next {
             return false;
         }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth::{AuthError, Authenticator, KeyError};
 use crate::config::ServeConfig;
@@ -172,9 +172,12 @@ fn router(hub: Arc<Hub>) -> Router {
         .route("/readyz", get(readyz))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                tracing::info_span!("http", method = %request.method(), path = request.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    tracing::info_span!("http", method = %request.method(), path = request.uri().path())
+                })
+                // A 503 from /readyz while starting is an answer, not a failure.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(hub)
 }
