@@ -211,6 +211,10 @@ impl Consumer {
                 ("enable.auto.commit", "false".into()),
                 // Topics created later that match a pattern are noticed on metadata refresh.
                 ("topic.metadata.refresh.interval.ms", "5000".into()),
+                // A new topic then only adds partitions: the ones being read keep their fetch
+                // position instead of being revoked, re-seeked and paused, as eager
+                // rebalancing does.
+                ("partition.assignment.strategy", "cooperative-sticky".into()),
             ],
             &config.kafka_consumer,
         )

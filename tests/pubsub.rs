@@ -34,10 +34,11 @@ async fn a_publish_is_acked_at_the_position_kafka_holds_it_with_key_headers_and_
         ack["offset"].as_i64().unwrap(),
     );
 
-    let record = read_at(&topic, partition as i32, offset).await;
+    let stored = read_records(&topic, [(partition as i32, offset)]).await;
+    let record = &stored[&(partition as i32, offset)];
     assert_eq!(record.key(), Some(b"alice".as_slice()));
-    let stored: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
-    assert_eq!(stored, payload);
+    let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+    assert_eq!(value, payload);
     let headers: HashMap<&str, &[u8]> = record
         .headers()
         .unwrap()
@@ -50,16 +51,15 @@ async fn a_publish_is_acked_at_the_position_kafka_holds_it_with_key_headers_and_
     );
 
     // Numeric ids are echoed as numbers, and consecutive acks on one partition advance.
-    let keyless = client
+    let second = client
         .call(json!({"type": "publish", "id": 2, "topic": topic, "key": "alice", "payload": "plain string"}))
         .await;
-    assert_eq!(keyless["id"], 2);
-    assert_eq!(keyless["partition"].as_i64(), Some(partition));
-    assert_eq!(keyless["offset"].as_i64(), Some(offset + 1));
+    assert_eq!(second["id"], 2);
+    assert_eq!(second["partition"].as_i64(), Some(partition));
+    assert_eq!(second["offset"].as_i64(), Some(offset + 1));
+    let stored = read_records(&topic, [(partition as i32, offset + 1)]).await;
     assert_eq!(
-        read_at(&topic, partition as i32, offset + 1)
-            .await
-            .payload(),
+        stored[&(partition as i32, offset + 1)].payload(),
         Some(br#""plain string""#.as_slice())
     );
 }

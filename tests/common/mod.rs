@@ -3,6 +3,7 @@
 //! Kafka independently of the hub.
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -128,8 +129,15 @@ pub async fn produce(
     (delivery.partition, delivery.offset)
 }
 
-/// Reads the one record at `offset`, without any consumer group.
-pub async fn read_at(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
+/// Reads `topic` from the beginning, without any consumer group, until it holds a record at
+/// each of `wanted` (partition, offset), and fails if Kafka does not have one of them. It
+/// scans rather than seeks, and uses no watermark: on Tansu neither is reliable inside a
+/// multi-record batch.
+pub async fn read_records(
+    topic: &str,
+    wanted: impl IntoIterator<Item = (i32, i64)>,
+) -> BTreeMap<(i32, i64), OwnedMessage> {
+    let wanted: BTreeSet<(i32, i64)> = wanted.into_iter().collect();
     let (topic, addr) = (topic.to_string(), broker().addr.clone());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -140,19 +148,27 @@ pub async fn read_at(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
-            .unwrap();
+        for partition in wanted.iter().map(|(p, _)| *p).collect::<BTreeSet<_>>() {
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+                .unwrap();
+        }
         consumer.assign(&tpl).unwrap();
+        let mut records = BTreeMap::new();
         let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no record at {topic}/{partition}@{offset}"
-            );
+        while !wanted.iter().all(|w| records.contains_key(w)) {
+            if std::time::Instant::now() > deadline {
+                let missing: Vec<_> = wanted
+                    .iter()
+                    .filter(|w| !records.contains_key(*w))
+                    .collect();
+                panic!("{topic}: Kafka has no record at {missing:?}");
+            }
             if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                return message.unwrap().detach();
+                let message = message.unwrap().detach();
+                records.insert((message.partition(), message.offset()), message);
             }
         }
+        records
     })
     .await
     .unwrap()

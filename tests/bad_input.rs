@@ -1,0 +1,149 @@
+//! Bad input gets a clear error frame, and the connection (and every other) keeps working.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn still_works(client: &mut Client) {
+    assert_eq!(
+        client.call(json!({"type": "ping", "id": "alive"})).await,
+        json!({"type": "pong", "id": "alive"})
+    );
+}
+
+fn assert_error(reply: &Value, code: &str, id: Option<&str>) {
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], code, "{reply}");
+    assert_eq!(reply["id"].as_str(), id, "{reply}");
+    assert!(!reply["message"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
+    let prefix = unique("bad");
+    let topic = format!("{prefix}.room");
+    create_topic(&topic, 1).await;
+    let glob = format!("{prefix}.*");
+    let hub = Hub::start(
+        &glob,
+        &["--max-frame-bytes", "1024", "--max-subscriptions", "2"],
+    )
+    .await;
+    let mut client = hub.connect(&token("alice", &[&glob], &[&glob])).await;
+
+    let cases: Vec<(String, &str, Option<&str>)> = vec![
+        ("{not json".into(), "bad_request", None),
+        ("[1,2,3]".into(), "bad_request", None),
+        (r#"{"id":"1","topic":"x"}"#.into(), "bad_request", Some("1")),
+        (
+            r#"{"type":"teleport","id":"2"}"#.into(),
+            "bad_request",
+            Some("2"),
+        ),
+        (
+            r#"{"type":"publish","id":"3","payload":1}"#.into(),
+            "bad_request",
+            Some("3"),
+        ),
+        (
+            format!(r#"{{"type":"publish","id":"4","topic":"{topic}"}}"#),
+            "bad_request",
+            Some("4"),
+        ),
+        (
+            r#"{"type":"subscribe","id":"5"}"#.into(),
+            "bad_request",
+            Some("5"),
+        ),
+        (
+            r#"{"type":"subscribe","id":"6","topic":"no spaces allowed"}"#.into(),
+            "bad_request",
+            Some("6"),
+        ),
+        (
+            r#"{"type":"subscribe","id":"7","topic":"chat.*"}"#.into(),
+            "bad_request",
+            Some("7"),
+        ),
+        (
+            format!(
+                r#"{{"type":"publish","id":"8","topic":"{topic}","payload":"{}"}}"#,
+                "x".repeat(2000)
+            ),
+            "too_large",
+            Some("8"),
+        ),
+    ];
+    for (frame, code, id) in cases {
+        client.send_text(frame.clone()).await;
+        assert_error(&client.recv().await, code, id);
+        still_works(&mut client).await;
+    }
+
+    client
+        .ws
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_error(&client.recv().await, "bad_request", None);
+    still_works(&mut client).await;
+
+    // The subscription limit counts distinct topics.
+    client.subscribe(&topic).await;
+    client.subscribe(&topic).await;
+    client.subscribe(&format!("{prefix}.second")).await;
+    let refused = client
+        .call(json!({"type": "subscribe", "id": "9", "topic": format!("{prefix}.third")}))
+        .await;
+    assert_error(&refused, "limit_exceeded", Some("9"));
+
+    // After all that, the socket still publishes and receives.
+    let ack = client
+        .call(json!({"type": "publish", "id": "ok", "topic": topic, "payload": {"still": "here"}}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(client.recv().await["payload"], json!({"still": "here"}));
+}
+
+#[tokio::test]
+async fn a_publish_kafka_cannot_take_in_time_is_answered_unavailable() {
+    let prefix = unique("missing");
+    let glob = format!("{prefix}.*");
+    let hub = Hub::start(&glob, &["--publish-timeout", "1s"]).await;
+    let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
+    // Tansu, like a Kafka cluster with auto-creation off, has no such topic.
+    let reply = client
+        .call(json!({"type": "publish", "id": "1", "topic": format!("{prefix}.nowhere"), "payload": 1}))
+        .await;
+    assert_error(&reply, "unavailable", Some("1"));
+    still_works(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_frame_past_the_hard_limit_ends_only_that_socket() {
+    let prefix = unique("huge");
+    let topic = format!("{prefix}.room");
+    create_topic(&topic, 1).await;
+    let glob = format!("{prefix}.*");
+    let hub = Hub::start(&glob, &["--max-frame-bytes", "1024"]).await;
+    let grant = token("a", &[&glob], &[&glob]);
+    let mut bystander = hub.connect(&grant).await;
+    bystander.subscribe(&topic).await;
+    let mut attacker = hub.connect(&grant).await;
+
+    attacker.send_text("x".repeat(64 * 1024)).await;
+    let close = attacker.closed().await;
+    if let Some(frame) = close {
+        assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+    }
+
+    still_works(&mut bystander).await;
+    let ack = bystander
+        .call(json!({"type": "publish", "topic": topic, "payload": 1}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(bystander.recv().await["payload"], 1);
+}
