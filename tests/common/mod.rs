@@ -39,14 +39,21 @@ pub const CONSUMER_PROPS: &str =
 
 pub struct Broker {
     pub addr: String,
-    _process: std::process::Child,
+    _process: Option<std::process::Child>,
 }
 
-/// Starts Tansu once per test binary. It runs under a shell that kills it when its stdin
-/// closes, which happens when this test process exits, however it exits.
+/// The broker under test: `WSKAFKA_TEST_BROKERS` when set (an Apache Kafka, say), otherwise
+/// a Tansu started once per test binary. Tansu runs under a shell that kills it when its
+/// stdin closes, which happens when this test process exits, however it exits.
 pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
+        if let Ok(addr) = std::env::var("WSKAFKA_TEST_BROKERS") {
+            return Broker {
+                addr,
+                _process: None,
+            };
+        }
         let tansu = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -77,7 +84,7 @@ pub fn broker() -> &'static Broker {
         }
         Broker {
             addr,
-            _process: process,
+            _process: Some(process),
         }
     })
 }
