@@ -44,6 +44,22 @@ fn hs256(claims: &Value) -> String {
     )
 }
 
+fn rs256(claims: &Value) -> String {
+    sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RS256_PRIVATE).unwrap(),
+        claims,
+    )
+}
+
+fn es256(claims: &Value) -> String {
+    sign(
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(ES256_PRIVATE).unwrap(),
+        claims,
+    )
+}
+
 #[tokio::test]
 async fn every_bad_token_gets_401_and_no_socket() {
     let hub = Hub::start("auth.*", &[]).await;
@@ -116,12 +132,7 @@ async fn a_bearer_header_authenticates_like_the_query_string() {
 async fn rs256_hub_accepts_rs256_and_refuses_hs256_signed_with_its_public_key() {
     let hub = Hub::start("auth.*", &["--jwt-public-key", RS256_PUBLIC]).await;
     let valid = claims("alice", now() + 600);
-    let rs256 = sign(
-        Algorithm::RS256,
-        &EncodingKey::from_rsa_pem(RS256_PRIVATE).unwrap(),
-        &valid,
-    );
-    assert_eq!(hub.handshake_status(&hub.url(&rs256)).await, 101);
+    assert_eq!(hub.handshake_status(&hub.url(&rs256(&valid))).await, 101);
 
     let public_pem = std::fs::read(RS256_PUBLIC).unwrap();
     let confused = sign(
@@ -131,30 +142,15 @@ async fn rs256_hub_accepts_rs256_and_refuses_hs256_signed_with_its_public_key() 
     );
     assert_eq!(hub.handshake_status(&hub.url(&confused)).await, 401);
     assert_eq!(hub.handshake_status(&hub.url(&hs256(&valid))).await, 401);
-    let es256 = sign(
-        Algorithm::ES256,
-        &EncodingKey::from_ec_pem(ES256_PRIVATE).unwrap(),
-        &valid,
-    );
-    assert_eq!(hub.handshake_status(&hub.url(&es256)).await, 401);
+    assert_eq!(hub.handshake_status(&hub.url(&es256(&valid))).await, 401);
 }
 
 #[tokio::test]
 async fn es256_hub_accepts_es256_only() {
     let hub = Hub::start("auth.*", &["--jwt-public-key", ES256_PUBLIC]).await;
     let valid = claims("alice", now() + 600);
-    let es256 = sign(
-        Algorithm::ES256,
-        &EncodingKey::from_ec_pem(ES256_PRIVATE).unwrap(),
-        &valid,
-    );
-    assert_eq!(hub.handshake_status(&hub.url(&es256)).await, 101);
-    let rs256 = sign(
-        Algorithm::RS256,
-        &EncodingKey::from_rsa_pem(RS256_PRIVATE).unwrap(),
-        &valid,
-    );
-    assert_eq!(hub.handshake_status(&hub.url(&rs256)).await, 401);
+    assert_eq!(hub.handshake_status(&hub.url(&es256(&valid))).await, 101);
+    assert_eq!(hub.handshake_status(&hub.url(&rs256(&valid))).await, 401);
 }
 
 #[tokio::test]

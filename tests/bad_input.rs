@@ -23,10 +23,7 @@ fn assert_error(reply: &Value, code: &str, id: Option<&str>) {
 
 #[tokio::test]
 async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
-    let prefix = unique("bad");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 1).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("bad", 1).await;
     let hub = Hub::start(
         &glob,
         &["--max-frame-bytes", "1024", "--max-subscriptions", "2"],
@@ -94,9 +91,9 @@ async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
     // The subscription limit counts distinct topics.
     client.subscribe(&topic).await;
     client.subscribe(&topic).await;
-    client.subscribe(&format!("{prefix}.second")).await;
+    client.subscribe(&format!("{topic}2")).await;
     let refused = client
-        .call(json!({"type": "subscribe", "id": "9", "topic": format!("{prefix}.third")}))
+        .call(json!({"type": "subscribe", "id": "9", "topic": format!("{topic}3")}))
         .await;
     assert_error(&refused, "limit_exceeded", Some("9"));
 
@@ -124,10 +121,7 @@ async fn a_publish_kafka_cannot_take_in_time_is_answered_unavailable() {
 
 #[tokio::test]
 async fn a_frame_past_the_hard_limit_ends_only_that_socket() {
-    let prefix = unique("huge");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 1).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("huge", 1).await;
     let hub = Hub::start(&glob, &["--max-frame-bytes", "1024"]).await;
     let grant = token("a", &[&glob], &[&glob]);
     let mut bystander = hub.connect(&grant).await;

@@ -11,19 +11,15 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn health_answers_and_readiness_comes_with_known_positions() {
-    let prefix = unique("health");
-    create_topic(&format!("{prefix}.a"), 2).await;
-    let hub = Hub::start(&format!("{prefix}.*"), &[]).await;
+    let (_, glob) = fresh_topic("health", 2).await;
+    let hub = Hub::start(&glob, &[]).await;
     assert_eq!(hub.get("/healthz").await, (200, "ok".into()));
     assert_eq!(hub.get("/readyz").await, (200, "ready".into()));
 }
 
 #[tokio::test]
 async fn sigterm_answers_every_publish_it_took_closes_with_1001_and_loses_no_ack() {
-    let prefix = unique("stop");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 2).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("stop", 2).await;
     let hub = Hub::start(&glob, &[]).await;
     let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
 
@@ -94,10 +90,7 @@ async fn sigterm_answers_every_publish_it_took_closes_with_1001_and_loses_no_ack
 
 #[tokio::test]
 async fn a_socket_that_stops_reading_is_closed_4429_while_others_get_everything() {
-    let prefix = unique("slow");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 1).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("slow", 1).await;
     let hub = Hub::start(&glob, &["--send-queue", "64"]).await;
     let reader = token("r", &[], &[&glob]);
     let (mut slow, mut healthy) = (hub.connect(&reader).await, hub.connect(&reader).await);

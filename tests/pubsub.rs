@@ -12,11 +12,8 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_publish_is_acked_at_the_position_kafka_holds_it_with_key_headers_and_payload() {
-    let prefix = unique("pub");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 3).await;
-    let hub = Hub::start(&format!("{prefix}.*"), &[]).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("pub", 3).await;
+    let hub = Hub::start(&glob, &[]).await;
     let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
 
     let payload = json!({"text": "hello", "n": [1, 2.5, null], "nested": {"ü": "✓"}});
@@ -66,10 +63,7 @@ async fn a_publish_is_acked_at_the_position_kafka_holds_it_with_key_headers_and_
 
 #[tokio::test]
 async fn records_from_a_plain_producer_reach_every_subscriber_on_two_hubs_in_order() {
-    let prefix = unique("fan");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 3).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("fan", 3).await;
     let (hub_a, hub_b) = tokio::join!(Hub::start(&glob, &[]), Hub::start(&glob, &[]));
     let reader = token("reader", &[], &[&glob]);
     let mut clients = vec![
@@ -124,10 +118,7 @@ async fn records_from_a_plain_producer_reach_every_subscriber_on_two_hubs_in_ord
 
 #[tokio::test]
 async fn a_publish_through_one_hub_reaches_a_subscriber_on_another() {
-    let prefix = unique("cross");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 1).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("cross", 1).await;
     let (hub_a, hub_b) = tokio::join!(Hub::start(&glob, &[]), Hub::start(&glob, &[]));
     let mut bob = hub_b.connect(&token("bob", &[], &[&glob])).await;
     bob.subscribe(&topic).await;
@@ -149,10 +140,7 @@ async fn a_publish_through_one_hub_reaches_a_subscriber_on_another() {
 
 #[tokio::test]
 async fn records_that_are_not_json_arrive_base64_encoded() {
-    let prefix = unique("raw");
-    let topic = format!("{prefix}.bin");
-    create_topic(&topic, 1).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("raw", 1).await;
     let hub = Hub::start(&glob, &[]).await;
     let mut client = hub.connect(&token("c", &[], &[&glob])).await;
     client.subscribe(&topic).await;
@@ -172,10 +160,7 @@ async fn records_that_are_not_json_arrive_base64_encoded() {
 
 #[tokio::test]
 async fn unsubscribe_stops_delivery_to_that_socket_only() {
-    let prefix = unique("unsub");
-    let topic = format!("{prefix}.room");
-    create_topic(&topic, 1).await;
-    let glob = format!("{prefix}.*");
+    let (topic, glob) = fresh_topic("unsub", 1).await;
     let hub = Hub::start(&glob, &[]).await;
     let reader = token("r", &[], &[&glob]);
     let (mut leaver, mut witness) = (hub.connect(&reader).await, hub.connect(&reader).await);

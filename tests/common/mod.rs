@@ -93,6 +93,15 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Creates `<unique prefix>.room` and returns it with the glob `<unique prefix>.*`, which
+/// exposes it and any other topic the test names under it, and nothing another test creates.
+pub async fn fresh_topic(prefix: &str, partitions: i32) -> (String, String) {
+    let prefix = unique(prefix);
+    let topic = format!("{prefix}.room");
+    create_topic(&topic, partitions).await;
+    (topic, format!("{prefix}.*"))
+}
+
 pub async fn create_topic(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &broker().addr)
