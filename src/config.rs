@@ -2,6 +2,7 @@
 //! variable, so the same binary is configured the same way in a shell, systemd or a container.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,6 +77,21 @@ pub struct ServeConfig {
     /// Topics one connection may subscribe to at once.
     #[arg(long, env = "WSKAFKA_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     pub max_subscriptions: usize,
+
+    /// Publishes one connection may make per second (with bursts of as many); the rest are
+    /// refused with `rate_limited`.
+    #[arg(long, env = "WSKAFKA_PUBLISH_RATE", default_value = "100")]
+    pub publish_rate: NonZeroU32,
+
+    /// Sockets one user (`sub`) may hold open on this hub; more are refused with HTTP 429.
+    #[arg(long, env = "WSKAFKA_MAX_CONNECTIONS_PER_USER", default_value = "32")]
+    pub max_connections_per_user: NonZeroUsize,
+
+    /// Browser origins allowed to open a socket, comma-separated (`https://app.example.com`);
+    /// others get HTTP 403. Requests without an Origin header (non-browser clients) are not
+    /// affected. Unset: any origin.
+    #[arg(long, env = "WSKAFKA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 
     /// Publishes one connection may have awaiting Kafka's acknowledgement; past it the hub
     /// stops reading from that socket until acknowledgements come back.

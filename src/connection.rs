@@ -13,6 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -21,7 +22,7 @@ use crate::auth::Session;
 use crate::kafka::Publisher;
 use crate::protocol::{self, ErrorCode, Publish, Reply, Request, RequestId, close};
 use crate::registry::{ConnId, Subscriber};
-use crate::server::Hub;
+use crate::server::{Hub, Seat};
 use crate::topic::{any_matches, is_valid_topic};
 
 /// Queued records written before one flush: many frames per syscall under load.
@@ -31,7 +32,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type Sink = SplitSink<WebSocket, Message>;
 
-pub async fn run(hub: Arc<Hub>, socket: WebSocket, session: Session) {
+pub async fn run(hub: Arc<Hub>, socket: WebSocket, session: Session, seat: Seat) {
     let id = hub.next_conn_id();
     let span = tracing::info_span!("conn", id, sub = %session.sub);
     let (queue, frames) = mpsc::channel(hub.config.send_queue);
@@ -41,9 +42,11 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket, session: Session) {
             overflowed: CancellationToken::new(),
         },
         topics: HashSet::new(),
+        publishes: RateLimiter::direct(Quota::per_second(hub.config.publish_rate)),
         hub,
         id,
         session,
+        _seat: seat,
     };
     connection.serve(socket, frames).instrument(span).await;
 }
@@ -79,6 +82,8 @@ struct Connection {
     session: Session,
     subscriber: Subscriber,
     topics: HashSet<String>,
+    publishes: DefaultDirectRateLimiter,
+    _seat: Seat,
 }
 
 impl Drop for Connection {
@@ -221,6 +226,14 @@ impl Connection {
         } = publish;
         if let Err(refusal) = self.authorize(&id, &topic, Action::Publish) {
             return Handled::Reply(refusal);
+        }
+        if self.publishes.check().is_err() {
+            let rate = self.hub.config.publish_rate;
+            return Handled::Reply(Reply::error(
+                id,
+                ErrorCode::RateLimited,
+                format!("more than {rate} publishes per second: this one was not published"),
+            ));
         }
         let sent =
             self.hub

@@ -139,6 +139,7 @@ pub enum ErrorCode {
     Forbidden,
     TooLarge,
     LimitExceeded,
+    RateLimited,
     Unavailable,
     Internal,
 }

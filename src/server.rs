@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use dashmap::DashMap;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -42,6 +43,8 @@ pub struct Hub {
     producer_ready: AtomicBool,
     connections: TaskTracker,
     next_conn: AtomicU64,
+    /// Open sockets per user.
+    seats: DashMap<String, usize>,
 }
 
 impl Hub {
@@ -49,8 +52,37 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Counts a socket against its user's limit; `None` when the user is at the limit.
+    fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
+        let mut held = self.seats.entry(sub.to_string()).or_insert(0);
+        if *held >= self.config.max_connections_per_user.get() {
+            return None;
+        }
+        *held += 1;
+        Some(Seat {
+            hub: self.clone(),
+            sub: sub.to_string(),
+        })
+    }
+
     fn is_ready(&self) -> bool {
         self.consumer_ready.load(Ordering::Acquire) && self.producer_ready.load(Ordering::Acquire)
+    }
+}
+
+/// One socket's place in its user's count, given back when the connection ends (or when an
+/// upgrade never completes).
+pub struct Seat {
+    hub: Arc<Hub>,
+    sub: String,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.hub.seats.remove_if_mut(&self.sub, |_, held| {
+            *held -= 1;
+            *held == 0
+        });
     }
 }
 
@@ -102,6 +134,7 @@ pub async fn serve(
         producer_ready: AtomicBool::new(false),
         connections: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
+        seats: DashMap::new(),
     });
     tokio::spawn(watch_producer(hub.clone()));
 
@@ -201,6 +234,14 @@ async fn websocket(
     Query(query): Query<TokenQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // A page on another site must not reach the hub with a token it obtained.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = &hub.config.allowed_origins;
+        if !allowed.is_empty() && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+            tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -221,6 +262,14 @@ async fn websocket(
                 .into_response();
         }
     };
+    let Some(seat) = hub.take_seat(&session.sub) else {
+        tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections for this user",
+        )
+            .into_response();
+    };
     if hub.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
@@ -231,5 +280,5 @@ async fn websocket(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(hub, socket, session)))
+        .on_upgrade(move |socket| tracker.track_future(connection::run(hub, socket, session, seat)))
 }

@@ -20,7 +20,8 @@ async fn health_answers_and_readiness_comes_with_known_positions() {
 #[tokio::test]
 async fn sigterm_answers_every_publish_it_took_closes_with_1001_and_loses_no_ack() {
     let (topic, glob) = fresh_topic("stop", 2).await;
-    let hub = Hub::start(&glob, &[]).await;
+    // Rate limiting is not what this test is about: let all 500 publishes through.
+    let hub = Hub::start(&glob, &["--publish-rate", "100000"]).await;
     let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
 
     for seq in 0..500 {

@@ -329,7 +329,16 @@ impl Hub {
 
     /// The HTTP status a WebSocket handshake with this URL gets.
     pub async fn handshake_status(&self, url: &str) -> u16 {
-        match tokio_tungstenite::connect_async(url).await {
+        self.handshake_status_with(url, &[]).await
+    }
+
+    /// The same, with extra request headers.
+    pub async fn handshake_status_with(&self, url: &str, headers: &[(&'static str, &str)]) -> u16 {
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
             Ok((_, response)) => response.status().as_u16(),
             Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
             Err(e) => panic!("handshake failed without an HTTP answer: {e}"),

@@ -1,0 +1,91 @@
+//! Per-connection and per-user limits, each answered with a clear error or HTTP status.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn publishes_over_the_rate_are_refused_and_the_socket_carries_on() {
+    let (topic, glob) = fresh_topic("rate", 1).await;
+    let hub = Hub::start(&glob, &["--publish-rate", "1"]).await;
+    let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
+
+    // Ten publishes in a few milliseconds against one a second (burst of one).
+    for i in 0..10 {
+        client
+            .send(json!({"type": "publish", "id": i.to_string(), "topic": topic, "payload": i}))
+            .await;
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for _ in 0..10 {
+        let reply = client.recv().await;
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("ack"), _) => acked += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            _ => panic!("unexpected reply {reply}"),
+        }
+    }
+    assert!(acked >= 1, "the first publish fits the burst");
+    assert!(limited >= 8, "{limited} of 10 were refused");
+    assert_eq!(
+        client.call(json!({"type": "ping", "id": "p"})).await,
+        json!({"type": "pong", "id": "p"})
+    );
+}
+
+#[tokio::test]
+async fn a_user_over_the_connection_limit_gets_429_and_others_are_unaffected() {
+    let hub = Hub::start("limits.*", &["--max-connections-per-user", "2"]).await;
+    let alice = token("alice", &[], &[]);
+    let first = hub.connect(&alice).await;
+    let _second = hub.connect(&alice).await;
+    assert_eq!(hub.handshake_status(&hub.url(&alice)).await, 429);
+    assert_eq!(
+        hub.handshake_status(&hub.url(&token("bob", &[], &[])))
+            .await,
+        101
+    );
+
+    // Closing a socket gives its place back once the hub has seen it go.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while hub.handshake_status(&hub.url(&alice)).await != 101 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed socket's place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn only_allowed_browser_origins_may_connect() {
+    let hub = Hub::start(
+        "limits.*",
+        &[
+            "--allowed-origins",
+            "https://app.example,https://admin.example",
+        ],
+    )
+    .await;
+    let url = hub.url(&token("alice", &[], &[]));
+    for (origin, status) in [
+        ("https://app.example", 101),
+        ("https://admin.example", 101),
+        ("https://evil.example", 403),
+        ("https://app.example.evil.example", 403),
+        ("null", 403),
+    ] {
+        assert_eq!(
+            hub.handshake_status_with(&url, &[("origin", origin)]).await,
+            status,
+            "{origin}"
+        );
+    }
+    assert_eq!(
+        hub.handshake_status(&url).await,
+        101,
+        "clients without an Origin header"
+    );
+}
