@@ -435,9 +435,10 @@ impl FanOutContext {
         if !cooperative {
             // An eager assignment is the whole assignment: forget what is no longer in it,
             // so a deleted and re-created topic starts afresh.
-            let kept: HashSet<&(String, i32)> = assigned.iter().collect();
+            let kept: HashSet<(&str, i32)> =
+                assigned.iter().map(|(t, p)| (t.as_str(), *p)).collect();
             for (topic, partitions) in positions.next.iter_mut() {
-                partitions.retain(|p, _| kept.contains(&(topic.clone(), *p)));
+                partitions.retain(|p, _| kept.contains(&(topic.as_str(), *p)));
             }
             positions
                 .next
