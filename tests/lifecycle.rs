@@ -24,11 +24,7 @@ async fn sigterm_answers_every_publish_it_took_closes_with_1001_and_loses_no_ack
     let hub = Hub::start(&glob, &["--publish-rate", "100000"]).await;
     let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
 
-    for seq in 0..500 {
-        client
-            .send(json!({"type": "publish", "id": seq.to_string(), "topic": topic, "key": format!("k{}", seq % 5), "payload": {"seq": seq}}))
-            .await;
-    }
+    client.publish_many(&topic, 500).await;
     // Stop once the hub is demonstrably mid-stream.
     let first = client.recv().await;
     assert_eq!(first["type"], "ack", "{first}");

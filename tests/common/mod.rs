@@ -381,6 +381,18 @@ impl Client {
             .unwrap();
     }
 
+    /// Pipelines `count` publishes to `topic` without reading: ids "0".., keys `k<i % 5>`,
+    /// payloads `{"seq": i}`.
+    pub async fn publish_many(&mut self, topic: &str, count: usize) {
+        for seq in 0..count {
+            self.send(
+                serde_json::json!({"type": "publish", "id": seq.to_string(), "topic": topic,
+                                         "key": format!("k{}", seq % 5), "payload": {"seq": seq}}),
+            )
+            .await;
+        }
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws.send(Message::text(text.into())).await.unwrap();
     }
