@@ -1,5 +1,6 @@
-//! Token verification, done before the WebSocket upgrade so that a refused client never gets
-//! a socket.
+//! Token verification: before the WebSocket upgrade when the token comes in the URL or a
+//! header, so that a refused client never gets a socket; otherwise on the socket's first
+//! frame, and again on each refresh.
 //!
 //! Exactly one algorithm is accepted, the one the configured key is for: a token that names
 //! another (`none`, or HS256 signed with an RS256 public key as the secret) is refused by
@@ -42,8 +43,6 @@ pub struct Session {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
-    #[error("missing token: send `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
-    Missing,
     #[error("token expired")]
     Expired,
     #[error("token signature does not verify")]
@@ -62,7 +61,6 @@ impl AuthError {
     /// A short stable label, for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            AuthError::Missing => "missing",
             AuthError::Expired => "expired",
             AuthError::BadSignature => "bad_signature",
             AuthError::WrongAlgorithm => "wrong_algorithm",
@@ -160,6 +158,14 @@ impl Authenticator {
 impl Session {
     pub fn may_publish(&self, topic: &str) -> bool {
         any_matches(&self.grants.publish, topic)
+    }
+
+    /// A grant naming the topic itself, not a glob that happens to cover it.
+    pub fn may_publish_literally(&self, topic: &str) -> bool {
+        self.grants
+            .publish
+            .iter()
+            .any(|g| g.is_literal() && g.as_str() == topic)
     }
 
     pub fn may_subscribe(&self, topic: &str) -> bool {

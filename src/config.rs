@@ -43,6 +43,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_TOPICS", value_delimiter = ',', required = true)]
     pub topics: Vec<TopicPattern>,
 
+    /// Exposed topics keyed by user id, as comma-separated globs: a subscriber receives only
+    /// the records whose key is its token's `sub`, and publishing to them needs a token that
+    /// names the topic literally.
+    #[arg(long, env = "WSKAFKA_USER_TOPICS", value_delimiter = ',')]
+    pub user_topics: Vec<TopicPattern>,
+
     #[command(flatten)]
     pub jwt: JwtConfig,
 
@@ -69,8 +75,8 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
 
-    /// Frames a connection may have waiting to be written before it counts as too slow and
-    /// is closed (4429).
+    /// Records a connection may have waiting to be written before it counts as lagging and is
+    /// closed (4429, after a `lagged` frame saying where to resume).
     #[arg(long, env = "WSKAFKA_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
@@ -97,6 +103,24 @@ pub struct ServeConfig {
     /// stops reading from that socket until acknowledgements come back.
     #[arg(long, env = "WSKAFKA_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+
+    /// Most records a subscription replays per partition; a resume from further back starts
+    /// this many records before the live stream, and `subscribed` reports the rest as lost.
+    #[arg(long, env = "WSKAFKA_MAX_REPLAY", default_value_t = 10_000)]
+    pub max_replay: u32,
+
+    /// Replays the hub runs at once, each with a Kafka client of its own; more wait their
+    /// turn.
+    #[arg(long, env = "WSKAFKA_MAX_CONCURRENT_REPLAYS", default_value = "16")]
+    pub max_concurrent_replays: NonZeroUsize,
+
+    /// How long a socket opened without a token has to send its `auth` frame.
+    #[arg(long, env = "WSKAFKA_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// How long before a token runs out the hub sends `expiring`, so the client can refresh.
+    #[arg(long, env = "WSKAFKA_EXPIRY_WARNING", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub expiry_warning: Duration,
 
     /// How long Kafka may take to acknowledge a publish before the client gets `unavailable`.
     #[arg(long, env = "WSKAFKA_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -1,13 +1,17 @@
-//! One task per socket: it reads requests, writes replies and queued records, and ends the
+//! One task per socket: it reads requests, writes replies and records, and ends the
 //! connection for the reasons `docs/protocol.md` lists, each with its close code.
 //!
 //! Publishes are not awaited one by one: each becomes a future in `in_flight`, answered when
 //! Kafka acknowledges it, so a client can pipeline. When the hub stops, the loop stops
 //! reading but still answers every publish it took before closing with 1001.
+//!
+//! Every subscription remembers the next offset it delivers per partition. That one map
+//! drops what was already delivered (at a replay's seam, or after a resubscribe), and it is
+//! what `lagged` hands to a client that fell behind, so its next connection resumes exactly.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
@@ -15,40 +19,119 @@ use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::kafka::Publisher;
-use crate::protocol::{self, ErrorCode, Publish, Reply, Request, RequestId, close};
-use crate::registry::{ConnId, Subscriber};
+use crate::protocol::{
+    self, ErrorCode, FilterSpec, Publish, Reply, Request, RequestId, Start, Subscribe, close,
+};
+use crate::registry::{ConnId, Delivery, Filter, Subscriber};
+use crate::replay::{self, Event, Tagged};
 use crate::server::{Hub, Seat};
 use crate::topic::{any_matches, is_valid_topic};
 
-/// Queued records written before one flush: many frames per syscall under load.
+/// Frames taken from a queue before one flush: many frames per syscall under load.
 const WRITE_BATCH: usize = 64;
 /// How long to wait for the client's reply to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Replay records a connection holds before the replay waits for it.
+const REPLAY_QUEUE: usize = 64;
 
 type Sink = SplitSink<WebSocket, Message>;
 
-pub async fn run(hub: Arc<Hub>, socket: WebSocket, session: Session, seat: Seat) {
+/// `authenticated` is `None` for a socket opened without a token: its first frame must then
+/// be `auth`.
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, authenticated: Option<(Session, Seat)>) {
     let id = hub.next_conn_id();
-    let span = tracing::info_span!("conn", id, sub = %session.sub);
+    let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
+    let authenticated = match authenticated {
+        Some(pair) => Ok(pair),
+        None => {
+            first_frame_auth(&hub, &mut socket)
+                .instrument(span.clone())
+                .await
+        }
+    };
+    let (session, seat) = match authenticated {
+        Ok(pair) => pair,
+        Err((code, reason)) => {
+            tracing::debug!(parent: &span, code, reason, "refused the socket");
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    };
+    span.record("sub", session.sub.as_str());
     let (queue, frames) = mpsc::channel(hub.config.send_queue);
+    let (replays, replay_events) = mpsc::channel(REPLAY_QUEUE);
     let connection = Connection {
-        subscriber: Subscriber {
-            queue,
-            overflowed: CancellationToken::new(),
-        },
-        topics: HashSet::new(),
+        queue,
+        overflowed: CancellationToken::new(),
+        subscriptions: HashMap::new(),
         publishes: RateLimiter::direct(Quota::per_second(hub.config.publish_rate)),
+        replays,
+        generation: 0,
+        stashed: 0,
+        out: Vec::new(),
         hub,
         id,
         session,
         _seat: seat,
     };
-    connection.serve(socket, frames).instrument(span).await;
+    connection
+        .serve(socket, frames, replay_events)
+        .instrument(span)
+        .await;
+}
+
+/// Waits for the `auth` frame of a socket opened without a token.
+async fn first_frame_auth(
+    hub: &Arc<Hub>,
+    socket: &mut WebSocket,
+) -> Result<(Session, Seat), (u16, String)> {
+    let refused = |reason: String| (close::AUTH_FAILED, reason);
+    let first = tokio::select! {
+        _ = hub.shutdown.cancelled() => return Err((close::GOING_AWAY, "going away".into())),
+        first = tokio::time::timeout(hub.config.auth_timeout, socket.recv()) => first,
+    };
+    let text = match first {
+        Err(_) => return Err(refused("no auth frame in time".into())),
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(_) => return Err(refused("expected an auth frame".into())),
+    };
+    let (id, token) = match protocol::parse(&text) {
+        Ok(Request::Auth { id, token }) => (id, token),
+        _ => return Err(refused("expected an auth frame".into())),
+    };
+    let session = hub
+        .auth
+        .verify(&token)
+        .map_err(|e| refused(e.to_string()))?;
+    let Some(seat) = hub.take_seat(&session.sub) else {
+        return Err((
+            close::TOO_MANY_CONNECTIONS,
+            "too many connections for this user".into(),
+        ));
+    };
+    let reply = authenticated(id, &session);
+    socket
+        .send(Message::Text(reply.to_json().into()))
+        .await
+        .map_err(|_| refused("socket closed".into()))?;
+    Ok((session, seat))
+}
+
+fn authenticated(id: Option<RequestId>, session: &Session) -> Reply {
+    Reply::Authenticated {
+        id,
+        sub: session.sub.clone(),
+        expires_at: millis(session.expires_at),
+    }
 }
 
 /// Why a connection ended, and so which close frame it gets.
@@ -58,7 +141,7 @@ enum Ending {
     Broken,
     GoingAway,
     TokenExpired,
-    TooSlow,
+    Lagged,
 }
 
 impl Ending {
@@ -67,7 +150,7 @@ impl Ending {
             Ending::ClientClosed | Ending::Broken => return None,
             Ending::GoingAway => (close::GOING_AWAY, "going away"),
             Ending::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
-            Ending::TooSlow => (close::TOO_SLOW, "send queue full"),
+            Ending::Lagged => (close::LAGGED, "lagged"),
         };
         Some(CloseFrame {
             code,
@@ -80,67 +163,165 @@ struct Connection {
     hub: Arc<Hub>,
     id: ConnId,
     session: Session,
-    subscriber: Subscriber,
-    topics: HashSet<String>,
+    /// This socket's queue, shared by all its subscriptions in the registry.
+    queue: mpsc::Sender<Arc<Delivery>>,
+    overflowed: CancellationToken,
+    subscriptions: HashMap<String, Subscription>,
     publishes: DefaultDirectRateLimiter,
+    replays: mpsc::Sender<Tagged>,
+    /// Tells a subscription apart from an earlier one to the same topic.
+    generation: u64,
+    /// Live records held back while replays run, across subscriptions; counted against the
+    /// send queue limit.
+    stashed: usize,
+    /// Frames to write at the end of this turn of the loop.
+    out: Vec<Utf8Bytes>,
     _seat: Seat,
+}
+
+struct Subscription {
+    generation: u64,
+    filter: Arc<Filter>,
+    /// The next offset to deliver, per partition.
+    next: BTreeMap<i32, i64>,
+    replay: Option<Replaying>,
+}
+
+struct Replaying {
+    /// The subscribe request, answered when the replay has resolved where it starts.
+    id: Option<RequestId>,
+    started: bool,
+    /// Partitions whose replay has not reached the live stream yet.
+    pending: BTreeSet<i32>,
+    /// Live records of those partitions (of all, before `started`), in arrival order.
+    stash: VecDeque<Arc<Delivery>>,
+    _stop: DropGuard,
+}
+
+impl Subscription {
+    /// Queues `record` unless this socket already has it.
+    fn deliver(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Utf8Bytes>) {
+        if next
+            .get(&record.partition)
+            .is_some_and(|&n| record.offset < n)
+        {
+            return;
+        }
+        next.insert(record.partition, record.offset + 1);
+        out.push(record.frame.clone());
+    }
+
+    /// Delivers the held live records of `partition`, or of every partition no longer
+    /// pending when `None`; returns how many left the stash.
+    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Utf8Bytes>) -> usize {
+        let Some(replay) = &mut self.replay else {
+            return 0;
+        };
+        let before = replay.stash.len();
+        let next = &mut self.next;
+        let pending = &replay.pending;
+        replay.stash.retain(|record| {
+            let release = match partition {
+                Some(p) => record.partition == p,
+                None => !pending.contains(&record.partition),
+            };
+            if release {
+                Subscription::deliver(next, record, out);
+            }
+            !release
+        });
+        let released = before - replay.stash.len();
+        if replay.started && replay.pending.is_empty() {
+            self.replay = None;
+        }
+        released
+    }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for topic in &self.topics {
-            self.hub.registry.unsubscribe(topic, self.id);
+        for (topic, subscription) in &self.subscriptions {
+            self.hub
+                .registry
+                .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
         }
     }
 }
 
 impl Connection {
-    async fn serve(mut self, socket: WebSocket, mut frames: mpsc::Receiver<Utf8Bytes>) {
+    async fn serve(
+        mut self,
+        socket: WebSocket,
+        mut frames: mpsc::Receiver<Arc<Delivery>>,
+        mut replay_events: mpsc::Receiver<Tagged>,
+    ) {
         tracing::debug!("connected");
         let (mut sink, mut stream) = socket.split();
         let write_timeout = self.hub.config.write_timeout;
         let max_in_flight = self.hub.config.max_in_flight;
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Reply>> = FuturesUnordered::new();
         let shutdown = self.hub.shutdown.clone();
-        let overflowed = self.subscriber.overflowed.clone();
+        let overflowed = self.overflowed.clone();
         let expiry = tokio::time::sleep_until(until(self.session.expires_at));
-        tokio::pin!(expiry);
+        let warning = tokio::time::sleep_until(self.warn_at());
+        tokio::pin!(expiry, warning);
+        let mut warned = false;
 
         let ending = loop {
-            let reply = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ending::GoingAway,
                 _ = &mut expiry => break Ending::TokenExpired,
-                _ = overflowed.cancelled() => break Ending::TooSlow,
-                Some(reply) = in_flight.next() => reply,
-                Some(frame) = frames.recv() => {
-                    if write_batch(&mut sink, frame, &mut frames, write_timeout).await.is_err() {
-                        break Ending::Broken;
+                _ = overflowed.cancelled() => break Ending::Lagged,
+                _ = &mut warning, if !warned => {
+                    warned = true;
+                    let expires_at = millis(self.session.expires_at);
+                    self.reply(Reply::Expiring { expires_at });
+                }
+                Some(reply) = in_flight.next() => self.reply(reply),
+                Some(event) = replay_events.recv() => {
+                    self.on_replay(event);
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(event) = replay_events.try_recv() else { break };
+                        self.on_replay(event);
                     }
-                    continue;
+                }
+                Some(record) = frames.recv() => {
+                    self.on_live(record);
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(record) = frames.try_recv() else { break };
+                        self.on_live(record);
+                    }
                 }
                 incoming = stream.next(), if in_flight.len() < max_in_flight => match incoming {
-                    Some(Ok(Message::Text(text))) => match self.handle(&text) {
-                        Handled::Reply(reply) => reply,
-                        Handled::Pending(delivery) => {
-                            in_flight.push(delivery);
-                            continue;
+                    Some(Ok(Message::Text(text))) => {
+                        let expires_at = self.session.expires_at;
+                        if let Some(pending) = self.handle(&text) {
+                            in_flight.push(pending);
                         }
-                    },
-                    Some(Ok(Message::Binary(_))) => Reply::error(
+                        if self.session.expires_at != expires_at {
+                            expiry.as_mut().reset(until(self.session.expires_at));
+                            warning.as_mut().reset(self.warn_at());
+                            warned = false;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => self.reply(Reply::error(
                         None,
                         ErrorCode::BadRequest,
                         "binary frames are not supported: send JSON text frames",
-                    ),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    )),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break Ending::ClientClosed,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "socket read failed");
                         break Ending::Broken;
                     }
                 },
-            };
-            if write(&mut sink, reply.to_json(), write_timeout)
+            }
+            if self.overflowed.is_cancelled() {
+                break Ending::Lagged;
+            }
+            if write_all(&mut sink, &mut self.out, write_timeout)
                 .await
                 .is_err()
             {
@@ -151,10 +332,16 @@ impl Connection {
 
         // Every publish taken gets its answer while the socket can still carry it.
         let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
+        if matches!(ending, Ending::Lagged) {
+            // After what was already taken off the queue (and counted in the positions);
+            // what is still queued is dropped, and the positions say where it starts.
+            self.reply(self.lagged());
+        }
         while let Some(reply) = in_flight.next().await {
-            if writable {
-                let _ = write(&mut sink, reply.to_json(), write_timeout).await;
-            }
+            self.reply(reply);
+        }
+        if writable {
+            let _ = write_all(&mut sink, &mut self.out, write_timeout).await;
         }
         if let Some(frame) = ending.close_frame() {
             let _ =
@@ -170,10 +357,110 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, text: &str) -> Handled {
+    fn reply(&mut self, reply: Reply) {
+        self.out.push(reply.to_json().into());
+    }
+
+    fn warn_at(&self) -> tokio::time::Instant {
+        let warning = self.hub.config.expiry_warning;
+        until(self.session.expires_at)
+            .checked_sub(warning)
+            .unwrap_or_else(tokio::time::Instant::now)
+    }
+
+    /// Where to resume each subscription: the next offset per partition it has not written.
+    /// A subscription whose replay had not resolved its start yet is left out: it resumes
+    /// with the request it was made with.
+    fn lagged(&self) -> Reply {
+        let topics = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.replay.as_ref().is_none_or(|r| r.started))
+            .map(|(topic, s)| (topic.clone(), s.next.clone()))
+            .collect();
+        Reply::Lagged { topics }
+    }
+
+    fn on_live(&mut self, record: Arc<Delivery>) {
+        let Some(subscription) = self.subscriptions.get_mut(&*record.topic) else {
+            return; // unsubscribed since it was queued
+        };
+        if let Some(replay) = &mut subscription.replay
+            && (!replay.started || replay.pending.contains(&record.partition))
+        {
+            replay.stash.push_back(record);
+            self.stashed += 1;
+            if self.stashed > self.hub.config.send_queue {
+                self.overflowed.cancel();
+            }
+            return;
+        }
+        Subscription::deliver(&mut subscription.next, &record, &mut self.out);
+    }
+
+    fn on_replay(&mut self, tagged: Tagged) {
+        let Tagged {
+            topic,
+            generation,
+            event,
+        } = tagged;
+        let Some(subscription) = self
+            .subscriptions
+            .get_mut(&*topic)
+            .filter(|s| s.generation == generation)
+        else {
+            return; // a replaced or ended subscription's leftovers
+        };
+        let released = match event {
+            Event::Started {
+                starts,
+                lost,
+                replaying,
+            } => {
+                let Some(replay) = &mut subscription.replay else {
+                    return;
+                };
+                replay.started = true;
+                replay.pending = replaying;
+                let id = replay.id.take();
+                subscription.next = starts.clone();
+                self.out.push(
+                    Reply::Subscribed {
+                        id,
+                        topic: topic.to_string(),
+                        partitions: starts,
+                        lost,
+                    }
+                    .to_json()
+                    .into(),
+                );
+                subscription.release(None, &mut self.out)
+            }
+            Event::Record(record) => {
+                Subscription::deliver(&mut subscription.next, &record, &mut self.out);
+                0
+            }
+            Event::Done(partition) => {
+                if let Some(replay) = &mut subscription.replay {
+                    replay.pending.remove(&partition);
+                }
+                subscription.release(Some(partition), &mut self.out)
+            }
+            Event::Failed(e) => {
+                tracing::warn!(%topic, error = %e, "replay failed");
+                let id = subscription.replay.as_mut().and_then(|r| r.id.take());
+                self.end_subscription(&topic);
+                self.reply(Reply::ended(id, &topic, e.code(), e.to_string()));
+                0
+            }
+        };
+        self.stashed -= released;
+    }
+
+    fn handle(&mut self, text: &str) -> Option<BoxFuture<'static, Reply>> {
         let max = self.hub.config.max_frame_bytes;
         if text.len() > max {
-            return Handled::Reply(Reply::error(
+            self.reply(Reply::error(
                 protocol::peek_id(text),
                 ErrorCode::TooLarge,
                 format!(
@@ -181,18 +468,27 @@ impl Connection {
                     text.len()
                 ),
             ));
+            return None;
         }
-        let reply = match protocol::parse(text) {
-            Err(bad) => bad.into(),
-            Ok(Request::Ping { id }) => Reply::Pong { id },
-            Ok(Request::Subscribe { id, topic }) => self.subscribe(id, &topic),
-            Ok(Request::Unsubscribe { id, topic }) => self.unsubscribe(id, &topic),
+        match protocol::parse(text) {
+            Err(bad) => self.reply(bad.into()),
+            Ok(Request::Ping { id }) => self.reply(Reply::Pong { id }),
+            Ok(Request::Subscribe(subscribe)) => self.subscribe(subscribe),
+            Ok(Request::Unsubscribe { id, topic }) => {
+                self.end_subscription(&topic);
+                self.reply(Reply::Unsubscribed {
+                    id,
+                    topic: topic.into_owned(),
+                });
+            }
+            Ok(Request::Auth { id, token }) => self.refresh(id, &token),
             Ok(Request::Publish(publish)) => return self.publish(publish),
-        };
-        Handled::Reply(reply)
+        }
+        None
     }
 
-    /// A topic is allowed when the hub exposes it and the token grants the action on it.
+    /// A topic is allowed when the hub exposes it and the token grants the action on it;
+    /// publishing to a user-keyed topic needs a grant that names it literally.
     fn authorize(&self, id: &Option<RequestId>, topic: &str, action: Action) -> Result<(), Reply> {
         if !is_valid_topic(topic) {
             return Err(Reply::error(
@@ -201,11 +497,7 @@ impl Connection {
                 format!("invalid topic name {topic:?}"),
             ));
         }
-        let granted = match action {
-            Action::Publish => self.session.may_publish(topic),
-            Action::Subscribe => self.session.may_subscribe(topic),
-        };
-        if granted && any_matches(&self.hub.config.topics, topic) {
+        if self.allows(topic, action) {
             Ok(())
         } else {
             Err(Reply::error(
@@ -216,7 +508,22 @@ impl Connection {
         }
     }
 
-    fn publish(&mut self, publish: Publish<'_>) -> Handled {
+    fn allows(&self, topic: &str, action: Action) -> bool {
+        let granted = match action {
+            Action::Publish if self.is_user_topic(topic) => {
+                self.session.may_publish_literally(topic)
+            }
+            Action::Publish => self.session.may_publish(topic),
+            Action::Subscribe => self.session.may_subscribe(topic),
+        };
+        granted && any_matches(&self.hub.config.topics, topic)
+    }
+
+    fn is_user_topic(&self, topic: &str) -> bool {
+        any_matches(&self.hub.config.user_topics, topic)
+    }
+
+    fn publish(&mut self, publish: Publish<'_>) -> Option<BoxFuture<'static, Reply>> {
         let Publish {
             id,
             topic,
@@ -225,15 +532,17 @@ impl Connection {
             payload,
         } = publish;
         if let Err(refusal) = self.authorize(&id, &topic, Action::Publish) {
-            return Handled::Reply(refusal);
+            self.reply(refusal);
+            return None;
         }
         if self.publishes.check().is_err() {
             let rate = self.hub.config.publish_rate;
-            return Handled::Reply(Reply::error(
+            self.reply(Reply::error(
                 id,
                 ErrorCode::RateLimited,
                 format!("more than {rate} publishes per second: this one was not published"),
             ));
+            return None;
         }
         let sent =
             self.hub
@@ -241,10 +550,13 @@ impl Connection {
                 .send(&topic, key.as_deref(), &headers, payload.get().as_bytes());
         let delivery = match sent {
             Ok(delivery) => delivery,
-            Err(e) => return Handled::Reply(Reply::error(id, e.code(), e.to_string())),
+            Err(e) => {
+                self.reply(Reply::error(id, e.code(), e.to_string()));
+                return None;
+            }
         };
         let topic = topic.into_owned();
-        Handled::Pending(Box::pin(async move {
+        Some(Box::pin(async move {
             match Publisher::delivered(delivery).await {
                 Ok(position) => Reply::Ack {
                     id,
@@ -257,42 +569,154 @@ impl Connection {
         }))
     }
 
-    fn subscribe(&mut self, id: Option<RequestId>, topic: &str) -> Reply {
-        if let Err(refusal) = self.authorize(&id, topic, Action::Subscribe) {
-            return refusal;
+    /// The filter a subscription gets: the client's, and on a user-keyed topic the user's
+    /// own key, which the client cannot widen.
+    fn filter_for(&self, topic: &str, spec: FilterSpec) -> Result<Filter, String> {
+        let mut key = spec.key.map(|k| k.into_bytes().into_boxed_slice());
+        if self.is_user_topic(topic) {
+            let own = self.session.sub.as_bytes();
+            if key.as_deref().is_some_and(|k| k != own) {
+                return Err(format!(
+                    "topic {topic:?} is per user: only records keyed with your own user id are available"
+                ));
+            }
+            key = Some(own.into());
+        }
+        Ok(Filter {
+            key,
+            headers: spec.headers.into_iter().collect(),
+        })
+    }
+
+    fn subscribe(&mut self, request: Subscribe<'_>) {
+        let Subscribe {
+            id,
+            topic,
+            from,
+            filter,
+        } = request;
+        if let Err(refusal) = self.authorize(&id, &topic, Action::Subscribe) {
+            return self.reply(refusal);
         }
         let max = self.hub.config.max_subscriptions;
-        if self.topics.len() >= max && !self.topics.contains(topic) {
-            return Reply::error(
+        if self.subscriptions.len() >= max && !self.subscriptions.contains_key(&*topic) {
+            return self.reply(Reply::error(
                 id,
                 ErrorCode::LimitExceeded,
                 format!("a connection may hold at most {max} subscriptions"),
-            );
+            ));
         }
-        self.hub
-            .registry
-            .subscribe(topic, self.id, self.subscriber.clone());
-        self.topics.insert(topic.to_string());
-        Reply::Subscribed {
+        let filter = match self.filter_for(&topic, filter) {
+            Ok(filter) => Arc::new(filter),
+            Err(message) => return self.reply(Reply::error(id, ErrorCode::Forbidden, message)),
+        };
+        // A second subscribe to a topic replaces the first (a new start or filter).
+        self.end_subscription(&topic);
+        self.generation += 1;
+        let subscriber = Subscriber {
+            queue: self.queue.clone(),
+            overflowed: self.overflowed.clone(),
+            filter: filter.clone(),
+        };
+        // Join first, then read the live position: every record at or past it reaches us.
+        self.hub.registry.subscribe(&topic, self.id, subscriber);
+        let (live, resolved) = self.hub.live.of(&topic);
+        let mut subscription = Subscription {
+            generation: self.generation,
+            filter,
+            next: BTreeMap::new(),
+            replay: None,
+        };
+        if from == Start::Latest {
+            subscription.next = live.clone();
+            self.subscriptions.insert(topic.to_string(), subscription);
+            return self.reply(Reply::Subscribed {
+                id,
+                topic: topic.into_owned(),
+                partitions: live,
+                lost: BTreeMap::new(),
+            });
+        }
+        if resolved.is_err() {
+            self.hub
+                .registry
+                .unsubscribe(&topic, self.id, subscription.filter.key.as_deref());
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::Unavailable,
+                "the hub is still finding where this topic's live stream starts: retry shortly",
+            ));
+        }
+        let topic: Arc<str> = topic.into();
+        let stop = self.hub.replayer.spawn(
+            replay::Request {
+                topic: topic.clone(),
+                generation: self.generation,
+                from,
+                live,
+                filter: subscription.filter.clone(),
+            },
+            self.replays.clone(),
+        );
+        subscription.replay = Some(Replaying {
             id,
-            topic: topic.to_string(),
+            started: false,
+            pending: BTreeSet::new(),
+            stash: VecDeque::new(),
+            _stop: stop,
+        });
+        self.subscriptions.insert(topic.to_string(), subscription);
+    }
+
+    fn end_subscription(&mut self, topic: &str) {
+        if let Some(subscription) = self.subscriptions.remove(topic) {
+            self.hub
+                .registry
+                .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
+            if let Some(replay) = subscription.replay {
+                self.stashed -= replay.stash.len();
+            }
         }
     }
 
-    fn unsubscribe(&mut self, id: Option<RequestId>, topic: &str) -> Reply {
-        if self.topics.remove(topic) {
-            self.hub.registry.unsubscribe(topic, self.id);
+    /// A new token for the same user: it moves the expiry, and subscriptions it no longer
+    /// allows end. A token that does not verify changes nothing.
+    fn refresh(&mut self, id: Option<RequestId>, token: &str) {
+        let session = match self.hub.auth.verify(token) {
+            Ok(session) => session,
+            Err(e) => {
+                return self.reply(Reply::error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    format!("{e}: the current token stays in force"),
+                ));
+            }
+        };
+        if session.sub != self.session.sub {
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::Forbidden,
+                "a refreshed token must be for the same user (`sub`)",
+            ));
         }
-        Reply::Unsubscribed {
-            id,
-            topic: topic.to_string(),
+        self.session = session;
+        let disallowed: Vec<String> = self
+            .subscriptions
+            .keys()
+            .filter(|topic| !self.allows(topic, Action::Subscribe))
+            .cloned()
+            .collect();
+        for topic in disallowed {
+            self.end_subscription(&topic);
+            self.reply(Reply::ended(
+                None,
+                &topic,
+                ErrorCode::Forbidden,
+                format!("subscription to {topic:?} ended: the new token does not allow it"),
+            ));
         }
+        self.reply(authenticated(id, &self.session));
     }
-}
-
-enum Handled {
-    Reply(Reply),
-    Pending(BoxFuture<'static, Reply>),
 }
 
 #[derive(Clone, Copy)]
@@ -317,26 +741,28 @@ fn until(deadline: SystemTime) -> tokio::time::Instant {
     tokio::time::Instant::now() + left
 }
 
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
 /// A socket that cannot take a write in time is as good as gone.
 struct WriteFailed;
 
-async fn write(sink: &mut Sink, text: String, timeout: Duration) -> Result<(), WriteFailed> {
-    match tokio::time::timeout(timeout, sink.send(Message::Text(text.into()))).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(WriteFailed),
-    }
-}
-
-async fn write_batch(
+async fn write_all(
     sink: &mut Sink,
-    first: Utf8Bytes,
-    frames: &mut mpsc::Receiver<Utf8Bytes>,
+    out: &mut Vec<Utf8Bytes>,
     timeout: Duration,
 ) -> Result<(), WriteFailed> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let frames = std::mem::take(out);
     let batch = async {
-        sink.feed(Message::Text(first)).await?;
-        for _ in 1..WRITE_BATCH {
-            let Ok(frame) = frames.try_recv() else { break };
+        for frame in frames {
             sink.feed(Message::Text(frame)).await?;
         }
         sink.flush().await

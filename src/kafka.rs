@@ -1,7 +1,7 @@
 //! Kafka on both sides of the hub: the producer behind `publish`, and the one consumer per hub
 //! that feeds every record of the exposed topics into the registry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,7 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionL
 
 use crate::config::ServeConfig;
 use crate::protocol::{self, ErrorCode, Record};
-use crate::registry::Registry;
+use crate::registry::{Delivery, RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches};
 
 /// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
@@ -28,7 +28,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const METADATA_RETRY: Duration = Duration::from_secs(1);
 
 /// The hub's own properties, then the operator's: shared ones first, this side's last.
-fn client_config(
+pub(crate) fn client_config(
     config: &ServeConfig,
     own: &[(&str, String)],
     side: &[(String, String)],
@@ -185,6 +185,36 @@ impl Publisher {
 pub struct Consumer {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    positions: LivePositions,
+}
+
+/// Where the live stream stands: the next offset it delivers, per partition. A subscription
+/// reads it right after joining the registry, so every record at or past it is certain to
+/// reach the subscription live, and a replay only has to cover what lies before it.
+#[derive(Clone)]
+pub struct LivePositions(Arc<Mutex<Positions>>);
+
+/// Some partition of the topic existed at start and its position is not resolved yet.
+#[derive(Debug)]
+pub struct Unresolved;
+
+impl LivePositions {
+    /// Partitions missing from the answer have delivered nothing yet and start at their first
+    /// record: everything in them will arrive live.
+    pub fn of(&self, topic: &str) -> (BTreeMap<i32, i64>, Result<(), Unresolved>) {
+        let positions = self.0.lock().expect("positions lock");
+        let known = positions
+            .next
+            .get(topic)
+            .map(|partitions| partitions.iter().map(|(p, o)| (*p, *o)).collect())
+            .unwrap_or_default();
+        let resolved = if positions.existing.iter().any(|(t, _)| t == topic) {
+            Err(Unresolved)
+        } else {
+            Ok(())
+        };
+        (known, resolved)
+    }
 }
 
 impl Consumer {
@@ -194,9 +224,10 @@ impl Consumer {
         registry: Arc<Registry>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, KafkaError> {
+        let positions = LivePositions(Arc::default());
         let context = FanOutContext {
             ready,
-            positions: Mutex::default(),
+            positions: positions.0.clone(),
         };
         let consumer: BaseConsumer<FanOutContext> = client_config(
             config,
@@ -228,7 +259,15 @@ impl Consumer {
                 move || consume(consumer, &patterns, &registry, &stop)
             })
             .expect("spawning the consumer thread");
-        Ok(Consumer { stop, thread })
+        Ok(Consumer {
+            stop,
+            thread,
+            positions,
+        })
+    }
+
+    pub fn positions(&self) -> LivePositions {
+        self.positions.clone()
     }
 
     /// Stops polling and leaves the group; blocks until done.
@@ -309,12 +348,27 @@ fn deliver(context: &FanOutContext, registry: &Registry, message: &BorrowedMessa
     if !registry.has_subscribers(topic) {
         return;
     }
-    let headers = message
+    let headers = headers_of(message);
+    let meta = RecordMeta {
+        key: message.key(),
+        headers: &headers,
+    };
+    registry.fan_out(topic, &meta, || delivery_of(message, &headers));
+}
+
+pub(crate) fn headers_of<'a>(message: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
+    message
         .headers()
         .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+pub(crate) fn delivery_of(
+    message: &BorrowedMessage<'_>,
+    headers: &[(&str, Option<&[u8]>)],
+) -> Delivery {
     let frame = protocol::message_frame(&Record {
-        topic,
+        topic: message.topic(),
         partition: message.partition(),
         offset: message.offset(),
         timestamp: message.timestamp().to_millis(),
@@ -322,7 +376,12 @@ fn deliver(context: &FanOutContext, registry: &Registry, message: &BorrowedMessa
         headers,
         value: message.payload(),
     });
-    registry.fan_out(topic, &Utf8Bytes::from(frame));
+    Delivery {
+        topic: message.topic().into(),
+        partition: message.partition(),
+        offset: message.offset(),
+        frame: Utf8Bytes::from(frame),
+    }
 }
 
 /// Decides where each assigned partition starts, which is what makes "every record appended
@@ -339,11 +398,11 @@ fn deliver(context: &FanOutContext, registry: &Registry, message: &BorrowedMessa
 /// offset is never delivered again.
 struct FanOutContext {
     ready: Arc<AtomicBool>,
-    positions: Mutex<Positions>,
+    positions: Arc<Mutex<Positions>>,
 }
 
 #[derive(Default)]
-struct Positions {
+pub struct Positions {
     /// Partitions that existed at start and have no resolved position yet.
     existing: HashSet<(String, i32)>,
     /// The next offset to deliver, per topic and partition.

@@ -3,7 +3,9 @@
 //! A request's path: [`server`] verifies the token and upgrades, [`connection`] parses
 //! frames ([`protocol`]), checks them against the exposed topics and the token's grants
 //! ([`topic`], [`auth`]) and publishes through [`kafka`]. A record's path: the [`kafka`]
-//! consumer thread serialises it once and the [`registry`] queues it for each subscriber.
+//! consumer thread serialises it once and the [`registry`] queues it for each subscriber
+//! whose filter it passes. A subscription that starts in the past is first served by a
+//! [`replay`] up to where the live stream took over.
 
 pub mod auth;
 pub mod config;
@@ -11,5 +13,6 @@ pub mod connection;
 pub mod kafka;
 pub mod protocol;
 pub mod registry;
+pub mod replay;
 pub mod server;
 pub mod topic;

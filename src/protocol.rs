@@ -6,7 +6,7 @@
 //! re-serialisation) and lets every error echo the request `id` when there is one.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -24,10 +24,7 @@ pub enum RequestId {
 #[derive(Debug)]
 pub enum Request<'a> {
     Publish(Publish<'a>),
-    Subscribe {
-        id: Option<RequestId>,
-        topic: Cow<'a, str>,
-    },
+    Subscribe(Subscribe<'a>),
     Unsubscribe {
         id: Option<RequestId>,
         topic: Cow<'a, str>,
@@ -35,6 +32,42 @@ pub enum Request<'a> {
     Ping {
         id: Option<RequestId>,
     },
+    /// Authenticates a socket opened without a token, or refreshes the token of a live one.
+    Auth {
+        id: Option<RequestId>,
+        token: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Subscribe<'a> {
+    pub id: Option<RequestId>,
+    pub topic: Cow<'a, str>,
+    pub from: Start,
+    pub filter: FilterSpec,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Start {
+    /// With the next record the hub's live stream carries.
+    #[default]
+    Latest,
+    /// With the oldest record Kafka still holds.
+    Earliest,
+    /// With the first record whose timestamp is at or after this many ms since the epoch.
+    Timestamp(i64),
+    /// With these offsets, per partition: the next offset the client wants.
+    Offsets(BTreeMap<i32, i64>),
+}
+
+/// The client's filter as sent: the key and header values a record must carry.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSpec {
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -66,6 +99,9 @@ struct Envelope<'a> {
     headers: Option<HashMap<String, String>>,
     #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
+    from: Option<serde_json::Value>,
+    filter: Option<FilterSpec>,
+    token: Option<String>,
 }
 
 /// `Option<&RawValue>` would read `"payload": null` as a missing field; a JSON `null` is a
@@ -97,20 +133,69 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
             headers: envelope.headers.unwrap_or_default(),
             id,
         })),
-        "subscribe" => Ok(Request::Subscribe {
-            topic: topic.ok_or_else(|| missing("topic"))?,
-            id,
-        }),
+        "subscribe" => {
+            let from = match envelope.from {
+                None => Start::Latest,
+                Some(from) => parse_start(&from).map_err(|message| BadRequest {
+                    id: id.clone(),
+                    message,
+                })?,
+            };
+            Ok(Request::Subscribe(Subscribe {
+                topic: topic.ok_or_else(|| missing("topic"))?,
+                from,
+                filter: envelope.filter.unwrap_or_default(),
+                id,
+            }))
+        }
         "unsubscribe" => Ok(Request::Unsubscribe {
             topic: topic.ok_or_else(|| missing("topic"))?,
             id,
         }),
         "ping" => Ok(Request::Ping { id }),
+        "auth" => Ok(Request::Auth {
+            token: envelope.token.ok_or_else(|| missing("token"))?,
+            id,
+        }),
         other => Err(BadRequest {
             message: format!("unknown request type {other:?}"),
             id,
         }),
     }
+}
+
+/// Reads `from`, whose shapes are easier to explain in an error than serde's untagged enums
+/// would.
+fn parse_start(from: &serde_json::Value) -> Result<Start, String> {
+    use serde_json::Value;
+    const SHAPES: &str = r#"`from` must be "latest", "earliest", {"timestamp": ms} or {"offsets": {"<partition>": <offset>}}"#;
+    let object = match from {
+        Value::String(s) if s == "latest" => return Ok(Start::Latest),
+        Value::String(s) if s == "earliest" => return Ok(Start::Earliest),
+        Value::Object(object) if object.len() == 1 => object,
+        _ => return Err(SHAPES.into()),
+    };
+    if let Some(timestamp) = object.get("timestamp") {
+        return match timestamp.as_i64() {
+            Some(ms) if ms >= 0 => Ok(Start::Timestamp(ms)),
+            _ => Err("`from.timestamp` must be milliseconds since the epoch".into()),
+        };
+    }
+    let Some(Value::Object(offsets)) = object.get("offsets") else {
+        return Err(SHAPES.into());
+    };
+    offsets
+        .iter()
+        .map(|(partition, offset)| {
+            match (partition.parse::<i32>(), offset.as_i64()) {
+                (Ok(p), Some(o)) if p >= 0 && o >= 0 => Ok((p, o)),
+                _ => Err(format!(
+                    "`from.offsets` maps partition numbers to offsets, both 0 or more; got {partition:?}: {offset}"
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map(Start::Offsets)
 }
 
 /// Reads just the `id` of a frame, to answer a request refused before parsing (too large).
@@ -126,16 +211,23 @@ pub fn peek_id(text: &str) -> Option<RequestId> {
 pub mod close {
     /// The hub is shutting down; reconnect to another instance.
     pub const GOING_AWAY: u16 = 1001;
+    /// No valid `auth` frame came first, in time, on a socket opened without a token.
+    pub const AUTH_FAILED: u16 = 4403;
     /// The token's `exp` (plus the configured leeway) has passed.
     pub const TOKEN_EXPIRED: u16 = 4401;
-    /// The connection's send queue overflowed: it did not read fast enough.
-    pub const TOO_SLOW: u16 = 4429;
+    /// The user already holds as many sockets as allowed (first-frame authentication only;
+    /// a token in the URL or header gets HTTP 429 instead).
+    pub const TOO_MANY_CONNECTIONS: u16 = 4409;
+    /// The connection's send queue overflowed: it did not read fast enough. A `lagged`
+    /// frame said where to resume.
+    pub const LAGGED: u16 = 4429;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
+    Unauthorized,
     Forbidden,
     TooLarge,
     LimitExceeded,
@@ -159,6 +251,11 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         topic: String,
+        /// The next offset this socket gets from each partition, where known.
+        partitions: BTreeMap<i32, i64>,
+        /// Per partition, the offsets asked for that will never be delivered.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        lost: BTreeMap<i32, Lost>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,12 +266,45 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
+    Authenticated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        sub: String,
+        /// When the hub closes the socket unless a new token comes first, in ms.
+        expires_at: u64,
+    },
+    /// The token runs out soon: send a fresh one with an `auth` frame.
+    Expiring { expires_at: u64 },
+    /// The socket fell behind and is being closed; resubscribe with these offsets.
+    Lagged {
+        topics: BTreeMap<String, BTreeMap<i32, i64>>,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         code: ErrorCode,
         message: String,
+        /// Set when the error ends a subscription.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
     },
+}
+
+/// A range of offsets, `[from, to)`, that a replay cannot deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Lost {
+    pub from: i64,
+    pub to: i64,
+    pub reason: LostReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostReason {
+    /// Kafka no longer holds them.
+    Retention,
+    /// The replay would exceed `WSKAFKA_MAX_REPLAY` records on this partition.
+    ReplayLimit,
 }
 
 impl Reply {
@@ -183,6 +313,22 @@ impl Reply {
             id,
             code,
             message: message.into(),
+            topic: None,
+        }
+    }
+
+    /// An error that ends the subscription to `topic`.
+    pub fn ended(
+        id: Option<RequestId>,
+        topic: &str,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
+        Reply::Error {
+            id,
+            code,
+            message: message.into(),
+            topic: Some(topic.to_string()),
         }
     }
 
@@ -204,7 +350,7 @@ pub struct Record<'a> {
     pub offset: i64,
     pub timestamp: Option<i64>,
     pub key: Option<&'a [u8]>,
-    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
     pub value: Option<&'a [u8]>,
 }
 
@@ -217,7 +363,7 @@ pub fn message_frame(record: &Record<'_>) -> String {
     let (key, key_base64) = split_text(record.key);
     let mut headers = Vec::new();
     let mut headers_base64 = Vec::new();
-    for &(name, value) in &record.headers {
+    for &(name, value) in record.headers {
         match value.map(std::str::from_utf8) {
             None => headers.push((name, None)),
             Some(Ok(text)) => headers.push((name, Some(text))),
@@ -334,7 +480,7 @@ mod tests {
     fn parses_subscribe_unsubscribe_ping_with_numeric_ids() {
         assert!(matches!(
             parse(r#"{"type":"subscribe","id":7,"topic":"a"}"#),
-            Ok(Request::Subscribe { id: Some(RequestId::Number(7)), topic }) if topic == "a"
+            Ok(Request::Subscribe(Subscribe { id: Some(RequestId::Number(7)), topic, from: Start::Latest, .. })) if topic == "a"
         ));
         assert!(matches!(
             parse(r#"{"type":"unsubscribe","topic":"a"}"#),
@@ -348,7 +494,7 @@ mod tests {
 
     #[test]
     fn escaped_topics_are_unescaped() {
-        let Request::Subscribe { topic, .. } =
+        let Request::Subscribe(Subscribe { topic, .. }) =
             parse(r#"{"type":"subscribe","topic":"chat\u002elobby"}"#).unwrap()
         else {
             panic!()
@@ -402,6 +548,94 @@ mod tests {
         );
     }
 
+    fn start(from: &str) -> Result<Start, String> {
+        match parse(&format!(
+            r#"{{"type":"subscribe","id":1,"topic":"t","from":{from}}}"#
+        )) {
+            Ok(Request::Subscribe(s)) => Ok(s.from),
+            Ok(other) => panic!("not a subscribe: {other:?}"),
+            Err(e) => {
+                assert_eq!(e.id, Some(RequestId::Number(1)));
+                Err(e.message)
+            }
+        }
+    }
+
+    #[test]
+    fn subscribe_starts_parse_in_each_documented_shape() {
+        assert_eq!(start(r#""latest""#), Ok(Start::Latest));
+        assert_eq!(start(r#""earliest""#), Ok(Start::Earliest));
+        assert_eq!(
+            start(r#"{"timestamp": 1732500000000}"#),
+            Ok(Start::Timestamp(1_732_500_000_000))
+        );
+        assert_eq!(
+            start(r#"{"offsets": {"0": 43, "2": 0}}"#),
+            Ok(Start::Offsets(BTreeMap::from([(0, 43), (2, 0)])))
+        );
+        assert_eq!(
+            start(r#"{"offsets": {}}"#),
+            Ok(Start::Offsets(BTreeMap::new()))
+        );
+    }
+
+    #[test]
+    fn malformed_starts_say_what_is_expected() {
+        for bad in [
+            r#""newest""#,
+            "5",
+            r#"{"timestamp": 1, "offsets": {}}"#,
+            r#"{"ts": 1}"#,
+            r#"{"offsets": [1]}"#,
+        ] {
+            let message = start(bad).unwrap_err();
+            assert!(message.starts_with("`from` must be"), "{bad}: {message}");
+        }
+        assert!(
+            start(r#"{"timestamp": -1}"#)
+                .unwrap_err()
+                .contains("milliseconds")
+        );
+        assert!(start(r#"{"timestamp": "today"}"#).is_err());
+        for bad in [
+            r#"{"x": 1}"#,
+            r#"{"-1": 1}"#,
+            r#"{"0": -5}"#,
+            r#"{"0": "5"}"#,
+        ] {
+            let message = start(&format!(r#"{{"offsets": {bad}}}"#)).unwrap_err();
+            assert!(
+                message.contains("partition numbers to offsets"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscribe_filters_and_auth_frames_parse() {
+        let Request::Subscribe(s) = parse(
+            r#"{"type":"subscribe","topic":"t","filter":{"key":"k","headers":{"lang":"en"}}}"#,
+        )
+        .unwrap() else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(s.filter.key.as_deref(), Some("k"));
+        assert_eq!(
+            s.filter.headers,
+            BTreeMap::from([("lang".into(), "en".into())])
+        );
+        assert!(
+            bad(r#"{"type":"subscribe","topic":"t","filter":{"kee":"k"}}"#)
+                .message
+                .starts_with("malformed")
+        );
+        assert!(matches!(
+            parse(r#"{"type":"auth","id":"a","token":"x.y.z"}"#),
+            Ok(Request::Auth { token, .. }) if token == "x.y.z"
+        ));
+        assert_eq!(bad(r#"{"type":"auth"}"#).message, "missing field `token`");
+    }
+
     #[test]
     fn peek_id_reads_the_id_only() {
         assert_eq!(
@@ -435,6 +669,36 @@ mod tests {
             .to_json(),
             r#"{"type":"pong","id":4}"#
         );
+        let subscribed = Reply::Subscribed {
+            id: None,
+            topic: "t".into(),
+            partitions: BTreeMap::from([(0, 43), (1, 17)]),
+            lost: BTreeMap::from([(
+                0,
+                Lost {
+                    from: 10,
+                    to: 43,
+                    reason: LostReason::Retention,
+                },
+            )]),
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&subscribed.to_json()).unwrap(),
+            json!({"type":"subscribed","topic":"t","partitions":{"0":43,"1":17},
+                   "lost":{"0":{"from":10,"to":43,"reason":"retention"}}})
+        );
+        let lagged = Reply::Lagged {
+            topics: BTreeMap::from([("t".into(), BTreeMap::from([(2, 9)]))]),
+        };
+        assert_eq!(
+            lagged.to_json(),
+            r#"{"type":"lagged","topics":{"t":{"2":9}}}"#
+        );
+        let ended = Reply::ended(None, "t", ErrorCode::Forbidden, "no longer allowed");
+        assert_eq!(
+            serde_json::from_str::<Value>(&ended.to_json()).unwrap(),
+            json!({"type":"error","code":"forbidden","message":"no longer allowed","topic":"t"})
+        );
     }
 
     fn record<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Record<'a> {
@@ -444,7 +708,7 @@ mod tests {
             offset: 42,
             timestamp: Some(1_732_500_000_000),
             key,
-            headers: vec![("h", Some(b"v".as_slice())), ("empty", None)],
+            headers: &[("h", Some(b"v")), ("empty", None)],
             value,
         }
     }
@@ -463,7 +727,7 @@ mod tests {
     #[test]
     fn non_json_and_non_utf8_data_travel_as_base64() {
         let frame = message_frame(&Record {
-            headers: vec![("bin", Some(&[0xff, 0x00][..]))],
+            headers: &[("bin", Some(&[0xff, 0x00]))],
             ..record(Some(&[0xfe]), Some(b"plain text"))
         });
         let v: Value = serde_json::from_str(&frame).unwrap();

@@ -1,11 +1,16 @@
-//! Which sockets want which topics.
+//! Which sockets want which records.
 //!
 //! The Kafka consumer thread fans every record out through here, so nothing in this module
-//! may wait: each socket has a bounded queue, and a full queue marks that socket as too slow
+//! may wait: each socket has a bounded queue, and a full queue marks that socket as lagging
 //! (its connection task then closes it) instead of holding up the consumer or the socket
 //! next to it.
+//!
+//! Filtering happens here, before anything is queued. Subscriptions with a key filter (which
+//! every subscription to a user-keyed topic has) are indexed by that key, so a record of a
+//! per-user topic with a hundred thousand subscribers costs one lookup, not a scan.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -14,32 +19,112 @@ use tokio_util::sync::CancellationToken;
 
 pub type ConnId = u64;
 
-/// The delivery side of one connection.
+/// One record on its way to sockets: its position, for resuming, and its `message` frame,
+/// serialised once and shared by every socket it goes to.
+#[derive(Debug)]
+pub struct Delivery {
+    pub topic: Box<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub frame: Utf8Bytes,
+}
+
+/// The parts of a record that filters look at.
+pub struct RecordMeta<'a> {
+    pub key: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
+}
+
+/// What a subscription lets through: records with this key (when set) and carrying each of
+/// these header values. When a record repeats a header name, the last value counts, as in
+/// the `message` frame.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub key: Option<Box<[u8]>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.key.is_none() && self.headers.is_empty()
+    }
+
+    pub fn matches(&self, record: &RecordMeta<'_>) -> bool {
+        if let Some(key) = &self.key
+            && record.key != Some(&**key)
+        {
+            return false;
+        }
+        self.headers.iter().all(|(name, value)| {
+            record
+                .headers
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .is_some_and(|(_, v)| *v == Some(value.as_bytes()))
+        })
+    }
+}
+
+/// The delivery side of one subscription.
 #[derive(Clone)]
 pub struct Subscriber {
-    pub queue: mpsc::Sender<Utf8Bytes>,
+    /// The connection's queue, shared by all its subscriptions.
+    pub queue: mpsc::Sender<Arc<Delivery>>,
     /// Cancelled when the queue overflows: the connection can no longer be given every record.
     pub overflowed: CancellationToken,
+    /// Its key condition is also the index the subscriber is filed under.
+    pub filter: Arc<Filter>,
+}
+
+#[derive(Default)]
+struct TopicSubscribers {
+    any_key: HashMap<ConnId, Subscriber>,
+    by_key: HashMap<Box<[u8]>, HashMap<ConnId, Subscriber>>,
+}
+
+impl TopicSubscribers {
+    fn is_empty(&self) -> bool {
+        self.any_key.is_empty() && self.by_key.is_empty()
+    }
 }
 
 #[derive(Default)]
 pub struct Registry {
-    topics: DashMap<Box<str>, HashMap<ConnId, Subscriber>>,
+    topics: DashMap<Box<str>, TopicSubscribers>,
 }
 
 impl Registry {
-    /// Returns false when the connection was already subscribed to `topic`.
-    pub fn subscribe(&self, topic: &str, conn: ConnId, subscriber: Subscriber) -> bool {
-        self.topics
-            .entry(topic.into())
-            .or_default()
-            .insert(conn, subscriber)
-            .is_none()
+    /// Files the connection under `topic`, replacing an earlier subscription of the same
+    /// connection to the same topic with the same key filter.
+    pub fn subscribe(&self, topic: &str, conn: ConnId, subscriber: Subscriber) {
+        let mut entry = self.topics.entry(topic.into()).or_default();
+        match subscriber.filter.key.clone() {
+            None => entry.any_key.insert(conn, subscriber),
+            Some(key) => entry
+                .by_key
+                .entry(key)
+                .or_default()
+                .insert(conn, subscriber),
+        };
     }
 
-    pub fn unsubscribe(&self, topic: &str, conn: ConnId) {
+    /// `key` is the key filter the subscription was made with.
+    pub fn unsubscribe(&self, topic: &str, conn: ConnId, key: Option<&[u8]>) {
         if let Some(mut subscribers) = self.topics.get_mut(topic) {
-            subscribers.remove(&conn);
+            match key {
+                None => {
+                    subscribers.any_key.remove(&conn);
+                }
+                Some(key) => {
+                    if let Some(keyed) = subscribers.by_key.get_mut(key) {
+                        keyed.remove(&conn);
+                        if keyed.is_empty() {
+                            subscribers.by_key.remove(key);
+                        }
+                    }
+                }
+            }
         }
         self.topics
             .remove_if(topic, |_, subscribers| subscribers.is_empty());
@@ -50,17 +135,38 @@ impl Registry {
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.topics.get(topic).map_or(0, |s| s.len())
+        self.topics.get(topic).map_or(0, |s| {
+            s.any_key.len() + s.by_key.values().map(HashMap::len).sum::<usize>()
+        })
     }
 
-    /// Queues `frame` for every subscriber of `topic`; returns how many got it.
-    pub fn fan_out(&self, topic: &str, frame: &Utf8Bytes) -> usize {
+    /// Queues the record for every subscriber of `topic` whose filter it passes; returns how
+    /// many got it. `delivery` is built at most once, and only when someone wants the record.
+    pub fn fan_out(
+        &self,
+        topic: &str,
+        record: &RecordMeta<'_>,
+        delivery: impl FnOnce() -> Delivery,
+    ) -> usize {
         let Some(subscribers) = self.topics.get(topic) else {
             return 0;
         };
+        let keyed = record
+            .key
+            .and_then(|key| subscribers.by_key.get(key))
+            .into_iter()
+            .flat_map(HashMap::values);
+        let mut delivery = Some(delivery);
+        let mut built: Option<Arc<Delivery>> = None;
         let mut queued = 0;
-        for subscriber in subscribers.values() {
-            match subscriber.queue.try_send(frame.clone()) {
+        for subscriber in subscribers.any_key.values().chain(keyed) {
+            if !subscriber.filter.headers.is_empty() && !subscriber.filter.matches(record) {
+                continue;
+            }
+            let item = built
+                .get_or_insert_with(|| Arc::new(delivery.take().expect("built once")()))
+                .clone();
+            match subscriber.queue.try_send(item) {
                 Ok(()) => queued += 1,
                 Err(TrySendError::Full(_)) => subscriber.overflowed.cancel(),
                 // The connection is gone; its own cleanup removes it from here.
@@ -75,14 +181,43 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Utf8Bytes>) {
-        let (queue, rx) = mpsc::channel(capacity);
-        let overflowed = CancellationToken::new();
-        (Subscriber { queue, overflowed }, rx)
+    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Arc<Delivery>>) {
+        filtered(capacity, Filter::default())
     }
 
-    fn frame(s: &'static str) -> Utf8Bytes {
-        Utf8Bytes::from_static(s)
+    fn filtered(capacity: usize, filter: Filter) -> (Subscriber, mpsc::Receiver<Arc<Delivery>>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let subscriber = Subscriber {
+            queue,
+            overflowed: CancellationToken::new(),
+            filter: Arc::new(filter),
+        };
+        (subscriber, rx)
+    }
+
+    fn key(k: &[u8]) -> Filter {
+        Filter {
+            key: Some(k.into()),
+            ..Filter::default()
+        }
+    }
+
+    fn delivery(offset: i64) -> Delivery {
+        Delivery {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            frame: Utf8Bytes::from_static("frame"),
+        }
+    }
+
+    const NO_META: RecordMeta<'static> = RecordMeta {
+        key: None,
+        headers: &[],
+    };
+
+    fn offsets(rx: &mut mpsc::Receiver<Arc<Delivery>>) -> Vec<i64> {
+        std::iter::from_fn(|| rx.try_recv().ok().map(|d| d.offset)).collect()
     }
 
     #[test]
@@ -91,44 +226,106 @@ mod tests {
         let (a, mut rx_a) = subscriber(4);
         let (b, mut rx_b) = subscriber(4);
         let (c, mut rx_c) = subscriber(4);
-        assert!(registry.subscribe("chat.lobby", 1, a));
-        assert!(registry.subscribe("chat.lobby", 2, b));
-        assert!(registry.subscribe("chat.other", 3, c));
+        registry.subscribe("chat.lobby", 1, a);
+        registry.subscribe("chat.lobby", 2, b);
+        registry.subscribe("chat.other", 3, c);
 
-        assert_eq!(registry.fan_out("chat.lobby", &frame("m1")), 2);
-        assert_eq!(rx_a.try_recv().unwrap(), "m1");
-        assert_eq!(rx_b.try_recv().unwrap(), "m1");
-        assert!(rx_c.try_recv().is_err());
-        assert_eq!(registry.fan_out("nobody.here", &frame("m2")), 0);
+        assert_eq!(registry.fan_out("chat.lobby", &NO_META, || delivery(1)), 2);
+        assert_eq!(offsets(&mut rx_a), [1]);
+        assert_eq!(offsets(&mut rx_b), [1]);
+        assert!(offsets(&mut rx_c).is_empty());
+        let built = std::cell::Cell::new(false);
+        let count = registry.fan_out("nobody.here", &NO_META, || {
+            built.set(true);
+            delivery(2)
+        });
+        assert_eq!(count, 0);
+        assert!(!built.get(), "a frame nobody wants is never built");
     }
 
     #[test]
     fn subscribing_twice_delivers_once() {
         let registry = Registry::default();
         let (a, mut rx) = subscriber(4);
-        assert!(registry.subscribe("t", 1, a.clone()));
-        assert!(!registry.subscribe("t", 1, a));
-        registry.fan_out("t", &frame("m"));
-        assert_eq!(rx.try_recv().unwrap(), "m");
-        assert!(rx.try_recv().is_err());
+        registry.subscribe("t", 1, a.clone());
+        registry.subscribe("t", 1, a);
+        registry.fan_out("t", &NO_META, || delivery(7));
+        assert_eq!(offsets(&mut rx), [7]);
     }
 
     #[test]
     fn unsubscribe_stops_delivery_and_forgets_empty_topics() {
         let registry = Registry::default();
         let (a, mut rx_a) = subscriber(4);
-        let (b, mut rx_b) = subscriber(4);
+        let (b, mut rx_b) = filtered(4, key(b"alice"));
         registry.subscribe("t", 1, a);
         registry.subscribe("t", 2, b);
-        registry.unsubscribe("t", 1);
-        assert_eq!(registry.fan_out("t", &frame("m")), 1);
-        assert!(rx_a.try_recv().is_err());
-        assert_eq!(rx_b.try_recv().unwrap(), "m");
+        registry.unsubscribe("t", 1, None);
+        let meta = RecordMeta {
+            key: Some(b"alice"),
+            headers: &[],
+        };
+        assert_eq!(registry.fan_out("t", &meta, || delivery(1)), 1);
+        assert!(offsets(&mut rx_a).is_empty());
+        assert_eq!(offsets(&mut rx_b), [1]);
 
-        registry.unsubscribe("t", 2);
+        registry.unsubscribe("t", 2, Some(b"alice"));
         assert!(!registry.has_subscribers("t"));
         assert_eq!(registry.subscriber_count("t"), 0);
-        registry.unsubscribe("never", 9);
+        registry.unsubscribe("never", 9, None);
+    }
+
+    #[test]
+    fn key_filters_deliver_only_matching_records() {
+        let registry = Registry::default();
+        let (alice, mut rx_alice) = filtered(8, key(b"alice"));
+        let (bob, mut rx_bob) = filtered(8, key(b"bob"));
+        let (all, mut rx_all) = subscriber(8);
+        registry.subscribe("n", 1, alice);
+        registry.subscribe("n", 2, bob);
+        registry.subscribe("n", 3, all);
+        for (offset, k) in [(0, Some(&b"alice"[..])), (1, Some(b"bob")), (2, None)] {
+            let meta = RecordMeta {
+                key: k,
+                headers: &[],
+            };
+            registry.fan_out("n", &meta, || delivery(offset));
+        }
+        assert_eq!(offsets(&mut rx_alice), [0]);
+        assert_eq!(offsets(&mut rx_bob), [1]);
+        assert_eq!(offsets(&mut rx_all), [0, 1, 2]);
+        assert_eq!(registry.subscriber_count("n"), 3);
+    }
+
+    #[test]
+    fn header_filters_need_every_pair_and_read_the_last_value() {
+        let filter = Filter {
+            key: None,
+            headers: vec![("lang".into(), "en".into()), ("kind".into(), "dm".into())],
+        };
+        let meta = |headers: &'static [(&'static str, Option<&'static [u8]>)]| RecordMeta {
+            key: None,
+            headers,
+        };
+        assert!(filter.matches(&meta(&[("kind", Some(b"dm")), ("lang", Some(b"en"))])));
+        assert!(!filter.matches(&meta(&[("lang", Some(b"en"))])));
+        assert!(!filter.matches(&meta(&[("lang", Some(b"en")), ("kind", None)])));
+        assert!(!filter.matches(&meta(&[
+            ("kind", Some(b"dm")),
+            ("lang", Some(b"en")),
+            ("lang", Some(b"fr"))
+        ])));
+
+        let registry = Registry::default();
+        let (s, mut rx) = filtered(4, filter);
+        registry.subscribe("t", 1, s);
+        registry.fan_out("t", &meta(&[("lang", Some(b"en"))]), || delivery(0));
+        registry.fan_out(
+            "t",
+            &meta(&[("lang", Some(b"en")), ("kind", Some(b"dm"))]),
+            || delivery(1),
+        );
+        assert_eq!(offsets(&mut rx), [1]);
     }
 
     #[test]
@@ -140,12 +337,11 @@ mod tests {
         registry.subscribe("t", 1, slow);
         registry.subscribe("t", 2, fast);
 
-        assert_eq!(registry.fan_out("t", &frame("1")), 2);
+        assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 2);
         assert!(!slow_flag.is_cancelled());
-        assert_eq!(registry.fan_out("t", &frame("2")), 1);
+        assert_eq!(registry.fan_out("t", &NO_META, || delivery(2)), 1);
         assert!(slow_flag.is_cancelled());
-        assert_eq!(rx_fast.try_recv().unwrap(), "1");
-        assert_eq!(rx_fast.try_recv().unwrap(), "2");
+        assert_eq!(offsets(&mut rx_fast), [1, 2]);
     }
 
     #[test]
@@ -155,7 +351,7 @@ mod tests {
         drop(rx);
         let flag = gone.overflowed.clone();
         registry.subscribe("t", 1, gone);
-        assert_eq!(registry.fan_out("t", &frame("m")), 0);
+        assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 0);
         assert!(!flag.is_cancelled());
     }
 }

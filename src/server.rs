@@ -1,5 +1,5 @@
-//! The HTTP side: routes, authentication before the upgrade, readiness, and the lifecycle
-//! from start to a graceful stop.
+//! The HTTP side: routes, authentication before the upgrade (when the request carries a
+//! token), readiness, and the lifecycle from start to a graceful stop.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::auth::{AuthError, Authenticator, KeyError};
+use crate::auth::{Authenticator, KeyError};
 use crate::config::ServeConfig;
 use crate::connection;
-use crate::kafka::{Consumer, Publisher};
+use crate::kafka::{Consumer, LivePositions, Publisher};
 use crate::registry::{ConnId, Registry};
+use crate::replay::Replayer;
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
@@ -37,6 +38,8 @@ pub struct Hub {
     pub auth: Authenticator,
     pub registry: Arc<Registry>,
     pub publisher: Publisher,
+    pub live: LivePositions,
+    pub replayer: Replayer,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     consumer_ready: Arc<AtomicBool>,
@@ -53,7 +56,7 @@ impl Hub {
     }
 
     /// Counts a socket against its user's limit; `None` when the user is at the limit.
-    fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
+    pub fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
         let mut held = self.seats.entry(sub.to_string()).or_insert(0);
         if *held >= self.config.max_connections_per_user.get() {
             return None;
@@ -118,6 +121,7 @@ pub async fn serve(
     let publisher = Publisher::new(&config, &group_id)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
     let consumer = Consumer::start(&config, &group_id, registry.clone(), consumer_ready.clone())?;
+    let replayer = Replayer::new(&config, &group_id);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -129,6 +133,8 @@ pub async fn serve(
         auth,
         registry,
         publisher,
+        live: consumer.positions(),
+        replayer,
         shutdown: CancellationToken::new(),
         consumer_ready,
         producer_ready: AtomicBool::new(false),
@@ -247,12 +253,21 @@ async fn websocket(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or(query.token.as_deref());
-    let session = match token
-        .ok_or(AuthError::Missing)
-        .and_then(|t| hub.auth.verify(t))
-    {
-        Ok(session) => session,
-        Err(e) => {
+    // Without a token the socket opens, and its first frame must authenticate it.
+    let authenticated = match token.map(|t| hub.auth.verify(t)) {
+        None => None,
+        Some(Ok(session)) => {
+            let Some(seat) = hub.take_seat(&session.sub) else {
+                tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections for this user",
+                )
+                    .into_response();
+            };
+            Some((session, seat))
+        }
+        Some(Err(e)) => {
             tracing::info!(reason = e.reason(), "refused a connection");
             return (
                 StatusCode::UNAUTHORIZED,
@@ -261,14 +276,6 @@ async fn websocket(
             )
                 .into_response();
         }
-    };
-    let Some(seat) = hub.take_seat(&session.sub) else {
-        tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections for this user",
-        )
-            .into_response();
     };
     if hub.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -280,5 +287,5 @@ async fn websocket(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(hub, socket, session, seat)))
+        .on_upgrade(move |socket| tracker.track_future(connection::run(hub, socket, authenticated)))
 }

@@ -32,6 +32,10 @@ fn claims(sub: &str, exp: u64) -> Value {
     json!({"sub": sub, "exp": exp, "wskafka": {"publish": ["*"], "subscribe": ["*"]}})
 }
 
+fn claims_with(sub: &str, exp: u64, subscribe: &[&str]) -> Value {
+    json!({"sub": sub, "exp": exp, "wskafka": {"subscribe": subscribe}})
+}
+
 fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
 }
@@ -62,6 +66,7 @@ fn es256(claims: &Value) -> String {
 
 #[tokio::test]
 async fn every_bad_token_gets_401_and_no_socket() {
+    // (No token at all opens the socket for first-frame authentication: see below.)
     let hub = Hub::start("auth.*", &[]).await;
     let valid = claims("alice", now() + 600);
     let unsigned = format!(
@@ -70,7 +75,6 @@ async fn every_bad_token_gets_401_and_no_socket() {
         B64.encode(valid.to_string())
     );
     let cases = [
-        ("missing", hub.url("").replace("?token=", "")),
         ("empty", hub.url("")),
         ("malformed", hub.url("not-a-jwt")),
         (
@@ -154,13 +158,143 @@ async fn es256_hub_accepts_es256_only() {
 }
 
 #[tokio::test]
-async fn a_live_socket_is_closed_with_4401_when_its_token_expires() {
-    let hub = Hub::start("auth.*", &[]).await;
-    let mut client = hub.connect(&hs256(&claims("alice", now() + 2))).await;
+async fn a_live_socket_is_warned_then_closed_with_4401_when_its_token_expires() {
+    let hub = Hub::start("auth.*", &["--expiry-warning", "1s"]).await;
+    // Far enough out that the ping below is answered before the warning.
+    let exp = now() + 3;
+    let mut client = hub.connect(&hs256(&claims("alice", exp))).await;
     assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "expiring", "expires_at": exp * 1000})
+    );
     let close = client.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4401);
     assert_eq!(close.reason, "token expired");
+}
+
+#[tokio::test]
+async fn a_socket_opened_without_a_token_authenticates_with_its_first_frame() {
+    let (topic, glob) = fresh_topic("firstframe", 1).await;
+    let hub = Hub::start(&glob, &["--auth-timeout", "1s"]).await;
+    let bare = format!("ws://{}/ws", hub.addr);
+    let connect = || async {
+        tokio_tungstenite::connect_async(bare.as_str())
+            .await
+            .unwrap()
+            .0
+    };
+
+    let mut client = Client {
+        ws: connect().await,
+    };
+    let token = token("alice", &[&glob], &[&glob]);
+    let reply = client
+        .call(json!({"type": "auth", "id": "a", "token": token}))
+        .await;
+    assert_eq!(reply["type"], "authenticated", "{reply}");
+    assert_eq!(
+        (reply["id"].as_str(), reply["sub"].as_str()),
+        (Some("a"), Some("alice"))
+    );
+    assert!(reply["expires_at"].as_u64().unwrap() > now() * 1000);
+    client.subscribe(&topic).await;
+    client
+        .send(json!({"type": "publish", "topic": topic, "payload": 1}))
+        .await;
+    // The ack and the record coming back may arrive in either order.
+    let mut frames = [client.recv().await, client.recv().await];
+    frames.sort_by_key(|f| f["type"].as_str().unwrap().to_string());
+    let [ack, message] = frames;
+    assert_eq!(
+        (ack["type"].as_str(), message["type"].as_str()),
+        (Some("ack"), Some("message"))
+    );
+    assert_eq!(ack["offset"], message["offset"]);
+
+    // Anything else first, a bad token, or silence: closed with 4403 and a reason.
+    let bad = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"guess"),
+        &claims("eve", now() + 60),
+    );
+    for (first, reason) in [
+        (Some(json!({"type": "ping"})), "expected an auth frame"),
+        (
+            Some(json!({"type": "auth", "token": bad})),
+            "token signature does not verify",
+        ),
+        (None, "no auth frame in time"),
+    ] {
+        let mut client = Client {
+            ws: connect().await,
+        };
+        if let Some(frame) = first {
+            client.send(frame).await;
+        }
+        let close = client.closed().await.expect("a close frame");
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (4403, reason)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refreshed_token_moves_the_expiry_and_ends_what_it_no_longer_allows() {
+    let prefix = unique("refresh");
+    let (kept, dropped) = (format!("{prefix}.kept"), format!("{prefix}.dropped"));
+    for topic in [&kept, &dropped] {
+        create_topic(topic, 1).await;
+    }
+    let hub = Hub::start(&format!("{prefix}.*"), &["--expiry-warning", "1s"]).await;
+    // The old token's warning is at least a second away while the requests below run.
+    let short = claims_with("alice", now() + 3, &[&kept, &dropped]);
+    let mut client = hub.connect(&hs256(&short)).await;
+    client.subscribe(&kept).await;
+    client.subscribe(&dropped).await;
+
+    // Another user's token and garbage are refused, and change nothing.
+    let reply = client
+        .call(json!({"type": "auth", "id": 1, "token": hs256(&claims_with("bob", now() + 60, &[&kept]))}))
+        .await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    let reply = client
+        .call(json!({"type": "auth", "id": 2, "token": "garbage"}))
+        .await;
+    assert_eq!(reply["code"], "unauthorized", "{reply}");
+
+    let exp = now() + 5;
+    client
+        .send(
+            json!({"type": "auth", "id": 3, "token": hs256(&claims_with("alice", exp, &[&kept]))}),
+        )
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "error", "code": "forbidden", "topic": dropped,
+               "message": format!("subscription to {dropped:?} ended: the new token does not allow it")})
+    );
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "authenticated", "id": 3, "sub": "alice", "expires_at": exp * 1000})
+    );
+    // The first warning is about the new expiry, and comes after the old one has passed.
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "expiring", "expires_at": exp * 1000})
+    );
+    assert!(now() > short["exp"].as_u64().unwrap());
+    let producer = producer();
+    produce(&producer, &dropped, "k", b"1").await;
+    let (_, offset) = produce(&producer, &kept, "k", b"2").await;
+    let (position, message) = client.message().await;
+    assert_eq!(
+        (position, message["topic"].as_str()),
+        ((0, offset), Some(kept.as_str()))
+    );
+    let close = client.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4401);
 }
 
 #[tokio::test]

@@ -1,0 +1,483 @@
+//! Replays: a subscription that starts in the past reads its topic from where the client
+//! asks up to where the hub's live stream took over, so a resumed client gets no gap and no
+//! duplicate at the seam.
+//!
+//! The seam is the live position the subscription read right after joining the registry
+//! (see `LivePositions`): the live stream delivers every record at or past it, so the replay
+//! covers `[start, live)` per partition and stops. Live records that arrive meanwhile wait in
+//! the connection until the replay of their partition is done.
+//!
+//! Each replay reads with a short-lived Kafka client of its own, on a blocking thread, with
+//! no consumer group; the shared consumer never waits for it. A semaphore bounds how many
+//! run at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::ServeConfig;
+use crate::kafka::{client_config, delivery_of, headers_of};
+use crate::protocol::{ErrorCode, Lost, LostReason, Start};
+use crate::registry::{Delivery, Filter, RecordMeta};
+
+/// Bound on each metadata or ListOffsets round trip.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A replay that receives nothing from Kafka for this long gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What a replay reports to its connection, in this order: `Started` once, then `Record`s
+/// and one `Done` per replayed partition; or `Failed` at any point, which ends it.
+#[derive(Debug)]
+pub enum Event {
+    Started {
+        /// The next offset the socket gets from each partition.
+        starts: BTreeMap<i32, i64>,
+        lost: BTreeMap<i32, Lost>,
+        /// Partitions with records to replay; the others are served live from the start.
+        replaying: BTreeSet<i32>,
+    },
+    Record(Arc<Delivery>),
+    Done(i32),
+    Failed(ReplayError),
+}
+
+/// An event of the replay for one subscription; `generation` tells a replaced subscription's
+/// leftovers apart.
+#[derive(Debug)]
+pub struct Tagged {
+    pub topic: Arc<str>,
+    pub generation: u64,
+    pub event: Event,
+}
+
+pub struct Request {
+    pub topic: Arc<str>,
+    pub generation: u64,
+    pub from: Start,
+    /// The live stream's position per partition, read after the subscription joined.
+    pub live: BTreeMap<i32, i64>,
+    pub filter: Arc<Filter>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("topic {0:?} does not exist")]
+    NoTopic(String),
+    #[error("Kafka deleted records the replay still needed: {0}")]
+    OutOfRange(KafkaError),
+    #[error("Kafka did not answer the replay: {0}")]
+    Kafka(KafkaError),
+    #[error("Kafka sent nothing for the replay in {STALL_TIMEOUT:?}")]
+    Stalled,
+    #[error("the replay failed unexpectedly")]
+    Crashed,
+}
+
+impl ReplayError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ReplayError::NoTopic(_) => ErrorCode::BadRequest,
+            ReplayError::OutOfRange(_) | ReplayError::Kafka(_) | ReplayError::Stalled => {
+                ErrorCode::Unavailable
+            }
+            ReplayError::Crashed => ErrorCode::Internal,
+        }
+    }
+}
+
+pub struct Replayer {
+    client: ClientConfig,
+    permits: Arc<Semaphore>,
+    max_records: i64,
+}
+
+impl Replayer {
+    pub fn new(config: &ServeConfig, group_id: &str) -> Self {
+        let client = client_config(
+            config,
+            &[
+                ("client.id", format!("{group_id}-replay")),
+                // Never used to join a group (partitions are assigned by hand), but required.
+                ("group.id", format!("{group_id}-replay")),
+                ("enable.auto.commit", "false".into()),
+                ("enable.partition.eof", "true".into()),
+                // A start that retention deleted meanwhile is an error, never a silent jump.
+                ("auto.offset.reset", "error".into()),
+            ],
+            &config.kafka_consumer,
+        );
+        Replayer {
+            client,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
+            max_records: i64::from(config.max_replay),
+        }
+    }
+
+    /// Starts the replay; dropping the guard stops it.
+    pub fn spawn(&self, request: Request, events: mpsc::Sender<Tagged>) -> DropGuard {
+        let cancel = CancellationToken::new();
+        let guard = cancel.clone().drop_guard();
+        let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
+        tokio::spawn(async move {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let (topic, generation) = (request.topic.clone(), request.generation);
+            let sender = events.clone();
+            let ran = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let send = |event| {
+                    events
+                        .blocking_send(Tagged {
+                            topic: request.topic.clone(),
+                            generation: request.generation,
+                            event,
+                        })
+                        .is_ok()
+                };
+                if let Err(e) = replay(&client, &request, max, &send, &cancel) {
+                    send(Event::Failed(e));
+                }
+            })
+            .await;
+            if ran.is_err() {
+                tracing::error!(%topic, "a replay panicked");
+                let event = Event::Failed(ReplayError::Crashed);
+                let _ = sender
+                    .send(Tagged {
+                        topic,
+                        generation,
+                        event,
+                    })
+                    .await;
+            }
+        });
+        guard
+    }
+}
+
+/// Where each partition starts, which offsets are lost, and which ranges to replay.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub starts: BTreeMap<i32, i64>,
+    pub lost: BTreeMap<i32, Lost>,
+    /// `[start, end)` per partition.
+    pub ranges: BTreeMap<i32, (i64, i64)>,
+}
+
+/// `watermarks` holds each partition's (low, high); `by_time` the first offset at or after
+/// the requested timestamp, for partitions that have one.
+pub(crate) fn plan(
+    from: &Start,
+    watermarks: &BTreeMap<i32, (i64, i64)>,
+    by_time: &BTreeMap<i32, i64>,
+    live: &BTreeMap<i32, i64>,
+    max_records: i64,
+) -> Plan {
+    let mut plan = Plan::default();
+    for (&partition, &(low, high)) in watermarks {
+        let live = live.get(&partition).copied();
+        let requested = match from {
+            Start::Latest => live.unwrap_or(high),
+            Start::Earliest => low,
+            // No record at or after the timestamp: nothing to replay.
+            Start::Timestamp(_) => by_time
+                .get(&partition)
+                .copied()
+                .unwrap_or(live.unwrap_or(high)),
+            // A partition the client does not know was created after it last looked, so all
+            // of it is new to the client.
+            Start::Offsets(offsets) => offsets.get(&partition).copied().unwrap_or(low),
+        };
+        let mut start = requested;
+        let mut reason = None;
+        if start < low {
+            start = low;
+            reason = Some(LostReason::Retention);
+        }
+        if let Some(live) = live
+            && start < live
+        {
+            if live - start > max_records {
+                start = live - max_records;
+                reason = Some(LostReason::ReplayLimit);
+            }
+            plan.ranges.insert(partition, (start, live));
+        }
+        if let Some(reason) = reason {
+            let lost = Lost {
+                from: requested,
+                to: start,
+                reason,
+            };
+            plan.lost.insert(partition, lost);
+        }
+        plan.starts.insert(partition, start);
+    }
+    plan
+}
+
+fn replay(
+    client: &ClientConfig,
+    request: &Request,
+    max_records: i64,
+    send: &dyn Fn(Event) -> bool,
+    cancel: &CancellationToken,
+) -> Result<(), ReplayError> {
+    let topic = &*request.topic;
+    let consumer: BaseConsumer = client.create().map_err(ReplayError::Kafka)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
+        .map_err(ReplayError::Kafka)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ReplayError::NoTopic(topic.to_string()));
+    }
+    let mut watermarks = BTreeMap::new();
+    for &partition in &partitions {
+        let marks = consumer
+            .fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)
+            .map_err(ReplayError::Kafka)?;
+        watermarks.insert(partition, marks);
+    }
+    let mut by_time = BTreeMap::new();
+    if let Start::Timestamp(ms) = request.from {
+        let mut wanted = TopicPartitionList::new();
+        for &partition in &partitions {
+            wanted
+                .add_partition_offset(topic, partition, Offset::Offset(ms))
+                .expect("a fresh list takes any offset");
+        }
+        let found = consumer
+            .offsets_for_times(wanted, LOOKUP_TIMEOUT)
+            .map_err(ReplayError::Kafka)?;
+        for elem in found.elements() {
+            if let Offset::Offset(offset) = elem.offset() {
+                by_time.insert(elem.partition(), offset);
+            }
+        }
+    }
+    let plan = plan(
+        &request.from,
+        &watermarks,
+        &by_time,
+        &request.live,
+        max_records,
+    );
+    tracing::debug!(topic, ?watermarks, ?by_time, ?plan, "replay planned");
+    let mut pending: BTreeMap<i32, i64> =
+        plan.ranges.iter().map(|(p, (_, end))| (*p, *end)).collect();
+    let started = Event::Started {
+        starts: plan.starts,
+        lost: plan.lost,
+        replaying: pending.keys().copied().collect(),
+    };
+    if !send(started) || pending.is_empty() {
+        return Ok(());
+    }
+
+    let mut assignment = TopicPartitionList::new();
+    for (&partition, &(start, _)) in &plan.ranges {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(start))
+            .expect("a fresh list takes any offset");
+    }
+    consumer.assign(&assignment).map_err(ReplayError::Kafka)?;
+    let mut heard = Instant::now();
+    let done = |pending: &mut BTreeMap<i32, i64>, partition: i32| {
+        pending.remove(&partition);
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(topic, partition);
+        let _ = consumer.pause(&paused);
+        send(Event::Done(partition))
+    };
+    while !pending.is_empty() {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if heard.elapsed() > STALL_TIMEOUT {
+            return Err(ReplayError::Stalled);
+        }
+        match consumer.poll(POLL_INTERVAL) {
+            None => {}
+            Some(Ok(message)) => {
+                heard = Instant::now();
+                let (partition, offset) = (message.partition(), message.offset());
+                let Some(&end) = pending.get(&partition) else {
+                    continue;
+                };
+                if offset < end {
+                    let headers = headers_of(&message);
+                    let meta = RecordMeta {
+                        key: message.key(),
+                        headers: &headers,
+                    };
+                    if request.filter.matches(&meta) {
+                        let record = Arc::new(delivery_of(&message, &headers));
+                        if !send(Event::Record(record)) {
+                            return Ok(());
+                        }
+                    }
+                }
+                if offset + 1 >= end && !done(&mut pending, partition) {
+                    return Ok(());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                heard = Instant::now();
+                if pending.contains_key(&partition) && !done(&mut pending, partition) {
+                    return Ok(());
+                }
+            }
+            Some(Err(
+                e @ KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                ),
+            )) => {
+                return Err(ReplayError::OutOfRange(e));
+            }
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "replay consumer error"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(m: &[(i32, i64, i64)]) -> BTreeMap<i32, (i64, i64)> {
+        m.iter().map(|&(p, low, high)| (p, (low, high))).collect()
+    }
+
+    fn map(m: &[(i32, i64)]) -> BTreeMap<i32, i64> {
+        m.iter().copied().collect()
+    }
+
+    #[test]
+    fn offsets_replay_up_to_the_live_position_and_no_further() {
+        let plan = plan(
+            &Start::Offsets(map(&[(0, 43), (1, 17)])),
+            &marks(&[(0, 0, 60), (1, 0, 20)]),
+            &BTreeMap::new(),
+            &map(&[(0, 50), (1, 17)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 43), (1, 17)]));
+        assert_eq!(plan.ranges, BTreeMap::from([(0, (43, 50))]));
+        assert!(plan.lost.is_empty());
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_hub_replays_nothing_and_skips_what_it_has() {
+        let plan = plan(
+            &Start::Offsets(map(&[(0, 70)])),
+            &marks(&[(0, 0, 80)]),
+            &BTreeMap::new(),
+            &map(&[(0, 50)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 70)]));
+        assert!(plan.ranges.is_empty() && plan.lost.is_empty());
+    }
+
+    #[test]
+    fn offsets_older_than_retention_are_reported_lost() {
+        let plan = plan(
+            &Start::Offsets(map(&[(0, 10)])),
+            &marks(&[(0, 25, 60)]),
+            &BTreeMap::new(),
+            &map(&[(0, 60)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 25)]));
+        assert_eq!(plan.ranges, BTreeMap::from([(0, (25, 60))]));
+        assert_eq!(
+            plan.lost[&0],
+            Lost {
+                from: 10,
+                to: 25,
+                reason: LostReason::Retention
+            }
+        );
+    }
+
+    #[test]
+    fn the_replay_bound_keeps_the_newest_records_and_reports_the_rest() {
+        let plan = plan(
+            &Start::Earliest,
+            &marks(&[(0, 0, 5000), (1, 0, 10)]),
+            &BTreeMap::new(),
+            &map(&[(0, 5000), (1, 10)]),
+            100,
+        );
+        assert_eq!(plan.starts, map(&[(0, 4900), (1, 0)]));
+        assert_eq!(
+            plan.ranges,
+            BTreeMap::from([(0, (4900, 5000)), (1, (0, 10))])
+        );
+        assert_eq!(
+            plan.lost[&0],
+            Lost {
+                from: 0,
+                to: 4900,
+                reason: LostReason::ReplayLimit
+            }
+        );
+        assert!(!plan.lost.contains_key(&1));
+    }
+
+    #[test]
+    fn partitions_the_live_stream_has_not_reached_are_served_live() {
+        // Partition 1 was created after the hub started: live delivers it from its first
+        // record, so a replay would only duplicate; the start still filters what is older.
+        let plan = plan(
+            &Start::Offsets(map(&[(0, 3), (1, 4)])),
+            &marks(&[(0, 0, 9), (1, 0, 9)]),
+            &BTreeMap::new(),
+            &map(&[(0, 9)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 3), (1, 4)]));
+        assert_eq!(plan.ranges, BTreeMap::from([(0, (3, 9))]));
+    }
+
+    #[test]
+    fn unlisted_partitions_start_at_their_oldest_record() {
+        let plan = plan(
+            &Start::Offsets(map(&[(0, 5)])),
+            &marks(&[(0, 0, 9), (1, 2, 9)]),
+            &BTreeMap::new(),
+            &map(&[(0, 9), (1, 9)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 5), (1, 2)]));
+        assert!(plan.lost.is_empty());
+    }
+
+    #[test]
+    fn timestamps_start_at_the_first_record_at_or_after_them() {
+        let plan = plan(
+            &Start::Timestamp(1_000),
+            &marks(&[(0, 0, 9), (1, 0, 9)]),
+            &map(&[(0, 4)]),
+            &map(&[(0, 9), (1, 9)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 4), (1, 9)]));
+        assert_eq!(plan.ranges, BTreeMap::from([(0, (4, 9))]));
+    }
+}

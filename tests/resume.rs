@@ -1,0 +1,234 @@
+//! Subscriptions that start in the past: resuming after a drop, `earliest` and `timestamp`
+//! replays, the replay bound, and a lagging socket told where to resume.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_client_dropped_mid_stream_resumes_on_another_hub_with_every_record_exactly_once() {
+    let (topic, glob) = fresh_topic("resume", 3).await;
+    let (hub_a, hub_b) = tokio::join!(Hub::start(&glob, &[]), Hub::start(&glob, &[]));
+    let reader = token("reader", &[], &[&glob]);
+
+    let mut first = hub_a.connect(&reader).await;
+    let subscribed = first.subscribe_from(&topic, json!("latest")).await;
+    let mut before = Received::starting_at(&subscribed);
+
+    let count = 3000;
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_many(&topic, count).await }
+    });
+    while before.seqs.len() < 1000 {
+        let (position, message) = first.message().await;
+        before.take(position, &message);
+    }
+    // The network goes away mid-stream: whatever was in flight to this socket is lost to it.
+    drop(first);
+
+    let mut second = hub_b.connect(&reader).await;
+    let subscribed = second.subscribe_from(&topic, before.resume()).await;
+    assert_eq!(
+        Received::starting_at(&subscribed).next,
+        before.next,
+        "the replay starts where the first session stopped"
+    );
+    assert!(subscribed.get("lost").is_none(), "{subscribed}");
+    let mut after = Received::starting_at(&subscribed);
+    let produced = producing.await.unwrap();
+    while before.seqs.len() + after.seqs.len() < produced.len() {
+        let (position, message) = second.message().await;
+        assert!(
+            !before.seqs.contains_key(&position),
+            "{position:?} delivered in both sessions"
+        );
+        after.take(position, &message);
+    }
+    let mut both = before.seqs;
+    both.extend(after.seqs);
+    assert_eq!(both, produced);
+}
+
+#[tokio::test]
+async fn earliest_and_timestamp_replays_then_join_the_live_stream() {
+    let (topic, glob) = fresh_topic("replay", 2).await;
+    let producer = producer();
+    let mut history = BTreeMap::new();
+    let append = |seqs: std::ops::Range<i64>| {
+        let (producer, topic) = (&producer, &topic);
+        let positions = seqs.map(move |seq| async move {
+            let body = json!({"seq": seq}).to_string();
+            (
+                produce(producer, topic, &format!("k{seq}"), body.as_bytes()).await,
+                seq,
+            )
+        });
+        futures_util::future::join_all(positions)
+    };
+    history.extend(append(0..20).await);
+    // Every record above was stamped before `boundary`, every record below after it. (The
+    // records carry the producer's clock; Tansu looks timestamps up by append time. Records
+    // produced in real time satisfy both.)
+    let boundary = now_ms() + 1;
+    while now_ms() <= boundary {
+        tokio::task::yield_now().await;
+    }
+    history.extend(append(20..30).await);
+    let hub = Hub::start(&glob, &[]).await;
+    let reader = token("reader", &[], &[&glob]);
+
+    for (round, (from, first_seq)) in [(json!("earliest"), 0), (json!({"timestamp": boundary}), 20)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = hub.connect(&reader).await;
+        let subscribed = client.subscribe_from(&topic, from.clone()).await;
+        let mut received = Received::starting_at(&subscribed);
+        let wanted: BTreeMap<_, _> = history
+            .iter()
+            .filter(|(_, seq)| **seq >= first_seq)
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        while received.seqs.len() < wanted.len() {
+            let (position, message) = client.message().await;
+            received.take(position, &message);
+        }
+        assert_eq!(received.seqs, wanted, "replay from {from}");
+
+        // The same subscription then carries what is appended after the replay (which the
+        // next round's replay includes).
+        let seq = 100 + round as i64;
+        let body = json!({"seq": seq}).to_string();
+        let live = produce(&producer, &topic, "live", body.as_bytes()).await;
+        let (position, message) = client.message().await;
+        assert_eq!(position, live, "{message}");
+        history.insert(live, seq);
+    }
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    since_epoch.as_millis() as i64
+}
+
+#[tokio::test]
+async fn a_replay_past_its_bound_reports_the_records_it_will_not_deliver() {
+    let (topic, glob) = fresh_topic("bound", 1).await;
+    let produced = produce_many(&topic, 20).await;
+    let hub = Hub::start(&glob, &["--max-replay", "5"]).await;
+    let mut client = hub.connect(&token("reader", &[], &[&glob])).await;
+
+    let subscribed = client
+        .subscribe_from(&topic, json!({"offsets": {"0": 2}}))
+        .await;
+    assert_eq!(subscribed["partitions"], json!({"0": 15}));
+    assert_eq!(
+        subscribed["lost"],
+        json!({"0": {"from": 2, "to": 15, "reason": "replay_limit"}})
+    );
+    for offset in 15..20 {
+        let (position, message) = client.message().await;
+        assert_eq!(position, (0, offset));
+        assert_eq!(message["payload"]["seq"], produced[&(0, offset)]);
+    }
+}
+
+#[tokio::test]
+async fn a_socket_that_stops_reading_gets_lagged_and_resumes_losslessly_while_others_get_everything()
+ {
+    let (topic, glob) = fresh_topic("slow", 1).await;
+    let hub = Hub::start(&glob, &["--send-queue", "64"]).await;
+    let reader = token("r", &[], &[&glob]);
+    let (mut slow, mut healthy) = (hub.connect(&reader).await, hub.connect(&reader).await);
+    let subscribed = slow.subscribe_from(&topic, json!("latest")).await;
+    let mut before = Received::starting_at(&subscribed);
+    healthy.subscribe(&topic).await;
+
+    // The healthy socket reads while records arrive; the slow one does not.
+    let count = 600;
+    let reading = tokio::spawn(async move {
+        for expected in 0..count {
+            let (position, _) = healthy.message().await;
+            assert_eq!(
+                position,
+                (0, expected),
+                "the healthy socket missed a record"
+            );
+        }
+    });
+    // Far more than socket buffers hold, so the slow socket's queue must overflow.
+    let producer = producer();
+    let body = json!({"seq": 0, "pad": "x".repeat(50_000)}).to_string();
+    for _ in 0..count {
+        produce(&producer, &topic, "k", body.as_bytes()).await;
+    }
+    reading.await.unwrap();
+
+    // Now the slow socket reads: some records, then `lagged`, then the close.
+    let lagged = loop {
+        let frame = slow.recv().await;
+        match frame["type"].as_str() {
+            Some("message") => {
+                let position = (
+                    frame["partition"].as_i64().unwrap() as i32,
+                    frame["offset"].as_i64().unwrap(),
+                );
+                before.take(position, &frame);
+            }
+            Some("lagged") => break frame,
+            _ => panic!("unexpected {frame}"),
+        }
+    };
+    assert!(before.seqs.len() < count as usize, "the slow socket lagged");
+    let close = slow.closed().await.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4429, "lagged")
+    );
+    let resume_at = lagged["topics"][&topic].clone();
+    assert_eq!(
+        before.resume()["offsets"],
+        resume_at,
+        "lagged says where delivery stopped"
+    );
+
+    let mut again = hub.connect(&reader).await;
+    again
+        .subscribe_from(&topic, json!({"offsets": resume_at}))
+        .await;
+    let mut offsets: Vec<i64> = before.seqs.keys().map(|(_, o)| *o).collect();
+    while offsets.len() < count as usize {
+        let ((_, offset), _) = again.message().await;
+        offsets.push(offset);
+    }
+    assert_eq!(offsets, (0..count).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn malformed_starts_are_refused_and_replays_of_missing_topics_fail_cleanly() {
+    let (topic, glob) = fresh_topic("badfrom", 1).await;
+    let hub = Hub::start(&glob, &[]).await;
+    let mut client = hub.connect(&token("r", &[], &[&glob])).await;
+    let reply = client
+        .call(json!({"type": "subscribe", "id": 1, "topic": topic, "from": "yesterday"}))
+        .await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["id"].as_i64()),
+        (Some("bad_request"), Some(1))
+    );
+
+    let missing = glob.replace('*', "missing");
+    let reply = client
+        .call(json!({"type": "subscribe", "id": 2, "topic": missing, "from": "earliest"}))
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["topic"], missing.as_str());
+    assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
+    let _: Value = client.subscribe_from(&topic, json!("earliest")).await;
+}
