@@ -118,6 +118,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
 
+    /// Sockets opened without a token that may wait for their `auth` frame at once, across
+    /// the hub; more get HTTP 503.
+    #[arg(long, env = "WSKAFKA_MAX_AWAITING_AUTH", default_value_t = 1024)]
+    pub max_awaiting_auth: usize,
+
     /// How long before a token runs out the hub sends `expiring`, so the client can refresh.
     #[arg(long, env = "WSKAFKA_EXPIRY_WARNING", default_value = "60s", value_parser = humantime::parse_duration)]
     pub expiry_warning: Duration,

@@ -29,7 +29,7 @@ use crate::protocol::{
 };
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
 use crate::replay::{self, Event, Tagged};
-use crate::server::{Hub, Seat};
+use crate::server::{Auth, Hub, Seat};
 use crate::topic::{any_matches, is_valid_topic};
 
 /// Frames taken from a queue before one flush: many frames per syscall under load.
@@ -41,14 +41,13 @@ const REPLAY_QUEUE: usize = 64;
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// `authenticated` is `None` for a socket opened without a token: its first frame must then
-/// be `auth`.
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, authenticated: Option<(Session, Seat)>) {
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
     let id = hub.next_conn_id();
     let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
-    let authenticated = match authenticated {
-        Some(pair) => Ok(pair),
-        None => {
+    let authenticated = match auth {
+        Auth::Verified(session, seat) => Ok((session, seat)),
+        // The permit is given back once the first frame is handled, whatever it was.
+        Auth::Awaiting(_permit) => {
             first_frame_auth(&hub, &mut socket)
                 .instrument(span.clone())
                 .await

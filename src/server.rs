@@ -16,11 +16,12 @@ use dashmap::DashMap;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::auth::{Authenticator, KeyError};
+use crate::auth::{Authenticator, KeyError, Session};
 use crate::config::ServeConfig;
 use crate::connection;
 use crate::kafka::{Consumer, LivePositions, Publisher};
@@ -48,6 +49,15 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Open sockets per user.
     seats: DashMap<String, usize>,
+    /// Sockets opened without a token that have not sent their `auth` frame yet.
+    pub awaiting_auth: Arc<Semaphore>,
+}
+
+/// Where a new socket stands with authentication.
+pub enum Auth {
+    Verified(Session, Seat),
+    /// No token came with the upgrade; the permit is held until the `auth` frame arrives.
+    Awaiting(OwnedSemaphorePermit),
 }
 
 impl Hub {
@@ -128,6 +138,7 @@ pub async fn serve(
             addr: config.listen,
             source,
         })?;
+    let config_awaiting = config.max_awaiting_auth;
     let hub = Arc::new(Hub {
         config,
         auth,
@@ -141,6 +152,7 @@ pub async fn serve(
         connections: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
         seats: DashMap::new(),
+        awaiting_auth: Arc::new(Semaphore::new(config_awaiting)),
     });
     tokio::spawn(watch_producer(hub.clone()));
 
@@ -253,9 +265,20 @@ async fn websocket(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or(query.token.as_deref());
-    // Without a token the socket opens, and its first frame must authenticate it.
+    // Without a token the socket opens, and its first frame must authenticate it. Such
+    // sockets belong to nobody yet, so a hub-wide cap bounds what strangers can hold open.
     let authenticated = match token.map(|t| hub.auth.verify(t)) {
-        None => None,
+        None => match hub.awaiting_auth.clone().try_acquire_owned() {
+            Ok(permit) => Auth::Awaiting(permit),
+            Err(_) => {
+                tracing::info!("refused a connection: too many sockets awaiting their auth frame");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many sockets awaiting authentication",
+                )
+                    .into_response();
+            }
+        },
         Some(Ok(session)) => {
             let Some(seat) = hub.take_seat(&session.sub) else {
                 tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
@@ -265,7 +288,7 @@ async fn websocket(
                 )
                     .into_response();
             };
-            Some((session, seat))
+            Auth::Verified(session, seat)
         }
         Some(Err(e)) => {
             tracing::info!(reason = e.reason(), "refused a connection");

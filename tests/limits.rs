@@ -85,3 +85,28 @@ async fn only_allowed_browser_origins_may_connect() {
         "clients without an Origin header"
     );
 }
+
+#[tokio::test]
+async fn sockets_awaiting_their_auth_frame_are_capped_across_the_hub() {
+    let hub = Hub::start("limits.*", &["--max-awaiting-auth", "1"]).await;
+    let bare = format!("ws://{}/ws", hub.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(bare.as_str())
+        .await
+        .unwrap();
+    let mut waiting = Client { ws };
+    assert_eq!(hub.handshake_status(&bare).await, 503);
+    // A token in the URL is not subject to the cap.
+    assert_eq!(
+        hub.handshake_status(&hub.url(&token("bob", &[], &[])))
+            .await,
+        101
+    );
+
+    let reply = waiting
+        .call(json!({"type": "auth", "token": token("alice", &[], &[])}))
+        .await;
+    assert_eq!(reply["type"], "authenticated", "{reply}");
+    // Served by the connection loop, which runs only once authentication is over.
+    assert_eq!(waiting.call(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(hub.handshake_status(&bare).await, 101);
+}
