@@ -123,6 +123,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_MAX_AWAITING_AUTH", default_value_t = 1024)]
     pub max_awaiting_auth: usize,
 
+    /// DEVELOPMENT ONLY: serve the demo page at `/` and `/dev/token`, which mints a token
+    /// for any user name it is given. Never enable this where strangers can reach the hub.
+    #[arg(long, env = "WSKAFKA_DEMO")]
+    pub demo: bool,
+
     /// How long before a token runs out the hub sends `expiring`, so the client can refresh.
     #[arg(long, env = "WSKAFKA_EXPIRY_WARNING", default_value = "60s", value_parser = humantime::parse_duration)]
     pub expiry_warning: Duration,

@@ -16,3 +16,4 @@ pub mod registry;
 pub mod replay;
 pub mod server;
 pub mod topic;
+pub mod web;

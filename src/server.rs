@@ -23,10 +23,10 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth::{Authenticator, KeyError, Session};
 use crate::config::ServeConfig;
-use crate::connection;
 use crate::kafka::{Consumer, LivePositions, Publisher};
 use crate::registry::{ConnId, Registry};
 use crate::replay::Replayer;
+use crate::{connection, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
@@ -121,6 +121,11 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    if config.demo {
+        tracing::warn!(
+            "demo mode: /dev/token mints a token for anyone who asks; never enable it in production"
+        );
+    }
     let instance_id = config
         .instance_id
         .clone()
@@ -221,6 +226,7 @@ fn router(hub: Arc<Hub>) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(web::routes(hub.config.demo))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
             TraceLayer::new_for_http()

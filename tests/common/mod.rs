@@ -246,10 +246,15 @@ impl Hub {
     /// Starts the real binary exposing `topics` and waits until `/readyz` says ready.
     /// `extra` flags come last and so override the defaults set here.
     pub async fn start(topics: &str, extra: &[&str]) -> Hub {
+        Hub::start_at("127.0.0.1:0", topics, extra).await
+    }
+
+    /// The same, listening on `listen` (to restart a hub where its clients expect it).
+    pub async fn start_at(listen: &str, topics: &str, extra: &[&str]) -> Hub {
         let mut args = vec![
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--brokers",
             &broker().addr,
             "--topics",
@@ -540,5 +545,87 @@ impl Received {
             .map(|(p, o)| (p.to_string(), Value::from(*o)))
             .collect();
         serde_json::json!({ "offsets": offsets })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The browser
+
+/// A headless Chromium driven through `web/test/browser-driver.mjs` (playwright-core), one
+/// command at a time. It exits with this handle.
+pub struct Browser {
+    _process: Child,
+    commands: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/web/test/browser-driver.mjs");
+        let mut process = Command::new("node")
+            .arg(driver)
+            .env("PATIENCE_MS", PATIENCE.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting node: run scripts/test, which installs it");
+        let commands = process.stdin.take().unwrap();
+        let answers = BufReader::new(process.stdout.take().unwrap()).lines();
+        let mut browser = Browser {
+            _process: process,
+            commands,
+            answers,
+        };
+        assert_eq!(browser.answer().await, "ready");
+        browser
+    }
+
+    async fn answer(&mut self) -> Value {
+        let line = tokio::time::timeout(PATIENCE * 2, self.answers.next_line())
+            .await
+            .expect("the browser driver did not answer in time")
+            .unwrap()
+            .expect("the browser driver exited");
+        let mut answer: Value = serde_json::from_str(&line).unwrap();
+        if let Some(error) = answer.get("error") {
+            panic!("browser: {error}");
+        }
+        answer["ok"].take()
+    }
+
+    /// Runs one driver command (see the driver for the list) and returns its result.
+    pub async fn run(&mut self, command: Value) -> Value {
+        let line = format!("{command}\n");
+        self.commands.write_all(line.as_bytes()).await.unwrap();
+        self.answer().await
+    }
+
+    /// Opens `url` in a new browser context named `name`.
+    pub async fn open(&mut self, name: &str, url: &str) {
+        self.run(serde_json::json!({"cmd": "open", "name": name, "url": url}))
+            .await;
+    }
+
+    /// Waits until the element at `selector` in `name`'s page contains `text`.
+    pub async fn wait_text(&mut self, name: &str, selector: &str, text: &str) {
+        self.run(serde_json::json!({"cmd": "wait_text", "name": name, "selector": selector, "text": text}))
+            .await;
+    }
+
+    /// The inner text of every element matching `selector`.
+    pub async fn texts(&mut self, name: &str, selector: &str) -> Vec<String> {
+        let texts = self
+            .run(serde_json::json!({"cmd": "texts", "name": name, "selector": selector}))
+            .await;
+        serde_json::from_value(texts).unwrap()
+    }
+
+    /// Types `text` into the chat box of `name`'s page and sends it.
+    pub async fn say(&mut self, name: &str, text: &str) {
+        self.run(
+            serde_json::json!({"cmd": "type", "name": name, "selector": "#text", "text": text}),
+        )
+        .await;
     }
 }

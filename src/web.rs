@@ -1,0 +1,90 @@
+//! What the hub serves to browsers: the client library at `/wskafka.js`, and with `--demo`
+//! the demo page at `/` and the development token endpoint it signs in with.
+//!
+//! The files are compiled into the binary, so a deployed hub needs nothing beside it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::auth::{Grants, mint};
+use crate::server::Hub;
+
+const CLIENT: &str = include_str!("../web/wskafka.js");
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+const DEMO_SCRIPT: &str = include_str!("../web/demo.js");
+
+/// Demo tokens live briefly, so the demo exercises refreshing.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+pub fn routes(demo: bool) -> Router<Arc<Hub>> {
+    let router = Router::new().route("/wskafka.js", get(|| async { javascript(CLIENT) }));
+    if !demo {
+        return router;
+    }
+    router
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    DEMO_PAGE,
+                )
+            }),
+        )
+        .route("/demo.js", get(|| async { javascript(DEMO_SCRIPT) }))
+        .route("/dev/token", get(dev_token))
+}
+
+fn javascript(body: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    user: String,
+}
+
+/// Mints a token for whoever asks: development only. It grants everything the hub exposes,
+/// except publishing to per-user topics.
+async fn dev_token(State(hub): State<Arc<Hub>>, Query(request): Query<TokenRequest>) -> Response {
+    let user = request.user.trim();
+    let valid = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return (
+            StatusCode::BAD_REQUEST,
+            "user names are 1 to 64 characters of [A-Za-z0-9._-]",
+        )
+            .into_response();
+    }
+    let Some(secret) = &hub.config.jwt.jwt_secret else {
+        return (StatusCode::NOT_FOUND, "the demo needs WSKAFKA_JWT_SECRET").into_response();
+    };
+    let topics = &hub.config.topics;
+    let grants = Grants {
+        publish: topics
+            .iter()
+            .filter(|t| {
+                !(t.is_literal() && hub.config.user_topics.iter().any(|u| u.matches(t.as_str())))
+            })
+            .cloned()
+            .collect(),
+        subscribe: topics.clone(),
+    };
+    let token = mint(secret, user, grants, DEMO_TOKEN_TTL);
+    axum::Json(serde_json::json!({ "token": token })).into_response()
+}

@@ -1,0 +1,55 @@
+// Drives a real headless Chromium for tests/browser.rs: one JSON command per stdin line,
+// one JSON answer per stdout line ({"ok": result} or {"error": message}). Each named user
+// gets a browser context of its own (separate storage, like separate people).
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  // Root in a container cannot use Chromium's sandbox.
+  args: ["--no-sandbox"],
+});
+const pages = new Map();
+const timeout = Number(process.env.PATIENCE_MS ?? 20000);
+
+const commands = {
+  async open({ name, url }) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on("console", (m) => process.stderr.write(`${name} console: ${m.text()}\n`));
+    page.on("pageerror", (e) => process.stderr.write(`${name} page error: ${e}\n`));
+    await page.goto(url);
+    pages.set(name, page);
+  },
+  async type({ name, selector, text }) {
+    await pages.get(name).fill(selector, text);
+    await pages.get(name).press(selector, "Enter");
+  },
+  async wait_text({ name, selector, text }) {
+    await pages.get(name).waitForFunction(
+      ([selector, text]) => document.querySelector(selector)?.textContent.includes(text),
+      [selector, text],
+      { timeout },
+    );
+  },
+  async texts({ name, selector }) {
+    return pages.get(name).locator(selector).allInnerTexts();
+  },
+  async screenshot({ name, path }) {
+    await pages.get(name).screenshot({ path });
+  },
+};
+
+const lines = createInterface({ input: process.stdin });
+process.stdout.write(JSON.stringify({ ok: "ready" }) + "\n");
+for await (const line of lines) {
+  const command = JSON.parse(line);
+  let answer;
+  try {
+    answer = { ok: (await commands[command.cmd](command)) ?? null };
+  } catch (e) {
+    answer = { error: `${command.cmd}: ${e.message}` };
+  }
+  process.stdout.write(JSON.stringify(answer) + "\n");
+}
+await browser.close();

@@ -1,0 +1,115 @@
+// Unit tests of the client library's own logic, with a scripted socket in place of the
+// network: reconnecting, resuming from the last offsets seen, resending unanswered
+// publishes, refreshing tokens. The browser tests (tests/browser.rs) run it for real.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { WsKafka, WsKafkaError, backoffDelay } from "../wskafka.js";
+
+/** A socket whose every frame the test sees, and whose replies the test writes. */
+class ScriptedSocket {
+  static all = [];
+  static waiting = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    ScriptedSocket.all.push(this);
+    ScriptedSocket.waiting.splice(0).forEach((resolve) => resolve(this));
+    queueMicrotask(() => this.onopen?.());
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close() { this.onclose?.(); }
+  reply(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
+  drop() { this.onclose?.(); }
+  last(type) { return this.sent.filter((f) => f.type === type).at(-1); }
+}
+
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+async function connected(options = {}) {
+  ScriptedSocket.all = [];
+  const client = new WsKafka("ws://hub/ws", {
+    token: "t1",
+    WebSocket: ScriptedSocket,
+    backoff: { min: 1, max: 1 },
+    ...options,
+  });
+  await settle();
+  const socket = ScriptedSocket.all.at(-1);
+  assert.deepEqual(socket.sent[0], { type: "auth", id: "auth", token: options.tokenValue ?? "t1" });
+  socket.reply({ type: "authenticated", id: "auth", sub: "alice", expires_at: 0 });
+  return { client, socket };
+}
+
+/** The socket of the next reconnect, once the client opened it. */
+async function reconnected() {
+  const socket = await new Promise((resolve) => ScriptedSocket.waiting.push(resolve));
+  await settle();
+  socket.reply({ type: "authenticated", id: "auth", sub: "alice", expires_at: 0 });
+  return socket;
+}
+
+test("backoff grows, is capped, and is jittered between half and all of the ceiling", () => {
+  const backoff = { min: 100, max: 1000 };
+  assert.equal(backoffDelay(0, backoff, () => 0), 50);
+  assert.equal(backoffDelay(0, backoff, () => 1), 100);
+  assert.equal(backoffDelay(3, backoff, () => 1), 800);
+  assert.equal(backoffDelay(10, backoff, () => 1), 1000);
+  assert.equal(backoffDelay(10, backoff, () => 0), 500);
+});
+
+test("a reconnect resubscribes from the next offset per partition and drops repeats", async () => {
+  const { client, socket } = await connected();
+  const seen = [];
+  const subscribed = client.subscribe("chat", (m) => seen.push([m.partition, m.offset]), { from: "earliest" });
+  const request = socket.last("subscribe");
+  assert.equal(request.from, "earliest");
+  socket.reply({ type: "subscribed", id: request.id, topic: "chat", partitions: { 0: 0, 1: 5 } });
+  await subscribed;
+  socket.reply({ type: "message", topic: "chat", partition: 0, offset: 0 });
+  socket.reply({ type: "message", topic: "chat", partition: 0, offset: 1 });
+  socket.reply({ type: "message", topic: "chat", partition: 0, offset: 1 });
+
+  const states = [];
+  client.addEventListener("state", (e) => states.push(e.detail));
+  socket.drop();
+  const again = await reconnected();
+  assert.deepEqual(states, ["reconnecting", "open"]);
+  const resume = again.last("subscribe");
+  assert.deepEqual(resume.from, { offsets: { 0: 2, 1: 5 } });
+  again.reply({ type: "subscribed", id: resume.id, topic: "chat", partitions: { 0: 2, 1: 5 } });
+  again.reply({ type: "message", topic: "chat", partition: 1, offset: 5 });
+  assert.deepEqual(seen, [[0, 0], [0, 1], [1, 5]]);
+  client.close();
+});
+
+test("an unanswered publish is sent again after a reconnect and resolves with its ack", async () => {
+  const { client, socket } = await connected();
+  const acked = client.publish("chat", { text: "hi" }, { key: "alice" });
+  const first = socket.last("publish");
+  assert.deepEqual(first, { type: "publish", id: first.id, topic: "chat", payload: { text: "hi" }, key: "alice" });
+  socket.drop();
+  const again = await reconnected();
+  assert.deepEqual(again.last("publish"), first);
+  again.reply({ type: "ack", id: first.id, topic: "chat", partition: 0, offset: 7 });
+  assert.equal((await acked).offset, 7);
+
+  const refused = client.publish("audit", 1);
+  again.reply({ type: "error", id: again.last("publish").id, code: "forbidden", message: "no" });
+  await assert.rejects(refused, (e) => e instanceof WsKafkaError && e.code === "forbidden");
+  client.close();
+});
+
+test("a refused subscription rejects, and `expiring` fetches a fresh token", async () => {
+  let issued = 0;
+  const { client, socket } = await connected({ token: () => `t${++issued}`, tokenValue: "t1" });
+  const refused = client.subscribe("secret", () => {});
+  socket.reply({ type: "error", id: socket.last("subscribe").id, code: "forbidden", message: "no" });
+  await assert.rejects(refused, (e) => e.code === "forbidden");
+  assert.equal(client.subscriptions.size, 0);
+
+  socket.reply({ type: "expiring", expires_at: 0 });
+  await settle();
+  assert.deepEqual(socket.last("auth"), { type: "auth", id: "refresh", token: "t2" });
+  client.close();
+  assert.equal(client.state, "closed");
+});

@@ -1,0 +1,316 @@
+// wskafka browser client: a dependency-free ES module for the protocol in docs/protocol.md.
+//
+// It keeps what a dropped network must not lose: the next offset per partition of every
+// subscription (resubscribed with `from: {offsets}` after a reconnect, so nothing is missed
+// or repeated) and every publish not yet acknowledged (sent again after a reconnect; the
+// protocol says an unanswered publish may be resent).
+
+/**
+ * @typedef {string | (() => string | Promise<string>)} TokenSource
+ *   A token, or a function returning a fresh one (called on connect and on `expiring`).
+ * @typedef {"connecting" | "open" | "reconnecting" | "closed"} ConnectionState
+ * @typedef {"latest" | "earliest" | {timestamp: number} | {offsets: Record<string, number>}} Start
+ * @typedef {{key?: string, headers?: Record<string, string>}} Filter
+ * @typedef {{type: "message", topic: string, partition: number, offset: number,
+ *   timestamp?: number, key?: string, key_base64?: string,
+ *   headers?: Record<string, string | null>, headers_base64?: Record<string, string>,
+ *   payload?: unknown, payload_base64?: string}} Message
+ * @typedef {{type: "ack", topic: string, partition: number, offset: number}} Ack
+ * @typedef {{min: number, max: number}} Backoff  delays in ms
+ * @typedef {{token: TokenSource, backoff?: Backoff, WebSocket?: typeof WebSocket,
+ *   random?: () => number}} Options
+ */
+
+/** An `error` frame turned into an exception; `code` is the protocol's error code. */
+export class WsKafkaError extends Error {
+  /** @param {string} code @param {string} message @param {string} [topic] */
+  constructor(code, message, topic) {
+    super(message);
+    this.name = "WsKafkaError";
+    this.code = code;
+    this.topic = topic;
+  }
+}
+
+/**
+ * The delay before reconnect attempt `attempt` (0-based): exponential, capped, with "full
+ * jitter" between half and all of it, so that clients dropped together do not return
+ * together.
+ * @param {number} attempt @param {Backoff} backoff @param {() => number} random
+ */
+export function backoffDelay(attempt, backoff, random) {
+  const ceiling = Math.min(backoff.max, backoff.min * 2 ** attempt);
+  return ceiling / 2 + (random() * ceiling) / 2;
+}
+
+/**
+ * A connection to a wskafka hub. Events (an EventTarget): `state` (detail: the new
+ * ConnectionState), `lost` (detail: {topic, lost}: records a resume could not recover),
+ * `error` (detail: a WsKafkaError not tied to a request, such as an ended subscription).
+ */
+export class WsKafka extends EventTarget {
+  /** @param {string} url  the hub's `ws(s)://…/ws` @param {Options} options */
+  constructor(url, options) {
+    super();
+    this.url = url;
+    this.options = options;
+    this.backoff = options.backoff ?? { min: 250, max: 10_000 };
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.random = options.random ?? Math.random;
+    /** @type {ConnectionState} */
+    this.state = "connecting";
+    /** @type {Map<string, Subscription>} */
+    this.subscriptions = new Map();
+    /** Publishes without an answer yet: id -> {frame, resolve, reject}. */
+    this.publishes = new Map();
+    /** Other requests waiting for their reply on the current socket: id -> handlers. */
+    this.requests = new Map();
+    this.nextId = 1;
+    this.attempt = 0;
+    /** @type {WebSocket | null} */
+    this.socket = null;
+    this.authenticated = false;
+    this.timer = null;
+    this.connect();
+  }
+
+  /**
+   * Publishes one record; resolves with its position once Kafka has it.
+   * @param {string} topic @param {unknown} payload
+   * @param {{key?: string, headers?: Record<string, string>}} [options]
+   * @returns {Promise<Ack>}
+   */
+  publish(topic, payload, options = {}) {
+    const id = this.nextId++;
+    const frame = { type: "publish", id, topic, payload, ...options };
+    return new Promise((resolve, reject) => {
+      this.publishes.set(id, { frame, resolve, reject });
+      if (this.authenticated) this.send(frame);
+    });
+  }
+
+  /**
+   * Subscribes `onMessage` to a topic; resolves once the hub confirmed. Returns a function
+   * that ends the subscription.
+   * @param {string} topic @param {(message: Message) => void} onMessage
+   * @param {{from?: Start, filter?: Filter}} [options]
+   * @returns {Promise<() => void>}
+   */
+  subscribe(topic, onMessage, options = {}) {
+    const subscription = new Subscription(topic, onMessage, options);
+    this.subscriptions.get(topic)?.confirmed.reject(new WsKafkaError("replaced", "subscribed again"));
+    this.subscriptions.set(topic, subscription);
+    if (this.authenticated) this.sendSubscribe(subscription);
+    return subscription.confirmed.promise.then(() => () => this.unsubscribe(topic));
+  }
+
+  /** @param {string} topic */
+  unsubscribe(topic) {
+    if (this.subscriptions.delete(topic) && this.authenticated) {
+      this.send({ type: "unsubscribe", topic });
+    }
+  }
+
+  /** Closes for good: no reconnect; unanswered publishes are rejected. */
+  close() {
+    this.setState("closed");
+    clearTimeout(this.timer);
+    this.socket?.close(1000);
+    for (const { reject } of this.publishes.values()) {
+      reject(new WsKafkaError("closed", "the client was closed before Kafka acknowledged"));
+    }
+    this.publishes.clear();
+  }
+
+  // -- internals ----------------------------------------------------------------------
+
+  /** @param {ConnectionState} state */
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: state }));
+  }
+
+  async token() {
+    const source = this.options.token;
+    return typeof source === "function" ? await source() : source;
+  }
+
+  connect() {
+    if (this.state === "closed") return;
+    const socket = new this.WebSocket(this.url);
+    this.socket = socket;
+    this.authenticated = false;
+    socket.onopen = async () => {
+      try {
+        const token = await this.token();
+        if (this.socket === socket) this.send({ type: "auth", id: "auth", token });
+      } catch (e) {
+        socket.close(4000, "no token");
+      }
+    };
+    socket.onmessage = (event) => {
+      if (this.socket === socket) this.receive(JSON.parse(event.data));
+    };
+    socket.onclose = () => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.authenticated = false;
+      // Replies to requests other than publishes will never come; publishes are resent.
+      for (const { reject } of this.requests.values()) {
+        reject(new WsKafkaError("disconnected", "the connection dropped"));
+      }
+      this.requests.clear();
+      if (this.state === "closed") return;
+      this.setState("reconnecting");
+      const delay = backoffDelay(this.attempt++, this.backoff, this.random);
+      this.timer = setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  /** @param {object} frame */
+  send(frame) {
+    this.socket?.send(JSON.stringify(frame));
+  }
+
+  /** @param {Subscription} subscription */
+  sendSubscribe(subscription) {
+    const id = this.nextId++;
+    this.requests.set(id, {
+      resolve: (/** @type {any} */ reply) => subscription.started(reply, this),
+      reject: (/** @type {Error} */ e) => subscription.failed(e, this),
+    });
+    const frame = { type: "subscribe", id, topic: subscription.topic, from: subscription.from() };
+    if (subscription.options.filter) frame.filter = subscription.options.filter;
+    this.send(frame);
+  }
+
+  /** @param {any} frame */
+  receive(frame) {
+    switch (frame.type) {
+      case "message":
+        this.subscriptions.get(frame.topic)?.deliver(frame);
+        return;
+      case "authenticated":
+        if (frame.id === "auth" && !this.authenticated) this.opened();
+        return;
+      case "expiring":
+        this.refresh();
+        return;
+      case "lagged":
+        // The close (4429) follows; our own positions already say where to resume.
+        return;
+      case "ack": {
+        const publish = this.publishes.get(frame.id);
+        this.publishes.delete(frame.id);
+        publish?.resolve(frame);
+        return;
+      }
+      case "error":
+        return this.failed(frame);
+      default: {
+        const request = this.requests.get(frame.id);
+        this.requests.delete(frame.id);
+        request?.resolve(frame);
+      }
+    }
+  }
+
+  opened() {
+    this.authenticated = true;
+    this.attempt = 0;
+    this.setState("open");
+    for (const subscription of this.subscriptions.values()) this.sendSubscribe(subscription);
+    for (const { frame } of this.publishes.values()) this.send(frame);
+  }
+
+  async refresh() {
+    if (typeof this.options.token !== "function") return;
+    try {
+      this.send({ type: "auth", id: "refresh", token: await this.token() });
+    } catch (e) {
+      this.dispatchEvent(new CustomEvent("error", { detail: e }));
+    }
+  }
+
+  /** @param {any} frame */
+  failed(frame) {
+    const error = new WsKafkaError(frame.code, frame.message, frame.topic);
+    const publish = this.publishes.get(frame.id);
+    if (publish) {
+      this.publishes.delete(frame.id);
+      return publish.reject(error);
+    }
+    const request = this.requests.get(frame.id);
+    if (request) {
+      this.requests.delete(frame.id);
+      return request.reject(error);
+    }
+    if (frame.topic && this.subscriptions.has(frame.topic)) {
+      this.subscriptions.get(frame.topic)?.confirmed.reject(error);
+      this.subscriptions.delete(frame.topic);
+    }
+    this.dispatchEvent(new CustomEvent("error", { detail: error }));
+  }
+}
+
+/** A promise with its resolvers, settled once. */
+function deferred() {
+  /** @type {any} */
+  let resolve, reject;
+  const promise = new Promise((res, rej) => ((resolve = res), (reject = rej)));
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+/** One subscription and where it stands: the next offset per partition. */
+class Subscription {
+  /**
+   * @param {string} topic @param {(message: Message) => void} onMessage
+   * @param {{from?: Start, filter?: Filter}} options
+   */
+  constructor(topic, onMessage, options) {
+    this.topic = topic;
+    this.onMessage = onMessage;
+    this.options = options;
+    /** @type {Map<number, number> | null} null until the hub said where it starts */
+    this.next = null;
+    this.confirmed = deferred();
+  }
+
+  /** The first subscribe uses the caller's start; every later one resumes exactly. */
+  from() {
+    if (this.next === null) return this.options.from ?? "latest";
+    return { offsets: Object.fromEntries(this.next) };
+  }
+
+  /** @param {any} reply @param {WsKafka} client */
+  started(reply, client) {
+    this.next ??= new Map();
+    for (const [partition, offset] of Object.entries(reply.partitions ?? {})) {
+      if (!this.next.has(Number(partition))) this.next.set(Number(partition), offset);
+    }
+    if (reply.lost) {
+      client.dispatchEvent(new CustomEvent("lost", { detail: { topic: this.topic, lost: reply.lost } }));
+    }
+    this.confirmed.resolve(undefined);
+  }
+
+  /** @param {Error} error @param {WsKafka} client */
+  failed(error, client) {
+    // A dropped connection retries on reconnect; a refusal ends the subscription.
+    if (error instanceof WsKafkaError && error.code === "disconnected") return;
+    client.subscriptions.delete(this.topic);
+    this.confirmed.reject(error);
+    client.dispatchEvent(new CustomEvent("error", { detail: error }));
+  }
+
+  /** @param {Message} message */
+  deliver(message) {
+    this.next ??= new Map();
+    const expected = this.next.get(message.partition);
+    if (expected !== undefined && message.offset < expected) return; // already had it
+    this.next.set(message.partition, message.offset + 1);
+    this.onMessage(message);
+  }
+}
