@@ -366,3 +366,31 @@ async fn tokens_never_reach_the_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn only_a_demo_hub_mints_tokens_and_its_tokens_cannot_publish_to_user_topics() {
+    let plain = Hub::start("auth.*", &[]).await;
+    assert_eq!(plain.get("/dev/token?user=eve").await.0, 404);
+    assert_eq!(plain.get("/").await.0, 404);
+    let (status, client) = plain.get("/wskafka.js").await;
+    assert_eq!(status, 200);
+    assert!(client.contains("export class WsKafka"));
+
+    let prefix = unique("demo");
+    let notes = format!("{prefix}.notes");
+    create_topic(&notes, 1).await;
+    let demo = Hub::start(
+        &format!("{prefix}.*,{notes}"),
+        &["--demo", "--user-topics", &notes],
+    )
+    .await;
+    assert_eq!(demo.get("/dev/token?user=not%20valid").await.0, 400);
+    let (status, body) = demo.get("/dev/token?user=mallory").await;
+    assert_eq!(status, 200);
+    let token: Value = serde_json::from_str(&body).unwrap();
+    let mut client = demo.connect(token["token"].as_str().unwrap()).await;
+    let refused = client
+        .call(json!({"type": "publish", "topic": notes, "key": "alice", "payload": 1}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+}

@@ -116,10 +116,11 @@ export class WsKafka extends EventTarget {
     this.setState("closed");
     clearTimeout(this.timer);
     this.socket?.close(1000);
-    for (const { reject } of this.publishes.values()) {
-      reject(new WsKafkaError("closed", "the client was closed before Kafka acknowledged"));
-    }
+    const closed = new WsKafkaError("closed", "the client was closed");
+    for (const { reject } of [...this.publishes.values(), ...this.requests.values()]) reject(closed);
+    for (const subscription of this.subscriptions.values()) subscription.confirmed.reject(closed);
     this.publishes.clear();
+    this.requests.clear();
   }
 
   // -- internals ----------------------------------------------------------------------
