@@ -143,8 +143,8 @@ pub async fn serve(
             addr: config.listen,
             source,
         })?;
-    let config_awaiting = config.max_awaiting_auth;
     let hub = Arc::new(Hub {
+        awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
         config,
         auth,
         registry,
@@ -157,7 +157,6 @@ pub async fn serve(
         connections: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
         seats: DashMap::new(),
-        awaiting_auth: Arc::new(Semaphore::new(config_awaiting)),
     });
     tokio::spawn(watch_producer(hub.clone()));
 
