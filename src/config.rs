@@ -6,7 +6,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::topic::TopicPattern;
 
@@ -33,6 +33,11 @@ pub struct ServeConfig {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "WSKAFKA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Log lines as text (for people) or JSON objects (for log pipelines). Tokens and payloads
+    /// are never logged either way.
+    #[arg(long, env = "WSKAFKA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Kafka bootstrap servers.
     #[arg(long, env = "WSKAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -143,6 +148,12 @@ pub struct ServeConfig {
     /// On SIGTERM/SIGINT, how long to wait for sockets to finish their in-flight publishes.
     #[arg(long, env = "WSKAFKA_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]

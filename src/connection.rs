@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::kafka::Publisher;
+use crate::metrics;
 use crate::protocol::{
     self, ErrorCode, FilterSpec, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
@@ -66,6 +67,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
         }
     };
     span.record("sub", session.sub.as_str());
+    metrics::connection_opened();
     let (queue, frames) = mpsc::channel(hub.config.send_queue);
     let (replays, replay_events) = mpsc::channel(REPLAY_QUEUE);
     let connection = Connection {
@@ -99,18 +101,27 @@ async fn first_frame_auth(
         first = tokio::time::timeout(hub.config.auth_timeout, socket.recv()) => first,
     };
     let text = match first {
-        Err(_) => return Err(refused("no auth frame in time".into())),
+        Err(_) => {
+            metrics::auth_failed("timeout");
+            return Err(refused("no auth frame in time".into()));
+        }
         Ok(Some(Ok(Message::Text(text)))) => text,
-        Ok(_) => return Err(refused("expected an auth frame".into())),
+        Ok(_) => {
+            metrics::auth_failed("no_auth_frame");
+            return Err(refused("expected an auth frame".into()));
+        }
     };
     let (id, token) = match protocol::parse(&text) {
         Ok(Request::Auth { id, token }) => (id, token),
-        _ => return Err(refused("expected an auth frame".into())),
+        _ => {
+            metrics::auth_failed("no_auth_frame");
+            return Err(refused("expected an auth frame".into()));
+        }
     };
-    let session = hub
-        .auth
-        .verify(&token)
-        .map_err(|e| refused(e.to_string()))?;
+    let session = hub.auth.verify(&token).map_err(|e| {
+        metrics::auth_failed(e.reason());
+        refused(e.to_string())
+    })?;
     let Some(seat) = hub.take_seat(&session.sub) else {
         return Err((
             close::TOO_MANY_CONNECTIONS,
@@ -174,7 +185,7 @@ struct Connection {
     /// send queue limit.
     stashed: usize,
     /// Frames to write at the end of this turn of the loop.
-    out: Vec<Utf8Bytes>,
+    out: Vec<Outgoing>,
     _seat: Seat,
 }
 
@@ -199,7 +210,7 @@ struct Replaying {
 
 impl Subscription {
     /// Queues `record` unless this socket already has it.
-    fn deliver(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Utf8Bytes>) {
+    fn deliver(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Outgoing>) {
         if next
             .get(&record.partition)
             .is_some_and(|&n| record.offset < n)
@@ -207,12 +218,15 @@ impl Subscription {
             return;
         }
         next.insert(record.partition, record.offset + 1);
-        out.push(record.frame.clone());
+        out.push(Outgoing {
+            frame: record.frame.clone(),
+            timestamp: record.timestamp,
+        });
     }
 
     /// Delivers the held live records of `partition`, or of every partition no longer
     /// pending when `None`; returns how many left the stash.
-    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Utf8Bytes>) -> usize {
+    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Outgoing>) -> usize {
         let Some(replay) = &mut self.replay else {
             return 0;
         };
@@ -237,9 +251,17 @@ impl Subscription {
     }
 }
 
+/// A frame to write, with the timestamp of the record it carries.
+struct Outgoing {
+    frame: Utf8Bytes,
+    timestamp: Option<i64>,
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
+        metrics::connection_closed();
         for (topic, subscription) in &self.subscriptions {
+            metrics::unsubscribed(topic);
             self.hub
                 .registry
                 .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
@@ -292,7 +314,11 @@ impl Connection {
                         self.on_live(record);
                     }
                 }
-                incoming = stream.next(), if in_flight.len() < max_in_flight => match incoming {
+                incoming = stream.next(), if in_flight.len() < max_in_flight => {
+                    if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &incoming {
+                        metrics::frame_received();
+                    }
+                    match incoming {
                     Some(Ok(Message::Text(text))) => {
                         let expires_at = self.session.expires_at;
                         if let Some(pending) = self.handle(&text) {
@@ -315,7 +341,7 @@ impl Connection {
                         tracing::debug!(error = %e, "socket read failed");
                         break Ending::Broken;
                     }
-                },
+                }},
             }
             if self.overflowed.is_cancelled() {
                 break Ending::Lagged;
@@ -332,6 +358,7 @@ impl Connection {
         // Every publish taken gets its answer while the socket can still carry it.
         let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
         if matches!(ending, Ending::Lagged) {
+            metrics::lagged();
             // After what was already taken off the queue (and counted in the positions);
             // what is still queued is dropped, and the positions say where it starts.
             self.reply(self.lagged());
@@ -357,7 +384,10 @@ impl Connection {
     }
 
     fn reply(&mut self, reply: Reply) {
-        self.out.push(reply.to_json().into());
+        self.out.push(Outgoing {
+            frame: reply.to_json().into(),
+            timestamp: None,
+        });
     }
 
     fn warn_at(&self) -> tokio::time::Instant {
@@ -423,16 +453,16 @@ impl Connection {
                 replay.pending = replaying;
                 let id = replay.id.take();
                 subscription.next = starts.clone();
-                self.out.push(
-                    Reply::Subscribed {
-                        id,
-                        topic: topic.to_string(),
-                        partitions: starts,
-                        lost,
-                    }
-                    .to_json()
-                    .into(),
-                );
+                let subscribed = Reply::Subscribed {
+                    id,
+                    topic: topic.to_string(),
+                    partitions: starts,
+                    lost,
+                };
+                self.out.push(Outgoing {
+                    frame: subscribed.to_json().into(),
+                    timestamp: None,
+                });
                 subscription.release(None, &mut self.out)
             }
             Event::Record(record) => {
@@ -555,15 +585,22 @@ impl Connection {
             }
         };
         let topic = topic.into_owned();
+        let sent_at = std::time::Instant::now();
         Some(Box::pin(async move {
             match Publisher::delivered(delivery).await {
-                Ok(position) => Reply::Ack {
-                    id,
-                    topic,
-                    partition: position.partition,
-                    offset: position.offset,
-                },
-                Err(e) => Reply::error(id, e.code(), e.to_string()),
+                Ok(position) => {
+                    metrics::publish_acked(sent_at.elapsed());
+                    Reply::Ack {
+                        id,
+                        topic,
+                        partition: position.partition,
+                        offset: position.offset,
+                    }
+                }
+                Err(e) => {
+                    metrics::publish_failed(e.code().as_str());
+                    Reply::error(id, e.code(), e.to_string())
+                }
             }
         }))
     }
@@ -628,6 +665,7 @@ impl Connection {
         };
         if from == Start::Latest {
             subscription.next = live.clone();
+            metrics::subscribed(&topic);
             self.subscriptions.insert(topic.to_string(), subscription);
             return self.reply(Reply::Subscribed {
                 id,
@@ -664,11 +702,13 @@ impl Connection {
             stash: VecDeque::new(),
             _stop: stop,
         });
+        metrics::subscribed(&topic);
         self.subscriptions.insert(topic.to_string(), subscription);
     }
 
     fn end_subscription(&mut self, topic: &str) {
         if let Some(subscription) = self.subscriptions.remove(topic) {
+            metrics::unsubscribed(topic);
             self.hub
                 .registry
                 .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
@@ -751,17 +791,23 @@ fn millis(time: SystemTime) -> u64 {
 /// A socket that cannot take a write in time is as good as gone.
 struct WriteFailed;
 
+/// Counted as sent when the write starts, so a client that has a frame knows it is counted.
 async fn write_all(
     sink: &mut Sink,
-    out: &mut Vec<Utf8Bytes>,
+    out: &mut Vec<Outgoing>,
     timeout: Duration,
 ) -> Result<(), WriteFailed> {
     if out.is_empty() {
         return Ok(());
     }
     let frames = std::mem::take(out);
+    metrics::frames_sent(frames.len());
+    let now = millis(SystemTime::now()) as i64;
+    for timestamp in frames.iter().filter_map(|f| f.timestamp) {
+        metrics::delivered(now - timestamp);
+    }
     let batch = async {
-        for frame in frames {
+        for Outgoing { frame, .. } in frames {
             sink.feed(Message::Text(frame)).await?;
         }
         sink.flush().await

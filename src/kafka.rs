@@ -12,10 +12,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceP
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::config::ServeConfig;
+use crate::metrics;
 use crate::protocol::{self, ErrorCode, Record};
 use crate::registry::{Delivery, RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches};
@@ -246,6 +248,8 @@ impl Consumer {
                 // position instead of being revoked, re-seeked and paused, as eager
                 // rebalancing does.
                 ("partition.assignment.strategy", "cooperative-sticky".into()),
+                // For the consumer lag in /metrics.
+                ("statistics.interval.ms", "5000".into()),
             ],
             &config.kafka_consumer,
         )
@@ -380,6 +384,7 @@ pub(crate) fn delivery_of(
         topic: message.topic().into(),
         partition: message.partition(),
         offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
         frame: Utf8Bytes::from(frame),
     }
 }
@@ -409,7 +414,22 @@ pub struct Positions {
     next: HashMap<String, HashMap<i32, i64>>,
 }
 
-impl ClientContext for FanOutContext {}
+impl ClientContext for FanOutContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry each partition's end
+    /// and the position of the next record the hub is handed. (Its own `consumer_lag` counts
+    /// from the committed offset, and the hub commits nothing.)
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (&partition, stats) in &topic.partitions {
+                // Partition -1 is librdkafka's internal one; -1 offsets mean unknown.
+                if partition >= 0 && stats.hi_offset >= 0 && stats.app_offset >= 0 {
+                    let lag = (stats.hi_offset - stats.app_offset).max(0);
+                    metrics::consumer_lag(name, partition, lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for FanOutContext {
     fn rebalance(

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod kafka;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod replay;

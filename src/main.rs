@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wskafka::auth::{self, Grants};
-use wskafka::config::{Cli, Command};
+use wskafka::config::{Cli, Command, LogFormat};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,13 +21,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => {
-            tracing_subscriber::fmt()
+            let logs = tracing_subscriber::fmt()
                 .with_env_filter(
                     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
                 )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .init();
+                .with_writer(std::io::stderr);
+            match config.log_format {
+                LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+                LogFormat::Json => logs.json().init(),
+            }
             wskafka::server::serve(*config, shutdown_signal())
                 .await
                 .context("wskafka stopped with an error")

@@ -26,6 +26,8 @@ pub struct Delivery {
     pub topic: Box<str>,
     pub partition: i32,
     pub offset: i64,
+    /// Milliseconds since the epoch, when the record has a timestamp.
+    pub timestamp: Option<i64>,
     pub frame: Utf8Bytes,
 }
 
@@ -207,6 +209,7 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             offset,
+            timestamp: None,
             frame: Utf8Bytes::from_static("frame"),
         }
     }

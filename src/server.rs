@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dashmap::DashMap;
+use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -26,7 +27,7 @@ use crate::config::ServeConfig;
 use crate::kafka::{Consumer, LivePositions, Publisher};
 use crate::registry::{ConnId, Registry};
 use crate::replay::Replayer;
-use crate::{connection, web};
+use crate::{connection, metrics, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
@@ -40,6 +41,7 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     pub publisher: Publisher,
     pub live: LivePositions,
+    metrics: PrometheusHandle,
     pub replayer: Replayer,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
@@ -103,6 +105,8 @@ impl Drop for Seat {
 pub enum StartError {
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("cannot create the Kafka client: {0}")]
     Kafka(#[from] KafkaError),
     #[error("cannot listen on {addr}: {source}")]
@@ -132,6 +136,7 @@ pub async fn serve(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let group_id = format!("wskafka-{instance_id}");
     let auth = Authenticator::new(&config.jwt)?;
+    let metrics_handle = metrics::install()?;
     let registry = Arc::new(Registry::default());
     let publisher = Publisher::new(&config, &group_id)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
@@ -150,6 +155,7 @@ pub async fn serve(
         registry,
         publisher,
         live: consumer.positions(),
+        metrics: metrics_handle,
         replayer,
         shutdown: CancellationToken::new(),
         consumer_ready,
@@ -225,6 +231,10 @@ fn router(hub: Arc<Hub>) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(hub): State<Arc<Hub>>| async move { hub.metrics.render() }),
+        )
         .merge(web::routes(hub.config.demo))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
@@ -297,6 +307,7 @@ async fn websocket(
         }
         Some(Err(e)) => {
             tracing::info!(reason = e.reason(), "refused a connection");
+            metrics::auth_failed(e.reason());
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],

@@ -287,7 +287,11 @@ impl Hub {
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("hub: {line}");
                     if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+                        let addr: String = addr
+                            .chars()
+                            .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
+                            .collect();
+                        let addr = addr.parse().unwrap();
                         if let Some(tx) = addr_tx.take() {
                             let _ = tx.send(addr);
                         }

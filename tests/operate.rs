@@ -1,0 +1,149 @@
+//! What operators read: `/metrics` after a scripted session, and the JSON logs.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// `/metrics` as a map from `name{labels}` to value.
+async fn metrics(hub: &Hub) -> BTreeMap<String, f64> {
+    let (status, body) = hub.get("/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_a_scripted_session_exactly_and_logs_hold_no_token_or_payload() {
+    let (topic, glob) = fresh_topic("metrics", 1).await;
+    let hub = Hub::start(
+        &glob,
+        &[
+            "--log-format",
+            "json",
+            "--kafka-consumer",
+            "statistics.interval.ms=200",
+        ],
+    )
+    .await;
+    let reader_token = token("reader", &[], &[&glob]);
+    let writer_token = token("writer", &[&glob], &[]);
+    let mut reader = hub.connect(&reader_token).await;
+    let mut writer = hub.connect(&writer_token).await;
+
+    // Refusals: a bad signature and an expired token at the upgrade, and a socket opened
+    // without a token whose first frame is not `auth`.
+    let forged = {
+        let good = token("eve", &[], &[]);
+        let (rest, _) = good.rsplit_once('.').unwrap();
+        format!("{rest}.{}", "A".repeat(43))
+    };
+    let expired = {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 60;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "old", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    assert_eq!(hub.handshake_status(&hub.url(&forged)).await, 401);
+    assert_eq!(hub.handshake_status(&hub.url(&expired)).await, 401);
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", hub.addr))
+        .await
+        .unwrap();
+    let mut bare = Client { ws };
+    bare.send(json!({"type": "ping"})).await;
+    assert_eq!(bare.closed().await.map(|c| u16::from(c.code)), Some(4403));
+
+    reader.subscribe(&topic).await;
+    let marker = format!("payload-marker-{}", uuid::Uuid::new_v4());
+    for seq in 0..3 {
+        let ack = writer
+            .call(json!({"type": "publish", "topic": topic, "payload": {"secret": marker, "seq": seq}}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let refused = writer
+        .call(json!({"type": "publish", "topic": "elsewhere", "payload": 1}))
+        .await;
+    assert_eq!(refused["code"], "forbidden");
+    for _ in 0..3 {
+        reader.message().await;
+    }
+
+    let counted = metrics(&hub).await;
+    let label = |name: &str, labels: &str| format!("{name}{{{labels}}}");
+    let expected = [
+        ("wskafka_connections".to_string(), 2.0),
+        (
+            label("wskafka_subscriptions", &format!("topic=\"{topic}\"")),
+            1.0,
+        ),
+        // reader: subscribe; writer: four publishes
+        ("wskafka_frames_received_total".into(), 5.0),
+        // reader: subscribed and three messages; writer: three acks and an error
+        ("wskafka_frames_sent_total".into(), 8.0),
+        ("wskafka_publish_ack_seconds_count".into(), 3.0),
+        ("wskafka_delivery_seconds_count".into(), 3.0),
+        (
+            label("wskafka_auth_failures_total", "reason=\"bad_signature\""),
+            1.0,
+        ),
+        (
+            label("wskafka_auth_failures_total", "reason=\"expired\""),
+            1.0,
+        ),
+        (
+            label("wskafka_auth_failures_total", "reason=\"no_auth_frame\""),
+            1.0,
+        ),
+    ];
+    for (name, value) in expected {
+        assert_eq!(counted.get(&name), Some(&value), "{name} in {counted:#?}");
+    }
+
+    // The consumer's lag comes with librdkafka's statistics: zero once all is read.
+    let lag = label(
+        "wskafka_consumer_lag",
+        &format!("topic=\"{topic}\",partition=\"0\""),
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metrics(&hub).await.get(&lag) != Some(&0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {lag} = 0 in {:?}",
+            metrics(&hub)
+                .await
+                .into_iter()
+                .filter(|(k, _)| k.contains("lag"))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    drop((reader, writer));
+    let lines = hub.log_lines();
+    assert!(lines.len() > 5);
+    for line in &lines {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
+        for secret in [&reader_token, &writer_token, &forged, &expired] {
+            let signature = secret.rsplit('.').next().unwrap();
+            assert!(!line.contains(signature), "a token was logged: {line}");
+        }
+        assert!(!line.contains(&marker), "a payload was logged: {line}");
+    }
+}
