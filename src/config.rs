@@ -128,6 +128,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_MAX_AWAITING_AUTH", default_value_t = 1024)]
     pub max_awaiting_auth: usize,
 
+    /// Password for the admin view at `/admin` (user `admin`, HTTP Basic authentication;
+    /// serve the hub over HTTPS). Unset: no admin view.
+    #[arg(long, env = "WSKAFKA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
     /// DEVELOPMENT ONLY: serve the demo page at `/` and `/dev/token`, which mints a token
     /// for any user name it is given. Never enable this where strangers can reach the hub.
     #[arg(long, env = "WSKAFKA_DEMO")]

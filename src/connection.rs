@@ -68,6 +68,11 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
     };
     span.record("sub", session.sub.as_str());
     metrics::connection_opened();
+    let info = crate::admin::ConnectionInfo {
+        sub: session.sub.clone(),
+        since: millis(SystemTime::now()),
+    };
+    hub.connection_list.insert(id, info);
     let (queue, frames) = mpsc::channel(hub.config.send_queue);
     let (replays, replay_events) = mpsc::channel(REPLAY_QUEUE);
     let connection = Connection {
@@ -260,6 +265,7 @@ struct Outgoing {
 impl Drop for Connection {
     fn drop(&mut self) {
         metrics::connection_closed();
+        self.hub.connection_list.remove(&self.id);
         for (topic, subscription) in &self.subscriptions {
             metrics::unsubscribed(topic);
             self.hub

@@ -7,6 +7,7 @@
 //! whose filter it passes. A subscription that starts in the past is first served by a
 //! [`replay`] up to where the live stream took over.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;

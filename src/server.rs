@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::admin::{self, ConnectionInfo};
 use crate::auth::{Authenticator, KeyError, Session};
 use crate::config::ServeConfig;
 use crate::kafka::{Consumer, LivePositions, Publisher};
@@ -51,6 +52,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Open sockets per user.
     seats: DashMap<String, usize>,
+    /// Authenticated sockets, for the admin view.
+    pub connection_list: DashMap<ConnId, ConnectionInfo>,
     /// Sockets opened without a token that have not sent their `auth` frame yet.
     pub awaiting_auth: Arc<Semaphore>,
 }
@@ -163,6 +166,7 @@ pub async fn serve(
         connections: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
         seats: DashMap::new(),
+        connection_list: DashMap::new(),
     });
     tokio::spawn(watch_producer(hub.clone()));
 
@@ -236,6 +240,7 @@ fn router(hub: Arc<Hub>) -> Router {
             get(|State(hub): State<Arc<Hub>>| async move { hub.metrics.render() }),
         )
         .merge(web::routes(hub.config.demo))
+        .merge(admin::routes(&hub))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
             TraceLayer::new_for_http()

@@ -147,3 +147,60 @@ async fn metrics_count_a_scripted_session_exactly_and_logs_hold_no_token_or_payl
         assert!(!line.contains(&marker), "a payload was logged: {line}");
     }
 }
+
+#[tokio::test]
+async fn the_admin_view_needs_its_password_and_lists_live_connections() {
+    let plain = Hub::start("admin.*", &[]).await;
+    assert_eq!(plain.get("/admin").await.0, 404);
+
+    let hub = Hub::start("admin.*", &["--admin-password", "s3cret"]).await;
+    let basic = |user: &str, password: &str| {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {encoded}")
+    };
+    for path in ["/admin", "/admin/connections"] {
+        assert_eq!(hub.get(path).await.0, 401, "{path} without credentials");
+        let wrong = basic("admin", "guess");
+        assert_eq!(
+            hub.get_with(path, &[("Authorization", &wrong)]).await.0,
+            401
+        );
+    }
+    let right = basic("admin", "s3cret");
+    let (status, page) = hub.get_with("/admin", &[("Authorization", &right)]).await;
+    assert_eq!((status, page.contains("wskafka admin")), (200, true));
+
+    let alice = hub.connect(&token("alice", &[], &[])).await;
+    let mut bob = hub.connect(&token("bob", &[], &[])).await;
+    assert_eq!(bob.call(json!({"type": "ping"})).await["type"], "pong");
+    let listed = |body: String| -> Vec<String> {
+        let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+        list.iter()
+            .map(|c| c["sub"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, body) = hub
+        .get_with("/admin/connections", &[("Authorization", &right)])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed(body), ["alice", "bob"]);
+
+    // A closed connection leaves the list once the hub has seen the close.
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = hub
+            .get_with("/admin/connections", &[("Authorization", &right)])
+            .await;
+        if listed(body) == ["bob"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice stayed listed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
