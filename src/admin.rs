@@ -42,7 +42,9 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
             get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
         )
         .route("/admin/connections", get(connections))
-        .layer(middleware::from_fn_with_state(
+        // Matched routes only: `layer` would also wrap the fallback, answering 401 for every
+        // unknown path.
+        .route_layer(middleware::from_fn_with_state(
             Arc::new(expected),
             require_admin,
         ))

@@ -32,7 +32,8 @@ impl Demo {
     }
 
     async fn hub(listen: &str, glob: &str, notes: &str) -> Hub {
-        Hub::start_at(listen, glob, &["--demo", "--user-topics", notes]).await
+        let demo = ["--demo", "--user-topics", notes, "--admin-password", "pw"];
+        Hub::start_at(listen, glob, &demo).await
     }
 
     fn page(&self, user: &str) -> String {
@@ -175,4 +176,16 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
         assert_eq!(&texts[..3], &expected[..3], "{user}: in order");
     }
     drop(demo);
+}
+
+#[tokio::test]
+async fn the_admin_page_shows_live_connections_and_topics() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "alice").await;
+    let admin = format!("http://{}/admin", demo.hub.addr);
+    browser.open_as("admin", &admin, "admin", "pw").await;
+    browser.wait_text("admin", "#list", "alice").await;
+    browser.wait_text("admin", "#topics", &demo.room).await;
+    browser.wait_text("admin", "#connections", "1").await;
 }

@@ -168,6 +168,8 @@ async fn the_admin_view_needs_its_password_and_lists_live_connections() {
             401
         );
     }
+    // Other paths are not the admin's business: unknown ones stay 404.
+    assert_eq!(hub.get("/favicon.ico").await.0, 404);
     let right = basic("admin", "s3cret");
     let (status, page) = hub.get_with("/admin", &[("Authorization", &right)]).await;
     assert_eq!((status, page.contains("wskafka admin")), (200, true));

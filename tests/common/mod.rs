@@ -621,6 +621,13 @@ impl Browser {
             .await;
     }
 
+    /// Opens `url` with HTTP Basic credentials.
+    pub async fn open_as(&mut self, name: &str, url: &str, username: &str, password: &str) {
+        let credentials = serde_json::json!({"username": username, "password": password});
+        self.run(serde_json::json!({"cmd": "open", "name": name, "url": url, "credentials": credentials}))
+            .await;
+    }
+
     /// Waits until the element at `selector` in `name`'s page contains `text`.
     pub async fn wait_text(&mut self, name: &str, selector: &str, text: &str) {
         self.run(serde_json::json!({"cmd": "wait_text", "name": name, "selector": selector, "text": text}))

@@ -13,8 +13,8 @@ const pages = new Map();
 const timeout = Number(process.env.PATIENCE_MS ?? 20000);
 
 const commands = {
-  async open({ name, url }) {
-    const context = await browser.newContext();
+  async open({ name, url, credentials }) {
+    const context = await browser.newContext(credentials ? { httpCredentials: credentials } : {});
     const page = await context.newPage();
     page.on("console", (m) => process.stderr.write(`${name} console: ${m.text()}\n`));
     page.on("pageerror", (e) => process.stderr.write(`${name} page error: ${e}\n`));
