@@ -405,6 +405,11 @@ impl Hub {
         status.code()
     }
 
+    /// SIGKILL: no shutdown of any kind.
+    pub async fn kill(mut self) {
+        self.process.kill().await.expect("killing the hub");
+    }
+
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
