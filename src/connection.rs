@@ -320,12 +320,9 @@ impl Connection {
                         self.on_live(record);
                     }
                 }
-                incoming = stream.next(), if in_flight.len() < max_in_flight => {
-                    if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &incoming {
-                        metrics::frame_received();
-                    }
-                    match incoming {
+                incoming = stream.next(), if in_flight.len() < max_in_flight => match incoming {
                     Some(Ok(Message::Text(text))) => {
+                        metrics::frame_received();
                         let expires_at = self.session.expires_at;
                         if let Some(pending) = self.handle(&text) {
                             in_flight.push(pending);
@@ -336,18 +333,21 @@ impl Connection {
                             warned = false;
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => self.reply(Reply::error(
-                        None,
-                        ErrorCode::BadRequest,
-                        "binary frames are not supported: send JSON text frames",
-                    )),
+                    Some(Ok(Message::Binary(_))) => {
+                        metrics::frame_received();
+                        self.reply(Reply::error(
+                            None,
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported: send JSON text frames",
+                        ));
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break Ending::ClientClosed,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "socket read failed");
                         break Ending::Broken;
                     }
-                }},
+                },
             }
             if self.overflowed.is_cancelled() {
                 break Ending::Lagged;
