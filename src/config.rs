@@ -146,6 +146,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
 
+    /// How long a client may take to send its request headers (the WebSocket handshake
+    /// included) before the connection is dropped: slow-header (slowloris) clients hold
+    /// nothing for long.
+    #[arg(long, env = "WSKAFKA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// How long a socket may refuse to take a write before it is dropped.
     #[arg(long, env = "WSKAFKA_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,

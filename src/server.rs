@@ -13,6 +13,10 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dashmap::DashMap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
@@ -173,14 +177,13 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(instance = %instance_id, topics = ?hub.config.topics, "listening on http://{addr}");
     let stopping = hub.shutdown.clone();
-    axum::serve(listener, router(hub.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            stopping.cancel();
-        })
-        .await
-        .map_err(StartError::Serve)?;
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        stopping.cancel();
+    });
+    let header_timeout = hub.config.header_read_timeout;
+    serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
 
     hub.connections.close();
     let timeout = hub.config.shutdown_timeout;
@@ -205,6 +208,55 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP until `stop` is cancelled, then waits for the requests in progress (upgraded
+/// sockets are the connection tasks' business).
+///
+/// Not `axum::serve`: it builds hyper without a timer, so hyper's header-read timeout never
+/// runs, and a client that trickles its request headers (slowloris) holds a connection for
+/// as long as it likes.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: &CancellationToken,
+) {
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // WebSockets over HTTP/2 (RFC 8441), as axum::serve allows.
+    builder.http2().enable_connect_protocol();
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, typically: give connections time to close.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Frames are small and written in flushed batches: no reason to wait for more.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// Readiness needs a broker that answers the producer, not just a configured one.

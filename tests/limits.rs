@@ -110,3 +110,23 @@ async fn sockets_awaiting_their_auth_frame_are_capped_across_the_hub() {
     assert_eq!(waiting.call(json!({"type": "ping"})).await["type"], "pong");
     assert_eq!(hub.handshake_status(&bare).await, 101);
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_dropped_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = Hub::start("limits.*", &["--header-read-timeout", "500ms"]).await;
+    let mut slow = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    let mut client = hub.connect(&token("alice", &[], &[])).await;
+    assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
+
+    // The rest of the headers never come: the hub hangs up (whatever it says first).
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, slow.read_to_end(&mut rest))
+        .await
+        .expect("the hub kept a half-sent request open")
+        .unwrap();
+    assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
+}
