@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::topic::TopicPattern;
+use crate::topic::{TopicPattern, any_matches};
 
 #[derive(Parser)]
 #[command(
@@ -159,6 +159,13 @@ pub struct ServeConfig {
     /// On SIGTERM/SIGINT, how long to wait for sockets to finish their in-flight publishes.
     #[arg(long, env = "WSKAFKA_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Whether `topic` is keyed by user id (`WSKAFKA_USER_TOPICS`).
+    pub fn is_user_topic(&self, topic: &str) -> bool {
+        any_matches(&self.user_topics, topic)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

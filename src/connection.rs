@@ -262,15 +262,21 @@ struct Outgoing {
     timestamp: Option<i64>,
 }
 
+impl From<Reply> for Outgoing {
+    fn from(reply: Reply) -> Self {
+        Outgoing {
+            frame: reply.to_json().into(),
+            timestamp: None,
+        }
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         metrics::connection_closed();
         self.hub.connection_list.remove(&self.id);
         for (topic, subscription) in &self.subscriptions {
-            metrics::unsubscribed(topic);
-            self.hub
-                .registry
-                .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
+            self.leave(topic, subscription);
         }
     }
 }
@@ -390,10 +396,7 @@ impl Connection {
     }
 
     fn reply(&mut self, reply: Reply) {
-        self.out.push(Outgoing {
-            frame: reply.to_json().into(),
-            timestamp: None,
-        });
+        self.out.push(reply.into());
     }
 
     fn warn_at(&self) -> tokio::time::Instant {
@@ -465,10 +468,7 @@ impl Connection {
                     partitions: starts,
                     lost,
                 };
-                self.out.push(Outgoing {
-                    frame: subscribed.to_json().into(),
-                    timestamp: None,
-                });
+                self.out.push(subscribed.into());
                 subscription.release(None, &mut self.out)
             }
             Event::Record(record) => {
@@ -545,17 +545,13 @@ impl Connection {
 
     fn allows(&self, topic: &str, action: Action) -> bool {
         let granted = match action {
-            Action::Publish if self.is_user_topic(topic) => {
+            Action::Publish if self.hub.config.is_user_topic(topic) => {
                 self.session.may_publish_literally(topic)
             }
             Action::Publish => self.session.may_publish(topic),
             Action::Subscribe => self.session.may_subscribe(topic),
         };
         granted && any_matches(&self.hub.config.topics, topic)
-    }
-
-    fn is_user_topic(&self, topic: &str) -> bool {
-        any_matches(&self.hub.config.user_topics, topic)
     }
 
     fn publish(&mut self, publish: Publish<'_>) -> Option<BoxFuture<'static, Reply>> {
@@ -615,7 +611,7 @@ impl Connection {
     /// own key, which the client cannot widen.
     fn filter_for(&self, topic: &str, spec: FilterSpec) -> Result<Filter, String> {
         let mut key = spec.key.map(|k| k.into_bytes().into_boxed_slice());
-        if self.is_user_topic(topic) {
+        if self.hub.config.is_user_topic(topic) {
             let own = self.session.sub.as_bytes();
             if key.as_deref().is_some_and(|k| k != own) {
                 return Err(format!(
@@ -671,8 +667,7 @@ impl Connection {
         };
         if from == Start::Latest {
             subscription.next = live.clone();
-            metrics::subscribed(&topic);
-            self.subscriptions.insert(topic.to_string(), subscription);
+            self.keep(&topic, subscription);
             return self.reply(Reply::Subscribed {
                 id,
                 topic: topic.into_owned(),
@@ -708,20 +703,30 @@ impl Connection {
             stash: VecDeque::new(),
             _stop: stop,
         });
-        metrics::subscribed(&topic);
+        self.keep(&topic, subscription);
+    }
+
+    /// Records a subscription that has joined the registry.
+    fn keep(&mut self, topic: &str, subscription: Subscription) {
+        metrics::subscribed(topic);
         self.subscriptions.insert(topic.to_string(), subscription);
     }
 
     fn end_subscription(&mut self, topic: &str) {
         if let Some(subscription) = self.subscriptions.remove(topic) {
-            metrics::unsubscribed(topic);
-            self.hub
-                .registry
-                .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
+            self.leave(topic, &subscription);
             if let Some(replay) = subscription.replay {
                 self.stashed -= replay.stash.len();
             }
         }
+    }
+
+    /// Takes an ended subscription out of the registry and the metrics.
+    fn leave(&self, topic: &str, subscription: &Subscription) {
+        metrics::unsubscribed(topic);
+        self.hub
+            .registry
+            .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
     }
 
     /// A new token for the same user: it moves the expiry, and subscriptions it no longer
@@ -809,9 +814,7 @@ async fn write_all(
     let frames = std::mem::take(out);
     metrics::frames_sent(frames.len());
     let now = millis(SystemTime::now()) as i64;
-    for timestamp in frames.iter().filter_map(|f| f.timestamp) {
-        metrics::delivered(now - timestamp);
-    }
+    metrics::delivered(frames.iter().filter_map(|f| f.timestamp).map(|ts| now - ts));
     let batch = async {
         for Outgoing { frame, .. } in frames {
             sink.feed(Message::Text(frame)).await?;

@@ -51,9 +51,13 @@ pub fn publish_failed(code: &'static str) {
     counter!("wskafka_publish_errors_total", "code" => code).increment(1);
 }
 
-/// From the record's timestamp to its write to a socket.
-pub fn delivered(age_ms: i64) {
-    histogram!("wskafka_delivery_seconds").record(age_ms.max(0) as f64 / 1000.0);
+/// From each record's timestamp to its write to a socket, for one batch of writes: the
+/// histogram is looked up once per batch, not once per frame.
+pub fn delivered(ages_ms: impl Iterator<Item = i64>) {
+    let histogram = histogram!("wskafka_delivery_seconds");
+    for age_ms in ages_ms {
+        histogram.record(age_ms.max(0) as f64 / 1000.0);
+    }
 }
 
 pub fn lagged() {

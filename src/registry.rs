@@ -9,6 +9,7 @@
 //! every subscription to a user-keyed topic has) are indexed by that key, so a record of a
 //! per-user topic with a hundred thousand subscribers costs one lookup, not a scan.
 
+use std::cell::LazyCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -158,17 +159,13 @@ impl Registry {
             .and_then(|key| subscribers.by_key.get(key))
             .into_iter()
             .flat_map(HashMap::values);
-        let mut delivery = Some(delivery);
-        let mut built: Option<Arc<Delivery>> = None;
+        let built = LazyCell::new(|| Arc::new(delivery()));
         let mut queued = 0;
         for subscriber in subscribers.any_key.values().chain(keyed) {
             if !subscriber.filter.headers.is_empty() && !subscriber.filter.matches(record) {
                 continue;
             }
-            let item = built
-                .get_or_insert_with(|| Arc::new(delivery.take().expect("built once")()))
-                .clone();
-            match subscriber.queue.try_send(item) {
+            match subscriber.queue.try_send(Arc::clone(&built)) {
                 Ok(()) => queued += 1,
                 Err(TrySendError::Full(_)) => subscriber.overflowed.cancel(),
                 // The connection is gone; its own cleanup removes it from here.

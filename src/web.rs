@@ -78,9 +78,7 @@ async fn dev_token(State(hub): State<Arc<Hub>>, Query(request): Query<TokenReque
     let grants = Grants {
         publish: topics
             .iter()
-            .filter(|t| {
-                !(t.is_literal() && hub.config.user_topics.iter().any(|u| u.matches(t.as_str())))
-            })
+            .filter(|t| !(t.is_literal() && hub.config.is_user_topic(t.as_str())))
             .cloned()
             .collect(),
         subscribe: topics.clone(),
