@@ -89,12 +89,6 @@ async fn sigkill_under_publish_load_loses_no_acknowledged_record() {
 /// Each ack names a record Kafka holds, with the payload of the publish it answered, and
 /// no publish is acked twice.
 async fn assert_every_ack_is_in_kafka(topic: &str, acks: &[Value]) {
-    let position = |ack: &Value| {
-        (
-            ack["partition"].as_i64().unwrap() as i32,
-            ack["offset"].as_i64().unwrap(),
-        )
-    };
     let stored = read_records(topic, acks.iter().map(position)).await;
     let mut ids = HashSet::new();
     for ack in acks {

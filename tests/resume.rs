@@ -174,13 +174,7 @@ async fn a_socket_that_stops_reading_gets_lagged_and_resumes_losslessly_while_ot
     let lagged = loop {
         let frame = slow.recv().await;
         match frame["type"].as_str() {
-            Some("message") => {
-                let position = (
-                    frame["partition"].as_i64().unwrap() as i32,
-                    frame["offset"].as_i64().unwrap(),
-                );
-                before.take(position, &frame);
-            }
+            Some("message") => before.take(position(&frame), &frame),
             Some("lagged") => break frame,
             _ => panic!("unexpected {frame}"),
         }

@@ -39,13 +39,7 @@ async fn a_user_keyed_topic_delivers_each_user_only_their_own_records() {
     assert_eq!(ack["type"], "ack", "{ack}");
 
     let producer = producer();
-    let mut expected = (
-        vec![(
-            ack["partition"].as_i64().unwrap() as i32,
-            ack["offset"].as_i64().unwrap(),
-        )],
-        vec![],
-    );
+    let mut expected = (vec![position(&ack)], vec![]);
     for i in 0..60 {
         let key = ["alice", "bob", "carol", "alice-2", ""][i % 5];
         let position = produce(&producer, &notes, key, b"{}").await;

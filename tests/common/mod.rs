@@ -496,11 +496,7 @@ impl Client {
     pub async fn message(&mut self) -> ((i32, i64), Value) {
         let m = self.recv().await;
         assert_eq!(m["type"], "message", "{m}");
-        let position = (
-            m["partition"].as_i64().unwrap() as i32,
-            m["offset"].as_i64().unwrap(),
-        );
-        (position, m)
+        (position(&m), m)
     }
 
     /// Reads until the hub's close frame and returns it; other frames are skipped.
@@ -520,6 +516,12 @@ impl Client {
 
 // ---------------------------------------------------------------------------------------
 // Resuming
+
+/// The (partition, offset) a `message` or `ack` frame names.
+pub fn position(frame: &Value) -> (i32, i64) {
+    let partition = frame["partition"].as_i64().expect("a partition") as i32;
+    (partition, frame["offset"].as_i64().expect("an offset"))
+}
 
 /// What one subscriber session received, checked as it arrives: each record once and in
 /// offset order per partition, plus where a next session should resume.
