@@ -407,7 +407,7 @@ struct FanOutContext {
 }
 
 #[derive(Default)]
-pub struct Positions {
+struct Positions {
     /// Partitions that existed at start and have no resolved position yet.
     existing: HashSet<(String, i32)>,
     /// The next offset to deliver, per topic and partition.
