@@ -196,8 +196,9 @@ pub struct Consumer {
 #[derive(Clone)]
 pub struct LivePositions(Arc<Mutex<Positions>>);
 
-/// Some partition of the topic existed at start and its position is not resolved yet.
-#[derive(Debug)]
+/// Some partition of the topic existed at start and its position is not resolved yet, or the
+/// consumer has not yet looked at which partitions exist.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Unresolved;
 
 impl LivePositions {
@@ -210,11 +211,12 @@ impl LivePositions {
             .get(topic)
             .map(|partitions| partitions.iter().map(|(p, o)| (*p, *o)).collect())
             .unwrap_or_default();
-        let resolved = if positions.existing.iter().any(|(t, _)| t == topic) {
-            Err(Unresolved)
-        } else {
-            Ok(())
-        };
+        let resolved =
+            if !positions.snapshot_taken || positions.existing.iter().any(|(t, _)| t == topic) {
+                Err(Unresolved)
+            } else {
+                Ok(())
+            };
         (known, resolved)
     }
 }
@@ -408,6 +410,9 @@ struct FanOutContext {
 
 #[derive(Default)]
 struct Positions {
+    /// Whether `existing` has been filled: until then, no partition's start is known, not
+    /// even that it has none.
+    snapshot_taken: bool,
     /// Partitions that existed at start and have no resolved position yet.
     existing: HashSet<(String, i32)>,
     /// The next offset to deliver, per topic and partition.
@@ -487,7 +492,11 @@ impl ConsumerContext for FanOutContext {
 
 impl FanOutContext {
     fn started_with(&self, existing: HashSet<(String, i32)>) {
-        self.positions.lock().expect("positions lock").existing = existing;
+        {
+            let mut positions = self.positions.lock().expect("positions lock");
+            positions.existing = existing;
+            positions.snapshot_taken = true;
+        }
         self.update_readiness();
     }
 
@@ -587,5 +596,32 @@ impl FanOutContext {
 fn set_offset(tpl: &mut TopicPartitionList, topic: &str, partition: i32, offset: Offset) {
     if let Err(e) = tpl.set_partition_offset(topic, partition, offset) {
         tracing::error!(topic, partition, error = %e, "setting a start offset failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_positions_are_unresolved_until_the_start_snapshot_and_its_resolution() {
+        let shared = Arc::new(Mutex::new(Positions::default()));
+        let live = LivePositions(shared.clone());
+        // Before the consumer looked at which partitions exist, an empty answer would claim
+        // that everything will arrive live.
+        assert_eq!(live.of("t").1, Err(Unresolved));
+
+        let mut positions = shared.lock().unwrap();
+        positions.snapshot_taken = true;
+        positions.existing.insert(("t".into(), 0));
+        drop(positions);
+        assert_eq!(live.of("t").1, Err(Unresolved));
+        assert_eq!(live.of("other").1, Ok(()));
+
+        let mut positions = shared.lock().unwrap();
+        positions.existing.clear();
+        positions.next.entry("t".into()).or_default().insert(0, 42);
+        drop(positions);
+        assert_eq!(live.of("t"), (BTreeMap::from([(0, 42)]), Ok(())));
     }
 }

@@ -277,6 +277,8 @@ class Subscription {
     /** @type {Map<number, number> | null} null until the hub said where it starts */
     this.next = null;
     this.confirmed = deferred();
+    /** Subscribes refused as `unavailable` in a row, for the retry backoff. */
+    this.retries = 0;
   }
 
   /** The first subscribe uses the caller's start; every later one resumes exactly. */
@@ -291,6 +293,7 @@ class Subscription {
     for (const [partition, offset] of Object.entries(reply.partitions ?? {})) {
       if (!this.next.has(Number(partition))) this.next.set(Number(partition), offset);
     }
+    this.retries = 0;
     if (reply.lost) {
       client.dispatchEvent(new CustomEvent("lost", { detail: { topic: this.topic, lost: reply.lost } }));
     }
@@ -299,8 +302,19 @@ class Subscription {
 
   /** @param {Error} error @param {WsKafka} client */
   failed(error, client) {
-    // A dropped connection retries on reconnect; a refusal ends the subscription.
+    // A dropped connection retries on reconnect.
     if (error instanceof WsKafkaError && error.code === "disconnected") return;
+    // A hub still starting says `unavailable`: ask it again on this socket (a reconnect
+    // meanwhile resubscribes anyway). Any other refusal ends the subscription.
+    if (error instanceof WsKafkaError && error.code === "unavailable") {
+      const socket = client.socket;
+      const delay = backoffDelay(this.retries++, client.backoff, client.random);
+      setTimeout(() => {
+        const current = client.subscriptions.get(this.topic) === this;
+        if (current && client.socket === socket && client.authenticated) client.sendSubscribe(this);
+      }, delay);
+      return;
+    }
     client.subscriptions.delete(this.topic);
     this.confirmed.reject(error);
     client.dispatchEvent(new CustomEvent("error", { detail: error }));

@@ -16,7 +16,13 @@ class ScriptedSocket {
     ScriptedSocket.waiting.splice(0).forEach((resolve) => resolve(this));
     queueMicrotask(() => this.onopen?.());
   }
-  send(text) { this.sent.push(JSON.parse(text)); }
+  send(text) {
+    const frame = JSON.parse(text);
+    this.sent.push(frame);
+    this.waiting?.(frame);
+  }
+  /** The next frame the client sends. */
+  nextSent() { return new Promise((resolve) => (this.waiting = resolve)); }
   close() { this.onclose?.(); }
   reply(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
   drop() { this.onclose?.(); }
@@ -112,4 +118,20 @@ test("a refused subscription rejects, and `expiring` fetches a fresh token", asy
   assert.deepEqual(socket.last("auth"), { type: "auth", id: "refresh", token: "t2" });
   client.close();
   assert.equal(client.state, "closed");
+});
+
+test("a subscribe refused as unavailable is asked again and then succeeds", async () => {
+  const { client, socket } = await connected();
+  const subscribed = client.subscribe("chat", () => {}, { from: { offsets: { 0: 4 } } });
+  const first = socket.last("subscribe");
+  const resent = socket.nextSent();
+  socket.reply({ type: "error", id: first.id, code: "unavailable", message: "retry shortly", topic: "chat" });
+  const again = await resent;
+  assert.equal(again.type, "subscribe");
+  assert.notEqual(again.id, first.id);
+  assert.deepEqual(again.from, { offsets: { 0: 4 } });
+  socket.reply({ type: "subscribed", id: again.id, topic: "chat", partitions: { 0: 4 } });
+  await subscribed;
+  assert.equal(client.subscriptions.size, 1);
+  client.close();
 });
