@@ -8,15 +8,20 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY web web
+COPY migrations migrations
 RUN cargo build --release --locked --bin wskafka
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 wskafka
+ && useradd --system --uid 10001 wskafka \
+ && mkdir /var/lib/wskafka && chown wskafka /var/lib/wskafka
 COPY --from=build /src/target/release/wskafka /usr/local/bin/wskafka
 USER wskafka
+# Where the default SQLite database goes when WSKAFKA_DATABASE_URL is not set.
+WORKDIR /var/lib/wskafka
+VOLUME /var/lib/wskafka
 ENV WSKAFKA_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 ENTRYPOINT ["wskafka"]

@@ -1,6 +1,8 @@
-//! The admin view: `/admin` (a page polling the two endpoints below) and
-//! `/admin/connections`, behind HTTP Basic authentication as `admin` with
-//! `WSKAFKA_ADMIN_PASSWORD`. Without that password the routes do not exist.
+//! The admin view and API, behind HTTP Basic authentication as `admin` with
+//! `WSKAFKA_ADMIN_PASSWORD`; without that password the routes do not exist:
+//! - `/admin`, a page polling `/metrics` and `/admin/connections`;
+//! - `POST /admin/revocations` with `{"jti": "..."}` or `{"sub": "..."}`, which revokes one
+//!   token or every token of a user issued until now, on every hub (see `control`).
 //!
 //! Topics, rates and lag come from `/metrics`, which the page reads too; only the list of
 //! live connections needs an endpoint of its own.
@@ -12,14 +14,19 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::TokenId;
+use crate::control::ControlMessage;
+use crate::kafka::Publisher;
 use crate::registry::ConnId;
 use crate::server::Hub;
+use crate::store::{Revocation, now_millis};
 
 const PAGE: &str = include_str!("../web/admin.html");
 
@@ -29,6 +36,11 @@ pub struct ConnectionInfo {
     pub sub: String,
     /// Milliseconds since the epoch.
     pub since: u64,
+    #[serde(skip)]
+    pub token: TokenId,
+    /// Cancelled when a revocation covers the socket's token.
+    #[serde(skip)]
+    pub revoked: CancellationToken,
 }
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
@@ -42,6 +54,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
             get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
         )
         .route("/admin/connections", get(connections))
+        .route("/admin/revocations", post(revoke))
         // Matched routes only: `layer` would also wrap the fallback, answering 401 for every
         // unknown path.
         .route_layer(middleware::from_fn_with_state(
@@ -89,4 +102,66 @@ async fn connections(State(hub): State<Arc<Hub>>) -> Response {
         .collect();
     listed.sort_by_key(|l| l.id);
     axum::Json(listed).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    jti: Option<String>,
+    sub: Option<String>,
+}
+
+/// Stores the revocation (new sockets are refused from here on), then tells every hub over
+/// the control topic (open sockets close). Answers once both are done.
+async fn revoke(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> Response {
+    let revocation = match serde_json::from_slice::<RevokeRequest>(&body) {
+        Ok(RevokeRequest {
+            jti: Some(jti),
+            sub: None,
+        }) if !jti.is_empty() => Revocation::Jti { jti },
+        Ok(RevokeRequest {
+            jti: None,
+            sub: Some(sub),
+        }) if !sub.is_empty() => Revocation::Sub {
+            sub,
+            before: (now_millis() / 1000) as u64,
+        },
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"send {"jti": "<token id>"} or {"sub": "<user id>"}"#,
+            )
+                .into_response();
+        }
+    };
+    if let Err(e) = hub.store.revoke(&revocation).await {
+        tracing::error!(error = %e, "cannot store a revocation");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot store the revocation",
+        )
+            .into_response();
+    }
+    let message = serde_json::to_vec(&ControlMessage {
+        revoke: revocation.clone(),
+    })
+    .expect("control messages always serialise");
+    let topic = &hub.config.control_topic;
+    let sent = hub
+        .publisher
+        .send(topic, None, &Default::default(), &message);
+    let delivered = match sent {
+        Ok(delivery) => Publisher::delivered(delivery).await.map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = delivered {
+        tracing::error!(error = %e, "cannot tell the other hubs about a revocation");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stored, so new connections are refused, but open sockets could not be told: retry",
+        )
+            .into_response();
+    }
+    tracing::info!(?revocation, "revoked");
+    axum::Json(ControlMessage { revoke: revocation }).into_response()
 }

@@ -19,6 +19,12 @@ use crate::topic::{TopicPattern, any_matches};
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
+    /// Issued at: revoking a user refuses the tokens issued until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Token id: what revoking one token names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
     #[serde(default)]
     pub wskafka: Grants,
 }
@@ -39,6 +45,15 @@ pub struct Session {
     pub grants: Grants,
     /// When the token stops being accepted (its `exp` plus the configured leeway).
     pub expires_at: SystemTime,
+    pub token: TokenId,
+}
+
+/// What a revocation can name about a token besides its user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenId {
+    pub jti: Option<String>,
+    /// `iat`, seconds since the epoch.
+    pub issued_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -151,6 +166,10 @@ impl Authenticator {
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp) + self.leeway,
             sub: claims.sub,
             grants: claims.wskafka,
+            token: TokenId {
+                jti: claims.jti,
+                issued_at: claims.iat,
+            },
         })
     }
 }
@@ -173,12 +192,15 @@ impl Session {
     }
 }
 
-/// Signs an HS256 token, for `wskafka token` and for tests.
+/// Signs an HS256 token with a fresh `jti`, for `wskafka token` and for tests.
 pub fn mint(secret: &str, sub: &str, grants: Grants, ttl: Duration) -> String {
-    let exp = SystemTime::now() + ttl;
+    let now = SystemTime::now();
+    let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let claims = Claims {
         sub: sub.to_string(),
-        exp: exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        exp: seconds(now + ttl),
+        iat: Some(seconds(now)),
+        jti: Some(uuid::Uuid::new_v4().to_string()),
         wskafka: grants,
     };
     jsonwebtoken::encode(

@@ -57,9 +57,42 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub jwt: JwtConfig,
 
-    /// Identifies this hub; its consumer group is `wskafka-<instance id>`. Random when unset.
+    /// Identifies this hub in logs and presence events, and starts its client ids and
+    /// consumer group (`wskafka-<instance id>-<per run>`). Random when unset.
+    /// Give each hub a stable, unique one when presence events are on: a restarted hub then
+    /// writes the `disconnect` events its previous run could not at once.
     #[arg(long, env = "WSKAFKA_INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// Where durable state lives (read positions, revocations, open sessions): a SQLite file
+    /// for a single hub, or `postgres://...` shared by several hubs.
+    #[arg(
+        long,
+        env = "WSKAFKA_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://wskafka.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// Database connections the hub keeps open at most.
+    #[arg(long, env = "WSKAFKA_DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    pub database_max_connections: u32,
+
+    /// Kafka topic over which hubs tell each other about revoked tokens; created (one
+    /// partition) when missing. Clients can never publish or subscribe to it.
+    #[arg(long, env = "WSKAFKA_CONTROL_TOPIC", default_value = "wskafka.control")]
+    pub control_topic: String,
+
+    /// Kafka topic that receives a presence event when a socket connects, subscribes,
+    /// unsubscribes or disconnects, keyed by user id; created (one partition) when missing.
+    /// Unset: no presence events.
+    #[arg(long, env = "WSKAFKA_PRESENCE_TOPIC")]
+    pub presence_topic: Option<String>,
+
+    /// With presence events on: a hub silent (no heartbeat) for this long is taken for dead,
+    /// and another hub writes the `disconnect` events of its sockets.
+    #[arg(long, env = "WSKAFKA_INSTANCE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub instance_timeout: Duration,
 
     /// A librdkafka property for both the producer and the consumer, as KEY=VALUE; repeat
     /// the flag, or separate with commas in the variable. Applied after the hub's own
@@ -165,6 +198,19 @@ impl ServeConfig {
     /// Whether `topic` is keyed by user id (`WSKAFKA_USER_TOPICS`).
     pub fn is_user_topic(&self, topic: &str) -> bool {
         any_matches(&self.user_topics, topic)
+    }
+
+    /// The topics the hub writes itself.
+    pub fn own_topics(&self) -> Vec<&str> {
+        std::iter::once(self.control_topic.as_str())
+            .chain(self.presence_topic.as_deref())
+            .collect()
+    }
+
+    /// The hub's own topics, which clients can never publish to; the control topic cannot be
+    /// read either.
+    pub fn is_internal_topic(&self, topic: &str) -> bool {
+        topic == self.control_topic || self.presence_topic.as_deref() == Some(topic)
     }
 }
 

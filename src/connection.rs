@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
+use crate::admin::ConnectionInfo;
 use crate::auth::Session;
 use crate::kafka::Publisher;
 use crate::metrics;
@@ -31,6 +32,7 @@ use crate::protocol::{
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
 use crate::replay::{self, Event, Tagged};
 use crate::server::{Auth, Hub, Seat};
+use crate::store::OpenSession;
 use crate::topic::{any_matches, is_valid_topic};
 
 /// Frames taken from a queue before one flush: many frames per syscall under load.
@@ -67,12 +69,40 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
         }
     };
     span.record("sub", session.sub.as_str());
-    metrics::connection_opened();
-    let info = crate::admin::ConnectionInfo {
+    let revoked = CancellationToken::new();
+    let info = ConnectionInfo {
         sub: session.sub.clone(),
         since: millis(SystemTime::now()),
+        token: session.token.clone(),
+        revoked: revoked.clone(),
     };
+    // Registered before the last revocation check: see `control` for why.
     hub.connection_list.insert(id, info);
+    let _registered = Registered { hub: &hub, id };
+    if hub.revocations.revokes(&session.sub, &session.token) {
+        let frame = CloseFrame {
+            code: close::AUTH_FAILED,
+            reason: Utf8Bytes::from_static("token revoked"),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+        return;
+    }
+    let presence = match &hub.presence {
+        None => None,
+        Some(presence) => match presence.connected(&hub, &session.sub).await {
+            Ok(open) => Some(open),
+            Err(e) => {
+                tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
+                let frame = CloseFrame {
+                    code: close::INTERNAL,
+                    reason: Utf8Bytes::from_static("try again shortly"),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        },
+    };
+    metrics::connection_opened();
     let (queue, frames) = mpsc::channel(hub.config.send_queue);
     let (replays, replay_events) = mpsc::channel(REPLAY_QUEUE);
     let connection = Connection {
@@ -84,7 +114,10 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
         generation: 0,
         stashed: 0,
         out: Vec::new(),
-        hub,
+        revoked,
+        presence,
+        ended: "closed",
+        hub: hub.clone(),
         id,
         session,
         _seat: seat,
@@ -93,6 +126,18 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
         .serve(socket, frames, replay_events)
         .instrument(span)
         .await;
+}
+
+/// Keeps a socket in the admin list and in reach of revocations until it ends.
+struct Registered<'a> {
+    hub: &'a Hub,
+    id: ConnId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.hub.connection_list.remove(&self.id);
+    }
 }
 
 /// Waits for the `auth` frame of a socket opened without a token.
@@ -127,6 +172,17 @@ async fn first_frame_auth(
         metrics::auth_failed(e.reason());
         refused(e.to_string())
     })?;
+    match hub.is_revoked(&session.sub, &session.token).await {
+        Ok(false) => {}
+        Ok(true) => {
+            metrics::auth_failed("revoked");
+            return Err(refused("token revoked".into()));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check revocations");
+            return Err((close::INTERNAL, "try again shortly".into()));
+        }
+    }
     let Some(seat) = hub.take_seat(&session.sub) else {
         return Err((
             close::TOO_MANY_CONNECTIONS,
@@ -156,15 +212,29 @@ enum Ending {
     Broken,
     GoingAway,
     TokenExpired,
+    Revoked,
     Lagged,
 }
 
 impl Ending {
+    /// For presence events.
+    fn label(&self) -> &'static str {
+        match self {
+            Ending::ClientClosed => "closed",
+            Ending::Broken => "broken",
+            Ending::GoingAway => "going_away",
+            Ending::TokenExpired => "token_expired",
+            Ending::Revoked => "revoked",
+            Ending::Lagged => "lagged",
+        }
+    }
+
     fn close_frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Ending::ClientClosed | Ending::Broken => return None,
             Ending::GoingAway => (close::GOING_AWAY, "going away"),
             Ending::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
+            Ending::Revoked => (close::AUTH_FAILED, "token revoked"),
             Ending::Lagged => (close::LAGGED, "lagged"),
         };
         Some(CloseFrame {
@@ -191,8 +261,22 @@ struct Connection {
     stashed: usize,
     /// Frames to write at the end of this turn of the loop.
     out: Vec<Outgoing>,
+    revoked: CancellationToken,
+    /// The session behind presence events, when they are on.
+    presence: Option<OpenSession>,
+    /// Why the connection ended, for its `disconnect` presence event.
+    ended: &'static str,
     _seat: Seat,
 }
+
+/// What a request awaited in the background comes back as.
+enum Answer {
+    Reply(Reply),
+    /// A refreshed token that verified and is not revoked.
+    Refreshed(Option<RequestId>, Session),
+}
+
+type Pending = BoxFuture<'static, Answer>;
 
 struct Subscription {
     generation: u64,
@@ -274,9 +358,12 @@ impl From<Reply> for Outgoing {
 impl Drop for Connection {
     fn drop(&mut self) {
         metrics::connection_closed();
-        self.hub.connection_list.remove(&self.id);
         for (topic, subscription) in &self.subscriptions {
             self.leave(topic, subscription);
+        }
+        if let (Some(presence), Some(open)) = (&self.hub.presence, self.presence.take()) {
+            let topics: Vec<&str> = self.subscriptions.keys().map(String::as_str).collect();
+            presence.disconnected(&self.hub, open, &topics, self.ended);
         }
     }
 }
@@ -292,18 +379,21 @@ impl Connection {
         let (mut sink, mut stream) = socket.split();
         let write_timeout = self.hub.config.write_timeout;
         let max_in_flight = self.hub.config.max_in_flight;
-        let mut in_flight: FuturesUnordered<BoxFuture<'static, Reply>> = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let shutdown = self.hub.shutdown.clone();
         let overflowed = self.overflowed.clone();
+        let revoked = self.revoked.clone();
         let expiry = tokio::time::sleep_until(until(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
         tokio::pin!(expiry, warning);
         let mut warned = false;
+        let mut expires_at = self.session.expires_at;
 
         let ending = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ending::GoingAway,
+                _ = revoked.cancelled() => break Ending::Revoked,
                 _ = &mut expiry => break Ending::TokenExpired,
                 _ = overflowed.cancelled() => break Ending::Lagged,
                 _ = &mut warning, if !warned => {
@@ -311,7 +401,7 @@ impl Connection {
                     let expires_at = millis(self.session.expires_at);
                     self.reply(Reply::Expiring { expires_at });
                 }
-                Some(reply) = in_flight.next() => self.reply(reply),
+                Some(answer) = in_flight.next() => self.answer(answer),
                 Some(event) = replay_events.recv() => {
                     self.on_replay(event);
                     for _ in 1..WRITE_BATCH {
@@ -329,14 +419,8 @@ impl Connection {
                 incoming = stream.next(), if in_flight.len() < max_in_flight => match incoming {
                     Some(Ok(Message::Text(text))) => {
                         metrics::frame_received();
-                        let expires_at = self.session.expires_at;
                         if let Some(pending) = self.handle(&text) {
                             in_flight.push(pending);
-                        }
-                        if self.session.expires_at != expires_at {
-                            expiry.as_mut().reset(until(self.session.expires_at));
-                            warning.as_mut().reset(self.warn_at());
-                            warned = false;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -355,6 +439,12 @@ impl Connection {
                     }
                 },
             }
+            if self.session.expires_at != expires_at {
+                expires_at = self.session.expires_at;
+                expiry.as_mut().reset(until(expires_at));
+                warning.as_mut().reset(self.warn_at());
+                warned = false;
+            }
             if self.overflowed.is_cancelled() {
                 break Ending::Lagged;
             }
@@ -366,6 +456,7 @@ impl Connection {
             }
         };
         tracing::debug!(?ending, "closing");
+        self.ended = ending.label();
 
         // Every publish taken gets its answer while the socket can still carry it.
         let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
@@ -375,8 +466,8 @@ impl Connection {
             // what is still queued is dropped, and the positions say where it starts.
             self.reply(self.lagged());
         }
-        while let Some(reply) = in_flight.next().await {
-            self.reply(reply);
+        while let Some(answer) = in_flight.next().await {
+            self.answer(answer);
         }
         if writable {
             let _ = write_all(&mut sink, &mut self.out, write_timeout).await;
@@ -397,6 +488,13 @@ impl Connection {
 
     fn reply(&mut self, reply: Reply) {
         self.out.push(reply.into());
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Reply(reply) => self.reply(reply),
+            Answer::Refreshed(id, session) => self.refreshed(id, session),
+        }
     }
 
     fn warn_at(&self) -> tokio::time::Instant {
@@ -453,6 +551,7 @@ impl Connection {
             Event::Started {
                 starts,
                 lost,
+                waiting,
                 replaying,
             } => {
                 let Some(replay) = &mut subscription.replay else {
@@ -467,6 +566,7 @@ impl Connection {
                     topic: topic.to_string(),
                     partitions: starts,
                     lost,
+                    waiting,
                 };
                 self.out.push(subscribed.into());
                 subscription.release(None, &mut self.out)
@@ -492,7 +592,7 @@ impl Connection {
         self.stashed -= released;
     }
 
-    fn handle(&mut self, text: &str) -> Option<BoxFuture<'static, Reply>> {
+    fn handle(&mut self, text: &str) -> Option<Pending> {
         let max = self.hub.config.max_frame_bytes;
         if text.len() > max {
             self.reply(Reply::error(
@@ -516,10 +616,40 @@ impl Connection {
                     topic: topic.into_owned(),
                 });
             }
-            Ok(Request::Auth { id, token }) => self.refresh(id, &token),
+            Ok(Request::Auth { id, token }) => return self.refresh(id, &token),
             Ok(Request::Publish(publish)) => return self.publish(publish),
+            Ok(Request::Commit { id, topic, offsets }) => return self.commit(id, &topic, offsets),
         }
         None
+    }
+
+    /// Stores the user's read positions; they only move forward.
+    fn commit(
+        &mut self,
+        id: Option<RequestId>,
+        topic: &str,
+        offsets: BTreeMap<i32, i64>,
+    ) -> Option<Pending> {
+        if let Err(refusal) = self.authorize(&id, topic, Action::Subscribe) {
+            self.reply(refusal);
+            return None;
+        }
+        let store = self.hub.store.clone();
+        let (sub, topic) = (self.session.sub.clone(), topic.to_string());
+        Some(Box::pin(async move {
+            let reply = match store.commit(&sub, &topic, &offsets).await {
+                Ok(()) => Reply::Committed { id, topic },
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store read positions");
+                    Reply::error(
+                        id,
+                        ErrorCode::Unavailable,
+                        "cannot store read positions: retry",
+                    )
+                }
+            };
+            Answer::Reply(reply)
+        }))
     }
 
     /// A topic is allowed when the hub exposes it and the token grants the action on it;
@@ -544,6 +674,14 @@ impl Connection {
     }
 
     fn allows(&self, topic: &str, action: Action) -> bool {
+        let config = &self.hub.config;
+        let internal = match action {
+            Action::Publish => config.is_internal_topic(topic),
+            Action::Subscribe => topic == config.control_topic,
+        };
+        if internal {
+            return false;
+        }
         let granted = match action {
             Action::Publish if self.hub.config.is_user_topic(topic) => {
                 self.session.may_publish_literally(topic)
@@ -554,7 +692,7 @@ impl Connection {
         granted && any_matches(&self.hub.config.topics, topic)
     }
 
-    fn publish(&mut self, publish: Publish<'_>) -> Option<BoxFuture<'static, Reply>> {
+    fn publish(&mut self, publish: Publish<'_>) -> Option<Pending> {
         let Publish {
             id,
             topic,
@@ -589,7 +727,7 @@ impl Connection {
         let topic = topic.into_owned();
         let sent_at = std::time::Instant::now();
         Some(Box::pin(async move {
-            match Publisher::delivered(delivery).await {
+            Answer::Reply(match Publisher::delivered(delivery).await {
                 Ok(position) => {
                     metrics::publish_acked(sent_at.elapsed());
                     Reply::Ack {
@@ -603,7 +741,7 @@ impl Connection {
                     metrics::publish_failed(e.code().as_str());
                     Reply::error(id, e.code(), e.to_string())
                 }
-            }
+            })
         }))
     }
 
@@ -673,6 +811,7 @@ impl Connection {
                 topic: topic.into_owned(),
                 partitions: live,
                 lost: BTreeMap::new(),
+                waiting: None,
             });
         }
         if resolved.is_err() {
@@ -691,6 +830,7 @@ impl Connection {
                 topic: topic.clone(),
                 generation: self.generation,
                 from,
+                user: self.session.sub.clone(),
                 live,
                 filter: subscription.filter.clone(),
             },
@@ -710,11 +850,19 @@ impl Connection {
     fn keep(&mut self, topic: &str, subscription: Subscription) {
         metrics::subscribed(topic);
         self.subscriptions.insert(topic.to_string(), subscription);
+        self.tell_presence("subscribe", topic);
+    }
+
+    fn tell_presence(&self, kind: &str, topic: &str) {
+        if let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) {
+            presence.topic_changed(&self.hub, open, kind, topic);
+        }
     }
 
     fn end_subscription(&mut self, topic: &str) {
         if let Some(subscription) = self.subscriptions.remove(topic) {
             self.leave(topic, &subscription);
+            self.tell_presence("unsubscribe", topic);
             if let Some(replay) = subscription.replay {
                 self.stashed -= replay.stash.len();
             }
@@ -730,24 +878,55 @@ impl Connection {
     }
 
     /// A new token for the same user: it moves the expiry, and subscriptions it no longer
-    /// allows end. A token that does not verify changes nothing.
-    fn refresh(&mut self, id: Option<RequestId>, token: &str) {
+    /// allows end. A token that does not verify, or is revoked, changes nothing.
+    fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<Pending> {
         let session = match self.hub.auth.verify(token) {
             Ok(session) => session,
             Err(e) => {
-                return self.reply(Reply::error(
+                self.reply(Reply::error(
                     id,
                     ErrorCode::Unauthorized,
                     format!("{e}: the current token stays in force"),
                 ));
+                return None;
             }
         };
         if session.sub != self.session.sub {
-            return self.reply(Reply::error(
+            self.reply(Reply::error(
                 id,
                 ErrorCode::Forbidden,
                 "a refreshed token must be for the same user (`sub`)",
             ));
+            return None;
+        }
+        let hub = self.hub.clone();
+        Some(Box::pin(async move {
+            match hub.is_revoked(&session.sub, &session.token).await {
+                Ok(false) => Answer::Refreshed(id, session),
+                Ok(true) => Answer::Reply(Reply::error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "token revoked: the current token stays in force",
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check revocations");
+                    Answer::Reply(Reply::error(
+                        id,
+                        ErrorCode::Unavailable,
+                        "cannot check the token now: the current token stays in force",
+                    ))
+                }
+            }
+        }))
+    }
+
+    fn refreshed(&mut self, id: Option<RequestId>, session: Session) {
+        if let Some(mut info) = self.hub.connection_list.get_mut(&self.id) {
+            info.token = session.token.clone();
+        }
+        // Registered before checking, as at connect.
+        if self.hub.revocations.revokes(&session.sub, &session.token) {
+            self.revoked.cancel();
         }
         self.session = session;
         let disallowed: Vec<String> = self

@@ -8,6 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
@@ -15,6 +17,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::metrics;
@@ -182,6 +185,29 @@ impl Publisher {
     }
 }
 
+/// Creates the topics the hub writes to itself, when missing, with the broker's default
+/// replication.
+pub async fn ensure_topics(config: &ServeConfig, names: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config, &[], &[]).create()?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, 1, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic, "cannot create the topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The hub's consumer, polled on a thread of its own: fan-out never awaits a socket, so the
 /// thread only ever blocks on Kafka, and no async worker is lent to librdkafka's callbacks.
 pub struct Consumer {
@@ -222,11 +248,13 @@ impl LivePositions {
 }
 
 impl Consumer {
+    /// Records of the control topic go to `control` instead of the registry.
     pub fn start(
         config: &ServeConfig,
         group_id: &str,
         registry: Arc<Registry>,
         ready: Arc<AtomicBool>,
+        control: mpsc::UnboundedSender<Vec<u8>>,
     ) -> Result<Self, KafkaError> {
         let positions = LivePositions(Arc::default());
         let context = FanOutContext {
@@ -256,13 +284,16 @@ impl Consumer {
             &config.kafka_consumer,
         )
         .create_with_context(context)?;
-        let patterns = config.topics.clone();
+        let topics = Topics {
+            exposed: config.topics.clone(),
+            control: config.control_topic.clone(),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
             .spawn({
                 let stop = stop.clone();
-                move || consume(consumer, &patterns, &registry, &stop)
+                move || consume(consumer, &topics, &registry, &control, &stop)
             })
             .expect("spawning the consumer thread");
         Ok(Consumer {
@@ -285,10 +316,23 @@ impl Consumer {
     }
 }
 
+/// What the consumer reads: the exposed topics, and the control topic.
+struct Topics {
+    exposed: Vec<TopicPattern>,
+    control: String,
+}
+
+impl Topics {
+    fn matches(&self, topic: &str) -> bool {
+        topic == self.control || any_matches(&self.exposed, topic)
+    }
+}
+
 fn consume(
     consumer: BaseConsumer<FanOutContext>,
-    patterns: &[TopicPattern],
+    topics: &Topics,
     registry: &Registry,
+    control: &mpsc::UnboundedSender<Vec<u8>>,
     stop: &AtomicBool,
 ) {
     // Which partitions already exist decides where each one starts (see `FanOutContext`),
@@ -302,7 +346,7 @@ fn consume(
                 let existing = metadata
                     .topics()
                     .iter()
-                    .filter(|t| any_matches(patterns, t.name()))
+                    .filter(|t| topics.matches(t.name()))
                     .flat_map(|t| {
                         t.partitions()
                             .iter()
@@ -318,7 +362,12 @@ fn consume(
             }
         }
     }
-    let subscriptions: Vec<String> = patterns.iter().map(|p| p.kafka_subscription()).collect();
+    let subscriptions: Vec<String> = topics
+        .exposed
+        .iter()
+        .map(|p| p.kafka_subscription())
+        .chain([topics.control.clone()])
+        .collect();
     let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&subscriptions) {
         tracing::error!(error = %e, "subscribing to the exposed topics failed");
@@ -327,6 +376,11 @@ fn consume(
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(POLL_INTERVAL) {
             None => {}
+            Some(Ok(message)) if message.topic() == topics.control => {
+                if let Some(value) = message.payload() {
+                    let _ = control.send(value.to_vec());
+                }
+            }
             Some(Ok(message)) => deliver(consumer.context(), registry, &message),
             // Exposed patterns that no topic matches yet are normal, and reported each refresh.
             Some(Err(e))

@@ -6,16 +6,23 @@
 //! consumer thread serialises it once and the [`registry`] queues it for each subscriber
 //! whose filter it passes. A subscription that starts in the past is first served by a
 //! [`replay`] up to where the live stream took over.
+//!
+//! Durable state (read positions, revocations, open sessions) lives in a database
+//! ([`store`]); revocations travel between hubs over a Kafka topic ([`control`]), and
+//! [`presence`] writes who connects and leaves to another.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod kafka;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod replay;
 pub mod server;
+pub mod store;
 pub mod topic;
 pub mod web;

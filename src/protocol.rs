@@ -37,6 +37,12 @@ pub enum Request<'a> {
         id: Option<RequestId>,
         token: String,
     },
+    /// Stores how far the user has read `topic`: the next offset per partition.
+    Commit {
+        id: Option<RequestId>,
+        topic: Cow<'a, str>,
+        offsets: BTreeMap<i32, i64>,
+    },
 }
 
 #[derive(Debug)]
@@ -59,6 +65,10 @@ pub enum Start {
     Timestamp(i64),
     /// With these offsets, per partition: the next offset the client wants.
     Offsets(BTreeMap<i32, i64>),
+    /// Where the user's last `commit` left each partition, from any device; partitions it
+    /// never committed start at the live stream. Parsed empty: the replay reads the stored
+    /// positions into it before it plans.
+    Committed(BTreeMap<i32, i64>),
 }
 
 /// The client's filter as sent: the key and header values a record must carry.
@@ -102,6 +112,7 @@ struct Envelope<'a> {
     from: Option<serde_json::Value>,
     filter: Option<FilterSpec>,
     token: Option<String>,
+    offsets: Option<serde_json::Value>,
 }
 
 /// `Option<&RawValue>` would read `"payload": null` as a missing field; a JSON `null` is a
@@ -157,6 +168,21 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
             token: envelope.token.ok_or_else(|| missing("token"))?,
             id,
         }),
+        "commit" => {
+            let topic = topic.ok_or_else(|| missing("topic"))?;
+            let offsets = envelope.offsets.ok_or_else(|| missing("offsets"))?;
+            let offsets = parse_offsets("offsets", &offsets).map_err(|message| BadRequest {
+                id: id.clone(),
+                message,
+            })?;
+            if offsets.is_empty() {
+                return Err(BadRequest {
+                    id,
+                    message: "`offsets` names no partition".into(),
+                });
+            }
+            Ok(Request::Commit { id, topic, offsets })
+        }
         other => Err(BadRequest {
             message: format!("unknown request type {other:?}"),
             id,
@@ -168,10 +194,11 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
 /// would.
 fn parse_start(from: &serde_json::Value) -> Result<Start, String> {
     use serde_json::Value;
-    const SHAPES: &str = r#"`from` must be "latest", "earliest", {"timestamp": ms} or {"offsets": {"<partition>": <offset>}}"#;
+    const SHAPES: &str = r#"`from` must be "latest", "earliest", "committed", {"timestamp": ms} or {"offsets": {"<partition>": <offset>}}"#;
     let object = match from {
         Value::String(s) if s == "latest" => return Ok(Start::Latest),
         Value::String(s) if s == "earliest" => return Ok(Start::Earliest),
+        Value::String(s) if s == "committed" => return Ok(Start::Committed(BTreeMap::new())),
         Value::Object(object) if object.len() == 1 => object,
         _ => return Err(SHAPES.into()),
     };
@@ -181,21 +208,35 @@ fn parse_start(from: &serde_json::Value) -> Result<Start, String> {
             _ => Err("`from.timestamp` must be milliseconds since the epoch".into()),
         };
     }
-    let Some(Value::Object(offsets)) = object.get("offsets") else {
-        return Err(SHAPES.into());
+    match object.get("offsets") {
+        Some(offsets) => parse_offsets("from.offsets", offsets).map(Start::Offsets),
+        None => Err(SHAPES.into()),
+    }
+}
+
+/// Most partitions one request may name: bounds the work a single frame can cause.
+const MAX_PARTITIONS: usize = 10_000;
+
+/// Reads `{"<partition>": <offset>, ...}`.
+fn parse_offsets(field: &str, offsets: &serde_json::Value) -> Result<BTreeMap<i32, i64>, String> {
+    let shape = || format!("`{field}` maps partition numbers to offsets, both 0 or more");
+    let serde_json::Value::Object(offsets) = offsets else {
+        return Err(shape());
     };
+    if offsets.len() > MAX_PARTITIONS {
+        return Err(format!(
+            "`{field}` names more than {MAX_PARTITIONS} partitions"
+        ));
+    }
     offsets
         .iter()
-        .map(|(partition, offset)| {
-            match (partition.parse::<i32>(), offset.as_i64()) {
+        .map(
+            |(partition, offset)| match (partition.parse::<i32>(), offset.as_i64()) {
                 (Ok(p), Some(o)) if p >= 0 && o >= 0 => Ok((p, o)),
-                _ => Err(format!(
-                    "`from.offsets` maps partition numbers to offsets, both 0 or more; got {partition:?}: {offset}"
-                )),
-            }
-        })
-        .collect::<Result<_, _>>()
-        .map(Start::Offsets)
+                _ => Err(format!("{}; got {partition:?}: {offset}", shape())),
+            },
+        )
+        .collect()
 }
 
 /// Reads just the `id` of a frame, to answer a request refused before parsing (too large).
@@ -211,7 +252,10 @@ pub fn peek_id(text: &str) -> Option<RequestId> {
 pub mod close {
     /// The hub is shutting down; reconnect to another instance.
     pub const GOING_AWAY: u16 = 1001;
-    /// No valid `auth` frame came first, in time, on a socket opened without a token.
+    /// The hub could not set the socket up (its database is unreachable); try again.
+    pub const INTERNAL: u16 = 1011;
+    /// No valid `auth` frame came first, in time, on a socket opened without a token; or
+    /// the token was revoked (reason "token revoked").
     pub const AUTH_FAILED: u16 = 4403;
     /// The token's `exp` (plus the configured leeway) has passed.
     pub const TOKEN_EXPIRED: u16 = 4401;
@@ -256,6 +300,16 @@ pub enum Reply {
         /// Per partition, the offsets asked for that will never be delivered.
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         lost: BTreeMap<i32, Lost>,
+        /// With `from: "committed"` and no filter: how many records lie between the user's
+        /// read positions and the live stream (unread, for a badge). With a filter the
+        /// count would mean reading them all, so it is left out.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        waiting: Option<u64>,
+    },
+    Committed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        topic: String,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -592,6 +646,33 @@ mod tests {
             start(r#"{"offsets": {}}"#),
             Ok(Start::Offsets(BTreeMap::new()))
         );
+        assert_eq!(
+            start(r#""committed""#),
+            Ok(Start::Committed(BTreeMap::new()))
+        );
+    }
+
+    #[test]
+    fn commits_parse_and_need_a_topic_and_offsets() {
+        assert!(matches!(
+            parse(r#"{"type":"commit","id":1,"topic":"t","offsets":{"0":5,"3":7}}"#),
+            Ok(Request::Commit { topic, offsets, .. })
+                if topic == "t" && offsets == BTreeMap::from([(0, 5), (3, 7)])
+        ));
+        assert_eq!(
+            bad(r#"{"type":"commit","id":1,"topic":"t"}"#),
+            BadRequest {
+                id: Some(RequestId::Number(1)),
+                message: "missing field `offsets`".into()
+            }
+        );
+        for offsets in [r#"{}"#, r#"{"0":-1}"#, r#"{"p":1}"#, "[]", "3"] {
+            let message = bad(&format!(
+                r#"{{"type":"commit","topic":"t","offsets":{offsets}}}"#
+            ))
+            .message;
+            assert!(message.contains("offsets"), "{offsets}: {message}");
+        }
     }
 
     #[test]
@@ -601,7 +682,6 @@ mod tests {
             "5",
             r#"{"timestamp": 1, "offsets": {}}"#,
             r#"{"ts": 1}"#,
-            r#"{"offsets": [1]}"#,
         ] {
             let message = start(bad).unwrap_err();
             assert!(message.starts_with("`from` must be"), "{bad}: {message}");
@@ -617,6 +697,7 @@ mod tests {
             r#"{"-1": 1}"#,
             r#"{"0": -5}"#,
             r#"{"0": "5"}"#,
+            "[1]",
         ] {
             let message = start(&format!(r#"{{"offsets": {bad}}}"#)).unwrap_err();
             assert!(
@@ -696,11 +777,12 @@ mod tests {
                     reason: LostReason::Retention,
                 },
             )]),
+            waiting: Some(33),
         };
         assert_eq!(
             serde_json::from_str::<Value>(&subscribed.to_json()).unwrap(),
             json!({"type":"subscribed","topic":"t","partitions":{"0":43,"1":17},
-                   "lost":{"0":{"from":10,"to":43,"reason":"retention"}}})
+                   "lost":{"0":{"from":10,"to":43,"reason":"retention"}},"waiting":33})
         );
         let lagged = Reply::Lagged {
             topics: BTreeMap::from([("t".into(), BTreeMap::from([(2, 9)]))]),

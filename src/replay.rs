@@ -25,6 +25,7 @@ use crate::config::ServeConfig;
 use crate::kafka::{client_config, delivery_of, headers_of};
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::registry::{Delivery, Filter, RecordMeta};
+use crate::store::{Store, StoreError};
 
 /// Bound on each metadata or ListOffsets round trip.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +41,8 @@ pub enum Event {
         /// The next offset the socket gets from each partition.
         starts: BTreeMap<i32, i64>,
         lost: BTreeMap<i32, Lost>,
+        /// Unread records, for a `committed` start without a filter.
+        waiting: Option<u64>,
         /// Partitions with records to replay; the others are served live from the start.
         replaying: BTreeSet<i32>,
     },
@@ -61,6 +64,8 @@ pub struct Request {
     pub topic: Arc<str>,
     pub generation: u64,
     pub from: Start,
+    /// Whose read positions a `committed` start reads.
+    pub user: String,
     /// The live stream's position per partition, read after the subscription joined.
     pub live: BTreeMap<i32, i64>,
     pub filter: Arc<Filter>,
@@ -78,6 +83,8 @@ pub enum ReplayError {
     Stalled,
     #[error("the replay failed unexpectedly")]
     Crashed,
+    #[error("cannot read the stored read positions: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl ReplayError {
@@ -88,6 +95,7 @@ impl ReplayError {
                 ErrorCode::Unavailable
             }
             ReplayError::Crashed => ErrorCode::Internal,
+            ReplayError::Store(_) => ErrorCode::Unavailable,
         }
     }
 }
@@ -96,10 +104,11 @@ pub struct Replayer {
     client: ClientConfig,
     permits: Arc<Semaphore>,
     max_records: i64,
+    store: Store,
 }
 
 impl Replayer {
-    pub fn new(config: &ServeConfig, group_id: &str) -> Self {
+    pub fn new(config: &ServeConfig, group_id: &str, store: Store) -> Self {
         let client = client_config(
             config,
             &[
@@ -117,21 +126,37 @@ impl Replayer {
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
             max_records: i64::from(config.max_replay),
+            store,
         }
     }
 
     /// Starts the replay; dropping the guard stops it.
-    pub fn spawn(&self, request: Request, events: mpsc::Sender<Tagged>) -> DropGuard {
+    pub fn spawn(&self, mut request: Request, events: mpsc::Sender<Tagged>) -> DropGuard {
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
+        let store = self.store.clone();
         tokio::spawn(async move {
+            let (topic, generation) = (request.topic.clone(), request.generation);
+            let sender = events.clone();
+            let failed = |e: ReplayError| Tagged {
+                topic: topic.clone(),
+                generation,
+                event: Event::Failed(e),
+            };
+            if let Start::Committed(offsets) = &mut request.from {
+                match store.committed(&request.user, &request.topic).await {
+                    Ok(stored) => *offsets = stored,
+                    Err(e) => {
+                        let _ = sender.send(failed(e.into())).await;
+                        return;
+                    }
+                }
+            }
             let permit = tokio::select! {
                 _ = cancel.cancelled() => return,
                 permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let (topic, generation) = (request.topic.clone(), request.generation);
-            let sender = events.clone();
             let ran = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let send = |event| {
@@ -150,14 +175,7 @@ impl Replayer {
             .await;
             if ran.is_err() {
                 tracing::error!(%topic, "a replay panicked");
-                let event = Event::Failed(ReplayError::Crashed);
-                let _ = sender
-                    .send(Tagged {
-                        topic,
-                        generation,
-                        event,
-                    })
-                    .await;
+                let _ = sender.send(failed(ReplayError::Crashed)).await;
             }
         });
         guard
@@ -171,6 +189,9 @@ pub(crate) struct Plan {
     pub lost: BTreeMap<i32, Lost>,
     /// `[start, end)` per partition.
     pub ranges: BTreeMap<i32, (i64, i64)>,
+    /// Records Kafka holds from the requested start up to the live stream, whether or not
+    /// the replay limit lets them all through.
+    pub waiting: u64,
 }
 
 /// `watermarks` holds each partition's (low, high); `by_time` the first offset at or after
@@ -196,7 +217,13 @@ pub(crate) fn plan(
             // A partition the client does not know was created after it last looked, so all
             // of it is new to the client.
             Start::Offsets(offsets) => offsets.get(&partition).copied().unwrap_or(low),
+            Start::Committed(offsets) => offsets
+                .get(&partition)
+                .copied()
+                .unwrap_or(live.unwrap_or(high)),
         };
+        let end = live.unwrap_or(high);
+        plan.waiting += u64::try_from(end - requested.max(low)).unwrap_or(0);
         let mut start = requested;
         let mut reason = None;
         if start < low {
@@ -280,9 +307,11 @@ fn replay(
     tracing::debug!(topic, ?watermarks, ?by_time, ?plan, "replay planned");
     let mut pending: BTreeMap<i32, i64> =
         plan.ranges.iter().map(|(p, (_, end))| (*p, *end)).collect();
+    let counted = matches!(request.from, Start::Committed(_)) && request.filter.is_empty();
     let started = Event::Started {
         starts: plan.starts,
         lost: plan.lost,
+        waiting: counted.then_some(plan.waiting),
         replaying: pending.keys().copied().collect(),
     };
     if !send(started) || pending.is_empty() {
@@ -466,6 +495,22 @@ mod tests {
         );
         assert_eq!(plan.starts, map(&[(0, 5), (1, 2)]));
         assert!(plan.lost.is_empty());
+    }
+
+    #[test]
+    fn committed_positions_count_what_waits_and_uncommitted_partitions_start_live() {
+        let plan = plan(
+            &Start::Committed(map(&[(0, 5), (1, 1)])),
+            &marks(&[(0, 0, 9), (1, 3, 9), (2, 0, 9)]),
+            &BTreeMap::new(),
+            &map(&[(0, 9), (1, 9), (2, 9)]),
+            1000,
+        );
+        assert_eq!(plan.starts, map(&[(0, 5), (1, 3), (2, 9)]));
+        assert_eq!(plan.ranges, BTreeMap::from([(0, (5, 9)), (1, (3, 9))]));
+        // 4 on partition 0; on partition 1 only the 6 Kafka still holds.
+        assert_eq!(plan.waiting, 10);
+        assert_eq!(plan.lost[&1].reason, LostReason::Retention);
     }
 
     #[test]

@@ -21,17 +21,20 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::admin::{self, ConnectionInfo};
-use crate::auth::{Authenticator, KeyError, Session};
+use crate::auth::{Authenticator, KeyError, Session, TokenId};
 use crate::config::ServeConfig;
-use crate::kafka::{Consumer, LivePositions, Publisher};
+use crate::control::{ControlMessage, Revocations};
+use crate::kafka::{self, Consumer, LivePositions, Publisher};
+use crate::presence::Presence;
 use crate::registry::{ConnId, Registry};
 use crate::replay::Replayer;
+use crate::store::{Revocation, Store, StoreError};
 use crate::{connection, metrics, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
@@ -48,11 +51,16 @@ pub struct Hub {
     pub live: LivePositions,
     metrics: PrometheusHandle,
     pub replayer: Replayer,
+    pub store: Store,
+    /// Revocations read from the control topic since start (see `control`).
+    pub revocations: Revocations,
+    pub presence: Option<Arc<Presence>>,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     consumer_ready: Arc<AtomicBool>,
     producer_ready: AtomicBool,
-    connections: TaskTracker,
+    /// Connections, and the work they leave behind, which shutdown waits for.
+    tasks: TaskTracker,
     next_conn: AtomicU64,
     /// Open sockets per user.
     seats: DashMap<String, usize>,
@@ -87,6 +95,29 @@ impl Hub {
         })
     }
 
+    /// Runs `work` to completion before the hub stops, up to the shutdown timeout.
+    pub fn track(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(work);
+    }
+
+    /// Whether the store or the control topic revoked this token.
+    pub async fn is_revoked(&self, sub: &str, token: &TokenId) -> Result<bool, StoreError> {
+        Ok(self.revocations.revokes(sub, token) || self.store.is_revoked(sub, token).await?)
+    }
+
+    /// Applies a revocation read from the control topic: sockets it covers close.
+    fn apply(&self, revocation: &Revocation) {
+        self.revocations.add(revocation);
+        let mut closed = 0;
+        for entry in self.connection_list.iter() {
+            if revocation.covers(&entry.sub, &entry.token) {
+                entry.revoked.cancel();
+                closed += 1;
+            }
+        }
+        tracing::info!(?revocation, closed, "applied a revocation");
+    }
+
     fn is_ready(&self) -> bool {
         self.consumer_ready.load(Ordering::Acquire) && self.producer_ready.load(Ordering::Acquire)
     }
@@ -116,6 +147,8 @@ pub enum StartError {
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("cannot create the Kafka client: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -141,14 +174,36 @@ pub async fn serve(
         .instance_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let group_id = format!("wskafka-{instance_id}");
+    // A group of its own per run: a restart after a crash need not wait for Kafka to
+    // expire the dead run's membership (session.timeout.ms) before it gets partitions.
+    let group_id = format!("wskafka-{instance_id}-{}", uuid::Uuid::new_v4().simple());
     let auth = Authenticator::new(&config.jwt)?;
     let metrics_handle = metrics::install()?;
+    let store = Store::connect(&config.database_url, config.database_max_connections).await?;
     let registry = Arc::new(Registry::default());
     let publisher = Publisher::new(&config, &group_id)?;
+    // Before the consumer looks, so that it reads the control topic from its end; when
+    // Kafka is not there yet, the readiness check creates them later.
+    if let Err(e) = kafka::ensure_topics(&config, &config.own_topics()).await {
+        tracing::warn!(error = %e, "cannot create the hub's own topics yet");
+    }
     let consumer_ready = Arc::new(AtomicBool::new(false));
-    let consumer = Consumer::start(&config, &group_id, registry.clone(), consumer_ready.clone())?;
-    let replayer = Replayer::new(&config, &group_id);
+    let (control, control_records) = mpsc::unbounded_channel();
+    let consumer = Consumer::start(
+        &config,
+        &group_id,
+        registry.clone(),
+        consumer_ready.clone(),
+        control,
+    )?;
+    let replayer = Replayer::new(&config, &group_id, store.clone());
+    let presence = config.presence_topic.clone().map(|topic| {
+        Arc::new(Presence::new(
+            topic,
+            instance_id.clone(),
+            config.instance_timeout,
+        ))
+    });
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -164,15 +219,26 @@ pub async fn serve(
         live: consumer.positions(),
         metrics: metrics_handle,
         replayer,
+        store,
+        revocations: Revocations::default(),
+        presence,
         shutdown: CancellationToken::new(),
         consumer_ready,
         producer_ready: AtomicBool::new(false),
-        connections: TaskTracker::new(),
+        tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
         seats: DashMap::new(),
         connection_list: DashMap::new(),
     });
     tokio::spawn(watch_producer(hub.clone()));
+    tokio::spawn(apply_control(hub.clone(), control_records));
+    if let Some(presence) = hub.presence.clone() {
+        // Before any socket: this instance's earlier sessions must be seen as ended first.
+        if let Err(e) = presence.first_round(&hub).await {
+            tracing::error!(error = %e, "presence: cannot account for earlier sessions");
+        }
+        tokio::spawn(presence.run(hub.clone()));
+    }
 
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(instance = %instance_id, topics = ?hub.config.topics, "listening on http://{addr}");
@@ -185,14 +251,14 @@ pub async fn serve(
     let header_timeout = hub.config.header_read_timeout;
     serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
 
-    hub.connections.close();
+    hub.tasks.close();
     let timeout = hub.config.shutdown_timeout;
-    if tokio::time::timeout(timeout, hub.connections.wait())
+    if tokio::time::timeout(timeout, hub.tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            open = hub.connections.len(),
+            open = hub.tasks.len(),
             "sockets still open after the shutdown timeout"
         );
     }
@@ -206,6 +272,7 @@ pub async fn serve(
     if let Ok(Err(e)) = flushed {
         tracing::error!(error = %e, "records left unflushed at shutdown");
     }
+    hub.store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -259,25 +326,40 @@ async fn serve_http(
     graceful.shutdown().await;
 }
 
-/// Readiness needs a broker that answers the producer, not just a configured one.
+/// Readiness needs a broker that answers the producer, not just a configured one, and the
+/// hub's own topics.
 async fn watch_producer(hub: Arc<Hub>) {
     loop {
         let probe = hub.clone();
-        match tokio::task::spawn_blocking(move || {
+        let reachable = tokio::task::spawn_blocking(move || {
             probe.publisher.check_connection(Duration::from_secs(5))
         })
-        .await
-        {
-            Ok(Ok(())) => {
+        .await;
+        let outcome = match reachable {
+            Ok(Ok(())) => kafka::ensure_topics(&hub.config, &hub.config.own_topics()).await,
+            Ok(Err(e)) => Err(e),
+            Err(_) => return,
+        };
+        match outcome {
+            Ok(()) => {
                 hub.producer_ready.store(true, Ordering::Release);
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka not reachable yet"),
-            Err(_) => return,
+            Err(e) => tracing::warn!(error = %e, "Kafka not reachable yet"),
         }
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Applies the control topic's records as the consumer reads them.
+async fn apply_control(hub: Arc<Hub>, mut records: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(record) = records.recv().await {
+        match serde_json::from_slice::<ControlMessage>(&record) {
+            Ok(message) => hub.apply(&message.revoke),
+            Err(e) => tracing::warn!(error = %e, "ignored a malformed control record"),
         }
     }
 }
@@ -352,6 +434,23 @@ async fn websocket(
             }
         },
         Some(Ok(session)) => {
+            match hub.is_revoked(&session.sub, &session.token).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(reason = "revoked", "refused a connection");
+                    metrics::auth_failed("revoked");
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+                        "token revoked",
+                    )
+                        .into_response();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check revocations");
+                    return (StatusCode::SERVICE_UNAVAILABLE, "try again shortly").into_response();
+                }
+            }
             let Some(seat) = hub.take_seat(&session.sub) else {
                 tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
                 return (
@@ -377,7 +476,7 @@ async fn websocket(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let hard_limit = hub.config.max_frame_bytes.saturating_mul(4);
-    let tracker = hub.connections.clone();
+    let tracker = hub.tasks.clone();
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -234,6 +234,37 @@ pub fn token(sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Databases
+
+/// A SQLite file of its own, created on first use.
+pub fn sqlite_url() -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("db") + ".sqlite");
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// PostgreSQL here: 127.0.0.1:5432 as `postgres` (trust), or `WSKAFKA_TEST_POSTGRES`.
+pub fn postgres_server() -> String {
+    std::env::var("WSKAFKA_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn fresh_postgres() -> String {
+    use sqlx::Connection as _;
+    let server = postgres_server();
+    let name = unique("wskafka_test").replace(['-', '.'], "_");
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL is not reachable (set WSKAFKA_TEST_POSTGRES)");
+    // The name is ours: a prefix and a UUID.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    format!("{server}/{name}")
+}
+
+// ---------------------------------------------------------------------------------------
 // The hub
 
 pub struct Hub {
@@ -268,6 +299,11 @@ impl Hub {
         ];
         if !extra.contains(&"--jwt-public-key") {
             args.extend(["--jwt-secret", SECRET]);
+        }
+        // A database of its own unless the test shares one.
+        let database = sqlite_url();
+        if !extra.contains(&"--database-url") {
+            args.extend(["--database-url", &database]);
         }
         args.extend(extra);
         let mut process = Command::new(env!("CARGO_BIN_EXE_wskafka"))
@@ -327,6 +363,17 @@ impl Hub {
 
     /// The same, with extra request headers.
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        self.request("GET", path, headers, "").await
+    }
+
+    /// A bare HTTP/1.1 request with a body; returns the status and the body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         let Ok(mut stream) = TcpStream::connect(self.addr).await else {
             return (0, String::new());
         };
@@ -334,8 +381,10 @@ impl Hub {
             .iter()
             .map(|(name, value)| format!("{name}: {value}\r\n"))
             .collect();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n{headers}\r\n");
+        let length = body.len();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\nContent-Length: {length}\r\n{headers}\r\n{body}"
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
@@ -354,6 +403,14 @@ impl Hub {
 
     pub async fn connect(&self, token: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(self.url(token))
+            .await
+            .expect("connecting to the hub");
+        Client { ws }
+    }
+
+    /// Connects without a token: the first frame must authenticate.
+    pub async fn connect_bare(&self) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr))
             .await
             .expect("connecting to the hub");
         Client { ws }

@@ -1,0 +1,242 @@
+//! Durable state: read positions, revocations, and the open sessions behind presence events.
+//!
+//! One schema (`migrations/`) and one set of statements serve both databases through sqlx's
+//! `Any` driver: a SQLite file for a single hub with nothing to set up, PostgreSQL for hubs
+//! that share their state. Migrations are embedded at build time, so building needs no
+//! database; on PostgreSQL, sqlx holds an advisory lock while migrating, so hubs starting
+//! together apply them once.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{MigrateError, Migrator};
+
+use crate::auth::TokenId;
+use crate::control::revokes_issued;
+
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+/// A token revocation, as stored and as sent over the control topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Revocation {
+    /// One token, by its `jti`.
+    Jti { jti: String },
+    /// Every token of a user issued (`iat`) at or before `before`, in seconds since the
+    /// epoch; tokens without `iat` too.
+    Sub { sub: String, before: u64 },
+}
+
+/// A socket whose `disconnect` presence event has not been written yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSession {
+    pub id: String,
+    pub instance: String,
+    pub sub: String,
+    pub connected_at: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects and applies the migrations this build carries that the database lacks.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url)
+            .await?;
+        if url.starts_with("sqlite:") {
+            // Readers do not wait for the writer; the setting stays with the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        // PostgreSQL serialises hubs migrating together with a lock; SQLite has none, so
+        // a hub that lost the race fails once, and then finds the migration applied.
+        let mut attempts = 0;
+        while let Err(e) = MIGRATOR.run(&pool).await {
+            attempts += 1;
+            if attempts == 3 {
+                return Err(e.into());
+            }
+            tracing::info!(error = %e, "migrating failed; trying again");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Moves the user's read positions forward; a position behind the stored one (a
+    /// device that read less) leaves it where it is.
+    pub async fn commit(
+        &self,
+        sub: &str,
+        topic: &str,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        for (&partition, &offset) in offsets {
+            sqlx::query(
+                "INSERT INTO read_positions (sub, topic, kafka_partition, next_offset, updated_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (sub, topic, kafka_partition) DO UPDATE
+                 SET next_offset = excluded.next_offset, updated_at = excluded.updated_at
+                 WHERE read_positions.next_offset < excluded.next_offset",
+            )
+            .bind(sub)
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(offset)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user's read positions in `topic`: the next offset to read per partition.
+    pub async fn committed(
+        &self,
+        sub: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT kafka_partition, next_offset FROM read_positions WHERE sub = $1 AND topic = $2",
+        )
+        .bind(sub)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(p, o)| Some((i32::try_from(p).ok()?, o)))
+            .collect())
+    }
+
+    pub async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        let (kind, value, at) = match revocation {
+            Revocation::Jti { jti } => ("jti", jti.as_str(), now_millis() / 1000),
+            Revocation::Sub { sub, before } => ("sub", sub.as_str(), *before as i64),
+        };
+        sqlx::query(
+            "INSERT INTO revocations (kind, value, revoked_at) VALUES ($1, $2, $3)
+             ON CONFLICT (kind, value) DO UPDATE SET revoked_at = excluded.revoked_at
+             WHERE revocations.revoked_at < excluded.revoked_at",
+        )
+        .bind(kind)
+        .bind(value)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether this token of `sub` has been revoked.
+    pub async fn is_revoked(&self, sub: &str, token: &TokenId) -> Result<bool, StoreError> {
+        let (jti, issued_at) = (token.jti.as_deref(), token.issued_at);
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT kind, revoked_at FROM revocations
+             WHERE (kind = 'sub' AND value = $1) OR (kind = 'jti' AND value = $2)",
+        )
+        .bind(sub)
+        .bind(jti.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().any(|(kind, revoked_at)| match kind.as_str() {
+            "jti" => jti.is_some(),
+            _ => revokes_issued(u64::try_from(*revoked_at).unwrap_or(0), issued_at),
+        }))
+    }
+
+    /// Records this instance as alive now.
+    pub async fn heartbeat(&self, instance: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (id, last_seen) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(instance)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an instance, so that its sessions count as orphaned.
+    pub async fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets instances silent since `cutoff` (ms since the epoch), then lists the sessions
+    /// no live instance holds.
+    pub async fn orphaned_sessions(&self, cutoff: i64) -> Result<Vec<OpenSession>, StoreError> {
+        sqlx::query("DELETE FROM instances WHERE last_seen < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, instance, sub, connected_at FROM sessions
+             WHERE instance NOT IN (SELECT id FROM instances)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, instance, sub, connected_at)| OpenSession {
+                id,
+                instance,
+                sub,
+                connected_at,
+            })
+            .collect())
+    }
+
+    pub async fn open_session(&self, session: &OpenSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, instance, sub, connected_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&session.id)
+        .bind(&session.instance)
+        .bind(&session.sub)
+        .bind(session.connected_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn close_session(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
