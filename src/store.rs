@@ -59,22 +59,18 @@ impl Store {
             .max_connections(max_connections)
             .connect(url)
             .await?;
-        if url.starts_with("sqlite:") {
-            // Readers do not wait for the writer; the setting stays with the file.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
-        }
-        // PostgreSQL serialises hubs migrating together with a lock; SQLite has none, so
-        // a hub that lost the race fails once, and then finds the migration applied.
+        // PostgreSQL serialises hubs migrating together with a lock. SQLite has none: a
+        // process that loses the race finds the database locked, or the migration applied
+        // under it, and succeeds on a later attempt.
+        let sqlite = url.starts_with("sqlite:");
         let mut attempts = 0;
-        while let Err(e) = MIGRATOR.run(&pool).await {
+        while let Err(e) = prepare(&pool, sqlite).await {
             attempts += 1;
-            if attempts == 3 {
-                return Err(e.into());
+            if attempts == 5 {
+                return Err(e);
             }
-            tracing::info!(error = %e, "migrating failed; trying again");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tracing::info!(error = %e, "preparing the database failed; trying again");
+            tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
         }
         Ok(Store { pool })
     }
@@ -233,6 +229,17 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+async fn prepare(pool: &AnyPool, sqlite: bool) -> Result<(), StoreError> {
+    if sqlite {
+        // Readers do not wait for the writer; the setting stays with the file.
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(pool)
+            .await?;
+    }
+    MIGRATOR.run(pool).await?;
+    Ok(())
 }
 
 pub fn now_millis() -> i64 {
