@@ -1,6 +1,6 @@
 //! The demo page and the client library in a real headless Chromium, against the real hub
-//! and broker: two people chatting, notifications for one user only, and a hub restart
-//! in the middle of a conversation.
+//! and broker: two people chatting, notifications for one user only with read positions
+//! shared by her devices, and a hub restart in the middle of a conversation.
 
 mod common;
 
@@ -83,7 +83,7 @@ async fn two_browser_contexts_chat_through_the_hub_and_see_records_from_kafka() 
 }
 
 #[tokio::test]
-async fn a_notification_produced_into_kafka_appears_for_its_user_only() {
+async fn notifications_reach_their_user_only_and_read_positions_follow_her_devices() {
     let demo = Demo::start().await;
     let mut browser = Browser::start().await;
     demo.open(&mut browser, "alice").await;
@@ -121,6 +121,29 @@ async fn a_notification_produced_into_kafka_appears_for_its_user_only() {
         ["again for alice", "for alice"]
     );
     browser.wait_text("alice", "#unread", "2").await;
+
+    // Read on one device, unread everywhere else only from there: the bell commits.
+    browser.click("alice", "#bell").await;
+    browser.wait_text("alice", "#unread", "0").await;
+    produce(
+        &producer,
+        &demo.notes,
+        "alice",
+        note("while away").as_bytes(),
+    )
+    .await;
+    browser
+        .wait_text("alice", "#notifications", "while away")
+        .await;
+    browser.open("alice-phone", &demo.page("alice")).await;
+    browser
+        .wait_text("alice-phone", "#notifications", "while away")
+        .await;
+    assert_eq!(
+        browser.texts("alice-phone", "#notifications li").await,
+        ["while away"]
+    );
+    browser.wait_text("alice-phone", "#unread", "1").await;
 }
 
 #[tokio::test]

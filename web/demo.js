@@ -40,15 +40,20 @@ function start(user) {
       if (room === current) render(m);
     }, { from: "earliest" });
   }
+  // Unread notifications: everything after what this user last marked read, on any device.
   client.subscribe(notificationsTopic, (m) => {
     const li = document.createElement("li");
     li.textContent = m.payload?.text ?? JSON.stringify(m.payload);
     $("notifications").prepend(li);
     unread += 1;
     showUnread();
-  }, { from: "earliest" });
+  }, { from: "committed" });
 
-  $("bell").onclick = () => { unread = 0; showUnread(); };
+  $("bell").onclick = async () => {
+    await client.commit(notificationsTopic);
+    unread = 0;
+    showUnread();
+  };
   $("compose").onsubmit = async (e) => {
     e.preventDefault();
     const text = $("text").value;

@@ -9,7 +9,7 @@
  * @typedef {string | (() => string | Promise<string>)} TokenSource
  *   A token, or a function returning a fresh one (called on connect and on `expiring`).
  * @typedef {"connecting" | "open" | "reconnecting" | "closed"} ConnectionState
- * @typedef {"latest" | "earliest" | {timestamp: number} | {offsets: Record<string, number>}} Start
+ * @typedef {"latest" | "earliest" | "committed" | {timestamp: number} | {offsets: Record<string, number>}} Start
  * @typedef {{key?: string, headers?: Record<string, string>}} Filter
  * @typedef {{type: "message", topic: string, partition: number, offset: number,
  *   timestamp?: number, key?: string, key_base64?: string,
@@ -102,6 +102,26 @@ export class WsKafka extends EventTarget {
     this.subscriptions.set(topic, subscription);
     if (this.authenticated) this.sendSubscribe(subscription);
     return subscription.confirmed.promise.then(() => () => this.unsubscribe(topic));
+  }
+
+  /**
+   * Stores how far this user has read `topic` (the next offset per partition), for
+   * `from: "committed"` on any device; by default, as far as this subscription delivered.
+   * Resolves once the hub stored it.
+   * @param {string} topic @param {Record<string, number>} [offsets]
+   * @returns {Promise<unknown>}
+   */
+  commit(topic, offsets) {
+    offsets ??= Object.fromEntries(this.subscriptions.get(topic)?.next ?? []);
+    if (Object.keys(offsets).length === 0) return Promise.resolve(undefined);
+    if (!this.authenticated) {
+      return Promise.reject(new WsKafkaError("disconnected", "not connected"));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.requests.set(id, { resolve, reject });
+      this.send({ type: "commit", id, topic, offsets });
+    });
   }
 
   /** @param {string} topic */
@@ -297,6 +317,8 @@ class Subscription {
     if (reply.lost) {
       client.dispatchEvent(new CustomEvent("lost", { detail: { topic: this.topic, lost: reply.lost } }));
     }
+    // With `from: "committed"`: `waiting` is the unread count, where the hub can tell.
+    client.dispatchEvent(new CustomEvent("subscribed", { detail: reply }));
     this.confirmed.resolve(undefined);
   }
 

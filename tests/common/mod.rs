@@ -706,6 +706,11 @@ impl Browser {
         serde_json::from_value(texts).unwrap()
     }
 
+    pub async fn click(&mut self, name: &str, selector: &str) {
+        self.run(serde_json::json!({"cmd": "click", "name": name, "selector": selector}))
+            .await;
+    }
+
     /// Types `text` into the chat box of `name`'s page and sends it.
     pub async fn say(&mut self, name: &str, text: &str) {
         self.run(

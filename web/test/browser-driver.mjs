@@ -25,6 +25,9 @@ const commands = {
     await pages.get(name).fill(selector, text);
     await pages.get(name).press(selector, "Enter");
   },
+  async click({ name, selector }) {
+    await pages.get(name).click(selector);
+  },
   async wait_text({ name, selector, text }) {
     await pages.get(name).waitForFunction(
       ([selector, text]) => document.querySelector(selector)?.textContent.includes(text),

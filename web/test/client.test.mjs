@@ -135,3 +135,30 @@ test("a subscribe refused as unavailable is asked again and then succeeds", asyn
   assert.equal(client.subscriptions.size, 1);
   client.close();
 });
+
+test("commit stores as far as the subscription delivered, and resolves once stored", async () => {
+  const { client, socket } = await connected();
+  const counts = [];
+  client.addEventListener("subscribed", (e) => counts.push(e.detail.waiting));
+  const subscribed = client.subscribe("inbox", () => {}, { from: "committed" });
+  const request = socket.last("subscribe");
+  assert.equal(request.from, "committed");
+  socket.reply({ type: "subscribed", id: request.id, topic: "inbox", partitions: { 0: 3, 1: 0 }, waiting: 2 });
+  await subscribed;
+  assert.deepEqual(counts, [2]);
+  socket.reply({ type: "message", topic: "inbox", partition: 0, offset: 3 });
+  socket.reply({ type: "message", topic: "inbox", partition: 0, offset: 4 });
+
+  let stored = false;
+  const committing = client.commit("inbox").then(() => (stored = true));
+  const commit = socket.last("commit");
+  assert.deepEqual(commit.offsets, { 0: 5, 1: 0 });
+  await settle();
+  assert.equal(stored, false);
+  socket.reply({ type: "committed", id: commit.id, topic: "inbox" });
+  await committing;
+
+  const refused = client.commit("inbox", { 0: 1 });
+  socket.reply({ type: "error", id: socket.last("commit").id, code: "unavailable", message: "retry" });
+  await assert.rejects(refused, (e) => e instanceof WsKafkaError && e.code === "unavailable");
+});
