@@ -139,7 +139,18 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
     match kind.as_ref() {
         "publish" => Ok(Request::Publish(Publish {
             topic: topic.ok_or_else(|| missing("topic"))?,
-            payload: envelope.payload.ok_or_else(|| missing("payload"))?,
+            payload: envelope
+                .payload
+                .ok_or_else(|| missing("payload"))
+                .and_then(|payload| match nesting(payload.get()) {
+                    depth if depth > MAX_NESTING => Err(BadRequest {
+                        id: id.clone(),
+                        message: format!(
+                            "`payload` nests {depth} levels deep; at most {MAX_NESTING} are accepted"
+                        ),
+                    }),
+                    _ => Ok(payload),
+                })?,
             key: envelope.key,
             headers: envelope.headers.unwrap_or_default(),
             id,
@@ -188,6 +199,39 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
             id,
         }),
     }
+}
+
+/// Deepest nesting of arrays and objects a payload may have. The hub never recurses into a
+/// payload (it travels as the client's bytes), but the consumers behind Kafka may: this is
+/// serde_json's own recursion limit, which a record must not make them hit.
+const MAX_NESTING: usize = 128;
+
+/// How deeply arrays and objects nest in `json`, which must be valid JSON.
+fn nesting(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut bytes = json.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth -= 1,
+            b'"' => {
+                while let Some(byte) = bytes.next() {
+                    match byte {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Reads `from`, whose shapes are easier to explain in an error than serde's untagged enums
@@ -649,6 +693,31 @@ mod tests {
         assert_eq!(
             start(r#""committed""#),
             Ok(Start::Committed(BTreeMap::new()))
+        );
+    }
+
+    #[test]
+    fn nesting_counts_arrays_and_objects_but_not_brackets_in_strings() {
+        assert_eq!(nesting("1"), 0);
+        assert_eq!(nesting(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting(r#"["[[[{", "\"[[", {}]"#), 2);
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(matches!(
+            parse(&format!(
+                r#"{{"type":"publish","topic":"t","payload":{}}}"#,
+                deep(128)
+            )),
+            Ok(Request::Publish(_))
+        ));
+        let refused = bad(&format!(
+            r#"{{"type":"publish","id":7,"topic":"t","payload":{}}}"#,
+            deep(129)
+        ));
+        assert_eq!(refused.id, Some(RequestId::Number(7)));
+        assert!(
+            refused.message.contains("129 levels"),
+            "{}",
+            refused.message
         );
     }
 

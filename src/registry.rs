@@ -354,4 +354,131 @@ mod tests {
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 0);
         assert!(!flag.is_cancelled());
     }
+
+    mod properties {
+        use std::collections::{BTreeSet, HashMap};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const TOPICS: [&str; 3] = ["a", "b", "c"];
+        const KEYS: [&[u8]; 3] = [b"k0", b"k1", b"k2"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// As a connection does it: a subscription replaces its earlier one.
+            Subscribe {
+                topic: usize,
+                conn: ConnId,
+                key: Option<usize>,
+                lang: Option<bool>,
+            },
+            Unsubscribe {
+                topic: usize,
+                conn: ConnId,
+            },
+            Publish {
+                topic: usize,
+                key: Option<usize>,
+                lang: Option<bool>,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let key = proptest::option::of(0..KEYS.len());
+            let lang = proptest::option::of(any::<bool>());
+            prop_oneof![
+                (0..TOPICS.len(), 0..4u64, key.clone(), lang.clone()).prop_map(
+                    |(topic, conn, key, lang)| Op::Subscribe {
+                        topic,
+                        conn,
+                        key,
+                        lang
+                    }
+                ),
+                (0..TOPICS.len(), 0..4u64)
+                    .prop_map(|(topic, conn)| Op::Unsubscribe { topic, conn }),
+                (0..TOPICS.len(), key, lang).prop_map(|(topic, key, lang)| Op::Publish {
+                    topic,
+                    key,
+                    lang
+                }),
+            ]
+        }
+
+        fn lang(en: bool) -> &'static str {
+            if en { "en" } else { "fr" }
+        }
+
+        proptest! {
+            /// Whatever the sequence of subscribes and unsubscribes, a record reaches exactly
+            /// the connections whose current subscription to its topic it passes, once each,
+            /// and a registry emptied of subscriptions holds no topic.
+            #[test]
+            fn fan_out_matches_a_model_of_current_subscriptions(ops in proptest::collection::vec(op(), 1..80)) {
+                let registry = Registry::default();
+                type Queue = (mpsc::Sender<Arc<Delivery>>, mpsc::Receiver<Arc<Delivery>>);
+                let mut queues: HashMap<ConnId, Queue> =
+                    (0..4).map(|conn| (conn, mpsc::channel(1024))).collect();
+                let mut model: HashMap<(usize, ConnId), Filter> = HashMap::new();
+                let mut offset = 0;
+                for op in ops {
+                    match op {
+                        Op::Subscribe { topic, conn, key, lang: language } => {
+                            if let Some(old) = model.remove(&(topic, conn)) {
+                                registry.unsubscribe(TOPICS[topic], conn, old.key.as_deref());
+                            }
+                            let filter = Filter {
+                                key: key.map(|k| KEYS[k].into()),
+                                headers: language.map(|en| ("lang".to_string(), lang(en).to_string())).into_iter().collect(),
+                            };
+                            let subscriber = Subscriber {
+                                queue: queues[&conn].0.clone(),
+                                overflowed: CancellationToken::new(),
+                                filter: Arc::new(filter.clone()),
+                            };
+                            registry.subscribe(TOPICS[topic], conn, subscriber);
+                            model.insert((topic, conn), filter);
+                        }
+                        Op::Unsubscribe { topic, conn } => {
+                            if let Some(old) = model.remove(&(topic, conn)) {
+                                registry.unsubscribe(TOPICS[topic], conn, old.key.as_deref());
+                            }
+                        }
+                        Op::Publish { topic, key, lang: language } => {
+                            offset += 1;
+                            let headers: Vec<(&str, Option<&[u8]>)> = language
+                                .map(|en| ("lang", Some(lang(en).as_bytes())))
+                                .into_iter()
+                                .collect();
+                            let meta = RecordMeta { key: key.map(|k| KEYS[k]), headers: &headers };
+                            let expected: BTreeSet<ConnId> = model
+                                .iter()
+                                .filter(|((t, _), filter)| *t == topic && filter.matches(&meta))
+                                .map(|((_, conn), _)| *conn)
+                                .collect();
+                            let queued = registry.fan_out(TOPICS[topic], &meta, || delivery(offset));
+                            let mut reached = BTreeSet::new();
+                            for (conn, (_, rx)) in queues.iter_mut() {
+                                let got = offsets(rx);
+                                prop_assert!(got.len() <= 1, "conn {} got {:?}", conn, got);
+                                if got == [offset] {
+                                    reached.insert(*conn);
+                                }
+                            }
+                            prop_assert_eq!(queued, expected.len());
+                            prop_assert_eq!(reached, expected);
+                        }
+                    }
+                }
+                for ((topic, conn), filter) in model.drain() {
+                    registry.unsubscribe(TOPICS[topic], conn, filter.key.as_deref());
+                }
+                for topic in TOPICS {
+                    prop_assert!(!registry.has_subscribers(topic), "{} still filed", topic);
+                }
+            }
+        }
+    }
 }

@@ -58,7 +58,8 @@ pub struct Hub {
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     consumer_ready: Arc<AtomicBool>,
-    producer_ready: AtomicBool,
+    /// A broker answered the last probe (see `watch_kafka`).
+    kafka_reachable: AtomicBool,
     /// Connections, and the work they leave behind, which shutdown waits for.
     tasks: TaskTracker,
     next_conn: AtomicU64,
@@ -119,7 +120,7 @@ impl Hub {
     }
 
     fn is_ready(&self) -> bool {
-        self.consumer_ready.load(Ordering::Acquire) && self.producer_ready.load(Ordering::Acquire)
+        self.consumer_ready.load(Ordering::Acquire) && self.kafka_reachable.load(Ordering::Acquire)
     }
 }
 
@@ -224,13 +225,13 @@ pub async fn serve(
         presence,
         shutdown: CancellationToken::new(),
         consumer_ready,
-        producer_ready: AtomicBool::new(false),
+        kafka_reachable: AtomicBool::new(false),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
         seats: DashMap::new(),
         connection_list: DashMap::new(),
     });
-    tokio::spawn(watch_producer(hub.clone()));
+    tokio::spawn(watch_kafka(hub.clone()));
     tokio::spawn(apply_control(hub.clone(), control_records));
     if let Some(presence) = hub.presence.clone() {
         // Before any socket: this instance's earlier sessions must be seen as ended first.
@@ -326,30 +327,36 @@ async fn serve_http(
     graceful.shutdown().await;
 }
 
-/// Readiness needs a broker that answers the producer, not just a configured one, and the
-/// hub's own topics.
-async fn watch_producer(hub: Arc<Hub>) {
+/// How often readiness asks Kafka whether it is there, and how long it waits for the answer.
+const KAFKA_PROBE: Duration = Duration::from_secs(2);
+
+/// Readiness follows Kafka: a broker must answer the producer, checked every `KAFKA_PROBE`
+/// for as long as the hub runs, and the hub's own topics must exist (created once).
+async fn watch_kafka(hub: Arc<Hub>) {
+    let mut topics_exist = false;
     loop {
         let probe = hub.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
-            probe.publisher.check_connection(Duration::from_secs(5))
-        })
-        .await;
+        let reachable =
+            tokio::task::spawn_blocking(move || probe.publisher.check_connection(KAFKA_PROBE))
+                .await;
         let outcome = match reachable {
-            Ok(Ok(())) => kafka::ensure_topics(&hub.config, &hub.config.own_topics()).await,
+            Ok(Ok(())) if topics_exist => Ok(()),
+            Ok(Ok(())) => kafka::ensure_topics(&hub.config, &hub.config.own_topics())
+                .await
+                .inspect(|()| topics_exist = true),
             Ok(Err(e)) => Err(e),
             Err(_) => return,
         };
+        let was = hub.kafka_reachable.swap(outcome.is_ok(), Ordering::AcqRel);
         match outcome {
-            Ok(()) => {
-                hub.producer_ready.store(true, Ordering::Release);
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "Kafka not reachable yet"),
+            Ok(()) if !was => tracing::info!("Kafka is reachable"),
+            Err(e) if was => tracing::warn!(error = %e, "Kafka is not reachable: not ready"),
+            Err(e) => tracing::debug!(error = %e, "Kafka is still not reachable"),
+            Ok(()) => {}
         }
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(KAFKA_PROBE) => {}
         }
     }
 }

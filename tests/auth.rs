@@ -394,3 +394,88 @@ async fn only_a_demo_hub_mints_tokens_and_its_tokens_cannot_publish_to_user_topi
         .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
 }
+
+#[tokio::test]
+async fn header_tricks_and_oversized_tokens_are_refused() {
+    let hub = Hub::start("auth.*", &[]).await;
+    let valid = claims("alice", now() + 600);
+    let with_header = |header: Value, key: &[u8]| {
+        let header = B64.encode(header.to_string());
+        let body = B64.encode(valid.to_string());
+        let signing_input = format!("{header}.{body}");
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &EncodingKey::from_secret(key),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{signing_input}.{signature}")
+    };
+    // `kid`, `jku` and `x5u` select nothing: the hub has one key, and never fetches one.
+    for header in [
+        json!({"alg":"HS256","kid":"../../../../dev/null"}),
+        json!({"alg":"HS256","kid":"' OR 1=1 --"}),
+        json!({"alg":"HS256","jku":"http://127.0.0.1:9/keys.json"}),
+        json!({"alg":"HS256","x5u":"http://127.0.0.1:9/cert.pem"}),
+    ] {
+        let forged = with_header(header.clone(), b"");
+        assert_eq!(
+            hub.handshake_status(&hub.url(&forged)).await,
+            401,
+            "{header}"
+        );
+        // With the real secret the same header is accepted: it was never consulted.
+        let genuine = with_header(header.clone(), SECRET.as_bytes());
+        assert_eq!(
+            hub.handshake_status(&hub.url(&genuine)).await,
+            101,
+            "{header}"
+        );
+    }
+    // Oversized: a 1 MB token is refused with the request headers, before any verifying.
+    let padded = json!({"sub": "alice", "exp": now() + 600, "pad": "x".repeat(1 << 20)});
+    let bearer = format!("Bearer {}", hs256(&padded));
+    let (status, _) = hub
+        .get_with(
+            "/ws",
+            &[("Authorization", &bearer), ("Upgrade", "websocket")],
+        )
+        .await;
+    // 431, or the connection closed mid-request (0).
+    assert!(matches!(status, 431 | 0), "got {status}");
+    assert_eq!(hub.handshake_status(&hub.url(&hs256(&valid))).await, 101);
+}
+
+#[tokio::test]
+async fn clock_skew_is_allowed_up_to_the_leeway_and_no_further() {
+    let hub = Hub::start("auth.*", &["--jwt-leeway", "30s"]).await;
+    let cases = [
+        (
+            "expired within the leeway",
+            json!({"sub":"a","exp": now() - 10}),
+            101,
+        ),
+        (
+            "expired beyond the leeway",
+            json!({"sub":"a","exp": now() - 60}),
+            401,
+        ),
+        (
+            "not yet valid within the leeway",
+            json!({"sub":"a","exp": now() + 600, "nbf": now() + 10}),
+            101,
+        ),
+        (
+            "not yet valid beyond the leeway",
+            json!({"sub":"a","exp": now() + 600, "nbf": now() + 60}),
+            401,
+        ),
+    ];
+    for (case, claims, status) in cases {
+        assert_eq!(
+            hub.handshake_status(&hub.url(&hs256(&claims))).await,
+            status,
+            "{case}"
+        );
+    }
+}

@@ -141,3 +141,48 @@ async fn a_frame_past_the_hard_limit_ends_only_that_socket() {
     assert_eq!(ack["type"], "ack");
     assert_eq!(bystander.recv().await["payload"], 1);
 }
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_without_harm() {
+    let (topic, glob) = fresh_topic("nested", 1).await;
+    let hub = Hub::start(&glob, &[]).await;
+    let mut client = hub.connect(&token("alice", &[&glob], &[&glob])).await;
+    // Far past serde_json's recursion limit (128), well inside the frame limit.
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    client.send_text(deep(20_000)).await;
+    assert_error(&client.recv().await, "bad_request", None);
+    let nested_payload = format!(
+        r#"{{"type":"publish","id":"deep","topic":"{topic}","payload":{}}}"#,
+        deep(20_000)
+    );
+    client.send_text(nested_payload).await;
+    // Consumers behind Kafka would choke on it (serde_json stops at 128 levels).
+    assert_error(&client.recv().await, "bad_request", Some("deep"));
+    // Nesting a JSON document may legitimately have is published as it is.
+    let fine = format!(
+        r#"{{"type":"publish","id":"ok","topic":"{topic}","payload":{}}}"#,
+        deep(100)
+    );
+    client.send_text(fine).await;
+    assert_eq!(client.recv().await["type"], "ack");
+    still_works(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_text_frame_of_invalid_utf8_ends_only_that_socket() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let glob = unique("utf8") + ".*";
+    let hub = Hub::start(&glob, &[]).await;
+    let grant = token("a", &[&glob], &[&glob]);
+    let mut bystander = hub.connect(&grant).await;
+    let mut attacker = hub.connect(&grant).await;
+    let invalid = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    attacker.ws.send(Message::Frame(invalid)).await.unwrap();
+    // RFC 6455 says to fail the connection (1007); the hub's WebSocket layer does.
+    if let Some(frame) = attacker.closed().await {
+        assert_eq!(u16::from(frame.code), 1007, "{frame:?}");
+    }
+    still_works(&mut bystander).await;
+}
