@@ -203,8 +203,9 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
 
 /// Deepest nesting of arrays and objects a payload may have. The hub never recurses into a
 /// payload (it travels as the client's bytes), but the consumers behind Kafka may: this is
-/// serde_json's own recursion limit, which a record must not make them hit.
-const MAX_NESTING: usize = 128;
+/// what serde_json reads with its default recursion limit, which a record must not make
+/// them hit.
+const MAX_NESTING: usize = 127;
 
 /// How deeply arrays and objects nest in `json`, which must be valid JSON.
 fn nesting(json: &str) -> usize {
@@ -705,17 +706,17 @@ mod tests {
         assert!(matches!(
             parse(&format!(
                 r#"{{"type":"publish","topic":"t","payload":{}}}"#,
-                deep(128)
+                deep(127)
             )),
             Ok(Request::Publish(_))
         ));
         let refused = bad(&format!(
             r#"{{"type":"publish","id":7,"topic":"t","payload":{}}}"#,
-            deep(129)
+            deep(128)
         ));
         assert_eq!(refused.id, Some(RequestId::Number(7)));
         assert!(
-            refused.message.contains("129 levels"),
+            refused.message.contains("128 levels"),
             "{}",
             refused.message
         );

@@ -156,7 +156,7 @@ async fn deeply_nested_json_is_refused_without_harm() {
         deep(20_000)
     );
     client.send_text(nested_payload).await;
-    // Consumers behind Kafka would choke on it (serde_json stops at 128 levels).
+    // Consumers behind Kafka would choke on it (serde_json reads at most 127 levels).
     assert_error(&client.recv().await, "bad_request", Some("deep"));
     // Nesting a JSON document may legitimately have is published as it is.
     let fine = format!(

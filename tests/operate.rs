@@ -2,21 +2,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
 use serde_json::{Value, json};
-
-/// `/metrics` as a map from `name{labels}` to value.
-async fn metrics(hub: &Hub) -> BTreeMap<String, f64> {
-    let (status, body) = hub.get("/metrics").await;
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| line.rsplit_once(' '))
-        .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
-        .collect()
-}
 
 #[tokio::test]
 async fn metrics_count_a_scripted_session_exactly_and_logs_hold_no_token_or_payload() {
@@ -81,7 +68,7 @@ async fn metrics_count_a_scripted_session_exactly_and_logs_hold_no_token_or_payl
         reader.message().await;
     }
 
-    let counted = metrics(&hub).await;
+    let counted = hub.metrics().await;
     let label = |name: &str, labels: &str| format!("{name}{{{labels}}}");
     let expected = [
         ("wskafka_connections".to_string(), 2.0),
@@ -118,11 +105,11 @@ async fn metrics_count_a_scripted_session_exactly_and_logs_hold_no_token_or_payl
         &format!("topic=\"{topic}\",partition=\"0\""),
     );
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while metrics(&hub).await.get(&lag) != Some(&0.0) {
+    while hub.metrics().await.get(&lag) != Some(&0.0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no {lag} = 0 in {:?}",
-            metrics(&hub)
+            hub.metrics()
                 .await
                 .into_iter()
                 .filter(|(k, _)| k.contains("lag"))

@@ -351,6 +351,17 @@ impl Hub {
         }
     }
 
+    /// `/metrics` as a map from `name{labels}` to value.
+    pub async fn metrics(&self) -> BTreeMap<String, f64> {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .filter_map(|line| line.rsplit_once(' '))
+            .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
+            .collect()
+    }
+
     /// A bare HTTP/1.1 GET; returns the status and the body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         self.get_with(path, &[]).await
