@@ -232,6 +232,7 @@ pub async fn serve(
         connection_list: DashMap::new(),
     });
     tokio::spawn(watch_kafka(hub.clone()));
+    tokio::spawn(metrics::upkeep(hub.metrics.clone(), hub.shutdown.clone()));
     tokio::spawn(apply_control(hub.clone(), control_records));
     if let Some(presence) = hub.presence.clone() {
         // Before any socket: this instance's earlier sessions must be seen as ended first.

@@ -108,8 +108,12 @@ pub async fn fresh_topic(prefix: &str, partitions: i32) -> (String, String) {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_at(&broker().addr, name, partitions).await;
+}
+
+pub async fn create_topic_at(brokers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker().addr)
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -176,8 +180,16 @@ pub async fn read_records(
     topic: &str,
     wanted: impl IntoIterator<Item = (i32, i64)>,
 ) -> BTreeMap<(i32, i64), OwnedMessage> {
+    read_records_at(&broker().addr, topic, wanted).await
+}
+
+pub async fn read_records_at(
+    brokers: &str,
+    topic: &str,
+    wanted: impl IntoIterator<Item = (i32, i64)>,
+) -> BTreeMap<(i32, i64), OwnedMessage> {
     let wanted: BTreeSet<(i32, i64)> = wanted.into_iter().collect();
-    let (topic, addr) = (topic.to_string(), broker().addr.clone());
+    let (topic, addr) = (topic.to_string(), brokers.to_string());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &addr)
@@ -338,6 +350,19 @@ impl Hub {
         let hub = Hub { addr, process, log };
         hub.wait_ready().await;
         hub
+    }
+
+    /// Waits until `/readyz` answers `status`; returns how long that took.
+    pub async fn wait_readyz(&self, status: u16) -> Duration {
+        let started = tokio::time::Instant::now();
+        while self.get("/readyz").await.0 != status {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "/readyz never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
     }
 
     async fn wait_ready(&self) {
