@@ -156,6 +156,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
 
+    /// Sockets the hub holds open at once; more get HTTP 503, which a load balancer can take
+    /// as the cue to try another hub. Keep it below the process's descriptor limit
+    /// (`ulimit -n`), or accepts fail with no answer at all.
+    #[arg(long, env = "WSKAFKA_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
     /// Sockets opened without a token that may wait for their `auth` frame at once, across
     /// the hub; more get HTTP 503.
     #[arg(long, env = "WSKAFKA_MAX_AWAITING_AUTH", default_value_t = 1024)]

@@ -36,7 +36,7 @@ use crate::store::OpenSession;
 use crate::topic::{any_matches, is_valid_topic};
 
 /// Frames taken from a queue before one flush: many frames per syscall under load.
-const WRITE_BATCH: usize = 64;
+pub const WRITE_BATCH: usize = 64;
 /// How long to wait for the client's reply to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Replay records a connection holds before the replay waits for it.

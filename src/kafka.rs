@@ -40,6 +40,9 @@ pub(crate) fn client_config(
 ) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
+    // librdkafka waits up to 10 s between reconnects; a broker back from an outage would
+    // find publishes refused for that long after the hub is ready again.
+    client.set("reconnect.backoff.max.ms", "1000");
     for (key, value) in own {
         client.set(*key, value);
     }

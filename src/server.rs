@@ -39,8 +39,8 @@ use crate::{connection, metrics, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
-const READ_BUFFER: usize = 4 * 1024;
-const WRITE_BUFFER: usize = 8 * 1024;
+pub const READ_BUFFER: usize = 4 * 1024;
+pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Everything the handlers and connections share.
 pub struct Hub {
@@ -69,6 +69,8 @@ pub struct Hub {
     pub connection_list: DashMap<ConnId, ConnectionInfo>,
     /// Sockets opened without a token that have not sent their `auth` frame yet.
     pub awaiting_auth: Arc<Semaphore>,
+    /// One permit per open socket, up to `max_connections`.
+    open_sockets: Arc<Semaphore>,
 }
 
 /// Where a new socket stands with authentication.
@@ -213,6 +215,7 @@ pub async fn serve(
         })?;
     let hub = Arc::new(Hub {
         awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
+        open_sockets: Arc::new(Semaphore::new(config.max_connections)),
         config,
         auth,
         registry,
@@ -422,6 +425,15 @@ async fn websocket(
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
     }
+    let Ok(socket_permit) = hub.open_sockets.clone().try_acquire_owned() else {
+        tracing::warn!("refused a connection: the hub holds its maximum of sockets");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "this hub is full",
+        )
+            .into_response();
+    };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -490,5 +502,10 @@ async fn websocket(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(hub, socket, authenticated)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                connection::run(hub, socket, authenticated).await;
+                drop(socket_permit);
+            })
+        })
 }

@@ -56,6 +56,26 @@ async fn a_user_over_the_connection_limit_gets_429_and_others_are_unaffected() {
 }
 
 #[tokio::test]
+async fn a_full_hub_refuses_with_503_until_a_socket_leaves() {
+    let hub = Hub::start("limits.*", &["--max-connections", "2"]).await;
+    let alice = hub.connect(&token("alice", &[], &[])).await;
+    // A socket still waiting for its auth frame holds its place too.
+    let _stranger = hub.connect_bare().await;
+    let carol = hub.url(&token("carol", &[], &[]));
+    assert_eq!(hub.handshake_status(&carol).await, 503);
+
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while hub.handshake_status(&carol).await != 101 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed socket's place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn only_allowed_browser_origins_may_connect() {
     let hub = Hub::start(
         "limits.*",
