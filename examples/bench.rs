@@ -1,0 +1,1028 @@
+//! The benchmark harness and load generator behind `scripts/bench`.
+//!
+//! It starts a Tansu broker, a release hub and the bare axum reference
+//! (`examples/bare_broadcast.rs`), then drives each scenario and prints figures. The hub and
+//! the bare server are pinned to core 0; `scripts/bench` pins this process to core 1, so the
+//! load never competes with the server it measures (the broker floats over both).
+//!
+//! Every latency is taken against the record's intended send time, carried in its payload,
+//! so a stalled sender shows up as latency instead of hiding it. Hub and plain-Kafka figures
+//! come from the same run and the same records wherever possible, so their ratios hold on a
+//! noisy machine. A scenario during which this process used more than 90% of its core is
+//! flagged: its figures measure the load generator, not the hub.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt, stream};
+use hdrhistogram::Histogram;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Barrier;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use wskafka::auth::{Grants, mint};
+
+type Socket = WebSocketStream<TcpStream>;
+
+#[derive(Parser)]
+struct Args {
+    /// Scenarios to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "idle,fanout,ingest,latency,room,slow"
+    )]
+    scenarios: Vec<String>,
+    /// Sockets held open by the idle scenario; the hub's cap is set to this many.
+    #[arg(long, default_value_t = 19_000)]
+    idle: usize,
+    /// Subscribers of the fan-out, latency and slow-consumer scenarios.
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: usize,
+    /// Records in the fan-out scenario, sent in bursts of `BURST`.
+    #[arg(long, default_value_t = 5_000)]
+    records: usize,
+    /// Publishing sockets in the ingest scenario, each with this many publishes in flight.
+    #[arg(long, default_value_t = 1_000)]
+    publishers: usize,
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Subscribers of the large room.
+    #[arg(long, default_value_t = 10_000)]
+    room: usize,
+    /// Length of the timed scenarios (ingest, latency, slow consumers).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Records/s in the latency and slow-consumer scenarios. The default, 75 records/s to
+    /// 1,000 subscribers, is half the paced rate at which the hub's core saturated here
+    /// (about 150,000 deliveries/s; bursts go ten times faster, see `fanout`).
+    #[arg(long, default_value_t = 75.0)]
+    rate: f64,
+}
+
+/// The clock every timestamp in a payload is read from.
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_us() -> u64 {
+    START.elapsed().as_micros() as u64
+}
+
+const SECRET: &str = "bench-secret-not-for-production";
+const PAYLOAD_BYTES: usize = 100;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    LazyLock::force(&START);
+    let bin = std::env::current_exe().unwrap();
+    let examples = bin.parent().unwrap();
+    let work = tempdir();
+    let kafka = Broker::start(&work);
+    for (topic, partitions) in [
+        ("bench.idle", 1),
+        ("bench.fanout", 1),
+        ("bench.ingest", 3),
+        ("bench.latency", 1),
+        ("bench.room", 1),
+        ("bench.slow", 1),
+    ] {
+        kafka.create_topic(topic, partitions).await;
+    }
+    let hub = Server::hub(&examples.join("../wskafka"), &kafka.addr, &work, args.idle).await;
+    let bare = Server::bare(&examples.join("bare_broadcast")).await;
+    println!(
+        "machine: {} cores; hub and bare server on core 0, load generator on core 1",
+        // Not available_parallelism: this process is pinned to one of them.
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+    );
+
+    for scenario in &args.scenarios {
+        println!("\n== {scenario}");
+        match scenario.as_str() {
+            "idle" => idle(&hub, args.idle).await,
+            "fanout" => fanout(&hub, &bare, &kafka, &args).await,
+            "ingest" => ingest(&hub, &kafka, &args).await,
+            "latency" => latency(&hub, &bare, &kafka, &args).await,
+            "slow" => slow(&hub, &kafka, &args).await,
+            "room" => room(&hub, &kafka, args.room).await,
+            other => panic!("no scenario called {other}"),
+        }
+        hub.wait_idle().await;
+    }
+}
+
+// ---- Scenarios -------------------------------------------------------------------------
+
+async fn idle(hub: &Server, count: usize) {
+    let before = hub.usage();
+    let client = Usage::of_self();
+    let sockets = hub.subscribers("bench.idle", count).await;
+    let after = hub.usage();
+    let per_socket = (after.rss_kib - before.rss_kib) as f64 / count as f64;
+    println!(
+        "{count} sockets open and subscribed: hub RSS {} -> {} KiB, {per_socket:.1} KiB per socket",
+        before.rss_kib, after.rss_kib
+    );
+    let over = match hub.try_open(&hub.ws_url("idle")).await {
+        Ok(_) => "ACCEPTED (the cap did not hold)".to_string(),
+        Err(tungstenite::Error::Http(response)) => format!("HTTP {}", response.status()),
+        Err(e) => format!("failed without an answer: {e}"),
+    };
+    println!("socket {} (over the cap): {over}", count + 1);
+    report_client(&client);
+    drop(sockets);
+}
+
+/// Records go out in bursts that fit the per-socket queues (which both servers have), each
+/// burst sent as fast as possible and the next one only once every socket had the last:
+/// the figure is how fast a server empties full queues onto many sockets.
+async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
+    let n = args.subscribers;
+    let bursts = args.records.div_ceil(BURST);
+    let topic = "bench.fanout";
+
+    // The bare server: one more socket publishes frames shaped like the hub's messages.
+    let readers = bare.sockets(n).await;
+    let mut publisher = bare.open(&bare.ws_url("publisher")).await;
+    let (client, server) = (Usage::of_self(), bare.usage());
+    let delivered = spawn_counters(readers);
+    let mut elapsed = Duration::ZERO;
+    for burst in 0..bursts {
+        let started = Instant::now();
+        for i in 0..BURST {
+            let frame = message_frame(topic, i, payload(now_us(), i));
+            publisher.feed(Message::text(frame)).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        delivered.wait_for(n * BURST * (burst + 1)).await;
+        elapsed += started.elapsed();
+    }
+    let bare_rate = (n * BURST * bursts) as f64 / elapsed.as_secs_f64();
+    println!(
+        "bare axum: {bursts} bursts of {BURST} records to {n} sockets: {bare_rate:.0} deliveries/s, server CPU {:.0}%",
+        bare.usage().cpu_since(&server) * 100.0
+    );
+    report_client(&client);
+    drop(publisher);
+
+    let readers = hub.subscribers(topic, n).await;
+    let producer = kafka.producer(&[]);
+    let (client, server) = (Usage::of_self(), hub.usage());
+    let delivered = spawn_counters(readers);
+    let mut elapsed = Duration::ZERO;
+    for burst in 0..bursts {
+        let started = Instant::now();
+        let mut acks = Vec::with_capacity(BURST);
+        for i in 0..BURST {
+            acks.push(produce(&producer, topic, payload(now_us(), i)).await);
+        }
+        for ack in acks {
+            ack.await.unwrap().expect("the broker took the record");
+        }
+        delivered.wait_for(n * BURST * (burst + 1)).await;
+        elapsed += started.elapsed();
+    }
+    let hub_rate = (n * BURST * bursts) as f64 / elapsed.as_secs_f64();
+    println!(
+        "hub: {bursts} bursts of {BURST} records to {n} sockets: {hub_rate:.0} deliveries/s, hub CPU {:.0}%",
+        hub.usage().cpu_since(&server) * 100.0
+    );
+    report_client(&client);
+    println!(
+        "fan-out: hub / bare = {:.2} (target: >= 150000/s and >= 0.75; bursts >= 1000000/s)",
+        hub_rate / bare_rate
+    );
+}
+
+/// Records per fan-out burst: under the servers' 1024-frame queues.
+const BURST: usize = 500;
+
+async fn ingest(hub: &Server, kafka: &Broker, args: &Args) {
+    let topic = "bench.ingest";
+    let duration = Duration::from_secs(args.seconds);
+    let in_flight = args.publishers * args.window;
+
+    // Plain rdkafka, with the hub's producer settings and as many records in flight.
+    let producer = kafka.producer(&[("enable.idempotence", "true"), ("linger.ms", "5")]);
+    let client = Usage::of_self();
+    let acked = Arc::new(AtomicU64::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < duration {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let ack = produce(&producer, topic, payload(now_us(), i)).await;
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(_)) = ack.await {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+        i += 1;
+    }
+    let plain = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    println!("plain rdkafka producer: {plain:.0} acked records/s ({in_flight} in flight)");
+    report_client(&client);
+    let _ = permits.acquire_many(in_flight as u32).await;
+
+    let sockets = hub.sockets(args.publishers).await;
+    let client = Usage::of_self();
+    let server = hub.usage();
+    let barrier = Arc::new(Barrier::new(sockets.len()));
+    let deadline = tokio::time::Instant::now() + duration;
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| tokio::spawn(publish_loop(socket, args.window, barrier.clone(), deadline)))
+        .collect();
+    let (mut acks, mut errors) = (0, 0);
+    for task in tasks {
+        let (a, e) = task.await.unwrap();
+        acks += a;
+        errors += e;
+    }
+    let rate = acks as f64 / duration.as_secs_f64();
+    println!(
+        "hub: {rate:.0} acked publishes/s from {} sockets ({errors} errors), hub CPU {:.0}%",
+        args.publishers,
+        hub.usage().cpu_since(&server) * 100.0
+    );
+    report_client(&client);
+    println!(
+        "ingest: hub / plain rdkafka = {:.2} (target: >= 50000/s and >= 0.5)",
+        rate / plain
+    );
+}
+
+async fn latency(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
+    let rate = args.rate;
+    println!("{rate:.1} records/s to {} subscribers", args.subscribers);
+    let (bare_latency, bare_cpu) = paced_bare(bare, args, rate).await;
+    print_latency("bare axum, publisher socket to subscriber", &bare_latency);
+    let (hub_latency, plain, hub_cpu) = timed_run(hub, kafka, "bench.latency", args, rate, 0).await;
+    print_latency("hub end to end", &hub_latency);
+    print_latency("plain rdkafka produce to consume", &plain);
+    println!(
+        "server CPU at this rate: hub {:.0}%, bare axum {:.0}%: bare / hub = {:.2} (the share of the bare server's sustained fan-out the hub reaches)",
+        hub_cpu * 100.0,
+        bare_cpu * 100.0,
+        bare_cpu / hub_cpu
+    );
+    let added = |q| hub_latency.value_at_quantile(q) as f64 - plain.value_at_quantile(q) as f64;
+    println!(
+        "hub-added latency: p50 {:.2} ms, p99 {:.2} ms (target: <= 0.5 ms and <= 3 ms)",
+        added(0.5) / 1e3,
+        added(0.99) / 1e3
+    );
+}
+
+async fn slow(hub: &Server, kafka: &Broker, args: &Args) {
+    let rate = args.rate;
+    let stalled = args.subscribers / 10;
+    println!(
+        "{rate:.1} records/s to {} subscribers, clean and then with {stalled} not reading",
+        args.subscribers
+    );
+    let (clean, _, _) = timed_run(hub, kafka, "bench.slow", args, rate, 0).await;
+    print_latency("clean run, every subscriber", &clean);
+    hub.wait_idle().await;
+    let lagged = hub.metric("wskafka_lagged_closes_total").await;
+    let (healthy, _, _) = timed_run(hub, kafka, "bench.slow", args, rate, stalled).await;
+    print_latency("with stalled sockets, healthy subscribers", &healthy);
+    println!(
+        "stalled sockets closed as lagged during the run: {}",
+        hub.metric("wskafka_lagged_closes_total").await - lagged
+    );
+    println!(
+        "healthy p99 / clean p99 = {:.2} (target: <= 1.2)",
+        healthy.value_at_quantile(0.99) as f64 / clean.value_at_quantile(0.99) as f64
+    );
+}
+
+async fn room(hub: &Server, kafka: &Broker, size: usize) {
+    const RECORDS: usize = 30;
+    let topic = "bench.room";
+    let readers = hub.subscribers(topic, size).await;
+    let plain = kafka.consumer_at_end(topic).await;
+    let producer = kafka.producer(&[]);
+    warm_up(&producer, topic, &plain).await;
+    let client = Usage::of_self();
+    let written_before = hub.delivery_buckets().await;
+    // The latest arrival of each record, in µs after its send time.
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..RECORDS).map(|_| AtomicU64::new(0)).collect());
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut socket| {
+            let last = last.clone();
+            tokio::spawn(async move {
+                let mut seen = 0;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while seen < RECORDS {
+                    let Ok(Some(text)) =
+                        tokio::time::timeout_at(deadline, next_text(&mut socket)).await
+                    else {
+                        panic!("a subscriber of the room lost its socket or its records");
+                    };
+                    if let Some((sent, i)) = stamp(&text)
+                        && i < RECORDS
+                    {
+                        last[i].fetch_max(now_us() - sent, Ordering::Relaxed);
+                        seen += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut plain_latency = histogram();
+    for i in 0..RECORDS {
+        let ack = produce(&producer, topic, payload(now_us(), i)).await;
+        ack.await.unwrap().expect("the broker took the record");
+        let (sent, _) = next_stamp(&plain).await;
+        plain_latency.record(now_us() - sent).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut last_delivery = histogram();
+    for l in last.iter() {
+        last_delivery.record(l.load(Ordering::Relaxed)).unwrap();
+    }
+    println!("{RECORDS} records, one at a time, to {size} subscribers");
+    // The hub's own view: from each record's Kafka timestamp to its write to the socket.
+    let written = hub.delivery_buckets().await;
+    let total =
+        written.last().map_or(0.0, |(_, n)| *n) - written_before.last().map_or(0.0, |(_, n)| *n);
+    let shares: Vec<String> = written
+        .iter()
+        .zip(&written_before)
+        .filter(|((le, _), _)| {
+            ["0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1"].contains(&le.as_str())
+        })
+        .map(|((le, n), (_, b))| format!("{:.0}% by {le} s", (n - b) / total * 100.0))
+        .collect();
+    println!(
+        "hub-side, record timestamp to socket write: {}",
+        shares.join(", ")
+    );
+    print_latency("last delivery of each record", &last_delivery);
+    print_latency("plain rdkafka produce to consume", &plain_latency);
+    println!("target: last delivery p99 <= 60 ms");
+    report_client(&client);
+}
+
+// ---- Load ------------------------------------------------------------------------------
+
+/// A JSON payload of `PAYLOAD_BYTES` carrying its send time and index.
+fn payload(sent_us: u64, i: usize) -> String {
+    let head = format!(r#"{{"t":{sent_us},"i":{i},"pad":""#);
+    let pad = PAYLOAD_BYTES.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+/// What the bare server relays: a frame shaped and sized like the hub's `message`.
+fn message_frame(topic: &str, offset: usize, payload: String) -> String {
+    format!(
+        r#"{{"type":"message","topic":"{topic}","partition":0,"offset":{offset},"timestamp":1764480000000,"payload":{payload}}}"#
+    )
+}
+
+/// Reads the send time and index back out of a frame carrying `payload`.
+fn stamp(frame: &str) -> Option<(u64, usize)> {
+    let number = |after: &str| -> Option<u64> {
+        let at = frame.find(after)? + after.len();
+        let digits = frame[at..].split(|c: char| !c.is_ascii_digit()).next()?;
+        digits.parse().ok()
+    };
+    Some((number(r#"{"t":"#)?, number(r#","i":"#)? as usize))
+}
+
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    value: String,
+) -> rdkafka::producer::DeliveryFuture {
+    let mut record = FutureRecord::<(), String>::to(topic).payload(&value);
+    loop {
+        match producer.send_result(record) {
+            Ok(ack) => return ack,
+            Err((_, back)) => {
+                // librdkafka's queue is full: give its threads a moment to drain it.
+                record = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+async fn next_text(socket: &mut Socket) -> Option<tungstenite::Utf8Bytes> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Text(text)) => return Some(text),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Counts the frames a set of sockets receive; dropping it closes them.
+struct Counters {
+    count: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn spawn_counters(sockets: Vec<Socket>) -> Counters {
+    let count = Arc::new(AtomicUsize::new(0));
+    let tasks = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let count = count.clone();
+            tokio::spawn(async move {
+                while next_text(&mut socket).await.is_some() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    Counters { count, tasks }
+}
+
+impl Counters {
+    async fn wait_for(&self, target: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count.load(Ordering::Relaxed) < target {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {target} frames arrived: a socket was dropped",
+                self.count.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+}
+
+impl Drop for Counters {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Keeps `window` publishes in flight on one socket until the deadline; returns the acks
+/// and errors it got.
+async fn publish_loop(
+    mut socket: Socket,
+    window: usize,
+    barrier: Arc<Barrier>,
+    deadline: tokio::time::Instant,
+) -> (u64, u64) {
+    barrier.wait().await;
+    let (mut sent, mut acks, mut errors) = (0usize, 0, 0);
+    let frame = |n: usize| {
+        Message::text(format!(
+            r#"{{"type":"publish","id":{n},"topic":"bench.ingest","payload":{}}}"#,
+            payload(now_us(), n)
+        ))
+    };
+    while sent < window {
+        socket.feed(frame(sent)).await.unwrap();
+        sent += 1;
+    }
+    socket.flush().await.unwrap();
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, next_text(&mut socket)).await {
+        if reply.starts_with(r#"{"type":"ack""#) {
+            acks += 1;
+        } else {
+            errors += 1;
+        }
+        socket.send(frame(sent)).await.unwrap();
+        sent += 1;
+    }
+    (acks, errors)
+}
+
+/// Sends records at `rate` for the configured time to `topic`, read by the hub's
+/// subscribers (`stalled` of them never read) and by a plain consumer; returns the latency
+/// histograms of the reading subscribers and of the plain consumer, and the hub's CPU share.
+async fn timed_run(
+    hub: &Server,
+    kafka: &Broker,
+    topic: &str,
+    args: &Args,
+    rate: f64,
+    stalled: usize,
+) -> (Histogram<u64>, Histogram<u64>, f64) {
+    let mut readers = hub.subscribers(topic, args.subscribers).await;
+    let held: Vec<Socket> = readers.drain(..stalled).collect();
+    let plain = kafka.consumer_at_end(topic).await;
+    let producer = kafka.producer(&[]);
+    warm_up(&producer, topic, &plain).await;
+    // Every subscriber has its first record before the clock starts.
+    for socket in &mut readers {
+        tokio::time::timeout(Duration::from_secs(30), next_text(socket))
+            .await
+            .expect("a subscriber got the warm-up record");
+    }
+    let total = (rate * args.seconds as f64) as usize;
+    let patience = Duration::from_secs_f64(total as f64 / rate + 30.0);
+    let client = Usage::of_self();
+    let server = hub.usage();
+    let merged = Arc::new(Mutex::new(histogram()));
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut socket| {
+            let merged = merged.clone();
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                let deadline = tokio::time::Instant::now() + patience;
+                while let Ok(Some(text)) =
+                    tokio::time::timeout_at(deadline, next_text(&mut socket)).await
+                {
+                    if let Some((sent, i)) = stamp(&text) {
+                        latency.record(now_us().saturating_sub(sent)).unwrap();
+                        if i + 1 >= total {
+                            break;
+                        }
+                    }
+                }
+                merged.lock().unwrap().add(&latency).unwrap();
+            })
+        })
+        .collect();
+    let reading = tokio::spawn(async move {
+        let mut latency = histogram();
+        while latency.len() < total as u64 {
+            let (sent, _) = next_stamp(&plain).await;
+            latency.record(now_us().saturating_sub(sent)).unwrap();
+        }
+        latency
+    });
+    // Each record leaves at its intended time, and carries that time.
+    let start = tokio::time::Instant::now();
+    for i in 0..total {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(intended).await;
+        let sent = now_us() - intended.elapsed().as_micros() as u64;
+        let ack = produce(&producer, topic, payload(sent, i)).await;
+        drop(ack);
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let plain_latency = reading.await.unwrap();
+    let hub_cpu = hub.usage().cpu_since(&server);
+    println!("  hub CPU {:.0}%", hub_cpu * 100.0);
+    report_client(&client);
+    drop(held);
+    let hub_latency = merged.lock().unwrap().clone();
+    (hub_latency, plain_latency, hub_cpu)
+}
+
+/// The same paced load through the bare server, from a publisher socket; returns the
+/// subscribers' latency and the server's CPU share.
+async fn paced_bare(bare: &Server, args: &Args, rate: f64) -> (Histogram<u64>, f64) {
+    let readers = bare.sockets(args.subscribers).await;
+    let mut publisher = bare.open(&bare.ws_url("publisher")).await;
+    let total = (rate * args.seconds as f64) as usize;
+    let (client, server) = (Usage::of_self(), bare.usage());
+    let merged = Arc::new(Mutex::new(histogram()));
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut socket| {
+            let merged = merged.clone();
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                while let Some(text) = next_text(&mut socket).await {
+                    let Some((sent, i)) = stamp(&text) else {
+                        continue;
+                    };
+                    latency.record(now_us().saturating_sub(sent)).unwrap();
+                    if i + 1 >= total {
+                        break;
+                    }
+                }
+                merged.lock().unwrap().add(&latency).unwrap();
+            })
+        })
+        .collect();
+    let start = tokio::time::Instant::now();
+    for i in 0..total {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(intended).await;
+        let sent = now_us() - intended.elapsed().as_micros() as u64;
+        let frame = message_frame("bench.latency", i, payload(sent, i));
+        publisher.send(Message::text(frame)).await.unwrap();
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let cpu = bare.usage().cpu_since(&server);
+    println!("  bare server CPU {:.0}%", cpu * 100.0);
+    report_client(&client);
+    let latency = merged.lock().unwrap().clone();
+    (latency, cpu)
+}
+
+/// Sends records until the plain consumer sees one, so its position is known.
+async fn warm_up(producer: &FutureProducer, topic: &str, plain: &StreamConsumer) {
+    loop {
+        // Whether it was acked shows in whether the consumer sees it.
+        drop(produce(producer, topic, r#"{"warm":true}"#.into()).await);
+        match tokio::time::timeout(Duration::from_millis(200), plain.recv()).await {
+            Ok(Ok(_)) => return,
+            _ => continue,
+        }
+    }
+}
+
+async fn next_stamp(consumer: &StreamConsumer) -> (u64, usize) {
+    loop {
+        let message = consumer.recv().await.expect("the plain consumer reads");
+        if let Some(found) = message
+            .payload()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(stamp)
+        {
+            return found;
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()
+}
+
+fn print_latency(what: &str, h: &Histogram<u64>) {
+    let ms = |q| h.value_at_quantile(q) as f64 / 1e3;
+    println!(
+        "{what}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1e3,
+        h.len()
+    );
+}
+
+// ---- Processes -------------------------------------------------------------------------
+
+/// CPU time and resident memory of a process, read from /proc.
+struct Usage {
+    at: Instant,
+    cpu: Duration,
+    rss_kib: u64,
+}
+
+impl Usage {
+    fn of(pid: &str) -> Usage {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name, which sits in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        Usage {
+            at: Instant::now(),
+            // USER_HZ is 100 on Linux.
+            cpu: Duration::from_millis(ticks * 10),
+            rss_kib,
+        }
+    }
+
+    fn of_self() -> Usage {
+        Usage::of("self")
+    }
+
+    /// Share of one core used since `earlier`.
+    fn cpu_since(&self, earlier: &Usage) -> f64 {
+        (self.cpu - earlier.cpu).as_secs_f64() / (self.at - earlier.at).as_secs_f64()
+    }
+}
+
+fn report_client(since: &Usage) {
+    let share = Usage::of_self().cpu_since(since);
+    let flag = if share > 0.9 {
+        "  LOAD GENERATOR SATURATED: these figures are a floor"
+    } else {
+        ""
+    };
+    println!("  load generator CPU {:.0}%{flag}", share * 100.0);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wskafka-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_port(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `program` on the given CPUs (`taskset`), killed when dropped.
+struct Process(Child);
+
+impl Process {
+    fn spawn(cpus: &str, program: &Path, args: &[&str], log: Option<&Path>) -> Process {
+        let out = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
+        let child = Command::new("taskset")
+            .args(["-c", cpus])
+            .arg(program)
+            .args(args)
+            .env("WSKAFKA_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Process(child)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Broker {
+    addr: String,
+    _process: Process,
+}
+
+impl Broker {
+    fn start(work: &Path) -> Broker {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let url = format!("tcp://{addr}");
+        let process = Process::spawn(
+            "0,1",
+            Path::new("tansu"),
+            &[
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            Some(&work.join("tansu.log")),
+        );
+        Broker {
+            addr,
+            _process: process,
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.addr);
+        config
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) {
+        wait_port(&self.addr).await;
+        let admin: AdminClient<_> = self.config().create().unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .unwrap();
+        for result in results {
+            result.unwrap();
+        }
+    }
+
+    fn producer(&self, extra: &[(&str, &str)]) -> FutureProducer {
+        let mut config = self.config();
+        config.set("acks", "all").set("linger.ms", "0");
+        for (key, value) in extra {
+            config.set(*key, *value);
+        }
+        config.create().unwrap()
+    }
+
+    /// A consumer with the hub's fetch settings, positioned at the end of partition 0.
+    async fn consumer_at_end(&self, topic: &str) -> StreamConsumer {
+        let consumer: StreamConsumer = self
+            .config()
+            .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, 0, Offset::End)
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        consumer
+    }
+}
+
+/// A WebSocket server under test: the hub or the bare reference.
+struct Server {
+    addr: String,
+    pid: String,
+    is_hub: bool,
+    _process: Process,
+}
+
+static SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+impl Server {
+    async fn hub(binary: &Path, brokers: &str, work: &Path, cap: usize) -> Server {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let database = format!("sqlite://{}?mode=rwc", work.join("hub.db").display());
+        let cap = cap.to_string();
+        let process = Process::spawn(
+            "0",
+            binary,
+            &[
+                "serve",
+                "--listen",
+                &addr,
+                "--brokers",
+                brokers,
+                "--topics",
+                "bench.*",
+                "--database-url",
+                &database,
+                "--max-connections",
+                &cap,
+                "--max-connections-per-user",
+                "1000000",
+                "--publish-rate",
+                "1000000",
+                "--kafka-consumer",
+                "fetch.wait.max.ms=10",
+            ],
+            Some(&work.join("hub.log")),
+        );
+        let server = Server {
+            pid: process.0.id().to_string(),
+            addr,
+            is_hub: true,
+            _process: process,
+        };
+        while server.get("/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    async fn bare(binary: &Path) -> Server {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let process = Process::spawn("0", binary, &[&addr], None);
+        wait_port(&addr).await;
+        Server {
+            pid: process.0.id().to_string(),
+            addr,
+            is_hub: false,
+            _process: process,
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        Usage::of(&self.pid)
+    }
+
+    fn ws_url(&self, user: &str) -> String {
+        let grants = Grants {
+            publish: vec!["bench.*".parse().unwrap()],
+            subscribe: vec!["bench.*".parse().unwrap()],
+        };
+        let token = mint(SECRET, user, grants, Duration::from_secs(3600));
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// Opens one socket from one of many loopback addresses, so tens of thousands of
+    /// sockets, and those earlier scenarios left in TIME_WAIT, never run out of ports.
+    async fn try_open(&self, url: &str) -> Result<Socket, tungstenite::Error> {
+        let n = SOURCE.fetch_add(1, Ordering::Relaxed);
+        let source = Ipv4Addr::new(127, 0, (n / 250 % 250) as u8 + 1, (n % 250) as u8 + 2);
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        let stream = socket.connect(self.addr.parse().unwrap()).await?;
+        stream.set_nodelay(true)?;
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        Ok(ws)
+    }
+
+    async fn open(&self, url: &str) -> Socket {
+        self.try_open(url).await.expect("opening a socket")
+    }
+
+    async fn sockets(&self, count: usize) -> Vec<Socket> {
+        let url = self.ws_url("load");
+        stream::iter(0..count)
+            .map(|_| self.open(&url))
+            .buffer_unordered(64)
+            .collect()
+            .await
+    }
+
+    /// Sockets subscribed to `topic` from its end, each having had its `subscribed` reply.
+    async fn subscribers(&self, topic: &str, count: usize) -> Vec<Socket> {
+        assert!(self.is_hub);
+        let url = self.ws_url("load");
+        let subscribe = format!(r#"{{"type":"subscribe","id":"s","topic":"{topic}"}}"#);
+        stream::iter(0..count)
+            .map(|_| async {
+                let mut socket = self.open(&url).await;
+                socket.send(Message::text(subscribe.clone())).await.unwrap();
+                let reply = next_text(&mut socket).await.expect("a reply to subscribe");
+                assert!(reply.starts_with(r#"{"type":"subscribed""#), "{reply}");
+                socket
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(&self.addr).await else {
+            return (0, String::new());
+        };
+        let request = format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return (0, String::new());
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+
+    /// The cumulative buckets of the hub's delivery-latency histogram: (upper bound, count).
+    async fn delivery_buckets(&self) -> Vec<(String, f64)> {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .filter_map(|l| l.strip_prefix("wskafka_delivery_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once("\"} ")?;
+                Some((le.to_string(), rest.parse().ok()?))
+            })
+            .collect()
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the hub has let go of every socket of the last scenario.
+    async fn wait_idle(&self) {
+        if self.is_hub {
+            while self.metric("wskafka_connections").await > 0.0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
