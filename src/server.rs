@@ -426,7 +426,7 @@ async fn websocket(
         }
     }
     let Ok(socket_permit) = hub.open_sockets.clone().try_acquire_owned() else {
-        tracing::warn!("refused a connection: the hub holds its maximum of sockets");
+        tracing::info!("refused a connection: the hub holds its maximum of sockets");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
