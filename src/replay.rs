@@ -131,7 +131,7 @@ impl Replayer {
     }
 
     /// Starts the replay; dropping the guard stops it.
-    pub fn spawn(&self, mut request: Request, events: mpsc::Sender<Tagged>) -> DropGuard {
+    pub fn spawn(&self, mut request: Request, events: mpsc::Sender<Box<Tagged>>) -> DropGuard {
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
@@ -139,10 +139,12 @@ impl Replayer {
         tokio::spawn(async move {
             let (topic, generation) = (request.topic.clone(), request.generation);
             let sender = events.clone();
-            let failed = |e: ReplayError| Tagged {
-                topic: topic.clone(),
-                generation,
-                event: Event::Failed(e),
+            let failed = |e: ReplayError| {
+                Box::new(Tagged {
+                    topic: topic.clone(),
+                    generation,
+                    event: Event::Failed(e),
+                })
             };
             if let Start::Committed(offsets) = &mut request.from {
                 match store.committed(&request.user, &request.topic).await {
@@ -161,11 +163,11 @@ impl Replayer {
                 let _permit = permit;
                 let send = |event| {
                     events
-                        .blocking_send(Tagged {
+                        .blocking_send(Box::new(Tagged {
                             topic: request.topic.clone(),
                             generation: request.generation,
                             event,
-                        })
+                        }))
                         .is_ok()
                 };
                 if let Err(e) = replay(&client, &request, max, &send, &cancel) {
