@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -161,19 +161,14 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let readers = bare.sockets(n).await;
     let mut publisher = bare.open(&bare.ws_url("publisher")).await;
     let (client, server) = (Usage::of_self(), bare.usage());
-    let delivered = spawn_counters(readers);
-    let mut elapsed = Duration::ZERO;
-    for burst in 0..bursts {
-        let started = Instant::now();
+    let bare_rate = burst_rate(readers, bursts, async || {
         for i in 0..BURST {
             let frame = message_frame(topic, i, payload(now_us(), i));
             publisher.feed(Message::text(frame)).await.unwrap();
         }
         publisher.flush().await.unwrap();
-        delivered.wait_for(n * BURST * (burst + 1)).await;
-        elapsed += started.elapsed();
-    }
-    let bare_rate = (n * BURST * bursts) as f64 / elapsed.as_secs_f64();
+    })
+    .await;
     println!(
         "bare axum: {bursts} bursts of {BURST} records to {n} sockets: {bare_rate:.0} deliveries/s, server CPU {:.0}%",
         bare.usage().cpu_since(&server) * 100.0
@@ -184,10 +179,7 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let readers = hub.subscribers(topic, n).await;
     let producer = kafka.producer(&[]);
     let (client, server) = (Usage::of_self(), hub.usage());
-    let delivered = spawn_counters(readers);
-    let mut elapsed = Duration::ZERO;
-    for burst in 0..bursts {
-        let started = Instant::now();
+    let hub_rate = burst_rate(readers, bursts, async || {
         let mut acks = Vec::with_capacity(BURST);
         for i in 0..BURST {
             acks.push(produce(&producer, topic, payload(now_us(), i)).await);
@@ -195,10 +187,8 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
         for ack in acks {
             ack.await.unwrap().expect("the broker took the record");
         }
-        delivered.wait_for(n * BURST * (burst + 1)).await;
-        elapsed += started.elapsed();
-    }
-    let hub_rate = (n * BURST * bursts) as f64 / elapsed.as_secs_f64();
+    })
+    .await;
     println!(
         "hub: {bursts} bursts of {BURST} records to {n} sockets: {hub_rate:.0} deliveries/s, hub CPU {:.0}%",
         hub.usage().cpu_since(&server) * 100.0
@@ -212,6 +202,21 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
 
 /// Records per fan-out burst: under the servers' 1024-frame queues.
 const BURST: usize = 500;
+
+/// Deliveries per second to `readers` over `bursts` calls of `send_burst` (`BURST` records
+/// each), timing each burst until every reader has it.
+async fn burst_rate(readers: Vec<Socket>, bursts: usize, mut send_burst: impl AsyncFnMut()) -> f64 {
+    let n = readers.len();
+    let delivered = spawn_counters(readers);
+    let mut elapsed = Duration::ZERO;
+    for burst in 0..bursts {
+        let started = Instant::now();
+        send_burst().await;
+        delivered.wait_for(n * BURST * (burst + 1)).await;
+        elapsed += started.elapsed();
+    }
+    (n * BURST * bursts) as f64 / elapsed.as_secs_f64()
+}
 
 async fn ingest(hub: &Server, kafka: &Broker, args: &Args) {
     let topic = "bench.ingest";
@@ -544,14 +549,73 @@ async fn timed_run(
     let patience = Duration::from_secs_f64(total as f64 / rate + 30.0);
     let client = Usage::of_self();
     let server = hub.usage();
-    let merged = Arc::new(Mutex::new(histogram()));
-    let tasks: Vec<_> = readers
+    let readers = spawn_latency_readers(readers, total, patience);
+    let reading = tokio::spawn(async move {
+        let mut latency = histogram();
+        while latency.len() < total as u64 {
+            let (sent, _) = next_stamp(&plain).await;
+            latency.record(now_us().saturating_sub(sent)).unwrap();
+        }
+        latency
+    });
+    paced(rate, total, async |i, sent| {
+        drop(produce(&producer, topic, payload(sent, i)).await);
+    })
+    .await;
+    let hub_latency = merge(readers).await;
+    let plain_latency = reading.await.unwrap();
+    let hub_cpu = hub.usage().cpu_since(&server);
+    println!("  hub CPU {:.0}%", hub_cpu * 100.0);
+    report_client(&client);
+    drop(held);
+    (hub_latency, plain_latency, hub_cpu)
+}
+
+/// The same paced load through the bare server, from a publisher socket; returns the
+/// subscribers' latency and the server's CPU share.
+async fn paced_bare(bare: &Server, args: &Args, rate: f64) -> (Histogram<u64>, f64) {
+    let readers = bare.sockets(args.subscribers).await;
+    let mut publisher = bare.open(&bare.ws_url("publisher")).await;
+    let total = (rate * args.seconds as f64) as usize;
+    let patience = Duration::from_secs_f64(total as f64 / rate + 30.0);
+    let (client, server) = (Usage::of_self(), bare.usage());
+    let readers = spawn_latency_readers(readers, total, patience);
+    paced(rate, total, async |i, sent| {
+        let frame = message_frame("bench.latency", i, payload(sent, i));
+        publisher.send(Message::text(frame)).await.unwrap();
+    })
+    .await;
+    let latency = merge(readers).await;
+    let cpu = bare.usage().cpu_since(&server);
+    println!("  bare server CPU {:.0}%", cpu * 100.0);
+    report_client(&client);
+    (latency, cpu)
+}
+
+/// Calls `send(i, intended send time)` for `total` records at `rate`. Each record leaves at
+/// its intended time and carries that time, so a stalled sender shows as latency.
+async fn paced(rate: f64, total: usize, mut send: impl AsyncFnMut(usize, u64)) {
+    let start = tokio::time::Instant::now();
+    for i in 0..total {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(intended).await;
+        send(i, now_us() - intended.elapsed().as_micros() as u64).await;
+    }
+}
+
+/// One task per socket recording the latency of each stamped frame, until the socket had
+/// record `total - 1` or `patience` ran out.
+fn spawn_latency_readers(
+    sockets: Vec<Socket>,
+    total: usize,
+    patience: Duration,
+) -> Vec<tokio::task::JoinHandle<Histogram<u64>>> {
+    let deadline = tokio::time::Instant::now() + patience;
+    sockets
         .into_iter()
         .map(|mut socket| {
-            let merged = merged.clone();
             tokio::spawn(async move {
                 let mut latency = histogram();
-                let deadline = tokio::time::Instant::now() + patience;
                 while let Ok(Some(text)) =
                     tokio::time::timeout_at(deadline, next_text(&mut socket)).await
                 {
@@ -562,82 +626,18 @@ async fn timed_run(
                         }
                     }
                 }
-                merged.lock().unwrap().add(&latency).unwrap();
+                latency
             })
         })
-        .collect();
-    let reading = tokio::spawn(async move {
-        let mut latency = histogram();
-        while latency.len() < total as u64 {
-            let (sent, _) = next_stamp(&plain).await;
-            latency.record(now_us().saturating_sub(sent)).unwrap();
-        }
-        latency
-    });
-    // Each record leaves at its intended time, and carries that time.
-    let start = tokio::time::Instant::now();
-    for i in 0..total {
-        let intended = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(intended).await;
-        let sent = now_us() - intended.elapsed().as_micros() as u64;
-        let ack = produce(&producer, topic, payload(sent, i)).await;
-        drop(ack);
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let plain_latency = reading.await.unwrap();
-    let hub_cpu = hub.usage().cpu_since(&server);
-    println!("  hub CPU {:.0}%", hub_cpu * 100.0);
-    report_client(&client);
-    drop(held);
-    let hub_latency = merged.lock().unwrap().clone();
-    (hub_latency, plain_latency, hub_cpu)
+        .collect()
 }
 
-/// The same paced load through the bare server, from a publisher socket; returns the
-/// subscribers' latency and the server's CPU share.
-async fn paced_bare(bare: &Server, args: &Args, rate: f64) -> (Histogram<u64>, f64) {
-    let readers = bare.sockets(args.subscribers).await;
-    let mut publisher = bare.open(&bare.ws_url("publisher")).await;
-    let total = (rate * args.seconds as f64) as usize;
-    let (client, server) = (Usage::of_self(), bare.usage());
-    let merged = Arc::new(Mutex::new(histogram()));
-    let tasks: Vec<_> = readers
-        .into_iter()
-        .map(|mut socket| {
-            let merged = merged.clone();
-            tokio::spawn(async move {
-                let mut latency = histogram();
-                while let Some(text) = next_text(&mut socket).await {
-                    let Some((sent, i)) = stamp(&text) else {
-                        continue;
-                    };
-                    latency.record(now_us().saturating_sub(sent)).unwrap();
-                    if i + 1 >= total {
-                        break;
-                    }
-                }
-                merged.lock().unwrap().add(&latency).unwrap();
-            })
-        })
-        .collect();
-    let start = tokio::time::Instant::now();
-    for i in 0..total {
-        let intended = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(intended).await;
-        let sent = now_us() - intended.elapsed().as_micros() as u64;
-        let frame = message_frame("bench.latency", i, payload(sent, i));
-        publisher.send(Message::text(frame)).await.unwrap();
+async fn merge(readers: Vec<tokio::task::JoinHandle<Histogram<u64>>>) -> Histogram<u64> {
+    let mut merged = histogram();
+    for reader in readers {
+        merged.add(reader.await.unwrap()).unwrap();
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let cpu = bare.usage().cpu_since(&server);
-    println!("  bare server CPU {:.0}%", cpu * 100.0);
-    report_client(&client);
-    let latency = merged.lock().unwrap().clone();
-    (latency, cpu)
+    merged
 }
 
 /// Sends records until the plain consumer sees one, so its position is known.

@@ -96,12 +96,8 @@ struct OwnBroker {
 
 impl OwnBroker {
     async fn start() -> OwnBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
         let mut broker = OwnBroker {
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("127.0.0.1:{}", free_port()),
             // Tansu reads the path after sqlite:// as relative to its working directory.
             storage: format!("sqlite://{}.db", unique("broker")),
             process: None,
@@ -171,13 +167,9 @@ async fn the_hub_rides_out_a_broker_restart_and_never_acks_falsely() {
     reader.subscribe(&topic).await;
     let mut writer = hub.connect(&grant).await;
     let mut acked = Vec::new();
-    let publish = async |writer: &mut Client, n: usize| {
-        writer
-            .call(json!({"type":"publish","id":n,"topic":topic,"payload":{"n":n}}))
-            .await
-    };
+    let frame = |n: usize| json!({"type":"publish","id":n,"topic":topic,"payload":{"n":n}});
     for n in 0..20 {
-        let ack = publish(&mut writer, n).await;
+        let ack = writer.call(frame(n)).await;
         assert_eq!(ack["type"], "ack", "{ack}");
         acked.push((position(&ack), n));
     }
@@ -187,9 +179,7 @@ async fn the_hub_rides_out_a_broker_restart_and_never_acks_falsely() {
     // Publishes while no broker answers: each gets an answer, and it is never an ack.
     let outage = std::time::Instant::now();
     for n in 20..25 {
-        writer
-            .send(json!({"type":"publish","id":n,"topic":topic,"payload":{"n":n}}))
-            .await;
+        writer.send(frame(n)).await;
     }
     for _ in 20..25 {
         let reply = writer.recv().await;
@@ -209,7 +199,7 @@ async fn the_hub_rides_out_a_broker_restart_and_never_acks_falsely() {
     let mut refused = 0;
     let mut n = 25;
     while acked.len() < 40 {
-        let reply = publish(&mut writer, n).await;
+        let reply = writer.call(frame(n)).await;
         match reply["type"].as_str() {
             Some("ack") => acked.push((position(&reply), n)),
             _ if reply["code"] == "unavailable" && acked.len() == 20 => refused += 1,

@@ -45,14 +45,7 @@ async fn a_user_over_the_connection_limit_gets_429_and_others_are_unaffected() {
 
     // Closing a socket gives its place back once the hub has seen it go.
     drop(first);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while hub.handshake_status(&hub.url(&alice)).await != 101 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the closed socket's place never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    admitted_again(&hub, &hub.url(&alice)).await;
 }
 
 #[tokio::test]
@@ -65,8 +58,14 @@ async fn a_full_hub_refuses_with_503_until_a_socket_leaves() {
     assert_eq!(hub.handshake_status(&carol).await, 503);
 
     drop(alice);
+    admitted_again(&hub, &carol).await;
+}
+
+/// Waits until a handshake with `url` succeeds again: a closed socket gives its place back
+/// once the hub has seen it go.
+async fn admitted_again(hub: &Hub, url: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while hub.handshake_status(&carol).await != 101 {
+    while hub.handshake_status(url).await != 101 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the closed socket's place never came back"

@@ -60,10 +60,7 @@ pub fn broker() -> &'static Broker {
             };
         }
         let tansu = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let script = format!(
             "{tansu} broker --listener-url {url} --advertised-listener-url {url} \
@@ -92,6 +89,14 @@ pub fn broker() -> &'static Broker {
             _process: Some(process),
         }
     })
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 pub fn unique(prefix: &str) -> String {
