@@ -65,10 +65,10 @@ struct Args {
     /// Length of the timed scenarios (ingest, latency, slow consumers).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Records/s in the latency and slow-consumer scenarios. The default, 75 records/s to
+    /// Records/s in the latency and slow-consumer scenarios. The default, 40 records/s to
     /// 1,000 subscribers, is half the paced rate at which the hub's core saturated here
-    /// (about 150,000 deliveries/s; bursts go ten times faster, see `fanout`).
-    #[arg(long, default_value_t = 75.0)]
+    /// (75,000 deliveries/s took 95% of it; bursts go faster, see `fanout`).
+    #[arg(long, default_value_t = 40.0)]
     rate: f64,
 }
 
@@ -120,7 +120,7 @@ async fn main() {
             "ingest" => ingest(&hub, &kafka, &args).await,
             "latency" => latency(&hub, &bare, &kafka, &args).await,
             "slow" => slow(&hub, &kafka, &args).await,
-            "room" => room(&hub, &kafka, args.room).await,
+            "room" => room(&hub, &bare, &kafka, args.room).await,
             other => panic!("no scenario called {other}"),
         }
         hub.wait_idle().await;
@@ -320,56 +320,43 @@ async fn slow(hub: &Server, kafka: &Broker, args: &Args) {
     );
 }
 
-async fn room(hub: &Server, kafka: &Broker, size: usize) {
-    const RECORDS: usize = 30;
+/// One record at a time to `size` subscribers, first through the bare server, then through
+/// the hub; the figure is how long the last subscriber waits for each record.
+async fn room(hub: &Server, bare: &Server, kafka: &Broker, size: usize) {
     let topic = "bench.room";
+    let readers = bare.sockets(size).await;
+    let mut publisher = bare.open(&bare.ws_url("publisher")).await;
+    let (client, server) = (Usage::of_self(), bare.usage());
+    let bare_last = last_deliveries(readers, async |i| {
+        let frame = message_frame(topic, i, payload(now_us(), i));
+        publisher.send(Message::text(frame)).await.unwrap();
+    })
+    .await;
+    println!("{ROOM_RECORDS} records, one at a time, to {size} subscribers");
+    println!(
+        "  bare server CPU {:.0}%",
+        bare.usage().cpu_since(&server) * 100.0
+    );
+    report_client(&client);
+    print_latency("bare axum, last delivery of each record", &bare_last);
+    drop(publisher);
+
     let readers = hub.subscribers(topic, size).await;
     let plain = kafka.consumer_at_end(topic).await;
     let producer = kafka.producer(&[]);
     warm_up(&producer, topic, &plain).await;
-    let client = Usage::of_self();
+    let (client, server) = (Usage::of_self(), hub.usage());
     let written_before = hub.delivery_buckets().await;
-    // The latest arrival of each record, in µs after its send time.
-    let last: Arc<Vec<AtomicU64>> = Arc::new((0..RECORDS).map(|_| AtomicU64::new(0)).collect());
-    let tasks: Vec<_> = readers
-        .into_iter()
-        .map(|mut socket| {
-            let last = last.clone();
-            tokio::spawn(async move {
-                let mut seen = 0;
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-                while seen < RECORDS {
-                    let Ok(Some(text)) =
-                        tokio::time::timeout_at(deadline, next_text(&mut socket)).await
-                    else {
-                        panic!("a subscriber of the room lost its socket or its records");
-                    };
-                    if let Some((sent, i)) = stamp(&text)
-                        && i < RECORDS
-                    {
-                        last[i].fetch_max(now_us() - sent, Ordering::Relaxed);
-                        seen += 1;
-                    }
-                }
-            })
-        })
-        .collect();
     let mut plain_latency = histogram();
-    for i in 0..RECORDS {
+    let hub_last = last_deliveries(readers, async |i| {
         let ack = produce(&producer, topic, payload(now_us(), i)).await;
         ack.await.unwrap().expect("the broker took the record");
         let (sent, _) = next_stamp(&plain).await;
         plain_latency.record(now_us() - sent).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let mut last_delivery = histogram();
-    for l in last.iter() {
-        last_delivery.record(l.load(Ordering::Relaxed)).unwrap();
-    }
-    println!("{RECORDS} records, one at a time, to {size} subscribers");
+    })
+    .await;
+    println!("  hub CPU {:.0}%", hub.usage().cpu_since(&server) * 100.0);
+    report_client(&client);
     // The hub's own view: from each record's Kafka timestamp to its write to the socket.
     let written = hub.delivery_buckets().await;
     let total =
@@ -386,10 +373,58 @@ async fn room(hub: &Server, kafka: &Broker, size: usize) {
         "hub-side, record timestamp to socket write: {}",
         shares.join(", ")
     );
-    print_latency("last delivery of each record", &last_delivery);
+    print_latency("hub, last delivery of each record", &hub_last);
     print_latency("plain rdkafka produce to consume", &plain_latency);
-    println!("target: last delivery p99 <= 60 ms");
-    report_client(&client);
+    println!(
+        "room: hub p99 / bare p99 = {:.2} (target: hub last delivery p99 <= 60 ms)",
+        hub_last.value_at_quantile(0.99) as f64 / bare_last.value_at_quantile(0.99) as f64
+    );
+}
+
+/// Records sent to the room, 200 ms apart so each one's fan-out is measured alone.
+const ROOM_RECORDS: usize = 30;
+
+/// Calls `send(i)` for each record of the room and returns, per record, how long after its
+/// send time the last of `readers` had it.
+async fn last_deliveries(readers: Vec<Socket>, mut send: impl AsyncFnMut(usize)) -> Histogram<u64> {
+    // The latest arrival of each record, in µs after its send time.
+    let last: Arc<Vec<AtomicU64>> =
+        Arc::new((0..ROOM_RECORDS).map(|_| AtomicU64::new(0)).collect());
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut socket| {
+            let last = last.clone();
+            tokio::spawn(async move {
+                let mut seen = 0;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while seen < ROOM_RECORDS {
+                    let Ok(Some(text)) =
+                        tokio::time::timeout_at(deadline, next_text(&mut socket)).await
+                    else {
+                        panic!("a subscriber of the room lost its socket or its records");
+                    };
+                    if let Some((sent, i)) = stamp(&text)
+                        && i < ROOM_RECORDS
+                    {
+                        last[i].fetch_max(now_us() - sent, Ordering::Relaxed);
+                        seen += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..ROOM_RECORDS {
+        send(i).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut last_delivery = histogram();
+    for l in last.iter() {
+        last_delivery.record(l.load(Ordering::Relaxed)).unwrap();
+    }
+    last_delivery
 }
 
 // ---- Load ------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesUnordered, SplitSink};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
@@ -42,90 +42,101 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Replay records a connection holds before the replay waits for it.
 const REPLAY_QUEUE: usize = 64;
 
-type Sink = SplitSink<WebSocket, Message>;
-
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, auth: Auth) {
-    let id = hub.next_conn_id();
-    let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
-    let authenticated = match auth {
-        Auth::Verified(session, seat) => Ok((session, seat)),
-        // The permit is given back once the first frame is handled, whatever it was.
-        Auth::Awaiting(_permit) => {
-            first_frame_auth(&hub, &mut socket)
-                .instrument(span.clone())
-                .await
-        }
-    };
-    let (session, seat) = match authenticated {
-        Ok(pair) => pair,
-        Err((code, reason)) => {
-            tracing::debug!(parent: &span, code, reason, "refused the socket");
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-            return;
-        }
-    };
-    span.record("sub", session.sub.as_str());
-    let revoked = CancellationToken::new();
-    let info = ConnectionInfo {
-        sub: session.sub.clone(),
-        since: millis(SystemTime::now()),
-        token: session.token.clone(),
-        revoked: revoked.clone(),
-    };
-    // Registered before the last revocation check: see `control` for why.
-    hub.connection_list.insert(id, info);
-    let _registered = Registered { hub: &hub, id };
-    if hub.revocations.revokes(&session.sub, &session.token) {
-        let frame = CloseFrame {
-            code: close::AUTH_FAILED,
-            reason: Utf8Bytes::from_static("token revoked"),
+/// Serves one socket until it ends; `open` is its place under the hub's cap.
+///
+/// Not an `async fn`: those keep their arguments twice in the future, once as arguments and
+/// once as locals, and this future lives as long as the socket.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
+    hub: Arc<Hub>,
+    mut socket: WebSocket,
+    auth: Auth,
+    open: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _open = open;
+        let id = hub.next_conn_id();
+        let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
+        let authenticated = match auth {
+            Auth::Verified(session, seat) => Ok((session, seat)),
+            // The permit is given back once the first frame is handled, whatever it was.
+            Auth::Awaiting(_permit) => {
+                first_frame_auth(&hub, &mut socket)
+                    .instrument(span.clone())
+                    .await
+            }
         };
-        let _ = socket.send(Message::Close(Some(frame))).await;
-        return;
-    }
-    let presence = match &hub.presence {
-        None => None,
-        Some(presence) => match presence.connected(&hub, &session.sub).await {
-            Ok(open) => Some(open),
-            Err(e) => {
-                tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
+        let (session, seat) = match authenticated {
+            Ok(pair) => pair,
+            Err((code, reason)) => {
+                tracing::debug!(parent: &span, code, reason, "refused the socket");
                 let frame = CloseFrame {
-                    code: close::INTERNAL,
-                    reason: Utf8Bytes::from_static("try again shortly"),
+                    code,
+                    reason: Utf8Bytes::from(reason),
                 };
                 let _ = socket.send(Message::Close(Some(frame))).await;
                 return;
             }
-        },
-    };
-    metrics::connection_opened();
-    let (queue, frames) = mpsc::channel(hub.config.send_queue);
-    let (replays, replay_events) = mpsc::channel(REPLAY_QUEUE);
-    let connection = Connection {
-        queue,
-        overflowed: CancellationToken::new(),
-        subscriptions: HashMap::new(),
-        publishes: RateLimiter::direct(Quota::per_second(hub.config.publish_rate)),
-        replays,
-        generation: 0,
-        stashed: 0,
-        out: Vec::new(),
-        revoked,
-        presence,
-        ended: "closed",
-        hub: hub.clone(),
-        id,
-        session,
-        _seat: seat,
-    };
-    connection
-        .serve(socket, frames, replay_events)
-        .instrument(span)
-        .await;
+        };
+        span.record("sub", session.sub.as_str());
+        let revoked = CancellationToken::new();
+        let info = ConnectionInfo {
+            sub: session.sub.clone(),
+            since: millis(SystemTime::now()),
+            token: session.token.clone(),
+            revoked: revoked.clone(),
+        };
+        // Registered before the last revocation check: see `control` for why.
+        hub.connection_list.insert(id, info);
+        let _registered = Registered { hub: &hub, id };
+        if hub.revocations.revokes(&session.sub, &session.token) {
+            let frame = CloseFrame {
+                code: close::AUTH_FAILED,
+                reason: Utf8Bytes::from_static("token revoked"),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
+        let presence = match &hub.presence {
+            None => None,
+            Some(presence) => match presence.connected(&hub, &session.sub).await {
+                Ok(open) => Some(open),
+                Err(e) => {
+                    tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
+                    let frame = CloseFrame {
+                        code: close::INTERNAL,
+                        reason: Utf8Bytes::from_static("try again shortly"),
+                    };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            },
+        };
+        metrics::connection_opened();
+        let (queue, mut frames) = mpsc::channel(hub.config.send_queue);
+        let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
+        let mut connection = Connection {
+            queue,
+            overflowed: CancellationToken::new(),
+            subscriptions: HashMap::new(),
+            publishes: RateLimiter::direct(Quota::per_second(hub.config.publish_rate)),
+            replays,
+            generation: 0,
+            stashed: 0,
+            out: Vec::new(),
+            revoked,
+            presence,
+            ended: "closed",
+            hub: hub.clone(),
+            id,
+            session,
+            _seat: seat,
+        };
+        connection
+            .serve(&mut socket, &mut frames, &mut replay_events)
+            .instrument(span)
+            .await;
+    }
 }
 
 /// Keeps a socket in the admin list and in reach of revocations until it ends.
@@ -371,14 +382,16 @@ impl Drop for Connection {
 }
 
 impl Connection {
+    /// Everything it works on is borrowed from `run`, so that a connection's state is held
+    /// once rather than copied into each nested future: at tens of thousands of sockets,
+    /// every byte of it counts.
     async fn serve(
-        mut self,
-        socket: WebSocket,
-        mut frames: mpsc::Receiver<Arc<Delivery>>,
-        mut replay_events: mpsc::Receiver<Box<Tagged>>,
+        &mut self,
+        socket: &mut WebSocket,
+        frames: &mut mpsc::Receiver<Arc<Delivery>>,
+        replay_events: &mut mpsc::Receiver<Box<Tagged>>,
     ) {
         tracing::debug!("connected");
-        let (mut sink, mut stream) = socket.split();
         let write_timeout = self.hub.config.write_timeout;
         let max_in_flight = self.hub.config.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -418,7 +431,7 @@ impl Connection {
                         self.on_live(record);
                     }
                 }
-                incoming = stream.next(), if in_flight.len() < max_in_flight => match incoming {
+                incoming = socket.next(), if in_flight.len() < max_in_flight => match incoming {
                     Some(Ok(Message::Text(text))) => {
                         metrics::frame_received();
                         if let Some(pending) = self.handle(&text) {
@@ -450,7 +463,7 @@ impl Connection {
             if self.overflowed.is_cancelled() {
                 break Ending::Lagged;
             }
-            if write_all(&mut sink, &mut self.out, write_timeout)
+            if write_all(socket, &mut self.out, write_timeout)
                 .await
                 .is_err()
             {
@@ -472,19 +485,19 @@ impl Connection {
             self.answer(answer);
         }
         if writable {
-            let _ = write_all(&mut sink, &mut self.out, write_timeout).await;
+            let _ = write_all(socket, &mut self.out, write_timeout).await;
         }
         if let Some(frame) = ending.close_frame() {
             let _ =
-                tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
+                tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
             // Wait for the client's close frame so the TCP connection ends cleanly.
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                while let Some(Ok(_)) = stream.next().await {}
+                while let Some(Ok(_)) = socket.next().await {}
             })
             .await;
         } else {
             // Flushes tungstenite's reply to a client's close frame.
-            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            let _ = tokio::time::timeout(write_timeout, socket.close()).await;
         }
     }
 
@@ -985,7 +998,7 @@ struct WriteFailed;
 
 /// Counted as sent when the write starts, so a client that has a frame knows it is counted.
 async fn write_all(
-    sink: &mut Sink,
+    sink: &mut WebSocket,
     out: &mut Vec<Outgoing>,
     timeout: Duration,
 ) -> Result<(), WriteFailed> {

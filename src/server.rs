@@ -39,7 +39,9 @@ use crate::{connection, metrics, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
-pub const READ_BUFFER: usize = 4 * 1024;
+/// An idle socket keeps its read buffer: 1 KiB holds a typical request in one read, and a
+/// larger frame takes one read per KiB (its buffer grows to fit it and shrinks back).
+pub const READ_BUFFER: usize = 1024;
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Everything the handlers and connections share.
@@ -503,9 +505,6 @@ async fn websocket(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                connection::run(hub, socket, authenticated).await;
-                drop(socket_permit);
-            })
+            tracker.track_future(connection::run(hub, socket, authenticated, socket_permit))
         })
 }
