@@ -119,7 +119,10 @@ pub fn run(
             queue,
             overflowed: CancellationToken::new(),
             subscriptions: HashMap::new(),
-            publishes: RateLimiter::direct(Quota::per_second(hub.config.publish_rate)),
+            publishes: RateLimiter::direct_with_clock(
+                Quota::per_second(hub.config.publish_rate),
+                hub.clock.clone(),
+            ),
             replays,
             generation: 0,
             stashed: 0,

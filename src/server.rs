@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dashmap::DashMap;
+use governor::clock::DefaultClock;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -73,6 +74,9 @@ pub struct Hub {
     pub awaiting_auth: Arc<Semaphore>,
     /// One permit per open socket, up to `max_connections`.
     open_sockets: Arc<Semaphore>,
+    /// The clock of every socket's publish rate limiter. Made once: making one runs CPUID
+    /// several times, each a trip to the hypervisor on a virtual machine.
+    pub clock: DefaultClock,
 }
 
 /// Where a new socket stands with authentication.
@@ -218,6 +222,7 @@ pub async fn serve(
     let hub = Arc::new(Hub {
         awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
         open_sockets: Arc::new(Semaphore::new(config.max_connections)),
+        clock: DefaultClock::default(),
         config,
         auth,
         registry,
