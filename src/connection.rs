@@ -398,28 +398,36 @@ impl Connection {
         let write_timeout = self.hub.config.write_timeout;
         let max_in_flight = self.hub.config.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
-        let shutdown = self.hub.shutdown.clone();
-        let overflowed = self.overflowed.clone();
-        let revoked = self.revoked.clone();
+        let (shutdown, overflowed, revoked) = (
+            self.hub.shutdown.clone(),
+            self.overflowed.clone(),
+            self.revoked.clone(),
+        );
+        // Made once, not on each turn: a fresh wait registers with its token and a dropped
+        // one unregisters, each under a lock, and the loop turns once per record.
+        let going_away = shutdown.cancelled();
+        let lagged = overflowed.cancelled();
+        let revocation = revoked.cancelled();
         let expiry = tokio::time::sleep_until(until(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
-        tokio::pin!(expiry, warning);
+        tokio::pin!(going_away, lagged, revocation, expiry, warning);
         let mut warned = false;
         let mut expires_at = self.session.expires_at;
 
         let ending = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Ending::GoingAway,
-                _ = revoked.cancelled() => break Ending::Revoked,
+                _ = &mut going_away => break Ending::GoingAway,
+                _ = &mut revocation => break Ending::Revoked,
                 _ = &mut expiry => break Ending::TokenExpired,
-                _ = overflowed.cancelled() => break Ending::Lagged,
+                _ = &mut lagged => break Ending::Lagged,
                 _ = &mut warning, if !warned => {
                     warned = true;
                     let expires_at = millis(self.session.expires_at);
                     self.reply(Reply::Expiring { expires_at });
                 }
-                Some(answer) = in_flight.next() => self.answer(answer),
+                // Not polled while empty: that poll would only register a waker, per record.
+                Some(answer) = in_flight.next(), if !in_flight.is_empty() => self.answer(answer),
                 Some(event) = replay_events.recv() => {
                     self.on_replay(*event);
                     for _ in 1..WRITE_BATCH {
