@@ -41,7 +41,7 @@ use crate::{connection, metrics, web};
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
 /// An idle socket keeps its read buffer: 1 KiB holds a typical request in one read, and a
-/// larger frame takes one read per KiB (its buffer grows to fit it and shrinks back).
+/// larger frame takes one read per KiB into a buffer grown to fit it.
 pub const READ_BUFFER: usize = 1024;
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
