@@ -70,12 +70,7 @@ pub fn run(
             Ok(pair) => pair,
             Err((code, reason)) => {
                 tracing::debug!(parent: &span, code, reason, "refused the socket");
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from(reason),
-                };
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                return;
+                return refuse(&mut socket, code, Utf8Bytes::from(reason)).await;
             }
         };
         span.record("sub", session.sub.as_str());
@@ -90,12 +85,8 @@ pub fn run(
         hub.connection_list.insert(id, info);
         let _registered = Registered { hub: &hub, id };
         if hub.revocations.revokes(&session.sub, &session.token) {
-            let frame = CloseFrame {
-                code: close::AUTH_FAILED,
-                reason: Utf8Bytes::from_static("token revoked"),
-            };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-            return;
+            let reason = Utf8Bytes::from_static("token revoked");
+            return refuse(&mut socket, close::AUTH_FAILED, reason).await;
         }
         let presence = match &hub.presence {
             None => None,
@@ -103,12 +94,8 @@ pub fn run(
                 Ok(open) => Some(open),
                 Err(e) => {
                     tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
-                    let frame = CloseFrame {
-                        code: close::INTERNAL,
-                        reason: Utf8Bytes::from_static("try again shortly"),
-                    };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
-                    return;
+                    let reason = Utf8Bytes::from_static("try again shortly");
+                    return refuse(&mut socket, close::INTERNAL, reason).await;
                 }
             },
         };
@@ -140,6 +127,12 @@ pub fn run(
             .instrument(span)
             .await;
     }
+}
+
+/// Ends a socket before it is served.
+async fn refuse(socket: &mut WebSocket, code: u16, reason: Utf8Bytes) {
+    let frame = CloseFrame { code, reason };
+    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 /// Keeps a socket in the admin list and in reach of revocations until it ends.
@@ -1009,7 +1002,7 @@ struct WriteFailed;
 
 /// Counted as sent when the write starts, so a client that has a frame knows it is counted.
 async fn write_all(
-    sink: &mut WebSocket,
+    socket: &mut WebSocket,
     out: &mut Vec<Outgoing>,
     timeout: Duration,
 ) -> Result<(), WriteFailed> {
@@ -1022,9 +1015,9 @@ async fn write_all(
     metrics::delivered(frames.iter().filter_map(|f| f.timestamp).map(|ts| now - ts));
     let batch = async {
         for Outgoing { frame, .. } in frames {
-            sink.feed(Message::Text(frame)).await?;
+            socket.feed(Message::Text(frame)).await?;
         }
-        sink.flush().await
+        socket.flush().await
     };
     match tokio::time::timeout(timeout, batch).await {
         Ok(Ok(())) => Ok(()),
