@@ -1011,8 +1011,9 @@ async fn write_all(
     }
     let frames = std::mem::take(out);
     metrics::frames_sent(frames.len());
-    let now = millis(SystemTime::now()) as i64;
-    metrics::delivered(frames.iter().filter_map(|f| f.timestamp).map(|ts| now - ts));
+    if let Some(oldest) = frames.iter().filter_map(|f| f.timestamp).min() {
+        metrics::delivered(millis(SystemTime::now()) as i64 - oldest);
+    }
     let batch = async {
         for Outgoing { frame, .. } in frames {
             socket.feed(Message::Text(frame)).await?;

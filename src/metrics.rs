@@ -63,13 +63,11 @@ pub fn publish_failed(code: &'static str) {
     counter!("wskafka_publish_errors_total", "code" => code).increment(1);
 }
 
-/// From each record's timestamp to its write to a socket, for one batch of writes: the
-/// histogram is looked up once per batch, not once per frame.
-pub fn delivered(ages_ms: impl Iterator<Item = i64>) {
-    let histogram = histogram!("wskafka_delivery_seconds");
-    for age_ms in ages_ms {
-        histogram.record(age_ms.max(0) as f64 / 1000.0);
-    }
+/// Per write to a socket, the age of the oldest record it carries. Once per write, not per
+/// record: the exporter keeps every sample with its own clock reading until the next
+/// upkeep, which cost a fifth of the hub's CPU when fanning out bursts.
+pub fn delivered(oldest_ms: i64) {
+    histogram!("wskafka_delivery_seconds").record(oldest_ms.max(0) as f64 / 1000.0);
 }
 
 pub fn lagged() {
