@@ -19,9 +19,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenId;
+use crate::connection::Stop;
 use crate::control::ControlMessage;
 use crate::kafka::Publisher;
 use crate::registry::ConnId;
@@ -38,9 +38,9 @@ pub struct ConnectionInfo {
     pub since: u64,
     #[serde(skip)]
     pub token: TokenId,
-    /// Cancelled when a revocation covers the socket's token.
+    /// Told when a revocation covers the socket's token.
     #[serde(skip)]
-    pub revoked: CancellationToken,
+    pub stop: Stop,
 }
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {

@@ -9,17 +9,21 @@
 //! drops what was already delivered (at a replay's seam, or after a resubscribe), and it is
 //! what `lagged` hands to a client that fell behind, so its next connection resumes exactly.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::DropGuard;
 use tracing::Instrument;
 
 use crate::admin::ConnectionInfo;
@@ -74,16 +78,20 @@ pub fn run(
             }
         };
         span.record("sub", session.sub.as_str());
-        let revoked = CancellationToken::new();
+        let stop = Stop::default();
         let info = ConnectionInfo {
             sub: session.sub.clone(),
             since: millis(SystemTime::now()),
             token: session.token.clone(),
-            revoked: revoked.clone(),
+            stop: stop.clone(),
         };
-        // Registered before the last revocation check: see `control` for why.
+        // Registered before the last revocation check: see `control` for why. Shutdown is
+        // checked after it too: the hub tells the sockets it lists, after it cancels.
         hub.connection_list.insert(id, info);
         let _registered = Registered { hub: &hub, id };
+        if hub.shutdown.is_cancelled() {
+            stop.going_away();
+        }
         if hub.revocations.revokes(&session.sub, &session.token) {
             let reason = Utf8Bytes::from_static("token revoked");
             return refuse(&mut socket, close::AUTH_FAILED, reason).await;
@@ -104,8 +112,7 @@ pub fn run(
         let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
         let mut connection = Connection {
             queue,
-            overflowed: CancellationToken::new(),
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             publishes: RateLimiter::direct_with_clock(
                 Quota::per_second(hub.config.publish_rate),
                 hub.clock.clone(),
@@ -114,7 +121,7 @@ pub fn run(
             generation: 0,
             stashed: 0,
             out: Vec::new(),
-            revoked,
+            stop,
             presence,
             ended: "closed",
             hub: hub.clone(),
@@ -212,6 +219,73 @@ fn authenticated(id: Option<RequestId>, session: &Session) -> Reply {
     }
 }
 
+/// Ends a connection from outside its task, and says why: the registry when the queue
+/// overflows, a revocation covering the token, the hub's shutdown. The loop checks it on
+/// every turn, once per record, so it is a flag and a waker, not a `CancellationToken`,
+/// whose every poll takes two locks.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    why: AtomicU8,
+    waker: AtomicWaker,
+}
+
+const GOING_AWAY: u8 = 1;
+const REVOKED: u8 = 2;
+const LAGGED: u8 = 4;
+
+impl Stop {
+    /// The hub is shutting down.
+    pub fn going_away(&self) {
+        self.end(GOING_AWAY);
+    }
+
+    /// A revocation covers the connection's token.
+    pub fn revoked(&self) {
+        self.end(REVOKED);
+    }
+
+    /// The queue overflowed: the connection can no longer be given every record.
+    pub fn lagged(&self) {
+        self.end(LAGGED);
+    }
+
+    pub fn has_lagged(&self) -> bool {
+        self.0.why.load(Ordering::Acquire) & LAGGED != 0
+    }
+
+    fn end(&self, why: u8) {
+        self.0.why.fetch_or(why, Ordering::AcqRel);
+        self.0.waker.wake();
+    }
+
+    fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<Ending> {
+        if let Some(ending) = self.ending() {
+            return Poll::Ready(ending);
+        }
+        self.0.waker.register(cx.waker());
+        // Told between the first look and the registration: that wake went to no one.
+        self.ending().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// When several reasons came together, shutdown goes before revocation, and revocation
+    /// before lagging.
+    fn ending(&self) -> Option<Ending> {
+        let why = self.0.why.load(Ordering::Acquire);
+        if why & GOING_AWAY != 0 {
+            Some(Ending::GoingAway)
+        } else if why & REVOKED != 0 {
+            Some(Ending::Revoked)
+        } else if why & LAGGED != 0 {
+            Some(Ending::Lagged)
+        } else {
+            None
+        }
+    }
+}
+
 /// Why a connection ended, and so which close frame it gets.
 #[derive(Debug)]
 enum Ending {
@@ -257,8 +331,9 @@ struct Connection {
     session: Session,
     /// This socket's queue, shared by all its subscriptions in the registry.
     queue: mpsc::Sender<Arc<Delivery>>,
-    overflowed: CancellationToken,
-    subscriptions: HashMap<String, Subscription>,
+    /// A BTreeMap: each record looks its subscription up, and in the few a socket holds a
+    /// comparison or two is cheaper than hashing the topic.
+    subscriptions: BTreeMap<String, Subscription>,
     publishes: DefaultDirectRateLimiter,
     /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
     /// cost every socket 3.8 KB whether or not it ever replays.
@@ -270,7 +345,7 @@ struct Connection {
     stashed: usize,
     /// Frames to write at the end of this turn of the loop.
     out: Vec<Outgoing>,
-    revoked: CancellationToken,
+    stop: Stop,
     /// The session behind presence events, when they are on.
     presence: Option<OpenSession>,
     /// Why the connection ended, for its `disconnect` presence event.
@@ -391,29 +466,19 @@ impl Connection {
         let write_timeout = self.hub.config.write_timeout;
         let max_in_flight = self.hub.config.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
-        let (shutdown, overflowed, revoked) = (
-            self.hub.shutdown.clone(),
-            self.overflowed.clone(),
-            self.revoked.clone(),
-        );
-        // Made once, not on each turn: a fresh wait registers with its token and a dropped
-        // one unregisters, each under a lock, and the loop turns once per record.
-        let going_away = shutdown.cancelled();
-        let lagged = overflowed.cancelled();
-        let revocation = revoked.cancelled();
+        let mut records = Vec::new();
+        let stop = self.stop.clone();
         let expiry = tokio::time::sleep_until(until(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
-        tokio::pin!(going_away, lagged, revocation, expiry, warning);
+        tokio::pin!(expiry, warning);
         let mut warned = false;
         let mut expires_at = self.session.expires_at;
 
         let ending = loop {
             tokio::select! {
                 biased;
-                _ = &mut going_away => break Ending::GoingAway,
-                _ = &mut revocation => break Ending::Revoked,
+                ending = poll_fn(|cx| stop.poll_stopped(cx)) => break ending,
                 _ = &mut expiry => break Ending::TokenExpired,
-                _ = &mut lagged => break Ending::Lagged,
                 _ = &mut warning, if !warned => {
                     warned = true;
                     let expires_at = millis(self.session.expires_at);
@@ -421,17 +486,21 @@ impl Connection {
                 }
                 // Not polled while empty: that poll would only register a waker, per record.
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => self.answer(answer),
-                Some(event) = replay_events.recv() => {
+                // Only while a replay task holds a sender or left events behind: polling an
+                // empty channel costs a waker registration, on every record.
+                Some(event) = replay_events.recv(),
+                    if self.replays.strong_count() > 1 || !replay_events.is_empty() =>
+                {
                     self.on_replay(*event);
                     for _ in 1..WRITE_BATCH {
                         let Ok(event) = replay_events.try_recv() else { break };
                         self.on_replay(*event);
                     }
                 }
-                Some(record) = frames.recv() => {
-                    self.on_live(record);
-                    for _ in 1..WRITE_BATCH {
-                        let Ok(record) = frames.try_recv() else { break };
+                // One call for many records: each receive gives its slot back under the
+                // queue's lock, and `recv_many` does that once.
+                1.. = frames.recv_many(&mut records, WRITE_BATCH) => {
+                    for record in records.drain(..) {
                         self.on_live(record);
                     }
                 }
@@ -464,7 +533,7 @@ impl Connection {
                 warning.as_mut().reset(self.warn_at());
                 warned = false;
             }
-            if self.overflowed.is_cancelled() {
+            if self.stop.has_lagged() {
                 break Ending::Lagged;
             }
             if write_all(socket, &mut self.out, write_timeout)
@@ -546,7 +615,7 @@ impl Connection {
             replay.stash.push_back(record);
             self.stashed += 1;
             if self.stashed > self.hub.config.send_queue {
-                self.overflowed.cancel();
+                self.stop.lagged();
             }
             return;
         }
@@ -810,7 +879,7 @@ impl Connection {
         self.generation += 1;
         let subscriber = Subscriber {
             queue: self.queue.clone(),
-            overflowed: self.overflowed.clone(),
+            stop: self.stop.clone(),
             filter: filter.clone(),
         };
         // Join first, then read the live position: every record at or past it reaches us.
@@ -945,7 +1014,7 @@ impl Connection {
         }
         // Registered before checking, as at connect.
         if self.hub.revocations.revokes(&session.sub, &session.token) {
-            self.revoked.cancel();
+            self.stop.revoked();
         }
         self.session = session;
         let disallowed: Vec<String> = self

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
+
+use crate::connection::Stop;
 
 pub type ConnId = u64;
 
@@ -74,8 +75,8 @@ impl Filter {
 pub struct Subscriber {
     /// The connection's queue, shared by all its subscriptions.
     pub queue: mpsc::Sender<Arc<Delivery>>,
-    /// Cancelled when the queue overflows: the connection can no longer be given every record.
-    pub overflowed: CancellationToken,
+    /// Told when the queue overflows.
+    pub stop: Stop,
     /// Its key condition is also the index the subscriber is filed under.
     pub filter: Arc<Filter>,
 }
@@ -167,7 +168,7 @@ impl Registry {
             }
             match subscriber.queue.try_send(Arc::clone(&built)) {
                 Ok(()) => queued += 1,
-                Err(TrySendError::Full(_)) => subscriber.overflowed.cancel(),
+                Err(TrySendError::Full(_)) => subscriber.stop.lagged(),
                 // The connection is gone; its own cleanup removes it from here.
                 Err(TrySendError::Closed(_)) => {}
             }
@@ -188,7 +189,7 @@ mod tests {
         let (queue, rx) = mpsc::channel(capacity);
         let subscriber = Subscriber {
             queue,
-            overflowed: CancellationToken::new(),
+            stop: Stop::default(),
             filter: Arc::new(filter),
         };
         (subscriber, rx)
@@ -333,14 +334,14 @@ mod tests {
         let registry = Registry::default();
         let (slow, _rx_slow) = subscriber(1);
         let (fast, mut rx_fast) = subscriber(8);
-        let slow_flag = slow.overflowed.clone();
+        let slow_flag = slow.stop.clone();
         registry.subscribe("t", 1, slow);
         registry.subscribe("t", 2, fast);
 
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 2);
-        assert!(!slow_flag.is_cancelled());
+        assert!(!slow_flag.has_lagged());
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(2)), 1);
-        assert!(slow_flag.is_cancelled());
+        assert!(slow_flag.has_lagged());
         assert_eq!(offsets(&mut rx_fast), [1, 2]);
     }
 
@@ -349,10 +350,10 @@ mod tests {
         let registry = Registry::default();
         let (gone, rx) = subscriber(1);
         drop(rx);
-        let flag = gone.overflowed.clone();
+        let flag = gone.stop.clone();
         registry.subscribe("t", 1, gone);
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 0);
-        assert!(!flag.is_cancelled());
+        assert!(!flag.has_lagged());
     }
 
     mod properties {
@@ -435,7 +436,7 @@ mod tests {
                             };
                             let subscriber = Subscriber {
                                 queue: queues[&conn].0.clone(),
-                                overflowed: CancellationToken::new(),
+                                stop: Stop::default(),
                                 filter: Arc::new(filter.clone()),
                             };
                             registry.subscribe(TOPICS[topic], conn, subscriber);

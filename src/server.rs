@@ -120,7 +120,7 @@ impl Hub {
         let mut closed = 0;
         for entry in self.connection_list.iter() {
             if revocation.covers(&entry.sub, &entry.token) {
-                entry.revoked.cancel();
+                entry.stop.revoked();
                 closed += 1;
             }
         }
@@ -254,11 +254,15 @@ pub async fn serve(
 
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(instance = %instance_id, topics = ?hub.config.topics, "listening on http://{addr}");
-    let stopping = hub.shutdown.clone();
+    let stopping = hub.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
-        stopping.cancel();
+        stopping.shutdown.cancel();
+        // Sockets registered after this look at the token themselves.
+        for entry in stopping.connection_list.iter() {
+            entry.stop.going_away();
+        }
     });
     let header_timeout = hub.config.header_read_timeout;
     serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
