@@ -9,7 +9,7 @@
 //! drops what was already delivered (at a replay's seam, or after a resubscribe), and it is
 //! what `lagged` hands to a client that fell behind, so its next connection resumes exactly.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -112,7 +112,7 @@ pub fn run(
         let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
         let mut connection = Connection {
             queue,
-            subscriptions: BTreeMap::new(),
+            subscriptions: HashMap::new(),
             publishes: RateLimiter::direct_with_clock(
                 Quota::per_second(hub.config.publish_rate),
                 hub.clock.clone(),
@@ -331,9 +331,7 @@ struct Connection {
     session: Session,
     /// This socket's queue, shared by all its subscriptions in the registry.
     queue: mpsc::Sender<Arc<Delivery>>,
-    /// A BTreeMap: each record looks its subscription up, and in the few a socket holds a
-    /// comparison or two is cheaper than hashing the topic.
-    subscriptions: BTreeMap<String, Subscription>,
+    subscriptions: HashMap<String, Subscription>,
     publishes: DefaultDirectRateLimiter,
     /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
     /// cost every socket 3.8 KB whether or not it ever replays.
@@ -367,7 +365,8 @@ struct Subscription {
     filter: Arc<Filter>,
     /// The next offset to deliver, per partition.
     next: BTreeMap<i32, i64>,
-    replay: Option<Replaying>,
+    /// Boxed: few subscriptions replay, and every subscription would carry its size.
+    replay: Option<Box<Replaying>>,
 }
 
 struct Replaying {
@@ -924,13 +923,13 @@ impl Connection {
             },
             self.replays.clone(),
         );
-        subscription.replay = Some(Replaying {
+        subscription.replay = Some(Box::new(Replaying {
             id,
             started: false,
             pending: BTreeSet::new(),
             stash: VecDeque::new(),
             _stop: stop,
-        });
+        }));
         self.keep(&topic, subscription);
     }
 
