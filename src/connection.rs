@@ -86,7 +86,7 @@ pub fn run(
             stop: stop.clone(),
         };
         // Registered before the last revocation check: see `control` for why. Shutdown is
-        // checked after it too: the hub tells the sockets it lists, after it cancels.
+        // checked after it too: see `Hub::going_away`.
         hub.connection_list.insert(id, info);
         let _registered = Registered { hub: &hub, id };
         if hub.shutdown.is_cancelled() {
@@ -466,7 +466,6 @@ impl Connection {
         let max_in_flight = self.hub.config.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut records = Vec::new();
-        let stop = self.stop.clone();
         let expiry = tokio::time::sleep_until(until(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
         tokio::pin!(expiry, warning);
@@ -476,7 +475,7 @@ impl Connection {
         let ending = loop {
             tokio::select! {
                 biased;
-                ending = poll_fn(|cx| stop.poll_stopped(cx)) => break ending,
+                ending = poll_fn(|cx| self.stop.poll_stopped(cx)) => break ending,
                 _ = &mut expiry => break Ending::TokenExpired,
                 _ = &mut warning, if !warned => {
                     warned = true;

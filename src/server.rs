@@ -127,6 +127,15 @@ impl Hub {
         tracing::info!(?revocation, closed, "applied a revocation");
     }
 
+    /// Starts the shutdown: every listed socket is told to close with 1001. A socket listed
+    /// after this loop passed it sees the cancelled token itself (`connection::run`).
+    fn going_away(&self) {
+        self.shutdown.cancel();
+        for entry in self.connection_list.iter() {
+            entry.stop.going_away();
+        }
+    }
+
     fn is_ready(&self) -> bool {
         self.consumer_ready.load(Ordering::Acquire) && self.kafka_reachable.load(Ordering::Acquire)
     }
@@ -258,11 +267,7 @@ pub async fn serve(
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
-        stopping.shutdown.cancel();
-        // Sockets registered after this look at the token themselves.
-        for entry in stopping.connection_list.iter() {
-            entry.stop.going_away();
-        }
+        stopping.going_away();
     });
     let header_timeout = hub.config.header_read_timeout;
     serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
