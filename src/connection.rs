@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::admin::ConnectionInfo;
 use crate::auth::Session;
 use crate::kafka::Publisher;
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 use crate::protocol::{
     self, ErrorCode, FilterSpec, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
@@ -504,13 +504,13 @@ impl Connection {
                 }
                 incoming = socket.next(), if in_flight.len() < max_in_flight => match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        metrics::frame_received();
+                        self.hub.metrics.frame_received();
                         if let Some(pending) = self.handle(&text) {
                             in_flight.push(pending);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        metrics::frame_received();
+                        self.hub.metrics.frame_received();
                         self.reply(Reply::error(
                             None,
                             ErrorCode::BadRequest,
@@ -534,7 +534,7 @@ impl Connection {
             if self.stop.has_lagged() {
                 break Ending::Lagged;
             }
-            if write_all(socket, &mut self.out, write_timeout)
+            if write_all(socket, &mut self.out, &self.hub.metrics, write_timeout)
                 .await
                 .is_err()
             {
@@ -556,7 +556,7 @@ impl Connection {
             self.answer(answer);
         }
         if writable {
-            let _ = write_all(socket, &mut self.out, write_timeout).await;
+            let _ = write_all(socket, &mut self.out, &self.hub.metrics, write_timeout).await;
         }
         if let Some(frame) = ending.close_frame() {
             let _ =
@@ -812,10 +812,11 @@ impl Connection {
         };
         let topic = topic.into_owned();
         let sent_at = std::time::Instant::now();
+        let ack_seconds = self.hub.metrics.publish_ack();
         Some(Box::pin(async move {
             Answer::Reply(match Publisher::delivered(delivery).await {
                 Ok(position) => {
-                    metrics::publish_acked(sent_at.elapsed());
+                    ack_seconds.record(sent_at.elapsed());
                     Reply::Ack {
                         id,
                         topic,
@@ -1071,15 +1072,16 @@ struct WriteFailed;
 async fn write_all(
     socket: &mut WebSocket,
     out: &mut Vec<Outgoing>,
+    metrics: &Metrics,
     timeout: Duration,
 ) -> Result<(), WriteFailed> {
     if out.is_empty() {
         return Ok(());
     }
     let frames = std::mem::take(out);
-    metrics::frames_sent(frames.len());
+    metrics.frames_sent(frames.len());
     if let Some(oldest) = frames.iter().filter_map(|f| f.timestamp).min() {
-        metrics::delivered(millis(SystemTime::now()) as i64 - oldest);
+        metrics.delivered(millis(SystemTime::now()) as i64 - oldest);
     }
     let batch = async {
         for Outgoing { frame, .. } in frames {

@@ -18,7 +18,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -32,6 +31,7 @@ use crate::auth::{Authenticator, KeyError, Session, TokenId};
 use crate::config::ServeConfig;
 use crate::control::{ControlMessage, Revocations};
 use crate::kafka::{self, Consumer, LivePositions, Publisher};
+use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{ConnId, Registry};
 use crate::replay::Replayer;
@@ -52,7 +52,7 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     pub publisher: Publisher,
     pub live: LivePositions,
-    metrics: PrometheusHandle,
+    pub metrics: Metrics,
     pub replayer: Replayer,
     pub store: Store,
     /// Revocations read from the control topic since start (see `control`).
@@ -196,7 +196,7 @@ pub async fn serve(
     // expire the dead run's membership (session.timeout.ms) before it gets partitions.
     let group_id = format!("wskafka-{instance_id}-{}", uuid::Uuid::new_v4().simple());
     let auth = Authenticator::new(&config.jwt)?;
-    let metrics_handle = metrics::install()?;
+    let metrics = Metrics::install()?;
     let store = Store::connect(&config.database_url, config.database_max_connections).await?;
     let registry = Arc::new(Registry::default());
     let publisher = Publisher::new(&config, &group_id)?;
@@ -237,7 +237,7 @@ pub async fn serve(
         registry,
         publisher,
         live: consumer.positions(),
-        metrics: metrics_handle,
+        metrics,
         replayer,
         store,
         revocations: Revocations::default(),
@@ -251,7 +251,10 @@ pub async fn serve(
         connection_list: DashMap::new(),
     });
     tokio::spawn(watch_kafka(hub.clone()));
-    tokio::spawn(metrics::upkeep(hub.metrics.clone(), hub.shutdown.clone()));
+    tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.metrics.upkeep(&hub.shutdown).await }
+    });
     tokio::spawn(apply_control(hub.clone(), control_records));
     if let Some(presence) = hub.presence.clone() {
         // Before any socket: this instance's earlier sessions must be seen as ended first.
