@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
@@ -483,7 +483,14 @@ impl Connection {
                     self.reply(Reply::Expiring { expires_at });
                 }
                 // Not polled while empty: that poll would only register a waker, per record.
-                Some(answer) = in_flight.next(), if !in_flight.is_empty() => self.answer(answer),
+                Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.answer(answer);
+                    // Acks come from Kafka in batches: the ones already there share this
+                    // write. (The next turn's `select!` registers the real waker again.)
+                    while let Some(Some(answer)) = in_flight.next().now_or_never() {
+                        self.answer(answer);
+                    }
+                }
                 // Only while a replay task holds a sender or left events behind: polling an
                 // empty channel costs a waker registration, on every record.
                 Some(event) = replay_events.recv(),

@@ -117,6 +117,22 @@ async fn records_from_a_plain_producer_reach_every_subscriber_on_two_hubs_in_ord
 }
 
 #[tokio::test]
+async fn pipelined_publishes_are_each_answered_once_at_the_record_kafka_holds() {
+    let (topic, glob) = fresh_topic("pipelined", 3).await;
+    let hub = Hub::start(&glob, &["--publish-rate", "100000"]).await;
+    let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
+    // Many in flight at once, so that acks arrive together and share writes.
+    client.publish_many(&topic, 1000).await;
+    let mut acks = Vec::new();
+    while acks.len() < 1000 {
+        let reply = client.recv().await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        acks.push(reply);
+    }
+    assert_every_ack_is_in_kafka(&topic, &acks).await;
+}
+
+#[tokio::test]
 async fn a_publish_through_one_hub_reaches_a_subscriber_on_another() {
     let (topic, glob) = fresh_topic("cross", 1).await;
     let (hub_a, hub_b) = tokio::join!(Hub::start(&glob, &[]), Hub::start(&glob, &[]));

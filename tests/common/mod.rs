@@ -3,7 +3,7 @@
 //! Kafka independently of the hub.
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -616,6 +616,28 @@ impl Client {
 pub fn position(frame: &Value) -> (i32, i64) {
     let partition = frame["partition"].as_i64().expect("a partition") as i32;
     (partition, frame["offset"].as_i64().expect("an offset"))
+}
+
+/// Each ack names a record Kafka holds, with the payload of the publish it answered, and
+/// no publish is acked twice.
+pub async fn assert_every_ack_is_in_kafka(topic: &str, acks: &[Value]) {
+    let stored = read_records(topic, acks.iter().map(position)).await;
+    let mut ids = HashSet::new();
+    for ack in acks {
+        assert!(
+            ids.insert(ack["id"].as_str().unwrap().to_string()),
+            "acked twice: {ack}"
+        );
+        let record = stored
+            .get(&position(ack))
+            .unwrap_or_else(|| panic!("acked record {ack} is not in Kafka"));
+        let stored: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(
+            stored["seq"].as_i64().unwrap().to_string(),
+            ack["id"].as_str().unwrap(),
+            "ack {ack} points at {stored}"
+        );
+    }
 }
 
 /// What one subscriber session received, checked as it arrives: each record once and in
