@@ -10,15 +10,41 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use serde_json::value::RawValue;
 
 /// The client's correlation id, echoed verbatim in the reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum RequestId {
     Text(String),
     Number(i64),
+}
+
+/// By hand: an untagged enum buffers the value and builds an error for each variant it
+/// does not fit, on every numbered request, and its error when none fits names no type.
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Id;
+        impl de::Visitor<'_> for Id {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer as `id`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RequestId, E> {
+                Ok(RequestId::Text(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RequestId, E> {
+                Ok(RequestId::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RequestId, E> {
+                i64::try_from(v)
+                    .map(RequestId::Number)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_any(Id)
+    }
 }
 
 #[derive(Debug)]
@@ -604,6 +630,32 @@ mod tests {
             parse(r#"{"type":"ping","id":"p"}"#),
             Ok(Request::Ping { id: Some(RequestId::Text(p)) }) if p == "p"
         ));
+    }
+
+    #[test]
+    fn ids_are_strings_or_integers_and_echo_back_as_sent() {
+        for (id, expected) in [
+            (r#""a\"b""#, RequestId::Text("a\"b".into())),
+            ("-3", RequestId::Number(-3)),
+            ("9223372036854775807", RequestId::Number(i64::MAX)),
+        ] {
+            let Request::Ping { id: Some(parsed) } =
+                parse(&format!(r#"{{"type":"ping","id":{id}}}"#)).unwrap()
+            else {
+                panic!("no id in {id}")
+            };
+            assert_eq!(parsed, expected);
+            assert_eq!(serde_json::to_string(&parsed).unwrap(), id);
+        }
+        for id in ["true", "1.5", "[1]", "9223372036854775808"] {
+            let e = bad(&format!(r#"{{"type":"ping","id":{id}}}"#));
+            assert!(
+                e.message
+                    .contains("expected a string or an integer as `id`"),
+                "{id}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]
