@@ -133,6 +133,20 @@ async fn main() {
             other => panic!("no scenario called {other}"),
         }
         hub.wait_idle().await;
+        // After ingest, Tansu stays busy for seconds with the records it took (60-90% of a
+        // core here), and the next scenario's fetches would wait behind that work.
+        wait_quiet(&kafka._process.0.id().to_string(), 0.2).await;
+    }
+}
+
+/// Until the process used less than `share` of a core over half a second.
+async fn wait_quiet(pid: &str, share: f64) {
+    loop {
+        let before = Usage::of(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if Usage::of(pid).cpu_since(&before) < share {
+            return;
+        }
     }
 }
 
@@ -1116,11 +1130,13 @@ impl Server {
     }
 
     /// Waits until the hub has let go of every socket of the last scenario.
+    /// Until the last scenario's sockets are gone and the server has caught up.
     async fn wait_idle(&self) {
         if self.is_hub {
             while self.metric("wskafka_connections").await > 0.0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        wait_quiet(&self.pid, 0.05).await;
     }
 }
