@@ -65,9 +65,10 @@ struct Args {
     /// Length of the timed runs (paced fan-out, ingest, latency, slow consumers).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Records/s in the latency and slow-consumer scenarios. The default, 40 records/s to
-    /// 1,000 subscribers, is half the paced rate at which the hub's core saturated here
-    /// (75,000 deliveries/s took 95% of it; bursts go faster, see `fanout`).
+    /// Records/s in the latency and slow-consumer scenarios. At the default, 40 records/s
+    /// to 1,000 subscribers, each record is mostly a write of its own to each socket; at
+    /// higher rates both servers write several per flush (600 records/s to 1,000 sockets
+    /// held here with 79% of the hub's core), so latency then includes that batching.
     #[arg(long, default_value_t = 40.0)]
     rate: f64,
     /// Records/s to `--subscribers` in the paced fan-out run: 150 records/s to 1,000
