@@ -136,7 +136,7 @@ async fn main() {
         hub.wait_idle().await;
         // After ingest, Tansu stays busy for seconds with the records it took (60-90% of a
         // core here), and the next scenario's fetches would wait behind that work.
-        wait_quiet(&kafka._process.0.id().to_string(), 0.2).await;
+        wait_quiet(&kafka.pid, 0.2).await;
     }
 }
 
@@ -886,6 +886,7 @@ impl Drop for Process {
 
 struct Broker {
     addr: String,
+    pid: String,
     _process: Process,
 }
 
@@ -909,6 +910,7 @@ impl Broker {
         );
         Broker {
             addr,
+            pid: process.0.id().to_string(),
             _process: process,
         }
     }
@@ -941,7 +943,7 @@ impl Broker {
         config.create().unwrap()
     }
 
-    /// A consumer with the hub's fetch settings that reads what the hub's reads (every
+    /// A consumer with the hub's fetch settings that reads what the hub's consumer reads (every
     /// partition of the `bench.*` topics and of the control topic), each from its end: a
     /// fetch's cost grows with the partitions it covers, and that is Kafka's share.
     fn consumer_at_end(&self) -> StreamConsumer {
@@ -1130,7 +1132,6 @@ impl Server {
             .unwrap_or(0.0)
     }
 
-    /// Waits until the hub has let go of every socket of the last scenario.
     /// Until the last scenario's sockets are gone and the server has caught up.
     async fn wait_idle(&self) {
         if self.is_hub {
