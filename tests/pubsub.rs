@@ -123,12 +123,7 @@ async fn pipelined_publishes_are_each_answered_once_at_the_record_kafka_holds() 
     let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
     // Many in flight at once, so that acks arrive together and share writes.
     client.publish_many(&topic, 1000).await;
-    let mut acks = Vec::new();
-    while acks.len() < 1000 {
-        let reply = client.recv().await;
-        assert_eq!(reply["type"], "ack", "{reply}");
-        acks.push(reply);
-    }
+    let acks = client.acks(1000).await;
     assert_every_ack_is_in_kafka(&topic, &acks).await;
 }
 

@@ -537,6 +537,17 @@ impl Client {
         }
     }
 
+    /// The next `count` frames, each of which must be an ack.
+    pub async fn acks(&mut self, count: usize) -> Vec<Value> {
+        let mut acks = Vec::with_capacity(count);
+        while acks.len() < count {
+            let reply = self.recv().await;
+            assert_eq!(reply["type"], "ack", "{reply}");
+            acks.push(reply);
+        }
+        acks
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws.send(Message::text(text.into())).await.unwrap();
     }
