@@ -94,6 +94,9 @@ const SECRET: &str = "bench-secret-not-for-production";
 /// runs out, so it bounds how long a record waits to be read (production Kafka answers
 /// when data arrives and keeps librdkafka's 500 ms).
 const FETCH_WAIT_MS: u32 = 10;
+/// The same for the one-subscriber latency run, where the Kafka part must not drown what
+/// the hub adds.
+const QUICK_FETCH_WAIT_MS: u32 = 1;
 const PAYLOAD_BYTES: usize = 100;
 
 #[tokio::main(flavor = "current_thread")]
@@ -337,14 +340,14 @@ async fn latency(
 ) {
     let rate = args.single_rate;
     println!(
-        "{rate:.1} records/s to one subscriber, through a hub and a plain consumer that wait at most 1 ms per fetch"
+        "{rate:.1} records/s to one subscriber, through a hub and a plain consumer that wait at most {QUICK_FETCH_WAIT_MS} ms per fetch"
     );
     // Tansu answers a pending fetch when its wait ends, not when data arrives as Kafka
-    // does: with 10 ms waits, the Kafka part moves by ±0.3 ms between runs, as much as what
-    // is measured. A hub of its own, and a plain consumer, wait 1 ms here.
+    // does: with FETCH_WAIT_MS, the Kafka part moves by ±0.3 ms between runs, as much as
+    // what is measured. A hub of its own, and a plain consumer, wait less here.
     let own = work.join("latency");
     std::fs::create_dir_all(&own).unwrap();
-    let quick = Server::hub(hub_binary, &kafka.addr, &own, 100, 1).await;
+    let quick = Server::hub(hub_binary, &kafka.addr, &own, 100, QUICK_FETCH_WAIT_MS).await;
     let (hub_latency, plain, _) = timed_run(&quick, kafka, "bench.latency", args, rate, 1, 0).await;
     drop(quick);
     print_added(&hub_latency, &plain);
