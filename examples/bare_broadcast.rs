@@ -1,9 +1,9 @@
 //! The bare reference for `scripts/bench`: an axum WebSocket server that relays every text
-//! frame it receives to every other socket, with nothing else: no Kafka, no tokens, no
-//! protocol. It fans out the way the hub does (a bounded queue per socket filled without
-//! waiting, frames shared rather than copied, many frames written per flush, the same
-//! buffer sizes), so hub figures divided by its figures say what the hub costs beyond what
-//! any WebSocket server pays.
+//! frame it receives to every other socket, and answers a publish with an ack of the hub's
+//! size, with nothing else: no Kafka, no tokens, no parsing. It fans out the way the hub
+//! does (a bounded queue per socket filled without waiting, frames shared rather than
+//! copied, many frames written per flush, the same buffer sizes), so hub figures divided by
+//! its figures say what the hub costs beyond what any WebSocket server pays.
 //!
 //! Argument: the address to listen on.
 
@@ -23,6 +23,11 @@ use wskafka::server::{READ_BUFFER, WRITE_BUFFER};
 
 /// The hub's default `WSKAFKA_SEND_QUEUE`.
 const SEND_QUEUE: usize = 1024;
+/// A frame starting with this is answered, not relayed: the ingest scenario's publishes.
+const PUBLISH: &str = r#"{"type":"publish""#;
+/// As long as the hub's ack to the ingest scenario's publishes.
+const ACK: &str =
+    r#"{"type":"ack","id":100000,"topic":"bench.ingest","partition":0,"offset":1000000}"#;
 
 #[derive(Default)]
 struct Room {
@@ -50,7 +55,7 @@ async fn upgrade(State(room): State<Arc<Room>>, upgrade: WebSocketUpgrade) -> Re
 async fn run(room: Arc<Room>, socket: WebSocket) {
     let id = room.next.fetch_add(1, Ordering::Relaxed);
     let (queue, mut frames) = mpsc::channel(SEND_QUEUE);
-    room.sockets.write().unwrap().insert(id, queue);
+    room.sockets.write().unwrap().insert(id, queue.clone());
     let (mut sink, mut stream) = socket.split();
     let writer = async {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -65,6 +70,10 @@ async fn run(room: Arc<Room>, socket: WebSocket) {
     let reader = async {
         while let Some(Ok(message)) = stream.next().await {
             if let Message::Text(frame) = message {
+                if frame.starts_with(PUBLISH) {
+                    let _ = queue.try_send(Utf8Bytes::from_static(ACK));
+                    continue;
+                }
                 for (other, queue) in room.sockets.read().unwrap().iter() {
                     if *other != id {
                         // A full queue drops the frame, as the hub would drop the socket.

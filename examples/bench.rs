@@ -135,7 +135,7 @@ async fn main() {
         match scenario.as_str() {
             "idle" => idle(&hub, args.idle).await,
             "fanout" => fanout(&hub, &bare, &kafka, &args).await,
-            "ingest" => ingest(&hub, &kafka, &args).await,
+            "ingest" => ingest(&hub, &bare, &kafka, &args).await,
             "latency" => latency(&hub, &bare, &kafka, &args, &hub_binary, &work).await,
             "slow" => slow(&hub, &kafka, &args).await,
             "room" => room(&hub, &bare, &kafka, args.room).await,
@@ -271,7 +271,7 @@ async fn burst_rate(readers: Vec<Socket>, bursts: usize, mut send_burst: impl As
     (n * BURST * bursts) as f64 / elapsed.as_secs_f64()
 }
 
-async fn ingest(hub: &Server, kafka: &Broker, args: &Args) {
+async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let topic = "bench.ingest";
     let duration = Duration::from_secs(args.seconds);
     let in_flight = args.publishers * args.window;
@@ -297,12 +297,40 @@ async fn ingest(hub: &Server, kafka: &Broker, args: &Args) {
     }
     let plain = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     println!("plain rdkafka producer: {plain:.0} acked records/s ({in_flight} in flight)");
-    report_client(&client);
+    let plain_cpu = report_client(&client);
     let _ = permits.acquire_many(in_flight as u32).await;
 
-    let sockets = hub.sockets(args.publishers).await;
-    let client = Usage::of_self();
-    let server = hub.usage();
+    let (rate, hub_cpu) = publish_run(hub, args).await;
+    let (bare_rate, bare_cpu) = publish_run(bare, args).await;
+    // What each publish costs a core holds whichever side limits the rate. The plain
+    // producer's figure includes the load generator's own work, so Kafka's share is at most
+    // that; a server paying the bare server's share and Kafka's on one core reaches at most
+    // kafka / (bare + kafka) of the plain producer.
+    let (kafka_us, hub_us, bare_us) = (
+        plain_cpu / plain * 1e6,
+        hub_cpu / rate * 1e6,
+        bare_cpu / bare_rate * 1e6,
+    );
+    println!(
+        "core time per publish: hub {hub_us:.1} us, bare axum {bare_us:.1} us, plain rdkafka at most {kafka_us:.1} us"
+    );
+    println!(
+        "  so a server doing what both do on one core reaches at most {:.2} of the plain producer",
+        kafka_us / (bare_us + kafka_us)
+    );
+    println!(
+        "ingest: hub / plain rdkafka = {:.2} (target: >= 50000/s and >= 0.5)",
+        rate / plain
+    );
+}
+
+/// Publishes from `--publishers` sockets, `--window` in flight each, for `--seconds`;
+/// returns the answered publishes per second and the server's share of its core.
+async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
+    let what = if server.is_hub { "hub" } else { "bare axum" };
+    let duration = Duration::from_secs(args.seconds);
+    let sockets = server.sockets(args.publishers).await;
+    let (client, before) = (Usage::of_self(), server.usage());
     let barrier = Arc::new(Barrier::new(sockets.len()));
     let deadline = tokio::time::Instant::now() + duration;
     let tasks: Vec<_> = sockets
@@ -316,16 +344,14 @@ async fn ingest(hub: &Server, kafka: &Broker, args: &Args) {
         errors += e;
     }
     let rate = acks as f64 / duration.as_secs_f64();
+    let cpu = server.usage().cpu_since(&before);
     println!(
-        "hub: {rate:.0} acked publishes/s from {} sockets ({errors} errors), hub CPU {:.0}%",
+        "{what}: {rate:.0} acked publishes/s from {} sockets ({errors} errors), server CPU {:.0}%",
         args.publishers,
-        hub.usage().cpu_since(&server) * 100.0
+        cpu * 100.0
     );
     report_client(&client);
-    println!(
-        "ingest: hub / plain rdkafka = {:.2} (target: >= 50000/s and >= 0.5)",
-        rate / plain
-    );
+    (rate, cpu)
 }
 
 /// Twice: to one subscriber, where the hub's own path is all it adds, and fanned out to
@@ -846,7 +872,8 @@ impl Usage {
     }
 }
 
-fn report_client(since: &Usage) {
+/// Returns the load generator's share of its core.
+fn report_client(since: &Usage) -> f64 {
     let share = Usage::of_self().cpu_since(since);
     let flag = if share > 0.9 {
         "  LOAD GENERATOR SATURATED: these figures are a floor"
@@ -854,6 +881,7 @@ fn report_client(since: &Usage) {
         ""
     };
     println!("  load generator CPU {:.0}%{flag}", share * 100.0);
+    share
 }
 
 fn tempdir() -> PathBuf {
