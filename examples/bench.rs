@@ -304,8 +304,9 @@ async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let (bare_rate, bare_cpu) = publish_run(bare, args).await;
     // What each publish costs a core holds whichever side limits the rate. The plain
     // producer's figure includes the load generator's own work, so Kafka's share is at most
-    // that; a server paying the bare server's share and Kafka's on one core reaches at most
-    // kafka / (bare + kafka) of the plain producer.
+    // that. A server paying the bare server's share and Kafka's on one core reaches at most
+    // kafka / (bare + kafka) of what the plain producer does with a core of its own (which
+    // the measured plain rate, taken on the load generator's core, understates).
     let (kafka_us, hub_us, bare_us) = (
         plain_cpu / plain * 1e6,
         hub_cpu / rate * 1e6,
@@ -315,7 +316,7 @@ async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
         "core time per publish: hub {hub_us:.1} us, bare axum {bare_us:.1} us, plain rdkafka at most {kafka_us:.1} us"
     );
     println!(
-        "  so a server doing what both do on one core reaches at most {:.2} of the plain producer",
+        "  so a server doing what both do on one core reaches at most {:.2} of a plain producer on a core of its own",
         kafka_us / (bare_us + kafka_us)
     );
     println!(
