@@ -199,8 +199,7 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let producer = kafka.producer(&[]);
     let mut ratios = Vec::with_capacity(ROUNDS);
     for round in 1..=ROUNDS {
-        let (client, server) = (Usage::of_self(), bare.usage());
-        let bare_rate = burst_rate(&bare_readers, n, bursts, async || {
+        let bare_rate = burst_rate(bare, &bare_readers, round, bursts, async || {
             for i in 0..BURST {
                 let frame = message_frame(topic, i, payload(now_us(), i));
                 publisher.feed(Message::text(frame)).await.unwrap();
@@ -208,14 +207,7 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
             publisher.flush().await.unwrap();
         })
         .await;
-        println!(
-            "round {round}: bare axum: {bursts} bursts of {BURST} records to {n} sockets: {bare_rate:.0} deliveries/s, server CPU {:.0}%",
-            bare.usage().cpu_since(&server) * 100.0
-        );
-        report_client(&client);
-
-        let (client, server) = (Usage::of_self(), hub.usage());
-        let hub_rate = burst_rate(&hub_readers, n, bursts, async || {
+        let hub_rate = burst_rate(hub, &hub_readers, round, bursts, async || {
             let mut acks = Vec::with_capacity(BURST);
             for i in 0..BURST {
                 acks.push(produce(&producer, topic, payload(now_us(), i)).await);
@@ -225,11 +217,6 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
             }
         })
         .await;
-        println!(
-            "round {round}: hub: {bursts} bursts of {BURST} records to {n} sockets: {hub_rate:.0} deliveries/s, hub CPU {:.0}%",
-            hub.usage().cpu_since(&server) * 100.0
-        );
-        report_client(&client);
         ratios.push(hub_rate / bare_rate);
     }
     drop((bare_readers, hub_readers, publisher));
@@ -268,14 +255,18 @@ const BURST: usize = 500;
 /// Alternating rounds of bursts per server; the ratio reported is their median.
 const ROUNDS: usize = 3;
 
-/// Deliveries per second to the `n` sockets behind `delivered` over `bursts` calls of
-/// `send_burst` (`BURST` records each), timing each burst until every socket has it.
+/// Deliveries per second from `server` to the sockets behind `delivered` over `bursts`
+/// calls of `send_burst` (`BURST` records each), timing each burst until every socket has
+/// it; prints the rate and the CPU both sides used.
 async fn burst_rate(
+    server: &Server,
     delivered: &Counters,
-    n: usize,
+    round: usize,
     bursts: usize,
     mut send_burst: impl AsyncFnMut(),
 ) -> f64 {
+    let n = delivered.tasks.len();
+    let (client, before) = (Usage::of_self(), server.usage());
     let mut elapsed = Duration::ZERO;
     for _ in 0..bursts {
         let target = delivered.count.load(Ordering::Relaxed) + n * BURST;
@@ -284,7 +275,14 @@ async fn burst_rate(
         delivered.wait_for(target).await;
         elapsed += started.elapsed();
     }
-    (n * BURST * bursts) as f64 / elapsed.as_secs_f64()
+    let rate = (n * BURST * bursts) as f64 / elapsed.as_secs_f64();
+    println!(
+        "round {round}: {}: {bursts} bursts of {BURST} records to {n} sockets: {rate:.0} deliveries/s, server CPU {:.0}%",
+        server.label(),
+        server.usage().cpu_since(&before) * 100.0
+    );
+    report_client(&client);
+    rate
 }
 
 async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
@@ -344,7 +342,6 @@ async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
 /// Publishes from `--publishers` sockets, `--window` in flight each, for `--seconds`;
 /// returns the answered publishes per second and the server's share of its core.
 async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
-    let what = if server.is_hub { "hub" } else { "bare axum" };
     let duration = Duration::from_secs(args.seconds);
     let sockets = server.sockets(args.publishers).await;
     let (client, before) = (Usage::of_self(), server.usage());
@@ -363,7 +360,8 @@ async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
     let rate = acks as f64 / duration.as_secs_f64();
     let cpu = server.usage().cpu_since(&before);
     println!(
-        "{what}: {rate:.0} acked publishes/s from {} sockets ({errors} errors), server CPU {:.0}%",
+        "{}: {rate:.0} acked publishes/s from {} sockets ({errors} errors), server CPU {:.0}%",
+        server.label(),
         args.publishers,
         cpu * 100.0
     );
@@ -1113,6 +1111,10 @@ impl Server {
             fetch_wait_ms: 0,
             _process: process,
         }
+    }
+
+    fn label(&self) -> &'static str {
+        if self.is_hub { "hub" } else { "bare axum" }
     }
 
     fn usage(&self) -> Usage {
