@@ -34,7 +34,7 @@ use crate::protocol::{
     self, ErrorCode, FilterSpec, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
-use crate::replay::{self, Event, Tagged};
+use crate::replay::{self, Event, Seam, Tagged};
 use crate::server::{Auth, Hub, Seat};
 use crate::store::OpenSession;
 use crate::topic::{any_matches, is_valid_topic};
@@ -373,9 +373,12 @@ struct Replaying {
     /// The subscribe request, answered when the replay has resolved where it starts.
     id: Option<RequestId>,
     started: bool,
-    /// Partitions whose replay has not reached the live stream yet.
+    /// Partitions whose replay the connection has not seen finish yet.
     pending: BTreeSet<i32>,
-    /// Live records of those partitions (of all, before `started`), in arrival order.
+    /// Decides with the replay which live records it delivers instead (see `Seam`).
+    seam: Arc<Seam>,
+    /// Live records the replay left to the live stream that arrived before the replay's own
+    /// last records of their partition (or before `started`), in arrival order.
     stash: VecDeque<Arc<Delivery>>,
     _stop: DropGuard,
 }
@@ -614,9 +617,13 @@ impl Connection {
         let Some(subscription) = self.subscriptions.get_mut(&*record.topic) else {
             return; // unsubscribed since it was queued
         };
-        if let Some(replay) = &mut subscription.replay
-            && (!replay.started || replay.pending.contains(&record.partition))
-        {
+        if let Some(replay) = &mut subscription.replay {
+            if replay.seam.leave_to_replay(record.partition, record.offset) {
+                return;
+            }
+            if replay.started && !replay.pending.contains(&record.partition) {
+                return Subscription::deliver(&mut subscription.next, &record, &mut self.out);
+            }
             replay.stash.push_back(record);
             self.stashed += 1;
             if self.stashed > self.hub.config.send_queue {
@@ -919,13 +926,14 @@ impl Connection {
             ));
         }
         let topic: Arc<str> = topic.into();
+        let seam = Arc::new(Seam::new(live));
         let stop = self.hub.replayer.spawn(
             replay::Request {
                 topic: topic.clone(),
                 generation: self.generation,
                 from,
                 user: self.session.sub.clone(),
-                live,
+                seam: seam.clone(),
                 filter: subscription.filter.clone(),
             },
             self.replays.clone(),
@@ -934,6 +942,7 @@ impl Connection {
             id,
             started: false,
             pending: BTreeSet::new(),
+            seam,
             stash: VecDeque::new(),
             _stop: stop,
         }));

@@ -2,17 +2,20 @@
 //! asks up to where the hub's live stream took over, so a resumed client gets no gap and no
 //! duplicate at the seam.
 //!
-//! The seam is the live position the subscription read right after joining the registry
-//! (see `LivePositions`): the live stream delivers every record at or past it, so the replay
-//! covers `[start, live)` per partition and stops. Live records that arrive meanwhile wait in
-//! the connection until the replay of their partition is done.
+//! The seam starts at the live position the subscription read right after joining the
+//! registry (see `LivePositions`): the live stream delivers every record at or past it, so
+//! the replay covers `[start, live)` per partition. Live records of a partition that arrive
+//! while its replay runs are not held: the connection drops them and the replay, which
+//! reads the same partition, goes on past them (see [`Seam`]). A socket resuming into a busy
+//! topic therefore holds nothing more than a socket that is up to date, however long its
+//! replay takes, and it catches up as fast as Kafka serves the replay.
 //!
 //! Each replay reads with a short-lived Kafka client of its own, on a blocking thread, with
 //! no consumer group; the shared consumer never waits for it. A semaphore bounds how many
 //! run at once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -66,9 +69,103 @@ pub struct Request {
     pub from: Start,
     /// Whose read positions a `committed` start reads.
     pub user: String,
-    /// The live stream's position per partition, read after the subscription joined.
-    pub live: BTreeMap<i32, i64>,
+    /// Shared with the connection, which hands it the live records the replay covers.
+    pub seam: Arc<Seam>,
     pub filter: Arc<Filter>,
+}
+
+/// Where a replay hands a subscription over to the live stream, decided per partition by
+/// the replay (which reads Kafka) and the connection (which receives live records) under one
+/// lock, so that no record falls between them.
+///
+/// Until the replay has planned, and then for each partition it still replays, a live
+/// record is the replay's to deliver: the connection drops it and the replay's end moves
+/// past it. The replay finishes a partition once it has read up to that end; from then on
+/// the partition's live records are delivered (held only until the connection has written
+/// the replay's last records, which are already on their way).
+#[derive(Debug)]
+pub struct Seam(Mutex<SeamState>);
+
+#[derive(Debug)]
+struct SeamState {
+    /// The live stream's position per partition when the subscription joined.
+    live: BTreeMap<i32, i64>,
+    /// Per partition, one past the newest live record dropped for the replay.
+    dropped: BTreeMap<i32, i64>,
+    /// `None` until the replay has planned; then the partitions it still replays, each with
+    /// the end it planned.
+    replaying: Option<BTreeMap<i32, i64>>,
+}
+
+impl Seam {
+    pub fn new(live: BTreeMap<i32, i64>) -> Self {
+        Seam(Mutex::new(SeamState {
+            live,
+            dropped: BTreeMap::new(),
+            replaying: None,
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SeamState> {
+        self.0.lock().expect("seam lock")
+    }
+
+    /// For the connection: whether the live record at `offset` is left to the replay, which
+    /// then delivers it.
+    pub fn leave_to_replay(&self, partition: i32, offset: i64) -> bool {
+        let mut state = self.state();
+        if state
+            .replaying
+            .as_ref()
+            .is_some_and(|replaying| !replaying.contains_key(&partition))
+        {
+            return false;
+        }
+        let end = state.dropped.entry(partition).or_insert(offset + 1);
+        *end = (*end).max(offset + 1);
+        true
+    }
+
+    /// Plans with what the live stream has left to the replay so far; from here on only the
+    /// planned partitions take live records.
+    fn plan(&self, plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Plan) -> Plan {
+        let mut state = self.state();
+        let plan = plan(&state.live, &state.dropped);
+        state.replaying = Some(plan.ranges.iter().map(|(&p, &(_, end))| (p, end)).collect());
+        plan
+    }
+
+    /// For the replay, which read the record at `offset`: whether to deliver it, and whether
+    /// that finishes the partition.
+    fn replayed(&self, partition: i32, offset: i64) -> (bool, bool) {
+        let mut state = self.state();
+        let dropped = state.dropped.get(&partition).copied();
+        let replaying = state.replaying.as_mut().expect("planned");
+        let Some(&planned) = replaying.get(&partition) else {
+            return (false, false);
+        };
+        let end = dropped.map_or(planned, |d| d.max(planned));
+        let finished = offset + 1 >= end;
+        if finished {
+            replaying.remove(&partition);
+        }
+        (offset < end, finished)
+    }
+
+    /// For the replay, which reached the end of the partition having read up to `read`
+    /// (the next offset it would read): whether that finishes the partition. The planned end
+    /// is behind it (the partition reached it before the replay began reading); a live
+    /// record dropped since may not be.
+    fn reached_end(&self, partition: i32, read: i64) -> bool {
+        let mut state = self.state();
+        let dropped = state.dropped.get(&partition).copied();
+        let replaying = state.replaying.as_mut().expect("planned");
+        let finished = replaying.contains_key(&partition) && dropped.is_none_or(|end| end <= read);
+        if finished {
+            replaying.remove(&partition);
+        }
+        finished
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +214,8 @@ impl Replayer {
                 ("group.id", format!("{group_id}-replay")),
                 ("enable.auto.commit", "false".into()),
                 ("enable.partition.eof", "true".into()),
+                // As the live stream reads (see `kafka::Consumer`).
+                ("isolation.level", "read_committed".into()),
                 // A start that retention deleted meanwhile is an error, never a silent jump.
                 ("auto.offset.reset", "error".into()),
             ],
@@ -197,25 +296,31 @@ pub(crate) struct Plan {
 }
 
 /// `watermarks` holds each partition's (low, high); `by_time` the first offset at or after
-/// the requested timestamp, for partitions that have one.
+/// the requested timestamp, for partitions that have one; `live` where the live stream stood
+/// when the subscription joined, and `dropped` one past the newest live record left to the
+/// replay since (see [`Seam`]).
 pub(crate) fn plan(
     from: &Start,
     watermarks: &BTreeMap<i32, (i64, i64)>,
     by_time: &BTreeMap<i32, i64>,
     live: &BTreeMap<i32, i64>,
+    dropped: &BTreeMap<i32, i64>,
     max_records: i64,
 ) -> Plan {
     let mut plan = Plan::default();
     for (&partition, &(low, high)) in watermarks {
         let live = live.get(&partition).copied();
+        // Where the live stream takes over: every record from there on reaches the socket.
+        let seam = match (live, dropped.get(&partition).copied()) {
+            (Some(live), Some(dropped)) => Some(live.max(dropped)),
+            (live, dropped) => live.or(dropped),
+        };
         let requested = match from {
             Start::Latest => live.unwrap_or(high),
             Start::Earliest => low,
-            // No record at or after the timestamp: nothing to replay.
-            Start::Timestamp(_) => by_time
-                .get(&partition)
-                .copied()
-                .unwrap_or(live.unwrap_or(high)),
+            // No record at or after the timestamp when Kafka was asked: only what was
+            // appended since is new enough.
+            Start::Timestamp(_) => by_time.get(&partition).copied().unwrap_or(high),
             // A partition the client does not know was created after it last looked, so all
             // of it is new to the client.
             Start::Offsets(offsets) => offsets.get(&partition).copied().unwrap_or(low),
@@ -224,7 +329,7 @@ pub(crate) fn plan(
                 .copied()
                 .unwrap_or(live.unwrap_or(high)),
         };
-        let end = live.unwrap_or(high);
+        let end = seam.unwrap_or(high);
         plan.waiting += u64::try_from(end - requested.max(low)).unwrap_or(0);
         let mut start = requested;
         let mut reason = None;
@@ -232,14 +337,14 @@ pub(crate) fn plan(
             start = low;
             reason = Some(LostReason::Retention);
         }
-        if let Some(live) = live
-            && start < live
+        if let Some(seam) = seam
+            && start < seam
         {
-            if live - start > max_records {
-                start = live - max_records;
+            if seam - start > max_records {
+                start = seam - max_records;
                 reason = Some(LostReason::ReplayLimit);
             }
-            plan.ranges.insert(partition, (start, live));
+            plan.ranges.insert(partition, (start, seam));
         }
         if let Some(reason) = reason {
             let lost = Lost {
@@ -299,16 +404,23 @@ fn replay(
             }
         }
     }
-    let plan = plan(
-        &request.from,
-        &watermarks,
-        &by_time,
-        &request.live,
-        max_records,
-    );
+    let plan = request.seam.plan(|live, dropped| {
+        plan(
+            &request.from,
+            &watermarks,
+            &by_time,
+            live,
+            dropped,
+            max_records,
+        )
+    });
     tracing::debug!(topic, ?watermarks, ?by_time, ?plan, "replay planned");
-    let mut pending: BTreeMap<i32, i64> =
-        plan.ranges.iter().map(|(p, (_, end))| (*p, *end)).collect();
+    // Per partition still replayed, the next offset to read.
+    let mut pending: BTreeMap<i32, i64> = plan
+        .ranges
+        .iter()
+        .map(|(p, (start, _))| (*p, *start))
+        .collect();
     let counted = matches!(request.from, Start::Committed(_)) && request.filter.is_empty();
     let started = Event::Started {
         starts: plan.starts,
@@ -321,7 +433,7 @@ fn replay(
     }
 
     let mut assignment = TopicPartitionList::new();
-    for (&partition, &(start, _)) in &plan.ranges {
+    for (&partition, &start) in &pending {
         assignment
             .add_partition_offset(topic, partition, Offset::Offset(start))
             .expect("a fresh list takes any offset");
@@ -347,10 +459,12 @@ fn replay(
             Some(Ok(message)) => {
                 heard = Instant::now();
                 let (partition, offset) = (message.partition(), message.offset());
-                let Some(&end) = pending.get(&partition) else {
+                let Some(read) = pending.get_mut(&partition) else {
                     continue;
                 };
-                if offset < end {
+                *read = offset + 1;
+                let (deliver, finished) = request.seam.replayed(partition, offset);
+                if deliver {
                     let headers = headers_of(&message);
                     let meta = RecordMeta {
                         key: message.key(),
@@ -363,13 +477,16 @@ fn replay(
                         }
                     }
                 }
-                if offset + 1 >= end && !done(&mut pending, partition) {
+                if finished && !done(&mut pending, partition) {
                     return Ok(());
                 }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 heard = Instant::now();
-                if pending.contains_key(&partition) && !done(&mut pending, partition) {
+                if let Some(&read) = pending.get(&partition)
+                    && request.seam.reached_end(partition, read)
+                    && !done(&mut pending, partition)
+                {
                     return Ok(());
                 }
             }
@@ -405,6 +522,7 @@ mod tests {
             &marks(&[(0, 0, 60), (1, 0, 20)]),
             &BTreeMap::new(),
             &map(&[(0, 50), (1, 17)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 43), (1, 17)]));
@@ -419,6 +537,7 @@ mod tests {
             &marks(&[(0, 0, 80)]),
             &BTreeMap::new(),
             &map(&[(0, 50)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 70)]));
@@ -432,6 +551,7 @@ mod tests {
             &marks(&[(0, 25, 60)]),
             &BTreeMap::new(),
             &map(&[(0, 60)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 25)]));
@@ -453,6 +573,7 @@ mod tests {
             &marks(&[(0, 0, 5000), (1, 0, 10)]),
             &BTreeMap::new(),
             &map(&[(0, 5000), (1, 10)]),
+            &BTreeMap::new(),
             100,
         );
         assert_eq!(plan.starts, map(&[(0, 4900), (1, 0)]));
@@ -480,6 +601,7 @@ mod tests {
             &marks(&[(0, 0, 9), (1, 0, 9)]),
             &BTreeMap::new(),
             &map(&[(0, 9)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 3), (1, 4)]));
@@ -493,6 +615,7 @@ mod tests {
             &marks(&[(0, 0, 9), (1, 2, 9)]),
             &BTreeMap::new(),
             &map(&[(0, 9), (1, 9)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 5), (1, 2)]));
@@ -506,6 +629,7 @@ mod tests {
             &marks(&[(0, 0, 9), (1, 3, 9), (2, 0, 9)]),
             &BTreeMap::new(),
             &map(&[(0, 9), (1, 9), (2, 9)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 5), (1, 3), (2, 9)]));
@@ -522,9 +646,112 @@ mod tests {
             &marks(&[(0, 0, 9), (1, 0, 9)]),
             &map(&[(0, 4)]),
             &map(&[(0, 9), (1, 9)]),
+            &BTreeMap::new(),
             1000,
         );
         assert_eq!(plan.starts, map(&[(0, 4), (1, 9)]));
         assert_eq!(plan.ranges, BTreeMap::from([(0, (4, 9))]));
+    }
+
+    #[test]
+    fn live_records_dropped_before_the_plan_extend_what_it_replays() {
+        // Partition 0 stood at 50 when the subscription joined and 60..=69 arrived live
+        // since; partition 1 had no live position and its first records, 0..=4, arrived.
+        let plan = plan(
+            &Start::Offsets(map(&[(0, 40), (1, 0)])),
+            &marks(&[(0, 0, 70), (1, 0, 5)]),
+            &BTreeMap::new(),
+            &map(&[(0, 50)]),
+            &map(&[(0, 70), (1, 5)]),
+            1000,
+        );
+        assert_eq!(plan.ranges, BTreeMap::from([(0, (40, 70)), (1, (0, 5))]));
+        assert_eq!(plan.starts, map(&[(0, 40), (1, 0)]));
+    }
+
+    /// The seam for one partition that stood at `live` when the subscription joined.
+    fn planned_seam(live: i64, start: i64, dropped_first: &[i64]) -> Seam {
+        let seam = Seam::new(map(&[(0, live)]));
+        for &offset in dropped_first {
+            assert!(
+                seam.leave_to_replay(0, offset),
+                "before the plan, every record"
+            );
+        }
+        seam.plan(|live, dropped| {
+            plan(
+                &Start::Offsets(map(&[(0, start)])),
+                &marks(&[(0, 0, 1000)]),
+                &BTreeMap::new(),
+                live,
+                dropped,
+                1000,
+            )
+        });
+        seam
+    }
+
+    #[test]
+    fn a_replayed_partition_takes_the_live_records_until_the_replay_has_read_past_them() {
+        let seam = planned_seam(10, 5, &[10, 11]);
+        for offset in 5..11 {
+            assert_eq!(seam.replayed(0, offset), (true, false), "offset {offset}");
+        }
+        // Two more arrive live while the replay reads: it goes on to them.
+        assert!(seam.leave_to_replay(0, 12));
+        assert!(seam.leave_to_replay(0, 13));
+        assert_eq!(seam.replayed(0, 11), (true, false));
+        assert_eq!(seam.replayed(0, 12), (true, false));
+        assert_eq!(seam.replayed(0, 13), (true, true));
+        // Finished: the next live record is the live stream's to deliver.
+        assert!(!seam.leave_to_replay(0, 14));
+        assert_eq!(seam.replayed(0, 14), (false, false));
+    }
+
+    #[test]
+    fn a_replay_that_reads_past_its_end_delivers_only_what_the_live_stream_will_not() {
+        let seam = planned_seam(10, 5, &[]);
+        for offset in 5..9 {
+            assert_eq!(seam.replayed(0, offset), (true, false));
+        }
+        // Offset 9 was removed by compaction: the replay's next record is past the seam,
+        // and the live stream delivers it.
+        assert_eq!(seam.replayed(0, 10), (false, true));
+        assert!(!seam.leave_to_replay(0, 10));
+    }
+
+    #[test]
+    fn the_end_of_the_partition_finishes_a_replay_unless_a_later_live_record_was_left_to_it() {
+        // The planned end is behind the end of the partition: reaching it is enough, even
+        // where the last offsets hold no record the consumer returns (transaction markers).
+        let seam = planned_seam(10, 5, &[]);
+        assert_eq!(seam.replayed(0, 8), (true, false));
+        assert!(seam.reached_end(0, 9));
+        assert!(!seam.leave_to_replay(0, 10));
+
+        // A live record left to the replay after it last fetched is not behind it yet.
+        let seam = planned_seam(10, 5, &[]);
+        assert_eq!(seam.replayed(0, 8), (true, false));
+        assert!(seam.leave_to_replay(0, 10));
+        assert!(!seam.reached_end(0, 9));
+        assert_eq!(seam.replayed(0, 9), (true, false));
+        assert_eq!(seam.replayed(0, 10), (true, true));
+    }
+
+    #[test]
+    fn partitions_the_plan_does_not_replay_are_left_to_the_live_stream() {
+        let seam = Seam::new(map(&[(0, 10), (1, 10)]));
+        seam.plan(|live, dropped| {
+            plan(
+                &Start::Offsets(map(&[(0, 5), (1, 10)])),
+                &marks(&[(0, 0, 10), (1, 0, 10)]),
+                &BTreeMap::new(),
+                live,
+                dropped,
+                1000,
+            )
+        });
+        assert!(!seam.leave_to_replay(1, 10));
+        assert!(seam.leave_to_replay(0, 10));
     }
 }
