@@ -275,6 +275,10 @@ impl Consumer {
                 ("auto.offset.reset", "earliest".into()),
                 // A group per hub, read by nobody else: committing would only cost requests.
                 ("enable.auto.commit", "false".into()),
+                // Records of aborted transactions never reach a socket, and those of open
+                // ones only once committed (librdkafka's default, stated: replays read the
+                // same way, so live and replayed streams agree).
+                ("isolation.level", "read_committed".into()),
                 // Topics created later that match a pattern are noticed on metadata refresh.
                 ("topic.metadata.refresh.interval.ms", "5000".into()),
                 // A new topic then only adds partitions: the ones being read keep their fetch

@@ -2,7 +2,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use common::*;
+use rdkafka::Message as _;
 use serde_json::json;
 
 /// Waits until `/metrics` shows `name` at `value`.
@@ -76,92 +80,27 @@ async fn storms_of_sockets_that_come_and_go_leave_nothing_held() {
     }
     let bob = hub.url(&token("bob", &[], &[]));
     assert_eq!(hub.handshake_status(&bob).await, 503, "the hub is full");
-    let ack = held[0]
-        .call(json!({"type":"publish","id":"p","topic":topic,"payload":"after the storm"}))
+    let (_, message) = held[0]
+        .publish_to_self(
+            json!({"type":"publish","id":"p","topic":topic,"payload":"after the storm"}),
+        )
         .await;
-    assert_eq!(ack["type"], "ack", "{ack}");
-    for client in &mut held {
+    assert_eq!(message["payload"], "after the storm");
+    for client in &mut held[1..] {
         assert_eq!(client.recv().await["payload"], "after the storm");
-    }
-}
-
-/// A broker of the test's own, which it kills and starts again on the same port. Its log
-/// lives in a file (SQLite through libsql), so a restart keeps every record, as Kafka's
-/// disks would.
-struct OwnBroker {
-    addr: String,
-    storage: String,
-    process: Option<tokio::process::Child>,
-}
-
-impl OwnBroker {
-    async fn start() -> OwnBroker {
-        let mut broker = OwnBroker {
-            addr: format!("127.0.0.1:{}", free_port()),
-            // Tansu reads the path after sqlite:// as relative to its working directory.
-            storage: format!("sqlite://{}.db", unique("broker")),
-            process: None,
-        };
-        broker.restart().await;
-        broker
-    }
-
-    async fn restart(&mut self) {
-        let url = format!("tcp://{}", self.addr);
-        let tansu = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
-        let process = tokio::process::Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", &self.storage])
-            .current_dir(env!("CARGO_TARGET_TMPDIR"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting tansu");
-        self.process = Some(process);
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(&self.addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tansu did not start"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn kill(&mut self) {
-        let mut process = self.process.take().expect("the broker is running");
-        process.kill().await.unwrap();
     }
 }
 
 #[tokio::test]
 async fn the_hub_rides_out_a_broker_restart_and_never_acks_falsely() {
-    let mut kafka = OwnBroker::start().await;
+    // A broker of the test's own, killed and started again on the same port and data.
+    let mut kafka = KafkaNode::start(&KafkaNode::single()).await;
+    let brokers = kafka.addr();
     let prefix = unique("outage");
     let (topic, glob) = (format!("{prefix}.room"), format!("{prefix}.*"));
-    create_topic_at(&kafka.addr, &topic, 1).await;
-    // Tansu 0.6.0's SQLite storage fails the first produce of an idempotent producer that
-    // outlived a broker restart (a panic in its idempotence check, lite.rs:503), so here
-    // the hub's producer runs without idempotence; acks still wait for the broker.
-    let hub = Hub::start(
-        &glob,
-        &[
-            "--brokers",
-            &kafka.addr,
-            "--publish-timeout",
-            "3s",
-            "--kafka-producer",
-            &format!("{PRODUCER_PROPS},enable.idempotence=false"),
-        ],
-    )
-    .await;
+    create_topic_with(&brokers, &topic, 1, 1, &[]).await;
+    // The hub's own producer settings: idempotent, acks=all.
+    let hub = Hub::start(&glob, &["--brokers", &brokers, "--publish-timeout", "3s"]).await;
     let grant = token("alice", &[&glob], &[&glob]);
     let mut reader = hub.connect(&grant).await;
     reader.subscribe(&topic).await;
@@ -174,7 +113,7 @@ async fn the_hub_rides_out_a_broker_restart_and_never_acks_falsely() {
         acked.push((position(&ack), n));
     }
 
-    kafka.kill().await;
+    kafka.kill();
     let unready = hub.wait_readyz(503).await;
     // Publishes while no broker answers: each gets an answer, and it is never an ack.
     let outage = std::time::Instant::now();
@@ -231,10 +170,107 @@ async fn the_hub_rides_out_a_broker_restart_and_never_acks_falsely() {
         );
     }
     // And Kafka holds every acknowledged record.
-    let stored = read_records_at(&kafka.addr, &topic, acked.iter().map(|(p, _)| *p)).await;
+    let stored = read_records_at(&brokers, &topic, acked.iter().map(|(p, _)| *p)).await;
     for (position, n) in acked {
         let value: serde_json::Value =
             serde_json::from_slice(rdkafka::Message::payload(&stored[&position]).unwrap()).unwrap();
         assert_eq!(value, json!({"n": n}));
     }
+}
+
+#[tokio::test]
+async fn a_partition_leader_killed_under_publish_load_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start(3).await;
+    let brokers = cluster.bootstrap();
+    let prefix = unique("failover");
+    let (topic, glob) = (format!("{prefix}.room"), format!("{prefix}.*"));
+    // Three replicas; the brokers take a write with acks=all once two of them have it.
+    create_topic_with(&brokers, &topic, 1, 3, &[]).await;
+    let hub = Hub::start(&glob, &["--brokers", &brokers, "--publish-rate", "100000"]).await;
+    let grant = token("alice", &[&glob], &[&glob]);
+    let mut reader = hub.connect(&grant).await;
+    let subscribed = reader.subscribe_from(&topic, json!("latest")).await;
+    let mut writer = hub.connect(&grant).await;
+
+    // Publishes keep 16 in flight; the leader dies once 500 are acknowledged, and publishing
+    // goes on until 500 more are.
+    const WINDOW: usize = 16;
+    let (mut sent, mut in_flight, mut unavailable) = (0, 0, 0);
+    let mut acked: Vec<((i32, i64), i64)> = Vec::new();
+    // When the leader was killed, how many acks there were, and how many were sent.
+    let mut killed: Option<(std::time::Instant, usize, i64)> = None;
+    let (mut last_ack, mut longest_silence) = (std::time::Instant::now(), Duration::ZERO);
+    let mut first_ack_after_kill = None;
+    let started = std::time::Instant::now();
+    while killed.is_none_or(|(_, at, _)| acked.len() < at + 500) || in_flight > 0 {
+        let publishing = killed.is_none_or(|(_, at, _)| acked.len() < at + 500);
+        if publishing && in_flight < WINDOW {
+            writer
+                .send(json!({"type":"publish","id":sent,"topic":topic,"payload":{"seq":sent}}))
+                .await;
+            sent += 1;
+            in_flight += 1;
+            continue;
+        }
+        let reply = writer.recv().await;
+        in_flight -= 1;
+        match reply["type"].as_str() {
+            Some("ack") => {
+                let now = std::time::Instant::now();
+                longest_silence = longest_silence.max(now - last_ack);
+                last_ack = now;
+                let seq = reply["id"].as_i64().unwrap();
+                if let Some((at, _, sent_then)) = killed
+                    && seq >= sent_then
+                {
+                    first_ack_after_kill.get_or_insert(at.elapsed());
+                }
+                acked.push((position(&reply), seq));
+            }
+            // The client's cue to publish again, which it does with a new record here.
+            _ if reply["code"] == "unavailable" => unavailable += 1,
+            _ => panic!("{reply}"),
+        }
+        if killed.is_none() && acked.len() == 500 {
+            let leader = cluster.leader(&topic, 0);
+            cluster.nodes[leader].kill();
+            killed = Some((std::time::Instant::now(), acked.len(), sent as i64));
+        }
+        assert!(
+            started.elapsed() < 6 * PATIENCE,
+            "publishing never recovered"
+        );
+    }
+
+    // Every acknowledged record is in Kafka, where its ack said, with its payload.
+    let kafka = read_all(&cluster.running(), &topic).await;
+    for &(at, seq) in &acked {
+        let record = kafka
+            .get(&at)
+            .unwrap_or_else(|| panic!("acked {at:?} is not in Kafka"));
+        let value: serde_json::Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(value["seq"], seq, "the ack at {at:?}");
+    }
+    // The subscriber got every record Kafka holds, once and in order, across the failover.
+    let mut received = Received::starting_at(&subscribed);
+    while received.seqs.len() < kafka.len() {
+        let (at, message) = reader.message().await;
+        received.take(at, &message);
+    }
+    let in_kafka: BTreeMap<(i32, i64), i64> = kafka
+        .iter()
+        .map(|(at, m)| {
+            let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            (*at, value["seq"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(received.seqs, in_kafka);
+    eprintln!(
+        "leader killed after 500 acks: {sent} published, {} acked, {unavailable} unavailable, \
+         {} in Kafka; the first publish sent after the kill acked {:?} after it; \
+         longest time without an ack {longest_silence:?}",
+        acked.len(),
+        kafka.len(),
+        first_ack_after_kill.expect("acks after the kill"),
+    );
 }

@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -57,27 +58,25 @@ async fn a_client_dropped_mid_stream_resumes_on_another_hub_with_every_record_ex
 async fn earliest_and_timestamp_replays_then_join_the_live_stream() {
     let (topic, glob) = fresh_topic("replay", 2).await;
     let producer = producer();
+    // The producer stamps each record (CreateTime, Kafka's default): the first twenty two
+    // hours ago, the next ten one hour ago, all appended now. A lookup by append time would
+    // replay all thirty from the boundary; by record timestamp, only the last ten.
+    let boundary = now_ms() - 3_600_000;
     let mut history = BTreeMap::new();
-    let append = |seqs: std::ops::Range<i64>| {
-        let (producer, topic) = (&producer, &topic);
-        let positions = seqs.map(move |seq| async move {
-            let body = json!({"seq": seq}).to_string();
-            (
-                produce(producer, topic, &format!("k{seq}"), body.as_bytes()).await,
-                seq,
-            )
-        });
-        futures_util::future::join_all(positions)
-    };
-    history.extend(append(0..20).await);
-    // Every record above was stamped before `boundary`, every record below after it. (The
-    // records carry the producer's clock; Tansu looks timestamps up by append time. Records
-    // produced in real time satisfy both.)
-    let boundary = now_ms() + 1;
-    while now_ms() <= boundary {
-        tokio::task::yield_now().await;
+    for seq in 0..30 {
+        let stamp = if seq < 20 {
+            boundary - 3_600_000 + seq
+        } else {
+            boundary + seq
+        };
+        let (key, body) = (format!("k{seq}"), json!({"seq": seq}).to_string());
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&body)
+            .timestamp(stamp);
+        let delivered = producer.send(record, PATIENCE).await.unwrap();
+        history.insert((delivered.partition, delivered.offset), seq);
     }
-    history.extend(append(20..30).await);
     let hub = Hub::start(&glob, &[]).await;
     let reader = token("reader", &[], &[&glob]);
 
