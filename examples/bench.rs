@@ -107,9 +107,11 @@ async fn main() {
         ("bench.latency", 1),
         ("bench.room", 1),
         ("bench.slow", 1),
+        ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
     }
+    kafka.warm_up().await;
     let hub_binary = examples.join("../wskafka");
     let hub = Server::hub(&hub_binary, &kafka.addr, &work, args.idle).await;
     let bare = Server::bare(&examples.join("bare_broadcast")).await;
@@ -236,7 +238,8 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     );
     let (bare_latency, bare_cpu) = paced_bare(bare, args, rate).await;
     print_latency("bare axum, publisher socket to subscriber", &bare_latency);
-    let (hub_latency, _, hub_cpu) = timed_run(hub, kafka, topic, args, rate, n, 0).await;
+    let run = timed_run(hub, kafka, topic, args, rate, n, 0).await;
+    let (hub_latency, hub_cpu) = (run.hub, run.cpu);
     print_latency("hub, record produced to subscriber", &hub_latency);
     println!(
         "paced fan-out: delivered {} of {expected} (hub), {} of {expected} (bare); server CPU hub {:.0}%, bare axum {:.0}% (target: >= 150000/s)",
@@ -371,28 +374,32 @@ async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
 async fn latency(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let rate = args.single_rate;
     println!("{rate:.1} records/s to one subscriber");
-    let (hub_latency, plain, _) = timed_run(hub, kafka, "bench.latency", args, rate, 1, 0).await;
-    print_added(&hub_latency, &plain);
+    print_added(&timed_run(hub, kafka, "bench.latency", args, rate, 1, 0).await);
 
     let rate = args.rate;
     println!("{rate:.1} records/s to {} subscribers", args.subscribers);
     let (bare_latency, bare_cpu) = paced_bare(bare, args, rate).await;
     print_latency("bare axum, publisher socket to subscriber", &bare_latency);
-    let (hub_latency, plain, hub_cpu) =
-        timed_run(hub, kafka, "bench.latency", args, rate, args.subscribers, 0).await;
+    let run = timed_run(hub, kafka, "bench.latency", args, rate, args.subscribers, 0).await;
     println!(
         "server CPU at this rate: hub {:.0}%, bare axum {:.0}%: bare / hub = {:.2} (the share of the bare server's sustained fan-out the hub reaches)",
-        hub_cpu * 100.0,
+        run.cpu * 100.0,
         bare_cpu * 100.0,
-        bare_cpu / hub_cpu
+        bare_cpu / run.cpu
     );
-    print_added(&hub_latency, &plain);
+    print_added(&run);
 }
 
-fn print_added(hub: &Histogram<u64>, plain: &Histogram<u64>) {
-    print_latency("hub end to end", hub);
-    print_latency("plain rdkafka produce to consume", plain);
-    let added = |q| (hub.value_at_quantile(q) as f64 - plain.value_at_quantile(q) as f64) / 1e3;
+/// End to end, the plain path, and what the hub adds to it: per record and subscriber, its
+/// arrival at the socket minus its arrival at the plain consumer, which fetched the same
+/// record from the same broker (so a stall of Kafka's own weighs on both sides).
+fn print_added(run: &Run) {
+    print_latency("hub end to end", &run.hub);
+    print_latency("plain rdkafka produce to consume", &run.plain);
+    let added = |q: f64| {
+        let at = ((run.added.len() as f64 * q) as usize).min(run.added.len() - 1);
+        run.added[at] as f64 / 1e3
+    };
     println!(
         "hub-added latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (target at one subscriber: <= 0.5 ms and <= 3 ms)",
         added(0.5),
@@ -408,11 +415,13 @@ async fn slow(hub: &Server, kafka: &Broker, args: &Args) {
         "{rate:.1} records/s to {} subscribers, clean and then with {stalled} not reading",
         args.subscribers
     );
-    let (clean, _, _) = timed_run(hub, kafka, "bench.slow", args, rate, args.subscribers, 0).await;
+    let clean = timed_run(hub, kafka, "bench.slow", args, rate, args.subscribers, 0)
+        .await
+        .hub;
     print_latency("clean run, every subscriber", &clean);
     hub.wait_idle().await;
     let lagged = hub.metric("wskafka_lagged_closes_total").await;
-    let (healthy, _, _) = timed_run(
+    let healthy = timed_run(
         hub,
         kafka,
         "bench.slow",
@@ -421,7 +430,8 @@ async fn slow(hub: &Server, kafka: &Broker, args: &Args) {
         args.subscribers,
         stalled,
     )
-    .await;
+    .await
+    .hub;
     print_latency("with stalled sockets, healthy subscribers", &healthy);
     println!(
         "stalled sockets closed as lagged during the run: {}",
@@ -671,9 +681,21 @@ async fn publish_loop(
     (acks, errors)
 }
 
+/// What a timed run through the hub measured.
+struct Run {
+    /// From each record's send time to its arrival at each reading subscriber.
+    hub: Histogram<u64>,
+    /// From each record's send time to its arrival at the plain consumer.
+    plain: Histogram<u64>,
+    /// Per record and subscriber, its arrival there minus its arrival at the plain consumer
+    /// in µs, sorted (negative where the hub's consumer was the quicker of the two).
+    added: Vec<i64>,
+    /// The hub's share of its core.
+    cpu: f64,
+}
+
 /// Sends records at `rate` for the configured time to `topic`, read by `subscribers` of
-/// the hub (`stalled` of them never read) and by a plain consumer; returns the latency
-/// histograms of the reading subscribers and of the plain consumer, and the hub's CPU share.
+/// the hub (`stalled` of them never read) and by a plain consumer.
 async fn timed_run(
     hub: &Server,
     kafka: &Broker,
@@ -682,7 +704,7 @@ async fn timed_run(
     rate: f64,
     subscribers: usize,
     stalled: usize,
-) -> (Histogram<u64>, Histogram<u64>, f64) {
+) -> Run {
     let mut readers = hub.subscribers(topic, subscribers).await;
     let held: Vec<Socket> = readers.drain(..stalled).collect();
     let plain = kafka.consumer_at_end();
@@ -701,23 +723,39 @@ async fn timed_run(
     let readers = spawn_latency_readers(readers, total, patience);
     let reading = tokio::spawn(async move {
         let mut latency = histogram();
+        let mut arrivals = vec![None; total];
         while latency.len() < total as u64 {
-            let (sent, _) = next_stamp(&plain).await;
-            latency.record(now_us().saturating_sub(sent)).unwrap();
+            let (sent, i) = next_stamp(&plain).await;
+            let at = now_us();
+            latency.record(at.saturating_sub(sent)).unwrap();
+            if let Some(slot) = arrivals.get_mut(i) {
+                *slot = Some(at);
+            }
         }
-        latency
+        (latency, arrivals)
     });
     paced(rate, total, async |i, sent| {
         drop(produce(&producer, topic, payload(sent, i)).await);
     })
     .await;
-    let hub_latency = merge(readers).await;
-    let plain_latency = reading.await.unwrap();
-    let hub_cpu = hub.usage().cpu_since(&server);
-    println!("  hub CPU {:.0}%", hub_cpu * 100.0);
+    let (hub_latency, hub_arrivals) = merge(readers).await;
+    let (plain_latency, plain_arrivals) = reading.await.unwrap();
+    let cpu = hub.usage().cpu_since(&server);
+    println!("  hub CPU {:.0}%", cpu * 100.0);
     report_client(&client);
     drop(held);
-    (hub_latency, plain_latency, hub_cpu)
+    let mut added: Vec<i64> = hub_arrivals
+        .into_iter()
+        .flatten()
+        .filter_map(|(i, at)| Some(at as i64 - (*plain_arrivals.get(i)?)? as i64))
+        .collect();
+    added.sort_unstable();
+    Run {
+        hub: hub_latency,
+        plain: plain_latency,
+        added,
+        cpu,
+    }
 }
 
 /// The same paced load through the bare server, from a publisher socket; returns the
@@ -734,7 +772,7 @@ async fn paced_bare(bare: &Server, args: &Args, rate: f64) -> (Histogram<u64>, f
         publisher.send(Message::text(frame)).await.unwrap();
     })
     .await;
-    let latency = merge(readers).await;
+    let (latency, _) = merge(readers).await;
     let cpu = bare.usage().cpu_since(&server);
     println!("  bare server CPU {:.0}%", cpu * 100.0);
     report_client(&client);
@@ -752,41 +790,52 @@ async fn paced(rate: f64, total: usize, mut send: impl AsyncFnMut(usize, u64)) {
     }
 }
 
-/// One task per socket recording the latency of each stamped frame, until the socket had
-/// record `total - 1` or `patience` ran out.
+/// One task per socket recording the latency of each stamped frame, and when it arrived,
+/// until the socket had record `total - 1` or `patience` ran out.
 fn spawn_latency_readers(
     sockets: Vec<Socket>,
     total: usize,
     patience: Duration,
-) -> Vec<tokio::task::JoinHandle<Histogram<u64>>> {
+) -> Vec<tokio::task::JoinHandle<Reader>> {
     let deadline = tokio::time::Instant::now() + patience;
     sockets
         .into_iter()
         .map(|mut socket| {
             tokio::spawn(async move {
                 let mut latency = histogram();
+                let mut arrivals = Vec::with_capacity(total);
                 while let Ok(Some(text)) =
                     tokio::time::timeout_at(deadline, next_text(&mut socket)).await
                 {
                     if let Some((sent, i)) = stamp(&text) {
-                        latency.record(now_us().saturating_sub(sent)).unwrap();
+                        let at = now_us();
+                        latency.record(at.saturating_sub(sent)).unwrap();
+                        arrivals.push((i, at));
                         if i + 1 >= total {
                             break;
                         }
                     }
                 }
-                latency
+                (latency, arrivals)
             })
         })
         .collect()
 }
 
-async fn merge(readers: Vec<tokio::task::JoinHandle<Histogram<u64>>>) -> Histogram<u64> {
+/// What one reading socket saw: its latency histogram, and (index, arrival) per record.
+type Reader = (Histogram<u64>, Vec<(usize, u64)>);
+
+async fn merge(
+    readers: Vec<tokio::task::JoinHandle<Reader>>,
+) -> (Histogram<u64>, Vec<Vec<(usize, u64)>>) {
     let mut merged = histogram();
+    let mut arrivals = Vec::with_capacity(readers.len());
     for reader in readers {
-        merged.add(reader.await.unwrap()).unwrap();
+        let (latency, seen) = reader.await.unwrap();
+        merged.add(latency).unwrap();
+        arrivals.push(seen);
     }
-    merged
+    (merged, arrivals)
 }
 
 /// Sends records until the plain consumer sees one, so its position is known.
@@ -982,6 +1031,32 @@ impl Broker {
         for result in results {
             result.unwrap();
         }
+    }
+
+    /// A fresh broker stalls for about half a second in its first second of produce and
+    /// fetch traffic (records then reached a plain consumer 0.3-0.6 s late): a few seconds
+    /// of it, on a topic of its own, before anything is measured.
+    async fn warm_up(&self) {
+        let producer = self.producer(&[]);
+        let consumer: StreamConsumer = self
+            .config()
+            .set("group.id", "bench-warmup")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset("warmup", 0, Offset::End)
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let (started, mut i) = (Instant::now(), 0);
+        while started.elapsed() < Duration::from_secs(5) {
+            drop(produce(&producer, "warmup", payload(now_us(), i)).await);
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await
+            {}
+            i += 1;
+        }
+        println!("broker warmed up: {i} records produced and consumed over 5 s");
     }
 
     /// The load generator's producer: `linger.ms=0`, so each record leaves at its send time.
