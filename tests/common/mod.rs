@@ -80,10 +80,10 @@ const BROKER_PROPERTIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/brok
 impl KafkaNode {
     /// A single node in combined mode, on free ports.
     pub fn single() -> NodeSpec {
-        let controller_port = free_port();
+        let controller_port = node_port();
         NodeSpec {
             dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("kafka")),
-            port: free_port(),
+            port: node_port(),
             controller_port,
             node_id: 1,
             voters: format!("1@127.0.0.1:{controller_port}"),
@@ -153,7 +153,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(size: u32) -> Cluster {
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (node_port(), node_port())).collect();
         let voters: Vec<String> = ports
             .iter()
             .zip(1..)
@@ -276,6 +276,19 @@ fn launch(spec: &NodeSpec) -> std::process::Child {
 pub fn cluster_id() -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// A port for a Kafka node to listen on, which nothing listens on now, below the kernel's
+/// ephemeral range (32768 and up here): a port the kernel picked for `bind(0)` can be handed
+/// out again as the source port of a client's connection before the node binds it, and a
+/// node starts seconds after its ports are chosen.
+pub fn node_port() -> u16 {
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A port nothing listens on right now.
