@@ -21,12 +21,12 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
 use crate::auth::TokenId;
-use crate::connection::Stop;
-use crate::control::ControlMessage;
+use crate::clock::now_secs;
+use crate::control::{ControlMessage, Revocation};
 use crate::kafka::Publisher;
 use crate::registry::ConnId;
 use crate::server::Hub;
-use crate::store::{Revocation, now_millis};
+use crate::stop::Stop;
 
 const PAGE: &str = include_str!("../web/admin.html");
 
@@ -35,7 +35,7 @@ const PAGE: &str = include_str!("../web/admin.html");
 pub struct ConnectionInfo {
     pub sub: String,
     /// Milliseconds since the epoch.
-    pub since: u64,
+    pub since: i64,
     #[serde(skip)]
     pub token: TokenId,
     /// Told when a revocation covers the socket's token.
@@ -124,7 +124,7 @@ async fn revoke(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> Respons
             sub: Some(sub),
         }) if !sub.is_empty() => Revocation::Sub {
             sub,
-            before: (now_millis() / 1000) as u64,
+            before: now_secs(),
         },
         _ => {
             return (

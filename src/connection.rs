@@ -12,14 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
-use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -28,6 +25,7 @@ use tracing::Instrument;
 
 use crate::admin::ConnectionInfo;
 use crate::auth::Session;
+use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::kafka::Publisher;
 use crate::metrics::{self, Metrics};
 use crate::protocol::{
@@ -36,6 +34,7 @@ use crate::protocol::{
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
 use crate::replay::{self, Event, Seam, Tagged};
 use crate::server::{Auth, Hub, Seat};
+use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
 use crate::topic::{any_matches, is_valid_topic};
 
@@ -81,7 +80,7 @@ pub fn run(
         let stop = Stop::default();
         let info = ConnectionInfo {
             sub: session.sub.clone(),
-            since: millis(SystemTime::now()),
+            since: now_millis(),
             token: session.token.clone(),
             stop: stop.clone(),
         };
@@ -215,74 +214,7 @@ fn authenticated(id: Option<RequestId>, session: &Session) -> Reply {
     Reply::Authenticated {
         id,
         sub: session.sub.clone(),
-        expires_at: millis(session.expires_at),
-    }
-}
-
-/// Ends a connection from outside its task, and says why: the registry when the queue
-/// overflows, a revocation covering the token, the hub's shutdown. The loop checks it on
-/// every turn, once per record, so it is a flag and a waker, not a `CancellationToken`,
-/// whose every poll takes two locks.
-#[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<StopState>);
-
-#[derive(Debug, Default)]
-struct StopState {
-    why: AtomicU8,
-    waker: AtomicWaker,
-}
-
-const GOING_AWAY: u8 = 1;
-const REVOKED: u8 = 2;
-const LAGGED: u8 = 4;
-
-impl Stop {
-    /// The hub is shutting down.
-    pub fn going_away(&self) {
-        self.end(GOING_AWAY);
-    }
-
-    /// A revocation covers the connection's token.
-    pub fn revoked(&self) {
-        self.end(REVOKED);
-    }
-
-    /// The queue overflowed: the connection can no longer be given every record.
-    pub fn lagged(&self) {
-        self.end(LAGGED);
-    }
-
-    pub fn has_lagged(&self) -> bool {
-        self.0.why.load(Ordering::Acquire) & LAGGED != 0
-    }
-
-    fn end(&self, why: u8) {
-        self.0.why.fetch_or(why, Ordering::AcqRel);
-        self.0.waker.wake();
-    }
-
-    fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<Ending> {
-        if let Some(ending) = self.ending() {
-            return Poll::Ready(ending);
-        }
-        self.0.waker.register(cx.waker());
-        // Told between the first look and the registration: that wake went to no one.
-        self.ending().map_or(Poll::Pending, Poll::Ready)
-    }
-
-    /// When several reasons came together, shutdown goes before revocation, and revocation
-    /// before lagging.
-    fn ending(&self) -> Option<Ending> {
-        let why = self.0.why.load(Ordering::Acquire);
-        if why & GOING_AWAY != 0 {
-            Some(Ending::GoingAway)
-        } else if why & REVOKED != 0 {
-            Some(Ending::Revoked)
-        } else if why & LAGGED != 0 {
-            Some(Ending::Lagged)
-        } else {
-            None
-        }
+        expires_at: unix_millis(session.expires_at),
     }
 }
 
@@ -295,6 +227,16 @@ enum Ending {
     TokenExpired,
     Revoked,
     Lagged,
+}
+
+impl From<StopReason> for Ending {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::GoingAway => Ending::GoingAway,
+            StopReason::Revoked => Ending::Revoked,
+            StopReason::Lagged => Ending::Lagged,
+        }
+    }
 }
 
 impl Ending {
@@ -469,7 +411,7 @@ impl Connection {
         let max_in_flight = self.hub.config.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut records = Vec::new();
-        let expiry = tokio::time::sleep_until(until(self.session.expires_at));
+        let expiry = tokio::time::sleep_until(instant_at(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
         tokio::pin!(expiry, warning);
         let mut warned = false;
@@ -478,11 +420,11 @@ impl Connection {
         let ending = loop {
             tokio::select! {
                 biased;
-                ending = poll_fn(|cx| self.stop.poll_stopped(cx)) => break ending,
+                reason = poll_fn(|cx| self.stop.poll_stopped(cx)) => break reason.into(),
                 _ = &mut expiry => break Ending::TokenExpired,
                 _ = &mut warning, if !warned => {
                     warned = true;
-                    let expires_at = millis(self.session.expires_at);
+                    let expires_at = unix_millis(self.session.expires_at);
                     self.reply(Reply::Expiring { expires_at });
                 }
                 // Not polled while empty: that poll would only register a waker, per record.
@@ -537,7 +479,7 @@ impl Connection {
             }
             if self.session.expires_at != expires_at {
                 expires_at = self.session.expires_at;
-                expiry.as_mut().reset(until(expires_at));
+                expiry.as_mut().reset(instant_at(expires_at));
                 warning.as_mut().reset(self.warn_at());
                 warned = false;
             }
@@ -595,7 +537,7 @@ impl Connection {
 
     fn warn_at(&self) -> tokio::time::Instant {
         let warning = self.hub.config.expiry_warning;
-        until(self.session.expires_at)
+        instant_at(self.session.expires_at)
             .checked_sub(warning)
             .unwrap_or_else(tokio::time::Instant::now)
     }
@@ -1066,21 +1008,6 @@ impl Action {
     }
 }
 
-fn until(deadline: SystemTime) -> tokio::time::Instant {
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    tokio::time::Instant::now() + left
-}
-
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .try_into()
-        .unwrap_or(u64::MAX)
-}
-
 /// A socket that cannot take a write in time is as good as gone.
 struct WriteFailed;
 
@@ -1097,7 +1024,7 @@ async fn write_all(
     let frames = std::mem::take(out);
     metrics.frames_sent(frames.len());
     if let Some(oldest) = frames.iter().filter_map(|f| f.timestamp).min() {
-        metrics.delivered(millis(SystemTime::now()) as i64 - oldest);
+        metrics.delivered(now_millis() - oldest);
     }
     let batch = async {
         for Outgoing { frame, .. } in frames {

@@ -11,7 +11,17 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenId;
-use crate::store::Revocation;
+
+/// A token revocation, as stored and as sent over the control topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Revocation {
+    /// One token, by its `jti`.
+    Jti { jti: String },
+    /// Every token of a user issued (`iat`) at or before `before`, in seconds since the
+    /// epoch; tokens without `iat` too.
+    Sub { sub: String, before: u64 },
+}
 
 /// A record of the control topic.
 #[derive(Debug, Serialize, Deserialize)]

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;
@@ -23,6 +24,7 @@ pub mod protocol;
 pub mod registry;
 pub mod replay;
 pub mod server;
+pub mod stop;
 pub mod store;
 pub mod topic;
 pub mod web;

@@ -15,9 +15,10 @@ use std::time::Duration;
 use rdkafka::producer::DeliveryFuture;
 use serde::Serialize;
 
+use crate::clock::now_millis;
 use crate::kafka::{PublishError, Publisher};
 use crate::server::Hub;
-use crate::store::{OpenSession, Store, StoreError, now_millis};
+use crate::store::{OpenSession, Store, StoreError};
 
 pub struct Presence {
     topic: String,

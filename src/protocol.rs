@@ -396,10 +396,10 @@ pub enum Reply {
         id: Option<RequestId>,
         sub: String,
         /// When the hub closes the socket unless a new token comes first, in ms.
-        expires_at: u64,
+        expires_at: i64,
     },
     /// The token runs out soon: send a fresh one with an `auth` frame.
-    Expiring { expires_at: u64 },
+    Expiring { expires_at: i64 },
     /// The socket fell behind and is being closed; resubscribe with these offsets.
     Lagged {
         topics: BTreeMap<String, BTreeMap<i32, i64>>,

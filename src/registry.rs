@@ -17,7 +17,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use crate::connection::Stop;
+use crate::stop::Stop;
 
 pub type ConnId = u64;
 

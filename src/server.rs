@@ -29,13 +29,13 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::admin::{self, ConnectionInfo};
 use crate::auth::{Authenticator, KeyError, Session, TokenId};
 use crate::config::ServeConfig;
-use crate::control::{ControlMessage, Revocations};
+use crate::control::{ControlMessage, Revocation, Revocations};
 use crate::kafka::{self, Consumer, LivePositions, Publisher};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{ConnId, Registry};
 use crate::replay::Replayer;
-use crate::store::{Revocation, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::{connection, metrics, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of

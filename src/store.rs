@@ -7,14 +7,14 @@
 //! together apply them once.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{MigrateError, Migrator};
 
 use crate::auth::TokenId;
-use crate::control::revokes_issued;
+use crate::clock::{now_millis, now_secs};
+use crate::control::{Revocation, revokes_issued};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
@@ -24,17 +24,6 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] MigrateError),
-}
-
-/// A token revocation, as stored and as sent over the control topic.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum Revocation {
-    /// One token, by its `jti`.
-    Jti { jti: String },
-    /// Every token of a user issued (`iat`) at or before `before`, in seconds since the
-    /// epoch; tokens without `iat` too.
-    Sub { sub: String, before: u64 },
 }
 
 /// A socket whose `disconnect` presence event has not been written yet.
@@ -130,7 +119,7 @@ impl Store {
 
     pub async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
         let (kind, value, at) = match revocation {
-            Revocation::Jti { jti } => ("jti", jti.as_str(), now_millis() / 1000),
+            Revocation::Jti { jti } => ("jti", jti.as_str(), now_secs() as i64),
             Revocation::Sub { sub, before } => ("sub", sub.as_str(), *before as i64),
         };
         sqlx::query(
@@ -240,10 +229,4 @@ async fn prepare(pool: &AnyPool, sqlite: bool) -> Result<(), StoreError> {
     }
     MIGRATOR.run(pool).await?;
     Ok(())
-}
-
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
