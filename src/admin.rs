@@ -20,28 +20,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
-use crate::auth::TokenId;
 use crate::clock::now_secs;
 use crate::control::{ControlMessage, Revocation};
-use crate::kafka::Publisher;
+use crate::hub::{ConnectionInfo, Hub};
 use crate::registry::ConnId;
-use crate::server::Hub;
-use crate::stop::Stop;
 
 const PAGE: &str = include_str!("../web/admin.html");
-
-/// A live connection as the admin page lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectionInfo {
-    pub sub: String,
-    /// Milliseconds since the epoch.
-    pub since: i64,
-    #[serde(skip)]
-    pub token: TokenId,
-    /// Told when a revocation covers the socket's token.
-    #[serde(skip)]
-    pub stop: Stop,
-}
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     let Some(password) = &hub.config.admin_password else {
@@ -92,15 +76,11 @@ struct Listed {
 }
 
 async fn connections(State(hub): State<Arc<Hub>>) -> Response {
-    let mut listed: Vec<Listed> = hub
-        .connection_list
-        .iter()
-        .map(|entry| Listed {
-            id: *entry.key(),
-            info: entry.value().clone(),
-        })
+    let listed: Vec<Listed> = hub
+        .connections()
+        .into_iter()
+        .map(|(id, info)| Listed { id, info })
         .collect();
-    listed.sort_by_key(|l| l.id);
     axum::Json(listed).into_response()
 }
 
@@ -147,14 +127,7 @@ async fn revoke(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> Respons
     })
     .expect("control messages always serialise");
     let topic = &hub.config.control_topic;
-    let sent = hub
-        .publisher
-        .send(topic, None, &Default::default(), &message);
-    let delivered = match sent {
-        Ok(delivery) => Publisher::delivered(delivery).await.map(drop),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = delivered {
+    if let Err(e) = hub.publisher.publish(topic, None, &message).await {
         tracing::error!(error = %e, "cannot tell the other hubs about a revocation");
         return (
             StatusCode::SERVICE_UNAVAILABLE,

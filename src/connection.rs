@@ -23,17 +23,17 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::DropGuard;
 use tracing::Instrument;
 
-use crate::admin::ConnectionInfo;
 use crate::auth::Session;
 use crate::clock::{instant_at, now_millis, unix_millis};
+use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::kafka::Publisher;
 use crate::metrics::{self, Metrics};
+use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
     self, ErrorCode, FilterSpec, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
 use crate::replay::{self, Event, Seam, Tagged};
-use crate::server::{Auth, Hub, Seat};
 use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
 use crate::topic::{any_matches, is_valid_topic};
@@ -53,17 +53,17 @@ const REPLAY_QUEUE: usize = 64;
 pub fn run(
     hub: Arc<Hub>,
     mut socket: WebSocket,
-    auth: Auth,
+    admission: Admission,
     open: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _open = open;
         let id = hub.next_conn_id();
         let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
-        let authenticated = match auth {
-            Auth::Verified(session, seat) => Ok((session, seat)),
+        let authenticated = match admission {
+            Admission::Admitted(session, seat) => Ok((session, seat)),
             // The permit is given back once the first frame is handled, whatever it was.
-            Auth::Awaiting(_permit) => {
+            Admission::Awaiting(_permit) => {
                 first_frame_auth(&hub, &mut socket)
                     .instrument(span.clone())
                     .await
@@ -86,18 +86,17 @@ pub fn run(
         };
         // Registered before the last revocation check: see `control` for why. Shutdown is
         // checked after it too: see `Hub::going_away`.
-        hub.connection_list.insert(id, info);
-        let _registered = Registered { hub: &hub, id };
+        let _registration = hub.register(id, info);
         if hub.shutdown.is_cancelled() {
             stop.going_away();
         }
-        if hub.revocations.revokes(&session.sub, &session.token) {
+        if hub.revoked_since_start(&session.sub, &session.token) {
             let reason = Utf8Bytes::from_static("token revoked");
             return refuse(&mut socket, close::AUTH_FAILED, reason).await;
         }
         let presence = match &hub.presence {
             None => None,
-            Some(presence) => match presence.connected(&hub, &session.sub).await {
+            Some(presence) => match presence.connected(&session.sub).await {
                 Ok(open) => Some(open),
                 Err(e) => {
                     tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
@@ -114,7 +113,7 @@ pub fn run(
             subscriptions: HashMap::new(),
             publishes: RateLimiter::direct_with_clock(
                 Quota::per_second(hub.config.publish_rate),
-                hub.clock.clone(),
+                hub.rate_clock.clone(),
             ),
             replays,
             generation: 0,
@@ -122,7 +121,7 @@ pub fn run(
             out: Vec::new(),
             stop,
             presence,
-            ended: "closed",
+            ended: DisconnectReason::Closed,
             hub: hub.clone(),
             id,
             session,
@@ -139,18 +138,6 @@ pub fn run(
 async fn refuse(socket: &mut WebSocket, code: u16, reason: Utf8Bytes) {
     let frame = CloseFrame { code, reason };
     let _ = socket.send(Message::Close(Some(frame))).await;
-}
-
-/// Keeps a socket in the admin list and in reach of revocations until it ends.
-struct Registered<'a> {
-    hub: &'a Hub,
-    id: ConnId,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.hub.connection_list.remove(&self.id);
-    }
 }
 
 /// Waits for the `auth` frame of a socket opened without a token.
@@ -181,27 +168,10 @@ async fn first_frame_auth(
             return Err(refused("expected an auth frame".into()));
         }
     };
-    let session = hub.auth.verify(&token).map_err(|e| {
-        metrics::auth_failed(e.reason());
-        refused(e.to_string())
-    })?;
-    match hub.is_revoked(&session.sub, &session.token).await {
-        Ok(false) => {}
-        Ok(true) => {
-            metrics::auth_failed("revoked");
-            return Err(refused("token revoked".into()));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot check revocations");
-            return Err((close::INTERNAL, "try again shortly".into()));
-        }
-    }
-    let Some(seat) = hub.take_seat(&session.sub) else {
-        return Err((
-            close::TOO_MANY_CONNECTIONS,
-            "too many connections for this user".into(),
-        ));
-    };
+    let (session, seat) = hub
+        .admit(&token)
+        .await
+        .map_err(|refusal| refusal.close_frame())?;
     let reply = authenticated(id, &session);
     socket
         .send(Message::Text(reply.to_json().into()))
@@ -240,15 +210,14 @@ impl From<StopReason> for Ending {
 }
 
 impl Ending {
-    /// For presence events.
-    fn label(&self) -> &'static str {
+    fn disconnect_reason(&self) -> DisconnectReason {
         match self {
-            Ending::ClientClosed => "closed",
-            Ending::Broken => "broken",
-            Ending::GoingAway => "going_away",
-            Ending::TokenExpired => "token_expired",
-            Ending::Revoked => "revoked",
-            Ending::Lagged => "lagged",
+            Ending::ClientClosed => DisconnectReason::Closed,
+            Ending::Broken => DisconnectReason::Broken,
+            Ending::GoingAway => DisconnectReason::GoingAway,
+            Ending::TokenExpired => DisconnectReason::TokenExpired,
+            Ending::Revoked => DisconnectReason::Revoked,
+            Ending::Lagged => DisconnectReason::Lagged,
         }
     }
 
@@ -289,7 +258,7 @@ struct Connection {
     /// The session behind presence events, when they are on.
     presence: Option<OpenSession>,
     /// Why the connection ended, for its `disconnect` presence event.
-    ended: &'static str,
+    ended: DisconnectReason,
     _seat: Seat,
 }
 
@@ -391,7 +360,7 @@ impl Drop for Connection {
         }
         if let (Some(presence), Some(open)) = (&self.hub.presence, self.presence.take()) {
             let topics: Vec<&str> = self.subscriptions.keys().map(String::as_str).collect();
-            presence.disconnected(&self.hub, open, &topics, self.ended);
+            presence.disconnected(open, &topics, self.ended);
         }
     }
 }
@@ -494,7 +463,7 @@ impl Connection {
             }
         };
         tracing::debug!(?ending, "closing");
-        self.ended = ending.label();
+        self.ended = ending.disconnect_reason();
 
         // Every publish taken gets its answer while the socket can still carry it.
         let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
@@ -755,10 +724,12 @@ impl Connection {
             ));
             return None;
         }
-        let sent =
-            self.hub
-                .publisher
-                .send(&topic, key.as_deref(), &headers, payload.get().as_bytes());
+        let sent = self.hub.publisher.send(
+            &topic,
+            key.as_deref(),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            payload.get().as_bytes(),
+        );
         let delivery = match sent {
             Ok(delivery) => delivery,
             Err(e) => {
@@ -839,7 +810,7 @@ impl Connection {
         };
         // Join first, then read the live position: every record at or past it reaches us.
         self.hub.registry.subscribe(&topic, self.id, subscriber);
-        let (live, resolved) = self.hub.live.of(&topic);
+        let (live, resolved) = self.hub.live_positions.of(&topic);
         let mut subscription = Subscription {
             generation: self.generation,
             filter,
@@ -895,19 +866,19 @@ impl Connection {
     fn keep(&mut self, topic: &str, subscription: Subscription) {
         metrics::subscribed(topic);
         self.subscriptions.insert(topic.to_string(), subscription);
-        self.tell_presence("subscribe", topic);
+        self.tell_presence(presence::Kind::Subscribe, topic);
     }
 
-    fn tell_presence(&self, kind: &str, topic: &str) {
+    fn tell_presence(&self, kind: presence::Kind, topic: &str) {
         if let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) {
-            presence.topic_changed(&self.hub, open, kind, topic);
+            presence.topic_changed(open, kind, topic);
         }
     }
 
     fn end_subscription(&mut self, topic: &str) {
         if let Some(subscription) = self.subscriptions.remove(topic) {
             self.leave(topic, &subscription);
-            self.tell_presence("unsubscribe", topic);
+            self.tell_presence(presence::Kind::Unsubscribe, topic);
             if let Some(replay) = subscription.replay {
                 self.stashed -= replay.stash.len();
             }
@@ -966,11 +937,9 @@ impl Connection {
     }
 
     fn refreshed(&mut self, id: Option<RequestId>, session: Session) {
-        if let Some(mut info) = self.hub.connection_list.get_mut(&self.id) {
-            info.token = session.token.clone();
-        }
+        self.hub.update_token(self.id, session.token.clone());
         // Registered before checking, as at connect.
-        if self.hub.revocations.revokes(&session.sub, &session.token) {
+        if self.hub.revoked_since_start(&session.sub, &session.token) {
             self.stop.revoked();
         }
         self.session = session;

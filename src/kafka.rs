@@ -109,6 +109,8 @@ pub struct Position {
     pub offset: i64,
 }
 
+/// The hub's producer; clones share it.
+#[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
 }
@@ -135,20 +137,21 @@ impl Publisher {
     }
 
     /// Hands the record to librdkafka without waiting; the future resolves once Kafka has it.
-    pub fn send(
+    pub fn send<'h>(
         &self,
         topic: &str,
         key: Option<&str>,
-        headers: &HashMap<String, String>,
+        headers: impl ExactSizeIterator<Item = (&'h str, &'h str)>,
         payload: &[u8],
     ) -> Result<DeliveryFuture, PublishError> {
         let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
-        if !headers.is_empty() {
-            let owned = headers.iter().fold(
-                OwnedHeaders::new_with_capacity(headers.len()),
+        let count = headers.len();
+        if count > 0 {
+            let owned = headers.fold(
+                OwnedHeaders::new_with_capacity(count),
                 |acc, (key, value)| {
                     acc.insert(Header {
                         key,
@@ -161,6 +164,16 @@ impl Publisher {
         self.producer
             .send_result(record)
             .map_err(|(e, _)| PublishError::from(e))
+    }
+
+    /// Sends a record without headers and waits until Kafka has it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+    ) -> Result<Position, PublishError> {
+        Self::delivered(self.send(topic, key, std::iter::empty(), payload)?).await
     }
 
     pub async fn delivered(delivery: DeliveryFuture) -> Result<Position, PublishError> {

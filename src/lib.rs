@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod hub;
 pub mod kafka;
 pub mod metrics;
 pub mod presence;

@@ -8,28 +8,53 @@
 //! their `disconnect` (reason `instance_lost`) from whichever hub sees them first. Delivery
 //! is at least once: consumers drop repeats by `connection`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::DeliveryFuture;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::now_millis;
 use crate::kafka::{PublishError, Publisher};
-use crate::server::Hub;
 use crate::store::{OpenSession, Store, StoreError};
 
 pub struct Presence {
     topic: String,
     instance: String,
     timeout: Duration,
+    store: Store,
+    publisher: Publisher,
+    /// Where the `disconnect`s still on their way to Kafka run, so shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Connect,
+    Subscribe,
+    Unsubscribe,
+    Disconnect,
+}
+
+/// Why a socket's session ended, as its `disconnect` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    Closed,
+    Broken,
+    GoingAway,
+    TokenExpired,
+    Revoked,
+    Lagged,
+    /// Its hub died with it.
+    InstanceLost,
 }
 
 #[derive(Serialize)]
 struct Event<'a> {
     #[serde(rename = "type")]
-    kind: &'a str,
+    kind: Kind,
     /// Unique per socket, across hubs and restarts.
     connection: &'a str,
     sub: &'a str,
@@ -42,29 +67,11 @@ struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     topics: Option<&'a [&'a str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+    reason: Option<DisconnectReason>,
 }
 
-impl Presence {
-    pub fn new(topic: String, instance: String, timeout: Duration) -> Self {
-        Presence {
-            topic,
-            instance,
-            timeout,
-        }
-    }
-
-    fn send(
-        &self,
-        publisher: &Publisher,
-        session: &OpenSession,
-        event: Event<'_>,
-    ) -> Result<DeliveryFuture, PublishError> {
-        let payload = serde_json::to_vec(&event).expect("presence events always serialise");
-        publisher.send(&self.topic, Some(&session.sub), &HashMap::new(), &payload)
-    }
-
-    fn event<'a>(&'a self, kind: &'a str, session: &'a OpenSession) -> Event<'a> {
+impl Event<'_> {
+    fn of(kind: Kind, session: &OpenSession) -> Event<'_> {
         Event {
             kind,
             connection: &session.id,
@@ -76,75 +83,101 @@ impl Presence {
             reason: None,
         }
     }
+}
+
+impl Presence {
+    pub fn new(
+        topic: String,
+        instance: String,
+        timeout: Duration,
+        store: Store,
+        publisher: Publisher,
+        tasks: TaskTracker,
+    ) -> Self {
+        Presence {
+            topic,
+            instance,
+            timeout,
+            store,
+            publisher,
+            tasks,
+        }
+    }
+
+    fn send(
+        &self,
+        session: &OpenSession,
+        event: Event<'_>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
+        let payload = serde_json::to_vec(&event).expect("presence events always serialise");
+        let headers = std::iter::empty();
+        self.publisher
+            .send(&self.topic, Some(&session.sub), headers, &payload)
+    }
 
     /// A new session for `sub` on this hub: stored first, so that a crash from here on still
     /// ends in a `disconnect`.
-    pub async fn connected(&self, hub: &Hub, sub: &str) -> Result<OpenSession, StoreError> {
+    pub async fn connected(&self, sub: &str) -> Result<OpenSession, StoreError> {
         let session = OpenSession {
             id: uuid::Uuid::new_v4().to_string(),
             instance: self.instance.clone(),
             sub: sub.to_string(),
             connected_at: now_millis(),
         };
-        hub.store.open_session(&session).await?;
-        let event = self.event("connect", &session);
-        if let Err(e) = self.send(&hub.publisher, &session, event) {
+        self.store.open_session(&session).await?;
+        if let Err(e) = self.send(&session, Event::of(Kind::Connect, &session)) {
             tracing::warn!(error = %e, "writing a connect presence event failed");
         }
         Ok(session)
     }
 
-    pub fn topic_changed(&self, hub: &Hub, session: &OpenSession, kind: &str, topic: &str) {
+    /// `kind` is `Subscribe` or `Unsubscribe`.
+    pub fn topic_changed(&self, session: &OpenSession, kind: Kind, topic: &str) {
         let event = Event {
             topic: Some(topic),
-            ..self.event(kind, session)
+            ..Event::of(kind, session)
         };
-        if let Err(e) = self.send(&hub.publisher, session, event) {
-            tracing::warn!(error = %e, "writing a {kind} presence event failed");
+        if let Err(e) = self.send(session, event) {
+            tracing::warn!(error = %e, ?kind, "writing a presence event failed");
         }
     }
 
     /// Writes `disconnect`, and forgets the session once Kafka has it; until then a restart
     /// or another hub would write it again.
-    pub fn disconnected(
-        &self,
-        hub: &Arc<Hub>,
-        session: OpenSession,
-        topics: &[&str],
-        reason: &str,
-    ) {
+    pub fn disconnected(&self, session: OpenSession, topics: &[&str], reason: DisconnectReason) {
         let event = Event {
             topics: Some(topics),
             reason: Some(reason),
-            ..self.event("disconnect", &session)
+            ..Event::of(Kind::Disconnect, &session)
         };
-        let sent = self.send(&hub.publisher, &session, event);
-        let store = hub.store.clone();
-        hub.track(async move { settle(&store, &session, sent).await });
+        let sent = self.send(&session, event);
+        let store = self.store.clone();
+        self.tasks
+            .spawn(async move { settle(&store, &session, sent).await });
     }
 
-    /// Heartbeats for this hub and writes the `disconnect`s of dead ones, until shutdown.
-    /// The first round runs before the hub takes sockets, so its own previous run's sockets
-    /// are accounted for at once.
-    pub async fn first_round(&self, hub: &Hub) -> Result<(), StoreError> {
-        hub.store.forget_instance(&self.instance).await?;
-        self.reap(hub).await?;
-        hub.store.heartbeat(&self.instance).await
+    /// The first round of `run`, before the hub takes sockets, so that the sockets of this
+    /// hub's own previous run are accounted for at once.
+    pub async fn first_round(&self) -> Result<(), StoreError> {
+        self.store.forget_instance(&self.instance).await?;
+        self.reap().await?;
+        self.store.heartbeat(&self.instance).await
     }
 
-    pub async fn run(self: Arc<Self>, hub: Arc<Hub>) {
+    /// Heartbeats for this hub and writes the `disconnect`s of dead ones, until `stop`.
+    pub async fn run(&self, stop: CancellationToken) {
         let mut interval = tokio::time::interval(self.timeout / 3);
         interval.tick().await;
         loop {
             tokio::select! {
-                _ = hub.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = interval.tick() => {}
             }
             // The heartbeat first: a hub whose store was out of reach for a while must not
             // take itself for dead.
             let round = async {
-                hub.store.heartbeat(&self.instance).await?;
-                self.reap(&hub).await
+                self.store.heartbeat(&self.instance).await?;
+                self.reap().await
             };
             if let Err(e) = round.await {
                 tracing::warn!(error = %e, "presence heartbeat failed");
@@ -153,21 +186,25 @@ impl Presence {
     }
 
     /// Writes the `disconnect`s of sessions no live instance holds.
-    async fn reap(&self, hub: &Hub) -> Result<(), StoreError> {
+    async fn reap(&self) -> Result<(), StoreError> {
         let cutoff = now_millis() - self.timeout.as_millis() as i64;
-        for session in hub.store.orphaned_sessions(cutoff).await? {
+        for session in self.store.orphaned_sessions(cutoff).await? {
             let event = Event {
-                reason: Some("instance_lost"),
-                ..self.event("disconnect", &session)
+                reason: Some(DisconnectReason::InstanceLost),
+                ..Event::of(Kind::Disconnect, &session)
             };
-            let sent = self.send(&hub.publisher, &session, event);
-            settle(&hub.store, &session, sent).await;
+            let sent = self.send(&session, event);
+            settle(&self.store, &session, sent).await;
         }
         Ok(())
     }
 }
 
-async fn settle(store: &Store, session: &OpenSession, sent: Result<DeliveryFuture, PublishError>) {
+async fn settle(
+    store: &Store,
+    session: &OpenSession,
+    sent: Result<rdkafka::producer::DeliveryFuture, PublishError>,
+) {
     let delivered = match sent {
         Ok(delivery) => Publisher::delivered(delivery).await.map(drop),
         Err(e) => Err(e),

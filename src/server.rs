@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,8 +12,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dashmap::DashMap;
-use governor::clock::DefaultClock;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -21,22 +19,22 @@ use hyper_util::service::TowerToHyperService;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::admin::{self, ConnectionInfo};
-use crate::auth::{Authenticator, KeyError, Session, TokenId};
+use crate::auth::{Authenticator, KeyError};
 use crate::config::ServeConfig;
-use crate::control::{ControlMessage, Revocation, Revocations};
-use crate::kafka::{self, Consumer, LivePositions, Publisher};
+use crate::control::ControlMessage;
+use crate::hub::{Admission, Hub, Parts};
+use crate::kafka::{self, Consumer, Publisher};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::registry::{ConnId, Registry};
+use crate::registry::Registry;
 use crate::replay::Replayer;
 use crate::store::{Store, StoreError};
-use crate::{connection, metrics, web};
+use crate::{admin, connection, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
@@ -44,118 +42,6 @@ use crate::{connection, metrics, web};
 /// larger frame takes one read per KiB into a buffer grown to fit it.
 pub const READ_BUFFER: usize = 1024;
 pub const WRITE_BUFFER: usize = 8 * 1024;
-
-/// Everything the handlers and connections share.
-pub struct Hub {
-    pub config: ServeConfig,
-    pub auth: Authenticator,
-    pub registry: Arc<Registry>,
-    pub publisher: Publisher,
-    pub live: LivePositions,
-    pub metrics: Metrics,
-    pub replayer: Replayer,
-    pub store: Store,
-    /// Revocations read from the control topic since start (see `control`).
-    pub revocations: Revocations,
-    pub presence: Option<Arc<Presence>>,
-    /// Cancelled when the hub starts shutting down; every connection watches it.
-    pub shutdown: CancellationToken,
-    consumer_ready: Arc<AtomicBool>,
-    /// A broker answered the last probe (see `watch_kafka`).
-    kafka_reachable: AtomicBool,
-    /// Connections, and the work they leave behind, which shutdown waits for.
-    tasks: TaskTracker,
-    next_conn: AtomicU64,
-    /// Open sockets per user.
-    seats: DashMap<String, usize>,
-    /// Authenticated sockets, for the admin view.
-    pub connection_list: DashMap<ConnId, ConnectionInfo>,
-    /// Sockets opened without a token that have not sent their `auth` frame yet.
-    pub awaiting_auth: Arc<Semaphore>,
-    /// One permit per open socket, up to `max_connections`.
-    open_sockets: Arc<Semaphore>,
-    /// The clock of every socket's publish rate limiter. Made once: making one runs CPUID
-    /// several times, each a trip to the hypervisor on a virtual machine.
-    pub clock: DefaultClock,
-}
-
-/// Where a new socket stands with authentication.
-pub enum Auth {
-    Verified(Session, Seat),
-    /// No token came with the upgrade; the permit is held until the `auth` frame arrives.
-    Awaiting(OwnedSemaphorePermit),
-}
-
-impl Hub {
-    pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Counts a socket against its user's limit; `None` when the user is at the limit.
-    pub fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
-        let mut held = self.seats.entry(sub.to_string()).or_insert(0);
-        if *held >= self.config.max_connections_per_user.get() {
-            return None;
-        }
-        *held += 1;
-        Some(Seat {
-            hub: self.clone(),
-            sub: sub.to_string(),
-        })
-    }
-
-    /// Runs `work` to completion before the hub stops, up to the shutdown timeout.
-    pub fn track(&self, work: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(work);
-    }
-
-    /// Whether the store or the control topic revoked this token.
-    pub async fn is_revoked(&self, sub: &str, token: &TokenId) -> Result<bool, StoreError> {
-        Ok(self.revocations.revokes(sub, token) || self.store.is_revoked(sub, token).await?)
-    }
-
-    /// Applies a revocation read from the control topic: sockets it covers close.
-    fn apply(&self, revocation: &Revocation) {
-        self.revocations.add(revocation);
-        let mut closed = 0;
-        for entry in self.connection_list.iter() {
-            if revocation.covers(&entry.sub, &entry.token) {
-                entry.stop.revoked();
-                closed += 1;
-            }
-        }
-        tracing::info!(?revocation, closed, "applied a revocation");
-    }
-
-    /// Starts the shutdown: every listed socket is told to close with 1001. A socket listed
-    /// after this loop passed it sees the cancelled token itself (`connection::run`).
-    fn going_away(&self) {
-        self.shutdown.cancel();
-        for entry in self.connection_list.iter() {
-            entry.stop.going_away();
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        self.consumer_ready.load(Ordering::Acquire) && self.kafka_reachable.load(Ordering::Acquire)
-    }
-}
-
-/// One socket's place in its user's count, given back when the connection ends (or when an
-/// upgrade never completes).
-pub struct Seat {
-    hub: Arc<Hub>,
-    sub: String,
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.hub.seats.remove_if_mut(&self.sub, |_, held| {
-            *held -= 1;
-            *held == 0
-        });
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -215,12 +101,17 @@ pub async fn serve(
         control,
     )?;
     let replayer = Replayer::new(&config, &group_id, store.clone());
+    // Sockets, what they leave behind and the background tasks: shutdown waits for all.
+    let tasks = TaskTracker::new();
     let presence = config.presence_topic.clone().map(|topic| {
-        Arc::new(Presence::new(
+        Presence::new(
             topic,
             instance_id.clone(),
             config.instance_timeout,
-        ))
+            store.clone(),
+            publisher.clone(),
+            tasks.clone(),
+        )
     });
     let listener = TcpListener::bind(config.listen)
         .await
@@ -228,40 +119,37 @@ pub async fn serve(
             addr: config.listen,
             source,
         })?;
-    let hub = Arc::new(Hub {
-        awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
-        open_sockets: Arc::new(Semaphore::new(config.max_connections)),
-        clock: DefaultClock::default(),
+    let hub = Arc::new(Hub::new(Parts {
         config,
         auth,
         registry,
         publisher,
-        live: consumer.positions(),
+        live_positions: consumer.positions(),
+        consumer_ready,
         metrics,
         replayer,
         store,
-        revocations: Revocations::default(),
         presence,
+        tasks,
         shutdown: CancellationToken::new(),
-        consumer_ready,
-        kafka_reachable: AtomicBool::new(false),
-        tasks: TaskTracker::new(),
-        next_conn: AtomicU64::new(0),
-        seats: DashMap::new(),
-        connection_list: DashMap::new(),
-    });
-    tokio::spawn(watch_kafka(hub.clone()));
-    tokio::spawn({
+    }));
+    hub.track(watch_kafka(hub.clone()));
+    hub.track({
         let hub = hub.clone();
         async move { hub.metrics.upkeep(&hub.shutdown).await }
     });
-    tokio::spawn(apply_control(hub.clone(), control_records));
-    if let Some(presence) = hub.presence.clone() {
+    hub.track(apply_control(hub.clone(), control_records));
+    if let Some(presence) = &hub.presence {
         // Before any socket: this instance's earlier sessions must be seen as ended first.
-        if let Err(e) = presence.first_round(&hub).await {
+        if let Err(e) = presence.first_round().await {
             tracing::error!(error = %e, "presence: cannot account for earlier sessions");
         }
-        tokio::spawn(presence.run(hub.clone()));
+        let hub = hub.clone();
+        hub.clone().track(async move {
+            if let Some(presence) = &hub.presence {
+                presence.run(hub.shutdown.clone()).await;
+            }
+        });
     }
 
     let addr = listener.local_addr().map_err(StartError::Serve)?;
@@ -275,17 +163,8 @@ pub async fn serve(
     let header_timeout = hub.config.header_read_timeout;
     serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
 
-    hub.tasks.close();
     let timeout = hub.config.shutdown_timeout;
-    if tokio::time::timeout(timeout, hub.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = hub.tasks.len(),
-            "sockets still open after the shutdown timeout"
-        );
-    }
+    hub.finish_tasks(timeout).await;
     let flushing = hub.clone();
     let (flushed, ()) = tokio::join!(
         tokio::task::spawn_blocking(move || flushing.publisher.flush(timeout)),
@@ -370,7 +249,7 @@ async fn watch_kafka(hub: Arc<Hub>) {
             Ok(Err(e)) => Err(e),
             Err(_) => return,
         };
-        let was = hub.kafka_reachable.swap(outcome.is_ok(), Ordering::AcqRel);
+        let was = hub.set_kafka_reachable(outcome.is_ok());
         match outcome {
             Ok(()) if !was => tracing::info!("Kafka is reachable"),
             Err(e) if was => tracing::warn!(error = %e, "Kafka is not reachable: not ready"),
@@ -384,11 +263,18 @@ async fn watch_kafka(hub: Arc<Hub>) {
     }
 }
 
-/// Applies the control topic's records as the consumer reads them.
+/// Applies the control topic's records as the consumer reads them, until shutdown.
 async fn apply_control(hub: Arc<Hub>, mut records: mpsc::UnboundedReceiver<Vec<u8>>) {
-    while let Some(record) = records.recv().await {
+    loop {
+        let record = tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            record = records.recv() => match record {
+                Some(record) => record,
+                None => return,
+            },
+        };
         match serde_json::from_slice::<ControlMessage>(&record) {
-            Ok(message) => hub.apply(&message.revoke),
+            Ok(message) => hub.apply_revocation(&message.revoke),
             Err(e) => tracing::warn!(error = %e, "ignored a malformed control record"),
         }
     }
@@ -403,7 +289,7 @@ fn router(hub: Arc<Hub>) -> Router {
             "/metrics",
             get(|State(hub): State<Arc<Hub>>| async move { hub.metrics.render() }),
         )
-        .merge(web::routes(hub.config.demo))
+        .merge(web::routes(&hub.config))
         .merge(admin::routes(&hub))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
@@ -418,7 +304,7 @@ fn router(hub: Arc<Hub>) -> Router {
 }
 
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
-    if hub.is_ready() && !hub.shutdown.is_cancelled() {
+    if hub.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
@@ -444,7 +330,7 @@ async fn websocket(
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
     }
-    let Ok(socket_permit) = hub.open_sockets.clone().try_acquire_owned() else {
+    let Some(socket_permit) = hub.open_socket() else {
         tracing::info!("refused a connection: the hub holds its maximum of sockets");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -460,10 +346,10 @@ async fn websocket(
         .or(query.token.as_deref());
     // Without a token the socket opens, and its first frame must authenticate it. Such
     // sockets belong to nobody yet, so a hub-wide cap bounds what strangers can hold open.
-    let authenticated = match token.map(|t| hub.auth.verify(t)) {
-        None => match hub.awaiting_auth.clone().try_acquire_owned() {
-            Ok(permit) => Auth::Awaiting(permit),
-            Err(_) => {
+    let admission = match token {
+        None => match hub.await_auth() {
+            Some(permit) => Admission::Awaiting(permit),
+            None => {
                 tracing::info!("refused a connection: too many sockets awaiting their auth frame");
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -472,56 +358,23 @@ async fn websocket(
                     .into_response();
             }
         },
-        Some(Ok(session)) => {
-            match hub.is_revoked(&session.sub, &session.token).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    tracing::info!(reason = "revoked", "refused a connection");
-                    metrics::auth_failed("revoked");
-                    return (
-                        StatusCode::UNAUTHORIZED,
-                        [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
-                        "token revoked",
-                    )
-                        .into_response();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot check revocations");
-                    return (StatusCode::SERVICE_UNAVAILABLE, "try again shortly").into_response();
-                }
-            }
-            let Some(seat) = hub.take_seat(&session.sub) else {
-                tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections for this user",
-                )
-                    .into_response();
-            };
-            Auth::Verified(session, seat)
-        }
-        Some(Err(e)) => {
-            tracing::info!(reason = e.reason(), "refused a connection");
-            metrics::auth_failed(e.reason());
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
-                e.to_string(),
-            )
-                .into_response();
-        }
+        Some(token) => match hub.admit(token).await {
+            Ok((session, seat)) => Admission::Admitted(session, seat),
+            Err(refusal) => return refusal.into_response(),
+        },
     };
     if hub.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let hard_limit = hub.config.max_frame_bytes.saturating_mul(4);
-    let tracker = hub.tasks.clone();
+
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::run(hub, socket, authenticated, socket_permit))
+            let tracked = hub.clone();
+            tracked.tracked(connection::run(hub, socket, admission, socket_permit))
         })
 }

@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::auth::{Grants, mint};
-use crate::server::Hub;
+use crate::config::ServeConfig;
 
 const CLIENT: &str = include_str!("../web/wskafka.js");
 const DEMO_PAGE: &str = include_str!("../web/index.html");
@@ -23,11 +23,30 @@ const DEMO_SCRIPT: &str = include_str!("../web/demo.js");
 /// Demo tokens live briefly, so the demo exercises refreshing.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
 
-pub fn routes(demo: bool) -> Router<Arc<Hub>> {
+/// What `/dev/token` signs its tokens with, and what they grant: everything the hub
+/// exposes, except publishing to per-user topics.
+struct DemoTokens {
+    secret: Option<String>,
+    grants: Grants,
+}
+
+pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<S> {
     let router = Router::new().route("/wskafka.js", get(|| async { javascript(CLIENT) }));
-    if !demo {
+    if !config.demo {
         return router;
     }
+    let topics = &config.topics;
+    let tokens = DemoTokens {
+        secret: config.jwt.jwt_secret.clone(),
+        grants: Grants {
+            publish: topics
+                .iter()
+                .filter(|t| !(t.is_literal() && config.is_user_topic(t.as_str())))
+                .cloned()
+                .collect(),
+            subscribe: topics.clone(),
+        },
+    };
     router
         .route(
             "/",
@@ -39,7 +58,7 @@ pub fn routes(demo: bool) -> Router<Arc<Hub>> {
             }),
         )
         .route("/demo.js", get(|| async { javascript(DEMO_SCRIPT) }))
-        .route("/dev/token", get(dev_token))
+        .route("/dev/token", get(dev_token).with_state(Arc::new(tokens)))
 }
 
 fn javascript(body: &'static str) -> Response {
@@ -55,9 +74,11 @@ struct TokenRequest {
     user: String,
 }
 
-/// Mints a token for whoever asks: development only. It grants everything the hub exposes,
-/// except publishing to per-user topics.
-async fn dev_token(State(hub): State<Arc<Hub>>, Query(request): Query<TokenRequest>) -> Response {
+/// Mints a token for whoever asks: development only.
+async fn dev_token(
+    State(tokens): State<Arc<DemoTokens>>,
+    Query(request): Query<TokenRequest>,
+) -> Response {
     let user = request.user.trim();
     let valid = !user.is_empty()
         && user.len() <= 64
@@ -71,18 +92,9 @@ async fn dev_token(State(hub): State<Arc<Hub>>, Query(request): Query<TokenReque
         )
             .into_response();
     }
-    let Some(secret) = &hub.config.jwt.jwt_secret else {
+    let Some(secret) = &tokens.secret else {
         return (StatusCode::NOT_FOUND, "the demo needs WSKAFKA_JWT_SECRET").into_response();
     };
-    let topics = &hub.config.topics;
-    let grants = Grants {
-        publish: topics
-            .iter()
-            .filter(|t| !(t.is_literal() && hub.config.is_user_topic(t.as_str())))
-            .cloned()
-            .collect(),
-        subscribe: topics.clone(),
-    };
-    let token = mint(secret, user, grants, DEMO_TOKEN_TTL);
+    let token = mint(secret, user, tokens.grants.clone(), DEMO_TOKEN_TTL);
     axum::Json(serde_json::json!({ "token": token })).into_response()
 }

@@ -1,0 +1,374 @@
+//! What every socket of a hub shares, and admission: the one path from a token to a
+//! verified session with a seat under its user's limit, for the HTTP upgrade and for a
+//! socket's first frame alike.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use governor::clock::DefaultClock;
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, Authenticator, Session, TokenId};
+use crate::config::ServeConfig;
+use crate::control::{Revocation, Revocations};
+use crate::kafka::{LivePositions, Publisher};
+use crate::metrics::{self, Metrics};
+use crate::presence::Presence;
+use crate::protocol::close;
+use crate::registry::{ConnId, Registry};
+use crate::replay::Replayer;
+use crate::stop::Stop;
+use crate::store::{Store, StoreError};
+
+/// Shared by the HTTP handlers and every connection, behind one `Arc`.
+pub struct Hub {
+    pub config: ServeConfig,
+    pub auth: Authenticator,
+    pub registry: Arc<Registry>,
+    pub publisher: Publisher,
+    pub live_positions: LivePositions,
+    pub metrics: Metrics,
+    pub replayer: Replayer,
+    pub store: Store,
+    pub presence: Option<Presence>,
+    /// Cancelled when the hub starts shutting down; every connection watches it.
+    pub shutdown: CancellationToken,
+    /// The clock of every socket's publish rate limiter. Made once: making one runs CPUID
+    /// several times, each a trip to the hypervisor on a virtual machine.
+    pub rate_clock: DefaultClock,
+    /// Revocations read from the control topic since start (see `control`).
+    revocations: Revocations,
+    consumer_ready: Arc<AtomicBool>,
+    /// A broker answered the last probe.
+    kafka_reachable: AtomicBool,
+    /// Connections, the work they leave behind and the background tasks, which shutdown
+    /// waits for.
+    tasks: TaskTracker,
+    next_conn: AtomicU64,
+    /// Open sockets per user.
+    seats: DashMap<String, usize>,
+    /// Authenticated sockets, for the admin view and for revocations and shutdown to reach.
+    connections: DashMap<ConnId, ConnectionInfo>,
+    /// Sockets opened without a token that have not sent their `auth` frame yet.
+    awaiting_auth: Arc<Semaphore>,
+    /// One permit per open socket, up to `max_connections`.
+    open_sockets: Arc<Semaphore>,
+}
+
+/// What the hub is made of; the rest it makes itself.
+pub struct Parts {
+    pub config: ServeConfig,
+    pub auth: Authenticator,
+    pub registry: Arc<Registry>,
+    pub publisher: Publisher,
+    pub live_positions: LivePositions,
+    pub consumer_ready: Arc<AtomicBool>,
+    pub metrics: Metrics,
+    pub replayer: Replayer,
+    pub store: Store,
+    pub presence: Option<Presence>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// A live connection as the admin page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    pub sub: String,
+    /// Milliseconds since the epoch.
+    pub since: i64,
+    #[serde(skip)]
+    pub token: TokenId,
+    /// Told when a revocation covers the socket's token, or the hub shuts down.
+    #[serde(skip)]
+    pub stop: Stop,
+}
+
+/// Where a new socket stands with authentication.
+pub enum Admission {
+    Admitted(Session, Seat),
+    /// No token came with the upgrade; the permit is held until the `auth` frame arrives.
+    Awaiting(OwnedSemaphorePermit),
+}
+
+/// Why a token does not get a socket: an HTTP answer at the upgrade, a close frame at the
+/// first frame.
+#[derive(Debug)]
+pub enum Refusal {
+    Token(AuthError),
+    Revoked,
+    /// The revocations could not be checked.
+    Unavailable,
+    TooManyForUser,
+}
+
+impl Refusal {
+    pub fn close_frame(&self) -> (u16, String) {
+        match self {
+            Refusal::Token(e) => (close::AUTH_FAILED, e.to_string()),
+            Refusal::Revoked => (close::AUTH_FAILED, "token revoked".into()),
+            Refusal::Unavailable => (close::INTERNAL, "try again shortly".into()),
+            Refusal::TooManyForUser => (
+                close::TOO_MANY_CONNECTIONS,
+                "too many connections for this user".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let invalid_token = [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")];
+        match self {
+            Refusal::Token(e) => (StatusCode::UNAUTHORIZED, invalid_token, e.to_string()),
+            Refusal::Revoked => (
+                StatusCode::UNAUTHORIZED,
+                invalid_token,
+                "token revoked".into(),
+            ),
+            Refusal::Unavailable => {
+                return (StatusCode::SERVICE_UNAVAILABLE, "try again shortly").into_response();
+            }
+            Refusal::TooManyForUser => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections for this user",
+                )
+                    .into_response();
+            }
+        }
+        .into_response()
+    }
+}
+
+impl Hub {
+    pub fn new(parts: Parts) -> Hub {
+        let Parts {
+            config,
+            auth,
+            registry,
+            publisher,
+            live_positions,
+            consumer_ready,
+            metrics,
+            replayer,
+            store,
+            presence,
+            tasks,
+            shutdown,
+        } = parts;
+        Hub {
+            awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
+            open_sockets: Arc::new(Semaphore::new(config.max_connections)),
+            rate_clock: DefaultClock::default(),
+            config,
+            auth,
+            registry,
+            publisher,
+            live_positions,
+            metrics,
+            replayer,
+            store,
+            presence,
+            shutdown,
+            revocations: Revocations::default(),
+            consumer_ready,
+            kafka_reachable: AtomicBool::new(false),
+            tasks,
+            next_conn: AtomicU64::new(0),
+            seats: DashMap::new(),
+            connections: DashMap::new(),
+        }
+    }
+
+    /// Verifies the token, checks that it is not revoked and takes a seat under its user's
+    /// limit.
+    pub async fn admit(self: &Arc<Self>, token: &str) -> Result<(Session, Seat), Refusal> {
+        let refused = |refusal: Refusal| {
+            let reason = match &refusal {
+                Refusal::Token(e) => Some(e.reason()),
+                Refusal::Revoked => Some("revoked"),
+                Refusal::Unavailable | Refusal::TooManyForUser => None,
+            };
+            if let Some(reason) = reason {
+                metrics::auth_failed(reason);
+                tracing::info!(reason, "refused a connection");
+            }
+            refusal
+        };
+        let session = self
+            .auth
+            .verify(token)
+            .map_err(|e| refused(Refusal::Token(e)))?;
+        match self.is_revoked(&session.sub, &session.token).await {
+            Ok(false) => {}
+            Ok(true) => return Err(refused(Refusal::Revoked)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check revocations");
+                return Err(Refusal::Unavailable);
+            }
+        }
+        let Some(seat) = self.take_seat(&session.sub) else {
+            tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
+            return Err(Refusal::TooManyForUser);
+        };
+        Ok((session, seat))
+    }
+
+    /// A place under the hub's cap on open sockets, if there is one.
+    pub fn open_socket(&self) -> Option<OwnedSemaphorePermit> {
+        self.open_sockets.clone().try_acquire_owned().ok()
+    }
+
+    /// A place among the sockets that may await their `auth` frame, if there is one.
+    pub fn await_auth(&self) -> Option<OwnedSemaphorePermit> {
+        self.awaiting_auth.clone().try_acquire_owned().ok()
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a socket against its user's limit; `None` when the user is at the limit.
+    fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
+        let mut held = self.seats.entry(sub.to_string()).or_insert(0);
+        if *held >= self.config.max_connections_per_user.get() {
+            return None;
+        }
+        *held += 1;
+        Some(Seat {
+            hub: self.clone(),
+            sub: sub.to_string(),
+        })
+    }
+
+    /// Runs `work` to completion before the hub stops, up to the shutdown timeout.
+    pub fn track(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(work);
+    }
+
+    /// `work`, which shutdown waits for like any tracked task, for axum to run.
+    pub fn tracked<F: Future>(&self, work: F) -> tokio_util::task::task_tracker::TrackedFuture<F> {
+        self.tasks.track_future(work)
+    }
+
+    /// Whether the store or the control topic revoked this token.
+    pub async fn is_revoked(&self, sub: &str, token: &TokenId) -> Result<bool, StoreError> {
+        Ok(self.revocations.revokes(sub, token) || self.store.is_revoked(sub, token).await?)
+    }
+
+    /// Whether a revocation read from the control topic covers this token; see `control`
+    /// for why sockets check it after registering.
+    pub fn revoked_since_start(&self, sub: &str, token: &TokenId) -> bool {
+        self.revocations.revokes(sub, token)
+    }
+
+    /// Lists an authenticated socket until the returned guard drops, in reach of
+    /// revocations and shutdown.
+    pub fn register(&self, id: ConnId, info: ConnectionInfo) -> Registration<'_> {
+        self.connections.insert(id, info);
+        Registration { hub: self, id }
+    }
+
+    /// A refreshed token for a listed socket, which later revocations are checked against.
+    pub fn update_token(&self, id: ConnId, token: TokenId) {
+        if let Some(mut info) = self.connections.get_mut(&id) {
+            info.token = token;
+        }
+    }
+
+    /// The listed sockets, by id.
+    pub fn connections(&self) -> Vec<(ConnId, ConnectionInfo)> {
+        let mut listed: Vec<(ConnId, ConnectionInfo)> = self
+            .connections
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect();
+        listed.sort_by_key(|(id, _)| *id);
+        listed
+    }
+
+    /// Applies a revocation read from the control topic: sockets it covers close.
+    pub fn apply_revocation(&self, revocation: &Revocation) {
+        self.revocations.add(revocation);
+        let mut closed = 0;
+        for entry in self.connections.iter() {
+            if revocation.covers(&entry.sub, &entry.token) {
+                entry.stop.revoked();
+                closed += 1;
+            }
+        }
+        tracing::info!(?revocation, closed, "applied a revocation");
+    }
+
+    /// Starts the shutdown: every listed socket is told to close with 1001. A socket listed
+    /// after this loop passed it sees the cancelled token itself (`connection::run`).
+    pub fn going_away(&self) {
+        self.shutdown.cancel();
+        for entry in self.connections.iter() {
+            entry.stop.going_away();
+        }
+    }
+
+    /// Records whether a broker answered; returns whether one did before.
+    pub fn set_kafka_reachable(&self, reachable: bool) -> bool {
+        self.kafka_reachable.swap(reachable, Ordering::AcqRel)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.consumer_ready.load(Ordering::Acquire)
+            && self.kafka_reachable.load(Ordering::Acquire)
+            && !self.shutdown.is_cancelled()
+    }
+
+    /// Waits for the tracked work, up to `timeout`; false when some was still running.
+    pub async fn finish_tasks(&self, timeout: std::time::Duration) -> bool {
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tracing::warn!(
+            open = self.tasks.len(),
+            "tasks still running after the shutdown timeout"
+        );
+        false
+    }
+}
+
+/// Keeps a socket listed until it ends.
+pub struct Registration<'a> {
+    hub: &'a Hub,
+    id: ConnId,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.hub.connections.remove(&self.id);
+    }
+}
+
+/// One socket's place in its user's count, given back when the connection ends (or when an
+/// upgrade never completes).
+pub struct Seat {
+    hub: Arc<Hub>,
+    sub: String,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.hub.seats.remove_if_mut(&self.sub, |_, held| {
+            *held -= 1;
+            *held == 0
+        });
+    }
+}
