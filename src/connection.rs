@@ -28,15 +28,15 @@ use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::kafka::Publisher;
 use crate::metrics::{self, Metrics};
+use crate::policy::{self, Action};
 use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
-    self, ErrorCode, FilterSpec, Publish, Reply, Request, RequestId, Start, Subscribe, close,
+    self, ErrorCode, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
 use crate::replay::{self, Event, Seam, Tagged};
 use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
-use crate::topic::{any_matches, is_valid_topic};
 
 /// Frames taken from a queue before one flush: many frames per syscall under load.
 pub const WRITE_BATCH: usize = 64;
@@ -663,44 +663,10 @@ impl Connection {
         }))
     }
 
-    /// A topic is allowed when the hub exposes it and the token grants the action on it;
-    /// publishing to a user-keyed topic needs a grant that names it literally.
+    /// `policy::authorize`, refused with the request's id.
     fn authorize(&self, id: &Option<RequestId>, topic: &str, action: Action) -> Result<(), Reply> {
-        if !is_valid_topic(topic) {
-            return Err(Reply::error(
-                id.clone(),
-                ErrorCode::BadRequest,
-                format!("invalid topic name {topic:?}"),
-            ));
-        }
-        if self.allows(topic, action) {
-            Ok(())
-        } else {
-            Err(Reply::error(
-                id.clone(),
-                ErrorCode::Forbidden,
-                format!("not allowed to {} topic {topic:?}", action.verb()),
-            ))
-        }
-    }
-
-    fn allows(&self, topic: &str, action: Action) -> bool {
-        let config = &self.hub.config;
-        let internal = match action {
-            Action::Publish => config.is_internal_topic(topic),
-            Action::Subscribe => topic == config.control_topic,
-        };
-        if internal {
-            return false;
-        }
-        let granted = match action {
-            Action::Publish if self.hub.config.is_user_topic(topic) => {
-                self.session.may_publish_literally(topic)
-            }
-            Action::Publish => self.session.may_publish(topic),
-            Action::Subscribe => self.session.may_subscribe(topic),
-        };
-        granted && any_matches(&self.hub.config.topics, topic)
+        policy::authorize(&self.hub.config, &self.session, topic, action)
+            .map_err(|denied| Reply::error(id.clone(), denied.code(), denied.to_string()))
     }
 
     fn publish(&mut self, publish: Publish<'_>) -> Option<Pending> {
@@ -759,25 +725,6 @@ impl Connection {
         }))
     }
 
-    /// The filter a subscription gets: the client's, and on a user-keyed topic the user's
-    /// own key, which the client cannot widen.
-    fn filter_for(&self, topic: &str, spec: FilterSpec) -> Result<Filter, String> {
-        let mut key = spec.key.map(|k| k.into_bytes().into_boxed_slice());
-        if self.hub.config.is_user_topic(topic) {
-            let own = self.session.sub.as_bytes();
-            if key.as_deref().is_some_and(|k| k != own) {
-                return Err(format!(
-                    "topic {topic:?} is per user: only records keyed with your own user id are available"
-                ));
-            }
-            key = Some(own.into());
-        }
-        Ok(Filter {
-            key,
-            headers: spec.headers.into_iter().collect(),
-        })
-    }
-
     fn subscribe(&mut self, request: Subscribe<'_>) {
         let Subscribe {
             id,
@@ -796,9 +743,9 @@ impl Connection {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let filter = match self.filter_for(&topic, filter) {
+        let filter = match policy::filter_for(&self.hub.config, &self.session, &topic, filter) {
             Ok(filter) => Arc::new(filter),
-            Err(message) => return self.reply(Reply::error(id, ErrorCode::Forbidden, message)),
+            Err(denied) => return self.reply(Reply::error(id, denied.code(), denied.to_string())),
         };
         // A second subscribe to a topic replaces the first (a new start or filter).
         self.end_subscription(&topic);
@@ -946,7 +893,9 @@ impl Connection {
         let disallowed: Vec<String> = self
             .subscriptions
             .keys()
-            .filter(|topic| !self.allows(topic, Action::Subscribe))
+            .filter(|topic| {
+                !policy::allows(&self.hub.config, &self.session, topic, Action::Subscribe)
+            })
             .cloned()
             .collect();
         for topic in disallowed {
@@ -959,21 +908,6 @@ impl Connection {
             ));
         }
         self.reply(authenticated(id, &self.session));
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Action {
-    Publish,
-    Subscribe,
-}
-
-impl Action {
-    fn verb(self) -> &'static str {
-        match self {
-            Action::Publish => "publish to",
-            Action::Subscribe => "subscribe to",
-        }
     }
 }
 

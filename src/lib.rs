@@ -20,6 +20,7 @@ pub mod control;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
+pub mod policy;
 pub mod presence;
 pub mod protocol;
 pub mod registry;
