@@ -9,7 +9,7 @@
 //! drops what was already delivered (at a replay's seam, or after a resubscribe), and it is
 //! what `lagged` hands to a client that fell behind, so its next connection resumes exactly.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,6 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::sync::DropGuard;
 use tracing::Instrument;
 
 use crate::auth::Session;
@@ -34,9 +33,10 @@ use crate::protocol::{
     self, ErrorCode, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
-use crate::replay::{self, Event, Seam, Tagged};
+use crate::replay::{self, Report, Seam};
 use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
+use crate::subscription::{Failed, Outgoing, Subscriptions};
 
 /// Frames taken from a queue before one flush: many frames per syscall under load.
 pub const WRITE_BATCH: usize = 64;
@@ -110,14 +110,12 @@ pub fn run(
         let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
         let mut connection = Connection {
             queue,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::new(hub.config.send_queue),
             publishes: RateLimiter::direct_with_clock(
                 Quota::per_second(hub.config.publish_rate),
                 hub.rate_clock.clone(),
             ),
             replays,
-            generation: 0,
-            stashed: 0,
             out: Vec::new(),
             stop,
             presence,
@@ -242,16 +240,11 @@ struct Connection {
     session: Session,
     /// This socket's queue, shared by all its subscriptions in the registry.
     queue: mpsc::Sender<Arc<Delivery>>,
-    subscriptions: HashMap<String, Subscription>,
+    subscriptions: Subscriptions,
     publishes: DefaultDirectRateLimiter,
     /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
     /// cost every socket 3.8 KB whether or not it ever replays.
-    replays: mpsc::Sender<Box<Tagged>>,
-    /// Tells a subscription apart from an earlier one to the same topic.
-    generation: u64,
-    /// Live records held back while replays run, across subscriptions; counted against the
-    /// send queue limit.
-    stashed: usize,
+    replays: mpsc::Sender<Box<Report>>,
     /// Frames to write at the end of this turn of the loop.
     out: Vec<Outgoing>,
     stop: Stop,
@@ -271,95 +264,14 @@ enum Answer {
 
 type Pending = BoxFuture<'static, Answer>;
 
-struct Subscription {
-    generation: u64,
-    filter: Arc<Filter>,
-    /// The next offset to deliver, per partition.
-    next: BTreeMap<i32, i64>,
-    /// Boxed: few subscriptions replay, and every subscription would carry its size.
-    replay: Option<Box<Replaying>>,
-}
-
-struct Replaying {
-    /// The subscribe request, answered when the replay has resolved where it starts.
-    id: Option<RequestId>,
-    started: bool,
-    /// Partitions whose replay the connection has not seen finish yet.
-    pending: BTreeSet<i32>,
-    /// Decides with the replay which live records it delivers instead (see `Seam`).
-    seam: Arc<Seam>,
-    /// Live records the replay left to the live stream that arrived before the replay's own
-    /// last records of their partition (or before `started`), in arrival order.
-    stash: VecDeque<Arc<Delivery>>,
-    _stop: DropGuard,
-}
-
-impl Subscription {
-    /// Queues `record` unless this socket already has it.
-    fn deliver(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Outgoing>) {
-        if next
-            .get(&record.partition)
-            .is_some_and(|&n| record.offset < n)
-        {
-            return;
-        }
-        next.insert(record.partition, record.offset + 1);
-        out.push(Outgoing {
-            frame: record.frame.clone(),
-            timestamp: record.timestamp,
-        });
-    }
-
-    /// Delivers the held live records of `partition`, or of every partition no longer
-    /// pending when `None`; returns how many left the stash.
-    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Outgoing>) -> usize {
-        let Some(replay) = &mut self.replay else {
-            return 0;
-        };
-        let before = replay.stash.len();
-        let next = &mut self.next;
-        let pending = &replay.pending;
-        replay.stash.retain(|record| {
-            let release = match partition {
-                Some(p) => record.partition == p,
-                None => !pending.contains(&record.partition),
-            };
-            if release {
-                Subscription::deliver(next, record, out);
-            }
-            !release
-        });
-        let released = before - replay.stash.len();
-        if replay.started && replay.pending.is_empty() {
-            self.replay = None;
-        }
-        released
-    }
-}
-
-/// A frame to write, with the timestamp of the record it carries.
-struct Outgoing {
-    frame: Utf8Bytes,
-    timestamp: Option<i64>,
-}
-
-impl From<Reply> for Outgoing {
-    fn from(reply: Reply) -> Self {
-        Outgoing {
-            frame: reply.to_json().into(),
-            timestamp: None,
-        }
-    }
-}
-
 impl Drop for Connection {
     fn drop(&mut self) {
         metrics::connection_closed();
-        for (topic, subscription) in &self.subscriptions {
-            self.leave(topic, subscription);
+        for (topic, filter) in self.subscriptions.topics() {
+            leave(&self.hub, self.id, topic, filter);
         }
         if let (Some(presence), Some(open)) = (&self.hub.presence, self.presence.take()) {
-            let topics: Vec<&str> = self.subscriptions.keys().map(String::as_str).collect();
+            let topics: Vec<&str> = self.subscriptions.topics().map(|(t, _)| t).collect();
             presence.disconnected(open, &topics, self.ended);
         }
     }
@@ -373,7 +285,7 @@ impl Connection {
         &mut self,
         socket: &mut WebSocket,
         frames: &mut mpsc::Receiver<Arc<Delivery>>,
-        replay_events: &mut mpsc::Receiver<Box<Tagged>>,
+        replay_events: &mut mpsc::Receiver<Box<Report>>,
     ) {
         tracing::debug!("connected");
         let write_timeout = self.hub.config.write_timeout;
@@ -410,10 +322,10 @@ impl Connection {
                 Some(event) = replay_events.recv(),
                     if self.replays.strong_count() > 1 || !replay_events.is_empty() =>
                 {
-                    self.on_replay(*event);
+                    self.on_report(*event);
                     for _ in 1..WRITE_BATCH {
                         let Ok(event) = replay_events.try_recv() else { break };
-                        self.on_replay(*event);
+                        self.on_report(*event);
                     }
                 }
                 // One call for many records: each receive gives its slot back under the
@@ -471,7 +383,7 @@ impl Connection {
             metrics::lagged();
             // After what was already taken off the queue (and counted in the positions);
             // what is still queued is dropped, and the positions say where it starts.
-            self.reply(self.lagged());
+            self.reply(self.subscriptions.lagged());
         }
         while let Some(answer) = in_flight.next().await {
             self.answer(answer);
@@ -511,96 +423,25 @@ impl Connection {
             .unwrap_or_else(tokio::time::Instant::now)
     }
 
-    /// Where to resume each subscription: the next offset per partition it has not written.
-    /// A subscription whose replay had not resolved its start yet is left out: it resumes
-    /// with the request it was made with.
-    fn lagged(&self) -> Reply {
-        let topics = self
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.replay.as_ref().is_none_or(|r| r.started))
-            .map(|(topic, s)| (topic.clone(), s.next.clone()))
-            .collect();
-        Reply::Lagged { topics }
-    }
-
     fn on_live(&mut self, record: Arc<Delivery>) {
-        let Some(subscription) = self.subscriptions.get_mut(&*record.topic) else {
-            return; // unsubscribed since it was queued
-        };
-        if let Some(replay) = &mut subscription.replay {
-            if replay.seam.leave_to_replay(record.partition, record.offset) {
-                return;
-            }
-            if replay.started && !replay.pending.contains(&record.partition) {
-                return Subscription::deliver(&mut subscription.next, &record, &mut self.out);
-            }
-            replay.stash.push_back(record);
-            self.stashed += 1;
-            if self.stashed > self.hub.config.send_queue {
-                self.stop.lagged();
-            }
-            return;
+        if self.subscriptions.on_live(record, &mut self.out).is_err() {
+            self.stop.lagged();
         }
-        Subscription::deliver(&mut subscription.next, &record, &mut self.out);
     }
 
-    fn on_replay(&mut self, tagged: Tagged) {
-        let Tagged {
+    fn on_report(&mut self, report: Report) {
+        let Some(failed) = self.subscriptions.on_report(report, &mut self.out) else {
+            return;
+        };
+        let Failed {
             topic,
-            generation,
-            event,
-        } = tagged;
-        let Some(subscription) = self
-            .subscriptions
-            .get_mut(&*topic)
-            .filter(|s| s.generation == generation)
-        else {
-            return; // a replaced or ended subscription's leftovers
-        };
-        let released = match event {
-            Event::Started {
-                starts,
-                lost,
-                waiting,
-                replaying,
-            } => {
-                let Some(replay) = &mut subscription.replay else {
-                    return;
-                };
-                replay.started = true;
-                replay.pending = replaying;
-                let id = replay.id.take();
-                subscription.next = starts.clone();
-                let subscribed = Reply::Subscribed {
-                    id,
-                    topic: topic.to_string(),
-                    partitions: starts,
-                    lost,
-                    waiting,
-                };
-                self.out.push(subscribed.into());
-                subscription.release(None, &mut self.out)
-            }
-            Event::Record(record) => {
-                Subscription::deliver(&mut subscription.next, &record, &mut self.out);
-                0
-            }
-            Event::Done(partition) => {
-                if let Some(replay) = &mut subscription.replay {
-                    replay.pending.remove(&partition);
-                }
-                subscription.release(Some(partition), &mut self.out)
-            }
-            Event::Failed(e) => {
-                tracing::warn!(%topic, error = %e, "replay failed");
-                let id = subscription.replay.as_mut().and_then(|r| r.id.take());
-                self.end_subscription(&topic);
-                self.reply(Reply::ended(id, &topic, e.code(), e.to_string()));
-                0
-            }
-        };
-        self.stashed -= released;
+            id,
+            filter,
+            error,
+        } = failed;
+        tracing::warn!(%topic, %error, "replay failed");
+        self.left(&topic, &filter);
+        self.reply(Reply::ended(id, &topic, error.code(), error.to_string()));
     }
 
     fn handle(&mut self, text: &str) -> Option<Pending> {
@@ -736,7 +577,7 @@ impl Connection {
             return self.reply(refusal);
         }
         let max = self.hub.config.max_subscriptions;
-        if self.subscriptions.len() >= max && !self.subscriptions.contains_key(&*topic) {
+        if self.subscriptions.count() >= max && !self.subscriptions.contains(&topic) {
             return self.reply(Reply::error(
                 id,
                 ErrorCode::LimitExceeded,
@@ -749,7 +590,6 @@ impl Connection {
         };
         // A second subscribe to a topic replaces the first (a new start or filter).
         self.end_subscription(&topic);
-        self.generation += 1;
         let subscriber = Subscriber {
             queue: self.queue.clone(),
             stop: self.stop.clone(),
@@ -758,15 +598,9 @@ impl Connection {
         // Join first, then read the live position: every record at or past it reaches us.
         self.hub.registry.subscribe(&topic, self.id, subscriber);
         let (live, resolved) = self.hub.live_positions.of(&topic);
-        let mut subscription = Subscription {
-            generation: self.generation,
-            filter,
-            next: BTreeMap::new(),
-            replay: None,
-        };
         if from == Start::Latest {
-            subscription.next = live.clone();
-            self.keep(&topic, subscription);
+            self.subscriptions.insert_live(&topic, filter, live.clone());
+            self.joined(&topic);
             return self.reply(Reply::Subscribed {
                 id,
                 topic: topic.into_owned(),
@@ -778,41 +612,34 @@ impl Connection {
         if resolved.is_err() {
             self.hub
                 .registry
-                .unsubscribe(&topic, self.id, subscription.filter.key.as_deref());
+                .unsubscribe(&topic, self.id, filter.key.as_deref());
             return self.reply(Reply::error(
                 id,
                 ErrorCode::Unavailable,
                 "the hub is still finding where this topic's live stream starts: retry shortly",
             ));
         }
-        let topic: Arc<str> = topic.into();
+        let generation = self.subscriptions.next_generation();
         let seam = Arc::new(Seam::new(live));
         let stop = self.hub.replayer.spawn(
             replay::Request {
-                topic: topic.clone(),
-                generation: self.generation,
+                topic: topic.as_ref().into(),
+                generation,
                 from,
                 user: self.session.sub.clone(),
                 seam: seam.clone(),
-                filter: subscription.filter.clone(),
+                filter: filter.clone(),
             },
             self.replays.clone(),
         );
-        subscription.replay = Some(Box::new(Replaying {
-            id,
-            started: false,
-            pending: BTreeSet::new(),
-            seam,
-            stash: VecDeque::new(),
-            _stop: stop,
-        }));
-        self.keep(&topic, subscription);
+        self.subscriptions
+            .insert_replaying(&topic, generation, filter, id, seam, stop);
+        self.joined(&topic);
     }
 
-    /// Records a subscription that has joined the registry.
-    fn keep(&mut self, topic: &str, subscription: Subscription) {
+    /// Counts a subscription that joined the registry, and tells presence.
+    fn joined(&self, topic: &str) {
         metrics::subscribed(topic);
-        self.subscriptions.insert(topic.to_string(), subscription);
         self.tell_presence(presence::Kind::Subscribe, topic);
     }
 
@@ -823,21 +650,16 @@ impl Connection {
     }
 
     fn end_subscription(&mut self, topic: &str) {
-        if let Some(subscription) = self.subscriptions.remove(topic) {
-            self.leave(topic, &subscription);
-            self.tell_presence(presence::Kind::Unsubscribe, topic);
-            if let Some(replay) = subscription.replay {
-                self.stashed -= replay.stash.len();
-            }
+        if let Some(filter) = self.subscriptions.remove(topic) {
+            self.left(topic, &filter);
         }
     }
 
-    /// Takes an ended subscription out of the registry and the metrics.
-    fn leave(&self, topic: &str, subscription: &Subscription) {
-        metrics::unsubscribed(topic);
-        self.hub
-            .registry
-            .unsubscribe(topic, self.id, subscription.filter.key.as_deref());
+    /// What an ended subscription leaves behind: its place in the registry, its count,
+    /// presence's record of it.
+    fn left(&self, topic: &str, filter: &Filter) {
+        leave(&self.hub, self.id, topic, filter);
+        self.tell_presence(presence::Kind::Unsubscribe, topic);
     }
 
     /// A new token for the same user: it moves the expiry, and subscriptions it no longer
@@ -892,11 +714,12 @@ impl Connection {
         self.session = session;
         let disallowed: Vec<String> = self
             .subscriptions
-            .keys()
+            .topics()
+            .map(|(topic, _)| topic)
             .filter(|topic| {
                 !policy::allows(&self.hub.config, &self.session, topic, Action::Subscribe)
             })
-            .cloned()
+            .map(str::to_string)
             .collect();
         for topic in disallowed {
             self.end_subscription(&topic);
@@ -909,6 +732,12 @@ impl Connection {
         }
         self.reply(authenticated(id, &self.session));
     }
+}
+
+/// Takes an ended subscription out of the registry and the metrics.
+fn leave(hub: &Hub, id: ConnId, topic: &str, filter: &Filter) {
+    metrics::unsubscribed(topic);
+    hub.registry.unsubscribe(topic, id, filter.key.as_deref());
 }
 
 /// A socket that cannot take a write in time is as good as gone.

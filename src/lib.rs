@@ -28,5 +28,6 @@ pub mod replay;
 pub mod server;
 pub mod stop;
 pub mod store;
+pub mod subscription;
 pub mod topic;
 pub mod web;

@@ -57,7 +57,7 @@ pub enum Event {
 /// An event of the replay for one subscription; `generation` tells a replaced subscription's
 /// leftovers apart.
 #[derive(Debug)]
-pub struct Tagged {
+pub struct Report {
     pub topic: Arc<str>,
     pub generation: u64,
     pub event: Event,
@@ -128,7 +128,10 @@ impl Seam {
 
     /// Plans with what the live stream has left to the replay so far; from here on only the
     /// planned partitions take live records.
-    fn plan(&self, plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Plan) -> Plan {
+    pub(crate) fn plan(
+        &self,
+        plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Plan,
+    ) -> Plan {
         let mut state = self.state();
         let plan = plan(&state.live, &state.dropped);
         state.replaying = Some(plan.ranges.iter().map(|(&p, &(_, end))| (p, end)).collect());
@@ -137,7 +140,7 @@ impl Seam {
 
     /// For the replay, which read the record at `offset`: whether to deliver it, and whether
     /// that finishes the partition.
-    fn replayed(&self, partition: i32, offset: i64) -> (bool, bool) {
+    pub(crate) fn replayed(&self, partition: i32, offset: i64) -> (bool, bool) {
         let mut state = self.state();
         let dropped = state.dropped.get(&partition).copied();
         let replaying = state.replaying.as_mut().expect("planned");
@@ -156,7 +159,7 @@ impl Seam {
     /// (the next offset it would read): whether that finishes the partition. The planned end
     /// is behind it (the partition reached it before the replay began reading); a live
     /// record dropped since may not be.
-    fn reached_end(&self, partition: i32, read: i64) -> bool {
+    pub(crate) fn reached_end(&self, partition: i32, read: i64) -> bool {
         let mut state = self.state();
         let dropped = state.dropped.get(&partition).copied();
         let replaying = state.replaying.as_mut().expect("planned");
@@ -230,7 +233,7 @@ impl Replayer {
     }
 
     /// Starts the replay; dropping the guard stops it.
-    pub fn spawn(&self, mut request: Request, events: mpsc::Sender<Box<Tagged>>) -> DropGuard {
+    pub fn spawn(&self, mut request: Request, events: mpsc::Sender<Box<Report>>) -> DropGuard {
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
@@ -239,7 +242,7 @@ impl Replayer {
             let (topic, generation) = (request.topic.clone(), request.generation);
             let sender = events.clone();
             let failed = |e: ReplayError| {
-                Box::new(Tagged {
+                Box::new(Report {
                     topic: topic.clone(),
                     generation,
                     event: Event::Failed(e),
@@ -262,7 +265,7 @@ impl Replayer {
                 let _permit = permit;
                 let send = |event| {
                     events
-                        .blocking_send(Box::new(Tagged {
+                        .blocking_send(Box::new(Report {
                             topic: request.topic.clone(),
                             generation: request.generation,
                             event,

@@ -1,0 +1,630 @@
+//! One socket's subscriptions, driven by the records its queue brings (live) and by what its
+//! replays report, and emitting the frames to write. Nothing here does I/O: the connection
+//! task feeds it, and the property test below drives it through every interleaving.
+//!
+//! What it guarantees, per subscription and partition: each record is written once, in
+//! offset order, from the position `subscribed` named on, with no gap where a replay meets
+//! the live stream; and `lagged` names exactly where the next session resumes (one past the
+//! last record written). Every subscription remembers the next offset it writes per
+//! partition; that one map drops what was already written (at a replay's seam, or a record
+//! queued before a resubscribe) and is what `lagged` reports.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio_util::sync::DropGuard;
+
+use crate::protocol::{Reply, RequestId};
+use crate::registry::{Delivery, Filter};
+use crate::replay::{Event, ReplayError, Report, Seam};
+
+/// A frame to write, with the timestamp of the record it carries.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub frame: Utf8Bytes,
+    pub timestamp: Option<i64>,
+}
+
+impl From<Reply> for Outgoing {
+    fn from(reply: Reply) -> Self {
+        Outgoing {
+            frame: reply.to_json().into(),
+            timestamp: None,
+        }
+    }
+}
+
+pub struct Subscriptions {
+    by_topic: HashMap<String, Subscription>,
+    /// Tells a subscription apart from an earlier one to the same topic.
+    generation: u64,
+    /// Live records held back across subscriptions (see `Replaying::stash`).
+    stashed: usize,
+    /// Held-back records past which the socket is lagging.
+    stash_limit: usize,
+}
+
+struct Subscription {
+    generation: u64,
+    filter: Arc<Filter>,
+    /// The next offset to write, per partition.
+    next: BTreeMap<i32, i64>,
+    /// Boxed: few subscriptions replay, and every subscription would carry its size.
+    replay: Option<Box<Replaying>>,
+}
+
+struct Replaying {
+    /// The subscribe request, answered when the replay has resolved where it starts.
+    id: Option<RequestId>,
+    started: bool,
+    /// Partitions whose replay this socket has not seen finish yet.
+    pending: BTreeSet<i32>,
+    /// Decides with the replay which live records it delivers instead.
+    seam: Arc<Seam>,
+    /// Live records the replay left to the live stream that came before the replay's own
+    /// last records of their partition (or before `started`), in arrival order.
+    stash: VecDeque<Arc<Delivery>>,
+    /// Stops the replay when the subscription ends.
+    _stop: DropGuard,
+}
+
+/// More live records are held back than the send queue allows: the socket is lagging.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lagging;
+
+/// A replay that failed, which ended its subscription: the connection unsubscribes it and
+/// answers `id` with the error.
+pub struct Failed {
+    pub topic: Arc<str>,
+    pub id: Option<RequestId>,
+    pub filter: Arc<Filter>,
+    pub error: ReplayError,
+}
+
+impl Subscriptions {
+    pub fn new(stash_limit: usize) -> Self {
+        Subscriptions {
+            by_topic: HashMap::new(),
+            generation: 0,
+            stashed: 0,
+            stash_limit,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.by_topic.len()
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = (&str, &Arc<Filter>)> {
+        self.by_topic
+            .iter()
+            .map(|(topic, s)| (topic.as_str(), &s.filter))
+    }
+
+    /// The generation the next subscription gets, which its replay's reports carry.
+    pub fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// A subscription written live from `live` on (a `latest` start).
+    pub fn insert_live(&mut self, topic: &str, filter: Arc<Filter>, live: BTreeMap<i32, i64>) {
+        let generation = self.next_generation();
+        self.insert(topic, generation, filter, live, None);
+    }
+
+    /// A subscription whose replay runs, with the generation `next_generation` gave it;
+    /// `id` is answered once the replay has resolved where it starts.
+    pub fn insert_replaying(
+        &mut self,
+        topic: &str,
+        generation: u64,
+        filter: Arc<Filter>,
+        id: Option<RequestId>,
+        seam: Arc<Seam>,
+        stop: DropGuard,
+    ) {
+        let replay = Replaying {
+            id,
+            started: false,
+            pending: BTreeSet::new(),
+            seam,
+            stash: VecDeque::new(),
+            _stop: stop,
+        };
+        self.insert(
+            topic,
+            generation,
+            filter,
+            BTreeMap::new(),
+            Some(Box::new(replay)),
+        );
+    }
+
+    fn insert(
+        &mut self,
+        topic: &str,
+        generation: u64,
+        filter: Arc<Filter>,
+        next: BTreeMap<i32, i64>,
+        replay: Option<Box<Replaying>>,
+    ) {
+        let subscription = Subscription {
+            generation,
+            filter,
+            next,
+            replay,
+        };
+        if let Some(old) = self.by_topic.insert(topic.to_string(), subscription) {
+            self.forget(old);
+        }
+    }
+
+    /// Ends the subscription; returns its filter, under whose key the registry filed it.
+    pub fn remove(&mut self, topic: &str) -> Option<Arc<Filter>> {
+        let subscription = self.by_topic.remove(topic)?;
+        let filter = subscription.filter.clone();
+        self.forget(subscription);
+        Some(filter)
+    }
+
+    fn forget(&mut self, subscription: Subscription) {
+        if let Some(replay) = subscription.replay {
+            self.stashed -= replay.stash.len();
+        }
+    }
+
+    /// A record from the live stream.
+    pub fn on_live(
+        &mut self,
+        record: Arc<Delivery>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), Lagging> {
+        let Some(subscription) = self.by_topic.get_mut(&*record.topic) else {
+            return Ok(()); // unsubscribed since it was queued
+        };
+        let Some(replay) = &mut subscription.replay else {
+            write(&mut subscription.next, &record, out);
+            return Ok(());
+        };
+        if replay.seam.leave_to_replay(record.partition, record.offset) {
+            return Ok(());
+        }
+        if replay.started && !replay.pending.contains(&record.partition) {
+            write(&mut subscription.next, &record, out);
+            return Ok(());
+        }
+        replay.stash.push_back(record);
+        self.stashed += 1;
+        if self.stashed > self.stash_limit {
+            return Err(Lagging);
+        }
+        Ok(())
+    }
+
+    /// What a replay reported. A failure ends the subscription and is handed back.
+    pub fn on_report(&mut self, report: Report, out: &mut Vec<Outgoing>) -> Option<Failed> {
+        let Report {
+            topic,
+            generation,
+            event,
+        } = report;
+        let subscription = self
+            .by_topic
+            .get_mut(&*topic)
+            .filter(|s| s.generation == generation)?; // a replaced or ended one's leftovers
+        let released = match event {
+            Event::Started {
+                starts,
+                lost,
+                waiting,
+                replaying,
+            } => {
+                let replay = subscription.replay.as_mut()?;
+                replay.started = true;
+                replay.pending = replaying;
+                let subscribed = Reply::Subscribed {
+                    id: replay.id.take(),
+                    topic: topic.to_string(),
+                    partitions: starts.clone(),
+                    lost,
+                    waiting,
+                };
+                subscription.next = starts;
+                out.push(subscribed.into());
+                subscription.release(None, out)
+            }
+            Event::Record(record) => {
+                write(&mut subscription.next, &record, out);
+                0
+            }
+            Event::Done(partition) => {
+                if let Some(replay) = &mut subscription.replay {
+                    replay.pending.remove(&partition);
+                }
+                subscription.release(Some(partition), out)
+            }
+            Event::Failed(error) => {
+                let id = subscription.replay.as_mut().and_then(|r| r.id.take());
+                let filter = self.remove(&topic)?;
+                return Some(Failed {
+                    topic,
+                    id,
+                    filter,
+                    error,
+                });
+            }
+        };
+        self.stashed -= released;
+        None
+    }
+
+    /// Where to resume each subscription: the next offset per partition not written. A
+    /// subscription whose replay had not resolved its start yet is left out: it resumes
+    /// with the request it was made with.
+    pub fn lagged(&self) -> Reply {
+        let topics = self
+            .by_topic
+            .iter()
+            .filter(|(_, s)| s.replay.as_ref().is_none_or(|r| r.started))
+            .map(|(topic, s)| (topic.clone(), s.next.clone()))
+            .collect();
+        Reply::Lagged { topics }
+    }
+}
+
+impl Subscription {
+    /// Writes the held live records of `partition`, or of every partition no longer
+    /// pending when `None`; returns how many left the stash.
+    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Outgoing>) -> usize {
+        let Some(replay) = &mut self.replay else {
+            return 0;
+        };
+        let before = replay.stash.len();
+        let next = &mut self.next;
+        let pending = &replay.pending;
+        replay.stash.retain(|record| {
+            let release = match partition {
+                Some(p) => record.partition == p,
+                None => !pending.contains(&record.partition),
+            };
+            if release {
+                write(next, record, out);
+            }
+            !release
+        });
+        let released = before - replay.stash.len();
+        if replay.started && replay.pending.is_empty() {
+            self.replay = None;
+        }
+        released
+    }
+}
+
+/// Queues `record` unless this subscription already wrote it.
+fn write(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Outgoing>) {
+    if next
+        .get(&record.partition)
+        .is_some_and(|&n| record.offset < n)
+    {
+        return;
+    }
+    next.insert(record.partition, record.offset + 1);
+    out.push(Outgoing {
+        frame: record.frame.clone(),
+        timestamp: record.timestamp,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    //! The socket side of a resume and the replay side (`replay::Seam` and `replay::plan`,
+    //! stepped the way `replay::replay` steps them) run against a model of a Kafka topic:
+    //! partitions whose offsets have gaps (transaction markers, compaction), records appended
+    //! while the replay runs, and a live stream that started somewhere in each partition.
+
+    use std::collections::{BTreeMap, VecDeque};
+
+    use proptest::prelude::*;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::protocol::Start;
+    use crate::replay::plan;
+
+    const TOPIC: &str = "t";
+
+    /// One partition of the model: the offsets that hold records, and the end (the high
+    /// watermark), which can lie past the last record.
+    #[derive(Debug, Default, Clone)]
+    struct Log {
+        records: Vec<i64>,
+        end: i64,
+    }
+
+    impl Log {
+        fn append(&mut self, markers_before: i64) {
+            let offset = self.end + markers_before;
+            self.records.push(offset);
+            self.end = offset + 1;
+        }
+    }
+
+    fn delivery(partition: i32, offset: i64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            topic: TOPIC.into(),
+            partition,
+            offset,
+            timestamp: None,
+            frame: format!("{partition}:{offset}").into(),
+        })
+    }
+
+    /// A replay as `replay::replay` runs one: plan under the seam, then read each planned
+    /// partition from its start, asking the seam what to deliver and when it is finished.
+    /// Like a Kafka consumer, it sees each partition as of its last fetch, which can be
+    /// older than what the live stream has already delivered.
+    struct ModelReplay {
+        /// Per partition still read, the next offset to read.
+        reading: Option<BTreeMap<i32, i64>>,
+        /// Per partition, the end as of the last fetch.
+        fetched: BTreeMap<i32, i64>,
+        reports: VecDeque<Report>,
+    }
+
+    impl ModelReplay {
+        fn report(&mut self, event: Event) {
+            self.reports.push_back(Report {
+                topic: TOPIC.into(),
+                generation: 1,
+                event,
+            });
+        }
+
+        /// One poll of the replay's consumer; false when it had nothing to do.
+        fn step(
+            &mut self,
+            seam: &Seam,
+            logs: &[Log],
+            starts: &BTreeMap<i32, i64>,
+            pick: usize,
+        ) -> bool {
+            let Some(reading) = &mut self.reading else {
+                let watermarks: BTreeMap<i32, (i64, i64)> = logs
+                    .iter()
+                    .zip(0..)
+                    .map(|(log, p)| (p, (0, log.end)))
+                    .collect();
+                let from = Start::Offsets(starts.clone());
+                let plan = seam.plan(|live, dropped| {
+                    plan(
+                        &from,
+                        &watermarks,
+                        &BTreeMap::new(),
+                        live,
+                        dropped,
+                        1_000_000,
+                    )
+                });
+                let reading: BTreeMap<i32, i64> = plan
+                    .ranges
+                    .iter()
+                    .map(|(&p, &(start, _))| (p, start))
+                    .collect();
+                let replaying = reading.keys().copied().collect();
+                self.reading = Some(reading);
+                self.fetched = watermarks.iter().map(|(&p, &(_, end))| (p, end)).collect();
+                self.report(Event::Started {
+                    starts: plan.starts,
+                    lost: plan.lost,
+                    waiting: None,
+                    replaying,
+                });
+                return true;
+            };
+            let Some((&partition, &read)) = reading.iter().nth(pick % reading.len().max(1)) else {
+                return false;
+            };
+            let log = &logs[partition as usize];
+            let fetched = self.fetched.get_mut(&partition).unwrap();
+            if pick.is_multiple_of(3) && *fetched < log.end {
+                *fetched = log.end;
+                return true;
+            }
+            let fetched = *fetched;
+            let record = log
+                .records
+                .iter()
+                .find(|&&o| o >= read && o < fetched)
+                .copied();
+            let finished = match record {
+                Some(offset) => {
+                    reading.insert(partition, offset + 1);
+                    let (deliver, finished) = seam.replayed(partition, offset);
+                    if deliver {
+                        self.report(Event::Record(delivery(partition, offset)));
+                    }
+                    finished
+                }
+                // The end of the partition, as Kafka reports it.
+                None => seam.reached_end(partition, read),
+            };
+            if finished {
+                self.reading.as_mut().unwrap().remove(&partition);
+                self.report(Event::Done(partition));
+            }
+            record.is_some() || finished
+        }
+    }
+
+    /// The socket's frames so far: what `subscribed` said and the records, in order.
+    #[derive(Default, Debug)]
+    struct Written {
+        subscribed: Option<BTreeMap<i32, i64>>,
+        records: BTreeMap<i32, Vec<i64>>,
+    }
+
+    impl Written {
+        fn take(&mut self, out: &mut Vec<Outgoing>) {
+            for frame in out.drain(..) {
+                if let Ok(reply) = serde_json::from_str::<serde_json::Value>(&frame.frame) {
+                    assert_eq!(reply["type"], "subscribed", "{reply}");
+                    assert!(self.subscribed.is_none(), "subscribed twice");
+                    self.subscribed =
+                        Some(serde_json::from_value(reply["partitions"].clone()).unwrap());
+                    continue;
+                }
+                assert!(
+                    self.subscribed.is_some(),
+                    "a record before `subscribed`: {}",
+                    frame.frame
+                );
+                let (p, o) = frame.frame.split_once(':').unwrap();
+                let (p, o): (i32, i64) = (p.parse().unwrap(), o.parse().unwrap());
+                let offsets = self.records.entry(p).or_default();
+                assert!(
+                    offsets.last().is_none_or(|&last| o > last),
+                    "partition {p}: {o} written after {offsets:?}"
+                );
+                offsets.push(o);
+            }
+        }
+
+        /// What must have been written from partition `p`: every record from the start
+        /// `subscribed` named, up to `until`.
+        fn expected(&self, log: &Log, p: i32, until: i64) -> Vec<i64> {
+            let start = self.subscribed.as_ref().unwrap()[&p];
+            log.records
+                .iter()
+                .copied()
+                .filter(|&o| o >= start && o < until)
+                .collect()
+        }
+    }
+
+    proptest! {
+        // Cheap enough to run thousands: a few seconds on two cores.
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn every_record_is_written_once_in_order_and_lagged_names_the_next_one(
+            initial in prop::collection::vec(prop::collection::vec(0i64..2, 0..8), 1..4),
+            lives in prop::collection::vec(any::<u8>(), 3),
+            starts in prop::collection::vec(any::<u8>(), 3),
+            actions in prop::collection::vec((0u8..6, any::<u8>()), 0..80),
+        ) {
+            let partitions = initial.len();
+            let mut logs: Vec<Log> = initial
+                .iter()
+                .map(|gaps| {
+                    let mut log = Log::default();
+                    for &gap in gaps {
+                        log.append(gap);
+                    }
+                    log
+                })
+                .collect();
+            // Where the live stream stands in each partition (or none yet: it then starts
+            // at the partition's first record), and where the client resumes.
+            let live: BTreeMap<i32, i64> = (0..partitions)
+                .filter(|&p| lives[p] % 5 != 0)
+                .map(|p| (p as i32, i64::from(lives[p]) % (logs[p].end + 1)))
+                .collect();
+            let client_starts: BTreeMap<i32, i64> = (0..partitions)
+                .map(|p| (p as i32, i64::from(starts[p]) % (logs[p].end + 2)))
+                .collect();
+            let mut live_next: Vec<usize> = (0..partitions)
+                .map(|p| {
+                    let from = live.get(&(p as i32)).copied().unwrap_or(0);
+                    logs[p].records.iter().take_while(|&&o| o < from).count()
+                })
+                .collect();
+
+            let seam = Arc::new(Seam::new(live));
+            let mut subscriptions = Subscriptions::new(usize::MAX);
+            let generation = subscriptions.next_generation();
+            subscriptions.insert_replaying(
+                TOPIC,
+                generation,
+                Arc::new(Filter::default()),
+                None,
+                seam.clone(),
+                CancellationToken::new().drop_guard(),
+            );
+            let mut replay = ModelReplay {
+                reading: None,
+                fetched: BTreeMap::new(),
+                reports: VecDeque::new(),
+            };
+            let (mut out, mut written) = (Vec::new(), Written::default());
+
+            let check_lagged = |subscriptions: &Subscriptions, written: &Written, logs: &[Log]| {
+                let Reply::Lagged { topics } = subscriptions.lagged() else { unreachable!() };
+                let Some(next) = topics.get(TOPIC) else {
+                    // Not started: the client resumes with its own request.
+                    assert!(written.subscribed.is_none());
+                    return;
+                };
+                for (p, log) in logs.iter().enumerate() {
+                    let p = p as i32;
+                    let resume = next[&p];
+                    let got = written.records.get(&p).cloned().unwrap_or_default();
+                    assert_eq!(got, written.expected(log, p, resume), "partition {p}: resuming at {resume}");
+                }
+            };
+
+            let mut step = |kind: u8, pick: u8, logs: &mut Vec<Log>, live_next: &mut Vec<usize>| -> Result<bool, TestCaseError> {
+                let p = usize::from(pick) % partitions;
+                match kind {
+                    0 => logs[p].append(i64::from(pick.is_multiple_of(3))),
+                    1 => logs[p].end += 1, // a transaction marker after the last record
+                    2 => {
+                        let Some(&offset) = logs[p].records.get(live_next[p]) else { return Ok(false) };
+                        live_next[p] += 1;
+                        prop_assert_eq!(subscriptions.on_live(delivery(p as i32, offset), &mut out), Ok(()));
+                    }
+                    3 if !replay.step(&seam, logs, &client_starts, usize::from(pick)) => {
+                        return Ok(false);
+                    }
+                    4 => {
+                        let Some(report) = replay.reports.pop_front() else { return Ok(false) };
+                        prop_assert!(subscriptions.on_report(report, &mut out).is_none());
+                    }
+                    _ => {}
+                }
+                written.take(&mut out);
+                check_lagged(&subscriptions, &written, logs);
+                Ok(true)
+            };
+            for (kind, pick) in actions {
+                step(kind, pick, &mut logs, &mut live_next)?;
+            }
+            // Then everything in flight arrives: the live stream, the replay, its reports.
+            let mut idle = 0;
+            let mut turn = 0u8;
+            while idle < 3 * partitions + 3 {
+                turn = turn.wrapping_add(1);
+                let progressed = [2, 3, 4]
+                    .into_iter()
+                    .map(|kind| step(kind, turn, &mut logs, &mut live_next))
+                    .collect::<Result<Vec<bool>, _>>()?
+                    .into_iter()
+                    .any(|b| b);
+                idle = if progressed { 0 } else { idle + 1 };
+            }
+            prop_assert!(replay.reading.as_ref().is_some_and(BTreeMap::is_empty), "the replay finished");
+            for (p, log) in logs.iter().enumerate() {
+                let p = p as i32;
+                let got = written.records.get(&p).cloned().unwrap_or_default();
+                prop_assert_eq!(&got, &written.expected(log, p, i64::MAX), "partition {}", p);
+                let requested = client_starts[&p];
+                prop_assert_eq!(written.subscribed.as_ref().unwrap()[&p], requested);
+            }
+        }
+    }
+}
