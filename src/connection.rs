@@ -14,9 +14,10 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
+use futures_util::{Sink, Stream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -45,14 +46,29 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Replay records a connection holds before the replay waits for it.
 const REPLAY_QUEUE: usize = 64;
 
-/// Serves one socket until it ends; `open` is its place under the hub's cap.
+/// What a connection talks over: axum's `WebSocket`, or in tests a pair of channels (as in
+/// axum's `testing-websockets` example).
+pub trait Socket:
+    Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send
+{
+}
+
+impl<S> Socket for S where
+    S: Sink<Message, Error = axum::Error>
+        + Stream<Item = Result<Message, axum::Error>>
+        + Unpin
+        + Send
+{
+}
+
+/// Serves one socket until it ends; `open` is its permit under the hub's cap on sockets.
 ///
 /// Not an `async fn`: those keep their arguments twice in the future, once as arguments and
 /// once as locals, and this future lives as long as the socket.
 #[allow(clippy::manual_async_fn)]
 pub fn run(
     hub: Arc<Hub>,
-    mut socket: WebSocket,
+    mut socket: impl Socket,
     admission: Admission,
     open: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
@@ -133,7 +149,7 @@ pub fn run(
 }
 
 /// Ends a socket before it is served.
-async fn refuse(socket: &mut WebSocket, code: u16, reason: Utf8Bytes) {
+async fn refuse(socket: &mut impl Socket, code: u16, reason: Utf8Bytes) {
     let frame = CloseFrame { code, reason };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
@@ -141,12 +157,12 @@ async fn refuse(socket: &mut WebSocket, code: u16, reason: Utf8Bytes) {
 /// Waits for the `auth` frame of a socket opened without a token.
 async fn first_frame_auth(
     hub: &Arc<Hub>,
-    socket: &mut WebSocket,
+    socket: &mut impl Socket,
 ) -> Result<(Session, Seat), (u16, String)> {
     let refused = |reason: String| (close::AUTH_FAILED, reason);
     let first = tokio::select! {
         _ = hub.shutdown.cancelled() => return Err((close::GOING_AWAY, "going away".into())),
-        first = tokio::time::timeout(hub.config.auth_timeout, socket.recv()) => first,
+        first = tokio::time::timeout(hub.config.auth_timeout, socket.next()) => first,
     };
     let text = match first {
         Err(_) => {
@@ -283,7 +299,7 @@ impl Connection {
     /// every byte of it counts.
     async fn serve(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut impl Socket,
         frames: &mut mpsc::Receiver<Arc<Delivery>>,
         replay_events: &mut mpsc::Receiver<Box<Report>>,
     ) {
@@ -745,7 +761,7 @@ struct WriteFailed;
 
 /// Counted as sent when the write starts, so a client that has a frame knows it is counted.
 async fn write_all(
-    socket: &mut WebSocket,
+    socket: &mut impl Socket,
     out: &mut Vec<Outgoing>,
     metrics: &Metrics,
     timeout: Duration,
@@ -767,5 +783,289 @@ async fn write_all(
     match tokio::time::timeout(timeout, batch).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(WriteFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The socket task driven through channels, as axum's `testing-websockets` example does:
+    //! no network, no broker. What needs Kafka's answers is in `tests/`.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+    use super::*;
+    use crate::auth::{Grants, mint};
+    use crate::{clock, hub};
+
+    /// The hub's end of a socket whose other end the test holds.
+    struct Pipe {
+        from_client: UnboundedReceiver<Result<Message, axum::Error>>,
+        to_client: UnboundedSender<Message>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, axum::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = axum::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            self.to_client.send(message).map_err(axum::Error::new)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The test's end.
+    struct Client {
+        to_hub: Option<UnboundedSender<Result<Message, axum::Error>>>,
+        from_hub: UnboundedReceiver<Message>,
+    }
+
+    impl Client {
+        fn send(&self, frame: Value) {
+            let text = Message::Text(frame.to_string().into());
+            self.to_hub.as_ref().unwrap().send(Ok(text)).unwrap();
+        }
+
+        async fn next(&mut self) -> Message {
+            tokio::time::timeout(Duration::from_secs(10), self.from_hub.recv())
+                .await
+                .expect("a frame from the hub in time")
+                .expect("the hub's end is open")
+        }
+
+        async fn recv(&mut self) -> Value {
+            match self.next().await {
+                Message::Text(text) => serde_json::from_str(&text).unwrap(),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+
+        async fn call(&mut self, frame: Value) -> Value {
+            self.send(frame);
+            self.recv().await
+        }
+
+        /// The close frame the hub sends, skipping anything before it; the client then
+        /// closes its side.
+        async fn closed(&mut self) -> (u16, String) {
+            loop {
+                if let Message::Close(Some(frame)) = self.next().await {
+                    self.to_hub = None;
+                    return (frame.code, frame.reason.to_string());
+                }
+            }
+        }
+    }
+
+    fn token(sub: &str, subscribe: &[&str], ttl: Duration) -> String {
+        let parse = |globs: &[&str]| globs.iter().map(|g| g.parse().unwrap()).collect();
+        let grants = Grants {
+            publish: parse(&["t.*"]),
+            subscribe: parse(subscribe),
+        };
+        mint("test-secret", sub, grants, ttl)
+    }
+
+    /// Opens a socket as the upgrade does, with `token` admitted or, without one, awaiting
+    /// its `auth` frame.
+    async fn connect(hub: &Arc<Hub>, token: Option<&str>) -> Client {
+        let (to_hub, from_client) = unbounded_channel();
+        let (to_client, from_hub) = unbounded_channel();
+        let admission = match token {
+            Some(token) => {
+                let (session, seat) = hub.admit(token).await.unwrap();
+                Admission::Admitted(session, seat)
+            }
+            None => Admission::Awaiting(hub.await_auth().unwrap()),
+        };
+        let socket = Pipe {
+            from_client,
+            to_client,
+        };
+        tokio::spawn(run(
+            hub.clone(),
+            socket,
+            admission,
+            hub.open_socket().unwrap(),
+        ));
+        Client {
+            to_hub: Some(to_hub),
+            from_hub,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn malformed_frames_get_errors_and_the_socket_carries_on() {
+        let hub = hub::for_tests(&[]).await;
+        let mut client = connect(&hub, Some(&token("alice", &["t.*"], HOUR))).await;
+        client.send(json!("not an object"));
+        assert_eq!(client.recv().await["code"], "bad_request");
+        let reply = client
+            .call(json!({"type": "subscribe", "id": 7, "topic": "elsewhere"}))
+            .await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["id"].as_i64()),
+            (Some("forbidden"), Some(7))
+        );
+        client
+            .to_hub
+            .as_ref()
+            .unwrap()
+            .send(Ok(Message::Binary(vec![1, 2].into())))
+            .unwrap();
+        assert_eq!(client.recv().await["code"], "bad_request");
+        assert_eq!(
+            client.call(json!({"type": "ping", "id": "p"})).await,
+            json!({"type": "pong", "id": "p"})
+        );
+    }
+
+    #[tokio::test]
+    async fn publishes_past_the_rate_are_refused_without_reaching_kafka() {
+        let hub = hub::for_tests(&["--publish-rate", "2"]).await;
+        let mut client = connect(&hub, Some(&token("alice", &[], HOUR))).await;
+        // The first two go to the producer, whose broker never answers within the test.
+        for id in 0..3 {
+            client.send(json!({"type": "publish", "id": id, "topic": "t.room", "payload": 1}));
+        }
+        let refused = client.recv().await;
+        assert_eq!(
+            (refused["code"].as_str(), refused["id"].as_i64()),
+            (Some("rate_limited"), Some(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_moves_the_expiry_and_ends_what_the_new_token_no_longer_allows() {
+        let hub = hub::for_tests(&[]).await;
+        let mut client = connect(&hub, Some(&token("alice", &["t.*"], HOUR))).await;
+        let subscribed = client
+            .call(json!({"type": "subscribe", "topic": "t.room"}))
+            .await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+
+        let other_user = client
+            .call(json!({"type": "auth", "id": 1, "token": token("bob", &["t.*"], HOUR)}))
+            .await;
+        assert_eq!(other_user["code"], "forbidden", "{other_user}");
+        let forged = client
+            .call(json!({"type": "auth", "id": 2, "token": "e30.e30.e30"}))
+            .await;
+        assert_eq!(forged["code"], "unauthorized", "{forged}");
+
+        let narrower = token("alice", &["t.other"], 2 * HOUR);
+        client.send(json!({"type": "auth", "id": 3, "token": narrower}));
+        let ended = client.recv().await;
+        assert_eq!(
+            (ended["type"].as_str(), ended["topic"].as_str()),
+            (Some("error"), Some("t.room")),
+            "{ended}"
+        );
+        let authenticated = client.recv().await;
+        assert_eq!(authenticated["type"], "authenticated");
+        let expires_at = authenticated["expires_at"].as_i64().unwrap();
+        assert!(
+            expires_at > clock::now_millis() + HOUR.as_millis() as i64,
+            "{authenticated}"
+        );
+    }
+
+    /// Waits out a token of two seconds (its `exp` has a resolution of one).
+    #[tokio::test]
+    async fn a_token_running_out_warns_then_closes_4401() {
+        let hub = hub::for_tests(&["--expiry-warning", "1s"]).await;
+        let mut client = connect(&hub, Some(&token("alice", &[], Duration::from_secs(2)))).await;
+        assert_eq!(client.recv().await["type"], "expiring");
+        assert_eq!(
+            client.closed().await,
+            (close::TOKEN_EXPIRED, "token expired".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_closes_4403_and_shutdown_closes_the_others_1001() {
+        let hub = hub::for_tests(&[]).await;
+        let mut alice = connect(&hub, Some(&token("alice", &[], HOUR))).await;
+        let mut bob = connect(&hub, Some(&token("bob", &[], HOUR))).await;
+        // Both are listed (and in reach of revocations) once they answer.
+        alice.call(json!({"type": "ping"})).await;
+        bob.call(json!({"type": "ping"})).await;
+        hub.apply_revocation(&crate::control::Revocation::Sub {
+            sub: "alice".into(),
+            before: clock::now_secs(),
+        });
+        assert_eq!(
+            alice.closed().await,
+            (close::AUTH_FAILED, "token revoked".into())
+        );
+        hub.going_away();
+        assert_eq!(bob.closed().await, (close::GOING_AWAY, "going away".into()));
+    }
+
+    #[tokio::test]
+    async fn a_socket_without_a_token_must_authenticate_with_its_first_frame() {
+        let hub = hub::for_tests(&["--auth-timeout", "200ms"]).await;
+        let mut silent = connect(&hub, None).await;
+        assert_eq!(
+            silent.closed().await,
+            (close::AUTH_FAILED, "no auth frame in time".into())
+        );
+
+        let mut rude = connect(&hub, None).await;
+        rude.send(json!({"type": "ping"}));
+        assert_eq!(
+            rude.closed().await,
+            (close::AUTH_FAILED, "expected an auth frame".into())
+        );
+
+        let mut polite = connect(&hub, None).await;
+        let reply = polite
+            .call(json!({"type": "auth", "id": "a", "token": token("alice", &[], HOUR)}))
+            .await;
+        assert_eq!(
+            (reply["type"].as_str(), reply["sub"].as_str()),
+            (Some("authenticated"), Some("alice"))
+        );
+        assert_eq!(polite.call(json!({"type": "ping"})).await["type"], "pong");
+    }
+
+    #[tokio::test]
+    async fn the_per_user_limit_closes_a_first_frame_login_4409() {
+        let hub = hub::for_tests(&["--max-connections-per-user", "1"]).await;
+        let alice = token("alice", &[], HOUR);
+        let mut first = connect(&hub, Some(&alice)).await;
+        first.call(json!({"type": "ping"})).await;
+        let mut second = connect(&hub, None).await;
+        second.send(json!({"type": "auth", "token": alice}));
+        assert_eq!(
+            second.closed().await,
+            (
+                close::TOO_MANY_CONNECTIONS,
+                "too many connections for this user".into()
+            )
+        );
     }
 }

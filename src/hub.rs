@@ -372,3 +372,45 @@ impl Drop for Seat {
         });
     }
 }
+
+/// A hub for unit tests: its settings from `serve`'s flags, an in-memory SQLite database, a
+/// producer and a replayer pointed at a port where no broker listens (nothing in them
+/// connects before it is used), and no consumer.
+#[cfg(test)]
+pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
+    use clap::Parser as _;
+
+    use crate::config::{Cli, Command};
+
+    static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    let defaults = [
+        "wskafka",
+        "serve",
+        "--jwt-secret",
+        "test-secret",
+        "--jwt-leeway",
+        "0s",
+    ];
+    let mut args: Vec<&str> = defaults.to_vec();
+    args.extend(["--brokers", "127.0.0.1:9", "--topics", "t.*"]);
+    args.extend(flags);
+    let Command::Serve(config) = Cli::try_parse_from(args).unwrap().command else {
+        unreachable!()
+    };
+    let config = *config;
+    let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+    Arc::new(Hub::new(Parts {
+        auth: Authenticator::new(&config.jwt).unwrap(),
+        registry: Arc::default(),
+        publisher: Publisher::new(&config, "test").unwrap(),
+        live_positions: LivePositions::default(),
+        consumer_ready: Arc::default(),
+        metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
+        replayer: Replayer::new(&config, "test", store.clone()),
+        store,
+        presence: None,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        config,
+    }))
+}

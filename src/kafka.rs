@@ -235,7 +235,7 @@ pub struct Consumer {
 /// Where the live stream stands: the next offset it delivers, per partition. A subscription
 /// reads it right after joining the registry, so every record at or past it is certain to
 /// reach the subscription live, and a replay only has to cover what lies before it.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct LivePositions(Arc<Mutex<Positions>>);
 
 /// Some partition of the topic existed at start and its position is not resolved yet, or the

@@ -14,6 +14,7 @@ const BUCKETS: &[f64] = &[
 /// The exporter, and handles to what is recorded per frame. Recording through `counter!` or
 /// `histogram!` looks the metric up by name each time (the key hashed, a registry shard
 /// locked): about 3% of the hub's core when it fans records out one at a time.
+#[derive(Clone)]
 pub struct Metrics {
     exporter: PrometheusHandle,
     frames_received: Counter,
