@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::metrics;
-use crate::protocol::{self, ErrorCode, Record};
+use crate::protocol::{self, ErrorCode, RecordView};
 use crate::registry::{Delivery, RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches};
 
@@ -104,7 +104,7 @@ impl From<KafkaError> for PublishError {
 
 /// Where a publish landed.
 #[derive(Debug, Clone, Copy)]
-pub struct Position {
+pub struct Acked {
     pub partition: i32,
     pub offset: i64,
 }
@@ -172,13 +172,13 @@ impl Publisher {
         topic: &str,
         key: Option<&str>,
         payload: &[u8],
-    ) -> Result<Position, PublishError> {
+    ) -> Result<Acked, PublishError> {
         Self::delivered(self.send(topic, key, std::iter::empty(), payload)?).await
     }
 
-    pub async fn delivered(delivery: DeliveryFuture) -> Result<Position, PublishError> {
+    pub async fn delivered(delivery: DeliveryFuture) -> Result<Acked, PublishError> {
         match delivery.await {
-            Ok(Ok(d)) => Ok(Position {
+            Ok(Ok(d)) => Ok(Acked {
                 partition: d.partition,
                 offset: d.offset,
             }),
@@ -236,7 +236,7 @@ pub struct Consumer {
 /// reads it right after joining the registry, so every record at or past it is certain to
 /// reach the subscription live, and a replay only has to cover what lies before it.
 #[derive(Clone, Default)]
-pub struct LivePositions(Arc<Mutex<Positions>>);
+pub struct LivePositions(Arc<Mutex<Progress>>);
 
 /// Some partition of the topic existed at start and its position is not resolved yet, or the
 /// consumer has not yet looked at which partitions exist.
@@ -273,16 +273,16 @@ impl Consumer {
         control: mpsc::UnboundedSender<Vec<u8>>,
     ) -> Result<Self, KafkaError> {
         let positions = LivePositions(Arc::default());
-        let context = FanOutContext {
+        let context = StartPositions {
             ready,
             positions: positions.0.clone(),
         };
-        let consumer: BaseConsumer<FanOutContext> = client_config(
+        let consumer: BaseConsumer<StartPositions> = client_config(
             config,
             &[
                 ("client.id", group_id.to_string()),
                 ("group.id", group_id.to_string()),
-                // Start positions are set explicitly on assignment (see `FanOutContext`);
+                // Start positions are set explicitly on assignment (see `StartPositions`);
                 // this only applies when one falls out of range, where the oldest record
                 // still held loses the least.
                 ("auto.offset.reset", "earliest".into()),
@@ -349,13 +349,13 @@ impl Topics {
 }
 
 fn consume(
-    consumer: BaseConsumer<FanOutContext>,
+    consumer: BaseConsumer<StartPositions>,
     topics: &Topics,
     registry: &Registry,
     control: &mpsc::UnboundedSender<Vec<u8>>,
     stop: &AtomicBool,
 ) {
-    // Which partitions already exist decides where each one starts (see `FanOutContext`),
+    // Which partitions already exist decides where each one starts (see `StartPositions`),
     // so it is settled before subscribing.
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -414,7 +414,7 @@ fn consume(
     // Dropping a BaseConsumer closes it, which sends LeaveGroup.
 }
 
-fn deliver(context: &FanOutContext, registry: &Registry, message: &BorrowedMessage<'_>) {
+fn deliver(context: &StartPositions, registry: &Registry, message: &BorrowedMessage<'_>) {
     let topic = message.topic();
     if !context.advance(topic, message.partition(), message.offset()) {
         tracing::debug!(
@@ -447,7 +447,7 @@ pub(crate) fn delivery_of(
     message: &BorrowedMessage<'_>,
     headers: &[(&str, Option<&[u8]>)],
 ) -> Delivery {
-    let frame = protocol::message_frame(&Record {
+    let frame = protocol::message_frame(&RecordView {
         topic: message.topic(),
         partition: message.partition(),
         offset: message.offset(),
@@ -477,13 +477,13 @@ pub(crate) fn delivery_of(
 ///
 /// It also keeps delivery monotonic: a record at or below a partition's last delivered
 /// offset is never delivered again.
-struct FanOutContext {
+struct StartPositions {
     ready: Arc<AtomicBool>,
-    positions: Arc<Mutex<Positions>>,
+    positions: Arc<Mutex<Progress>>,
 }
 
 #[derive(Default)]
-struct Positions {
+struct Progress {
     /// Whether `existing` has been filled: until then, no partition's start is known, not
     /// even that it has none.
     snapshot_taken: bool,
@@ -493,7 +493,7 @@ struct Positions {
     next: HashMap<String, HashMap<i32, i64>>,
 }
 
-impl ClientContext for FanOutContext {
+impl ClientContext for StartPositions {
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each partition's end
     /// and the position of the next record the hub is handed. (Its own `consumer_lag` counts
     /// from the committed offset, and the hub commits nothing.)
@@ -510,7 +510,7 @@ impl ClientContext for FanOutContext {
     }
 }
 
-impl ConsumerContext for FanOutContext {
+impl ConsumerContext for StartPositions {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -540,12 +540,7 @@ impl ConsumerContext for FanOutContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
                 let revoked = if cooperative {
-                    let mut positions = self.positions.lock().expect("positions lock");
-                    for elem in tpl.elements() {
-                        if let Some(partitions) = positions.next.get_mut(elem.topic()) {
-                            partitions.remove(&elem.partition());
-                        }
-                    }
+                    self.forget(tpl);
                     consumer.incremental_unassign(tpl)
                 } else {
                     consumer.unassign()
@@ -564,7 +559,7 @@ impl ConsumerContext for FanOutContext {
     }
 }
 
-impl FanOutContext {
+impl StartPositions {
     fn started_with(&self, existing: HashSet<(String, i32)>) {
         {
             let mut positions = self.positions.lock().expect("positions lock");
@@ -623,8 +618,14 @@ impl FanOutContext {
         if at_end.count() == 0 {
             return;
         }
+        // Not held across the round trip, which can take RESOLVE_TIMEOUT: subscribes read
+        // the positions meanwhile, and see these partitions unresolved (still `existing`).
+        // Nothing else changes them: only this thread writes.
+        drop(positions);
         // A ListOffsets request with the "latest" timestamp answers each partition's end.
-        match consumer.offsets_for_times(at_end.clone(), RESOLVE_TIMEOUT) {
+        let ends = consumer.offsets_for_times(at_end.clone(), RESOLVE_TIMEOUT);
+        let mut positions = self.positions.lock().expect("positions lock");
+        match ends {
             Ok(ends) => {
                 for elem in ends.elements() {
                     let (topic, partition) = (elem.topic(), elem.partition());
@@ -647,6 +648,16 @@ impl FanOutContext {
                 for elem in at_end.elements() {
                     set_offset(tpl, elem.topic(), elem.partition(), Offset::End);
                 }
+            }
+        }
+    }
+
+    /// Partitions revoked from this hub: whoever gets them again starts them afresh.
+    fn forget(&self, revoked: &TopicPartitionList) {
+        let mut positions = self.positions.lock().expect("positions lock");
+        for elem in revoked.elements() {
+            if let Some(partitions) = positions.next.get_mut(elem.topic()) {
+                partitions.remove(&elem.partition());
             }
         }
     }
@@ -679,7 +690,7 @@ mod tests {
 
     #[test]
     fn live_positions_are_unresolved_until_the_start_snapshot_and_its_resolution() {
-        let shared = Arc::new(Mutex::new(Positions::default()));
+        let shared = Arc::new(Mutex::new(Progress::default()));
         let live = LivePositions(shared.clone());
         // Before the consumer looked at which partitions exist, an empty answer would claim
         // that everything will arrive live.

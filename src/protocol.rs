@@ -484,7 +484,7 @@ impl From<BadRequest> for Reply {
 }
 
 /// A Kafka record as the consumer hands it over, borrowed from librdkafka's buffer.
-pub struct Record<'a> {
+pub struct RecordView<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -499,7 +499,7 @@ pub struct Record<'a> {
 ///
 /// Nothing is dropped for not being JSON or UTF-8: such keys, header values and payloads
 /// travel base64-encoded in `*_base64` fields instead.
-pub fn message_frame(record: &Record<'_>) -> String {
+pub fn message_frame(record: &RecordView<'_>) -> String {
     let (key, key_base64) = split_text(record.key);
     let mut headers = Vec::new();
     let mut headers_base64 = Vec::new();
@@ -584,6 +584,23 @@ impl<V: Serialize> Serialize for Pairs<'_, V> {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn error_codes_print_as_they_serialise() {
+        use ErrorCode::*;
+        for code in [
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            TooLarge,
+            LimitExceeded,
+            RateLimited,
+            Unavailable,
+            Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
 
     fn bad(text: &str) -> BadRequest {
         parse(text).unwrap_err()
@@ -920,8 +937,8 @@ mod tests {
         );
     }
 
-    fn record<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Record<'a> {
-        Record {
+    fn record<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> RecordView<'a> {
+        RecordView {
             topic: "chat.lobby",
             partition: 2,
             offset: 42,
@@ -945,7 +962,7 @@ mod tests {
 
     #[test]
     fn non_json_and_non_utf8_data_travel_as_base64() {
-        let frame = message_frame(&Record {
+        let frame = message_frame(&RecordView {
             headers: &[("bin", Some(&[0xff, 0x00]))],
             ..record(Some(&[0xfe]), Some(b"plain text"))
         });
