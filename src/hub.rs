@@ -399,6 +399,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     };
     let config = *config;
     let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+    let tasks = TaskTracker::new();
     Arc::new(Hub::new(Parts {
         auth: Authenticator::new(&config.jwt).unwrap(),
         registry: Arc::default(),
@@ -406,10 +407,10 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         live_positions: LivePositions::default(),
         consumer_ready: Arc::default(),
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
-        replayer: Replayer::new(&config, "test", store.clone()),
+        replayer: Replayer::new(&config, "test", store.clone(), tasks.clone()),
         store,
         presence: None,
-        tasks: TaskTracker::new(),
+        tasks,
         shutdown: CancellationToken::new(),
         config,
     }))

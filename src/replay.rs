@@ -23,6 +23,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::kafka::{client_config, delivery_of, headers_of};
@@ -205,10 +206,12 @@ pub struct Replayer {
     permits: Arc<Semaphore>,
     max_records: i64,
     store: Store,
+    /// The hub's tasks: shutdown waits for replays before it closes the store.
+    tasks: TaskTracker,
 }
 
 impl Replayer {
-    pub fn new(config: &ServeConfig, group_id: &str, store: Store) -> Self {
+    pub fn new(config: &ServeConfig, group_id: &str, store: Store, tasks: TaskTracker) -> Self {
         let client = client_config(
             config,
             &[
@@ -229,6 +232,7 @@ impl Replayer {
             permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
             max_records: i64::from(config.max_replay),
             store,
+            tasks,
         }
     }
 
@@ -238,7 +242,7 @@ impl Replayer {
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
         let store = self.store.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let (topic, generation) = (request.topic.clone(), request.generation);
             let sender = events.clone();
             let failed = |e: ReplayError| {

@@ -100,9 +100,9 @@ pub async fn serve(
         consumer_ready.clone(),
         control,
     )?;
-    let replayer = Replayer::new(&config, &group_id, store.clone());
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
+    let replayer = Replayer::new(&config, &group_id, store.clone(), tasks.clone());
     let presence = config.presence_topic.clone().map(|topic| {
         Presence::new(
             topic,
