@@ -18,8 +18,7 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use wskafka::connection::WRITE_BATCH;
-use wskafka::server::{READ_BUFFER, WRITE_BUFFER};
+use wskafka::{READ_BUFFER, WRITE_BATCH, WRITE_BUFFER};
 
 /// The hub's default `WSKAFKA_SEND_QUEUE`.
 const SEND_QUEUE: usize = 1024;

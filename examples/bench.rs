@@ -33,7 +33,7 @@ use tokio::sync::Barrier;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use wskafka::auth::{Grants, mint};
+use wskafka::{Grants, mint};
 
 type Socket = WebSocketStream<TcpStream>;
 

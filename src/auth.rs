@@ -103,6 +103,8 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    #[error("no key to verify tokens with: set WSKAFKA_JWT_SECRET or WSKAFKA_JWT_PUBLIC_KEY")]
+    Missing,
     #[error("WSKAFKA_JWT_SECRET is empty")]
     EmptySecret,
     #[error("cannot read the JWT public key {path}: {source}")]
@@ -141,7 +143,7 @@ impl Authenticator {
                     return Err(KeyError::NotAKey(path.display().to_string()));
                 }
             }
-            (None, None) => unreachable!("clap requires a secret or a public key"),
+            (None, None) => return Err(KeyError::Missing),
         };
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);

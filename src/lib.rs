@@ -1,33 +1,46 @@
 //! wskafka: a real-time hub joining WebSocket clients to Apache Kafka.
 //!
-//! A request's path: [`server`] verifies the token and upgrades, [`connection`] parses
-//! frames ([`protocol`]), checks them against the exposed topics and the token's grants
-//! ([`topic`], [`auth`]) and publishes through [`kafka`]. A record's path: the [`kafka`]
+//! A request's path: [`server`] admits the socket ([`hub`]) and upgrades, [`connection`]
+//! parses its frames ([`protocol`]), checks each against the exposed topics and the token's
+//! grants ([`policy`]) and publishes through [`kafka`]. A record's path: the [`kafka`]
 //! consumer thread serialises it once and the [`registry`] queues it for each subscriber
-//! whose filter it passes. A subscription that starts in the past is first served by a
-//! [`replay`] up to where the live stream took over.
+//! whose filter it passes; the socket's [`subscription`]s write it. A subscription that
+//! starts in the past is first served by a [`replay`], which meets the live stream at a seam
+//! with no gap and no duplicate.
 //!
 //! Durable state (read positions, revocations, open sessions) lives in a database
 //! ([`store`]); revocations travel between hubs over a Kafka topic ([`control`]), and
 //! [`presence`] writes who connects and leaves to another.
+//!
+//! Each module depends only on modules that do not depend on it (`scripts/check-modules`
+//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`] and [`clock`] depend on none.
 
-pub mod admin;
-pub mod auth;
-pub mod clock;
-pub mod config;
-pub mod connection;
-pub mod control;
-pub mod hub;
-pub mod kafka;
-pub mod metrics;
-pub mod policy;
-pub mod presence;
-pub mod protocol;
-pub mod registry;
-pub mod replay;
-pub mod server;
-pub mod stop;
-pub mod store;
-pub mod subscription;
-pub mod topic;
-pub mod web;
+mod admin;
+mod auth;
+mod clock;
+mod config;
+mod connection;
+mod control;
+mod hub;
+mod kafka;
+mod metrics;
+mod policy;
+mod presence;
+mod protocol;
+mod registry;
+mod replay;
+mod server;
+mod stop;
+mod store;
+mod subscription;
+mod topic;
+mod web;
+
+// What the binary, the tests, the benchmarks and the fuzz targets use.
+pub use auth::{Claims, Grants, mint};
+pub use config::{Cli, Command, LogFormat};
+pub use connection::WRITE_BATCH;
+pub use protocol::{Request, parse, peek_id};
+pub use server::{READ_BUFFER, WRITE_BUFFER, serve};
+pub use store::Store;
+pub use topic::{TopicPattern, is_valid_topic};

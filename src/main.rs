@@ -3,8 +3,7 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wskafka::auth::{self, Grants};
-use wskafka::config::{Cli, Command, LogFormat};
+use wskafka::{Cli, Command, Grants, LogFormat};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
             };
             println!(
                 "{}",
-                auth::mint(&args.jwt_secret, &args.sub, grants, args.ttl)
+                wskafka::mint(&args.jwt_secret, &args.sub, grants, args.ttl)
             );
             Ok(())
         }
@@ -30,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
                 LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
                 LogFormat::Json => logs.json().init(),
             }
-            wskafka::server::serve(*config, shutdown_signal())
+            wskafka::serve(*config, shutdown_signal())
                 .await
                 .context("wskafka stopped with an error")
         }

@@ -138,7 +138,8 @@ impl Registry {
         self.topics.contains_key(topic)
     }
 
-    pub fn subscriber_count(&self, topic: &str) -> usize {
+    #[cfg(test)]
+    fn subscriber_count(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, |s| {
             s.any_key.len() + s.by_key.values().map(HashMap::len).sum::<usize>()
         })

@@ -9,8 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use rdkafka::Message as _;
 use serde_json::{Value, json};
-use wskafka::auth::Claims;
-use wskafka::store::Store;
+use wskafka::{Claims, Store};
 
 const ADMIN: &str = "Basic YWRtaW46YWRtaW4tc2VjcmV0"; // admin:admin-secret
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wskafka::protocol::{Request, parse, peek_id};
+use wskafka::{Request, parse, peek_id};
 
 fuzz_target!(|text: &str| {
     let _ = peek_id(text);

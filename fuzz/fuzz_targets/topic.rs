@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wskafka::topic::{TopicPattern, is_valid_topic};
+use wskafka::{TopicPattern, is_valid_topic};
 
 fuzz_target!(|input: &str| {
     let Some((pattern, topic)) = input.split_once('\n') else {
