@@ -9,22 +9,6 @@ use common::*;
 use rdkafka::Message as _;
 use serde_json::json;
 
-/// Waits until `/metrics` shows `name` at `value`.
-async fn until_metric(hub: &Hub, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let seen = hub.metrics().await.get(name).copied().unwrap_or(0.0);
-        if seen == value {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} stayed at {seen}, not {value}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn storms_of_sockets_that_come_and_go_leave_nothing_held() {
     let (topic, glob) = fresh_topic("storm", 1).await;
@@ -57,13 +41,9 @@ async fn storms_of_sockets_that_come_and_go_leave_nothing_held() {
         drop(stranger);
         drop(polite);
     }
-    until_metric(&hub, "wskafka_connections", 0.0).await;
-    until_metric(
-        &hub,
-        &format!("wskafka_subscriptions{{topic=\"{topic}\"}}"),
-        0.0,
-    )
-    .await;
+    hub.until_metric("wskafka_connections", 0.0).await;
+    hub.until_metric(&format!("wskafka_subscriptions{{topic=\"{topic}\"}}"), 0.0)
+        .await;
 
     // Every seat, every pre-authentication slot and every socket permit came back: the
     // limits admit a full set again, and the sockets work.

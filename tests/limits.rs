@@ -64,14 +64,10 @@ async fn a_full_hub_refuses_with_503_until_a_socket_leaves() {
 /// Waits until a handshake with `url` succeeds again: a closed socket gives its place back
 /// once the hub has seen it go.
 async fn admitted_again(hub: &Hub, url: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while hub.handshake_status(url).await != 101 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the closed socket's place never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("the closed socket's place comes back", || async {
+        hub.handshake_status(url).await == 101
+    })
+    .await;
 }
 
 #[tokio::test]

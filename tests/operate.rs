@@ -104,19 +104,10 @@ async fn metrics_count_a_scripted_session_exactly_and_logs_hold_no_token_or_payl
         "wskafka_consumer_lag",
         &format!("topic=\"{topic}\",partition=\"0\""),
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while hub.metrics().await.get(&lag) != Some(&0.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {lag} = 0 in {:?}",
-            hub.metrics()
-                .await
-                .into_iter()
-                .filter(|(k, _)| k.contains("lag"))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(format!("{lag} = 0"), || async {
+        hub.metrics().await.get(&lag) == Some(&0.0)
+    })
+    .await;
 
     drop((reader, writer));
     let lines = hub.log_lines();
@@ -178,18 +169,11 @@ async fn the_admin_view_needs_its_password_and_lists_live_connections() {
 
     // A closed connection leaves the list once the hub has seen the close.
     drop(alice);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("alice is no longer listed", || async {
         let (_, body) = hub
             .get_with("/admin/connections", &[("Authorization", &right)])
             .await;
-        if listed(body) == ["bob"] {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "alice stayed listed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        listed(body) == ["bob"]
+    })
+    .await;
 }

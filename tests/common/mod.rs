@@ -28,11 +28,26 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wskafka::auth::{Grants, mint};
+use wskafka::{Grants, mint};
 
 pub const SECRET: &str = "integration-test-secret";
 /// Upper bound on any single wait; a test that hits it has failed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it holds, and fails the test when it still does not after
+/// `PATIENCE`: for state that another process shows only when asked (an HTTP endpoint, the
+/// broker), where there is no event to await.
+pub async fn eventually<F, Fut>(what: impl std::fmt::Display, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never came: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // The broker
@@ -610,32 +625,26 @@ impl Hub {
             .expect("the hub did not start listening")
             .expect("the hub exited before listening");
         let hub = Hub { addr, process, log };
-        hub.wait_ready().await;
+        hub.wait_readyz(200).await;
         hub
     }
 
     /// Waits until `/readyz` answers `status`; returns how long that took.
     pub async fn wait_readyz(&self, status: u16) -> Duration {
         let started = tokio::time::Instant::now();
-        while self.get("/readyz").await.0 != status {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "/readyz never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(format!("/readyz answers {status}"), move || async move {
+            self.get("/readyz").await.0 == status
+        })
+        .await;
         started.elapsed()
     }
 
-    async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.get("/readyz").await.0 != 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the hub never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Waits until `/metrics` shows `name` at `value`.
+    pub async fn until_metric(&self, name: &str, value: f64) {
+        eventually(format!("{name} = {value}"), move || async move {
+            self.metrics().await.get(name) == Some(&value)
+        })
+        .await;
     }
 
     /// `/metrics` as a map from `name{labels}` to value.
