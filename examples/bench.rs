@@ -89,7 +89,7 @@ fn now_us() -> u64 {
     START.elapsed().as_micros() as u64
 }
 
-const SECRET: &str = "bench-secret-not-for-production";
+const SECRET: &str = "bench-secret-never-for-production";
 const PAYLOAD_BYTES: usize = 100;
 
 #[tokio::main(flavor = "current_thread")]

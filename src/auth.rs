@@ -101,12 +101,22 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
     }
 }
 
+/// Bytes an HS256 secret needs at least: as many bits as the hash (RFC 7518, section 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no key to verify tokens with: set WSKAFKA_JWT_SECRET or WSKAFKA_JWT_PUBLIC_KEY")]
+    #[error(
+        "no key to verify tokens with: set WSKAFKA_JWT_SECRET (an HS256 secret of at least \
+         {MIN_SECRET_BYTES} bytes) or WSKAFKA_JWT_PUBLIC_KEY (a PEM file holding an RSA or \
+         P-256 public key)"
+    )]
     Missing,
-    #[error("WSKAFKA_JWT_SECRET is empty")]
-    EmptySecret,
+    #[error(
+        "WSKAFKA_JWT_SECRET is {0} bytes long: HS256 needs at least {MIN_SECRET_BYTES} (RFC 7518, \
+         section 3.2); make one with `openssl rand -base64 32`"
+    )]
+    ShortSecret(usize),
     #[error("cannot read the JWT public key {path}: {source}")]
     Read {
         path: String,
@@ -125,9 +135,8 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(config: &JwtConfig) -> Result<Self, KeyError> {
         let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key) {
-            (Some(secret), _) if secret.is_empty() => return Err(KeyError::EmptySecret),
             (Some(secret), _) => (
-                DecodingKey::from_secret(secret.as_bytes()),
+                check_secret(secret).map(|()| DecodingKey::from_secret(secret.as_bytes()))?,
                 Algorithm::HS256,
             ),
             (None, Some(path)) => {
@@ -194,6 +203,14 @@ impl Session {
     }
 }
 
+/// Refuses an HS256 secret too short to resist guessing.
+pub fn check_secret(secret: &str) -> Result<(), KeyError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(KeyError::ShortSecret(secret.len()));
+    }
+    Ok(())
+}
+
 /// Signs an HS256 token with a fresh `jti`, for `wskafka token` and for tests.
 pub fn mint(secret: &str, sub: &str, grants: Grants, ttl: Duration) -> String {
     let now = SystemTime::now();
@@ -217,6 +234,8 @@ pub fn mint(secret: &str, sub: &str, grants: Grants, ttl: Duration) -> String {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+
     fn config(secret: &str) -> JwtConfig {
         JwtConfig {
             jwt_secret: Some(secret.into()),
@@ -237,9 +256,9 @@ mod tests {
 
     #[test]
     fn a_minted_token_verifies_with_its_grants() {
-        let auth = Authenticator::new(&config("secret")).unwrap();
+        let auth = Authenticator::new(&config(SECRET)).unwrap();
         let token = mint(
-            "secret",
+            SECRET,
             "alice",
             grants(&["chat.*"], &["chat.*", "notifications"]),
             Duration::from_secs(60),
@@ -254,37 +273,41 @@ mod tests {
 
     #[test]
     fn another_secret_is_a_bad_signature() {
-        let auth = Authenticator::new(&config("secret")).unwrap();
+        let auth = Authenticator::new(&config(SECRET)).unwrap();
         let token = mint("other", "alice", Grants::default(), Duration::from_secs(60));
         assert_eq!(auth.verify(&token).unwrap_err(), AuthError::BadSignature);
     }
 
     #[test]
     fn garbage_is_malformed() {
-        let auth = Authenticator::new(&config("secret")).unwrap();
+        let auth = Authenticator::new(&config(SECRET)).unwrap();
         assert_eq!(auth.verify("not.a.jwt").unwrap_err(), AuthError::Malformed);
         assert_eq!(auth.verify("").unwrap_err(), AuthError::Malformed);
     }
 
     #[test]
     fn an_invalid_grant_pattern_refuses_the_whole_token() {
-        let auth = Authenticator::new(&config("secret")).unwrap();
+        let auth = Authenticator::new(&config(SECRET)).unwrap();
         let claims =
             serde_json::json!({"sub":"a","exp":u32::MAX,"wskafka":{"publish":["chat/[x]"]}});
         let token = jsonwebtoken::encode(
             &Header::default(),
             &claims,
-            &EncodingKey::from_secret(b"secret"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
         assert_eq!(auth.verify(&token).unwrap_err(), AuthError::Malformed);
     }
 
     #[test]
-    fn an_empty_secret_is_a_configuration_error() {
-        assert!(matches!(
-            Authenticator::new(&config("")),
-            Err(KeyError::EmptySecret)
-        ));
+    fn a_secret_shorter_than_the_hash_is_a_configuration_error() {
+        for short in ["", "secret", &"x".repeat(MIN_SECRET_BYTES - 1)] {
+            let refused = Authenticator::new(&config(short)).err();
+            assert!(
+                matches!(refused, Some(KeyError::ShortSecret(n)) if n == short.len()),
+                "{short:?}"
+            );
+        }
+        assert!(Authenticator::new(&config(&"x".repeat(MIN_SECRET_BYTES))).is_ok());
     }
 }

@@ -884,7 +884,7 @@ mod tests {
             publish: parse(&["t.*"]),
             subscribe: parse(subscribe),
         };
-        mint("test-secret", sub, grants, ttl)
+        mint(hub::TEST_SECRET, sub, grants, ttl)
     }
 
     /// Opens a socket as the upgrade does, with `token` admitted or, without one, awaiting

@@ -48,6 +48,8 @@ pub struct Hub {
     consumer_ready: Arc<AtomicBool>,
     /// A broker answered the last probe.
     kafka_reachable: AtomicBool,
+    /// The database is migrated and answered the last probe.
+    database_ready: AtomicBool,
     /// Connections, the work they leave behind and the background tasks, which shutdown
     /// waits for.
     tasks: TaskTracker,
@@ -181,6 +183,7 @@ impl Hub {
             revocations: Revocations::default(),
             consumer_ready,
             kafka_reachable: AtomicBool::new(false),
+            database_ready: AtomicBool::new(false),
             tasks,
             next_conn: AtomicU64::new(0),
             seats: DashMap::new(),
@@ -207,6 +210,10 @@ impl Hub {
             .auth
             .verify(token)
             .map_err(|e| refused(Refusal::Token(e)))?;
+        // Revocations live there: without it, no token can be told apart from a revoked one.
+        if !self.database_ready.load(Ordering::Acquire) {
+            return Err(Refusal::Unavailable);
+        }
         match self.is_revoked(&session.sub, &session.token).await {
             Ok(false) => {}
             Ok(true) => return Err(refused(Refusal::Revoked)),
@@ -322,10 +329,28 @@ impl Hub {
         self.kafka_reachable.swap(reachable, Ordering::AcqRel)
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.consumer_ready.load(Ordering::Acquire)
-            && self.kafka_reachable.load(Ordering::Acquire)
-            && !self.shutdown.is_cancelled()
+    /// Records whether the database is migrated and answers; returns whether it was before.
+    pub fn set_database_ready(&self, ready: bool) -> bool {
+        self.database_ready.swap(ready, Ordering::AcqRel)
+    }
+
+    /// What the hub still waits for before it is ready, by the names `/readyz` gives; empty
+    /// when ready.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let checks = [
+            ("kafka", self.kafka_reachable.load(Ordering::Acquire)),
+            (
+                "start_positions",
+                self.consumer_ready.load(Ordering::Acquire),
+            ),
+            ("database", self.database_ready.load(Ordering::Acquire)),
+            ("shutting_down", !self.shutdown.is_cancelled()),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Waits for the tracked work, up to `timeout`; false when some was still running.
@@ -373,6 +398,10 @@ impl Drop for Seat {
     }
 }
 
+/// The secret of `for_tests` hubs.
+#[cfg(test)]
+pub(crate) const TEST_SECRET: &str = "a-secret-for-unit-tests-of-32-bytes";
+
 /// A hub for unit tests: its settings from `serve`'s flags, an in-memory SQLite database, a
 /// producer and a replayer pointed at a port where no broker listens (nothing in them
 /// connects before it is used), and no consumer.
@@ -381,13 +410,14 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     use clap::Parser as _;
 
     use crate::config::{Cli, Command};
+    use crate::kafka_log::KafkaLog;
 
     static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
     let defaults = [
         "wskafka",
         "serve",
         "--jwt-secret",
-        "test-secret",
+        TEST_SECRET,
         "--jwt-leeway",
         "0s",
     ];
@@ -400,18 +430,21 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     let config = *config;
     let store = Store::connect("sqlite::memory:", 1).await.unwrap();
     let tasks = TaskTracker::new();
-    Arc::new(Hub::new(Parts {
+    let log = KafkaLog::default();
+    let hub = Arc::new(Hub::new(Parts {
         auth: Authenticator::new(&config.jwt).unwrap(),
         registry: Arc::default(),
-        publisher: Publisher::new(&config, "test").unwrap(),
+        publisher: Publisher::new(&config, "test", &log).unwrap(),
         live_positions: LivePositions::default(),
         consumer_ready: Arc::default(),
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
-        replayer: Replayer::new(&config, "test", store.clone(), tasks.clone()),
+        replayer: Replayer::new(&config, "test", store.clone(), tasks.clone(), &log),
         store,
         presence: None,
         tasks,
         shutdown: CancellationToken::new(),
         config,
-    }))
+    }));
+    hub.set_database_ready(true);
+    hub
 }

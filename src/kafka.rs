@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
@@ -20,6 +20,7 @@ use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionL
 use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
+use crate::kafka_log::KafkaLog;
 use crate::metrics;
 use crate::protocol::{self, ErrorCode, RecordView};
 use crate::registry::{Delivery, RecordMeta, Registry};
@@ -112,11 +113,11 @@ pub struct Acked {
 /// The hub's producer; clones share it.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLog>,
 }
 
 impl Publisher {
-    pub fn new(config: &ServeConfig, client_id: &str) -> Result<Self, KafkaError> {
+    pub fn new(config: &ServeConfig, client_id: &str, log: &KafkaLog) -> Result<Self, KafkaError> {
         let producer = client_config(
             config,
             &[
@@ -129,10 +130,12 @@ impl Publisher {
                     "message.timeout.ms",
                     config.publish_timeout.as_millis().to_string(),
                 ),
+                // Broker states, which tell `KafkaLog` when an outage ended.
+                ("statistics.interval.ms", "5000".into()),
             ],
             &config.kafka_producer,
         )
-        .create()?;
+        .create_with_context(log.clone())?;
         Ok(Publisher { producer })
     }
 
@@ -203,8 +206,13 @@ impl Publisher {
 
 /// Creates the topics the hub writes to itself, when missing, with the broker's default
 /// replication.
-pub async fn ensure_topics(config: &ServeConfig, names: &[&str]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config, &[], &[]).create()?;
+pub async fn ensure_topics(
+    config: &ServeConfig,
+    log: &KafkaLog,
+    names: &[&str],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<KafkaLog> =
+        client_config(config, &[], &[]).create_with_context(log.clone())?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| NewTopic::new(name, 1, TopicReplication::Fixed(-1)))
@@ -271,11 +279,13 @@ impl Consumer {
         registry: Arc<Registry>,
         ready: Arc<AtomicBool>,
         control: mpsc::UnboundedSender<Vec<u8>>,
+        log: &KafkaLog,
     ) -> Result<Self, KafkaError> {
         let positions = LivePositions(Arc::default());
         let context = StartPositions {
             ready,
             positions: positions.0.clone(),
+            log: log.clone(),
         };
         let consumer: BaseConsumer<StartPositions> = client_config(
             config,
@@ -298,7 +308,7 @@ impl Consumer {
                 // position instead of being revoked, re-seeked and paused, as eager
                 // rebalancing does.
                 ("partition.assignment.strategy", "cooperative-sticky".into()),
-                // For the consumer lag in /metrics.
+                // For the consumer lag in /metrics, and the broker states `KafkaLog` reads.
                 ("statistics.interval.ms", "5000".into()),
             ],
             &config.kafka_consumer,
@@ -377,7 +387,8 @@ fn consume(
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Kafka not reachable yet");
+                // `KafkaLog` says which broker does not answer, once.
+                tracing::debug!(error = %e, "Kafka not reachable yet");
                 std::thread::sleep(METADATA_RETRY);
             }
         }
@@ -408,7 +419,7 @@ fn consume(
             {
                 tracing::debug!(error = %e, "no topic matches an exposed pattern yet");
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+            Some(Err(e)) => consumer.context().log.client_error(&e, "consumer"),
         }
     }
     // Dropping a BaseConsumer closes it, which sends LeaveGroup.
@@ -480,6 +491,7 @@ pub(crate) fn delivery_of(
 struct StartPositions {
     ready: Arc<AtomicBool>,
     positions: Arc<Mutex<Progress>>,
+    log: KafkaLog,
 }
 
 #[derive(Default)]
@@ -498,6 +510,7 @@ impl ClientContext for StartPositions {
     /// and the position of the next record the hub is handed. (Its own `consumer_lag` counts
     /// from the committed offset, and the hub commits nothing.)
     fn stats(&self, statistics: Statistics) {
+        self.log.stats(&statistics);
         for (name, topic) in &statistics.topics {
             for (&partition, stats) in &topic.partitions {
                 // Partition -1 is librdkafka's internal one; -1 offsets mean unknown.
@@ -507,6 +520,14 @@ impl ClientContext for StartPositions {
                 }
             }
         }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.client_error(&error, reason);
     }
 }
 

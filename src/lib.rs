@@ -23,6 +23,7 @@ mod connection;
 mod control;
 mod hub;
 mod kafka;
+mod kafka_log;
 mod metrics;
 mod policy;
 mod presence;
@@ -37,7 +38,7 @@ mod topic;
 mod web;
 
 // What the binary, the tests, the benchmarks and the fuzz targets use.
-pub use auth::{Claims, Grants, mint};
+pub use auth::{Claims, Grants, check_secret, mint};
 pub use config::{Cli, Command, LogFormat};
 pub use connection::WRITE_BATCH;
 pub use protocol::{Request, parse, peek_id};

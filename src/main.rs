@@ -1,14 +1,18 @@
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wskafka::{Cli, Command, Grants, LogFormat};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Token(args) => {
+            if let Err(e) = wskafka::check_secret(&args.jwt_secret) {
+                eprintln!("wskafka token: {e}");
+                return ExitCode::FAILURE;
+            }
             let grants = Grants {
                 publish: args.publish,
                 subscribe: args.subscribe,
@@ -17,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 wskafka::mint(&args.jwt_secret, &args.sub, grants, args.ttl)
             );
-            Ok(())
+            ExitCode::SUCCESS
         }
         Command::Serve(config) => {
             let logs = tracing_subscriber::fmt()
@@ -29,13 +33,17 @@ async fn main() -> anyhow::Result<()> {
                 LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
                 LogFormat::Json => logs.json().init(),
             }
-            wskafka::serve(*config, shutdown_signal())
-                .await
-                .context("wskafka stopped with an error")
+            match wskafka::serve(*config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // One line a person can act on: the part, its address, the cause.
+                    tracing::error!("cannot run: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
-
 /// SIGINT (Ctrl-C) or SIGTERM (orchestrators).
 async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

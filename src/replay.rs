@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::kafka::{client_config, delivery_of, headers_of};
+use crate::kafka_log::KafkaLog;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::registry::{Delivery, Filter, RecordMeta};
 use crate::store::{Store, StoreError};
@@ -208,10 +209,17 @@ pub struct Replayer {
     store: Store,
     /// The hub's tasks: shutdown waits for replays before it closes the store.
     tasks: TaskTracker,
+    log: KafkaLog,
 }
 
 impl Replayer {
-    pub fn new(config: &ServeConfig, group_id: &str, store: Store, tasks: TaskTracker) -> Self {
+    pub fn new(
+        config: &ServeConfig,
+        group_id: &str,
+        store: Store,
+        tasks: TaskTracker,
+        log: &KafkaLog,
+    ) -> Self {
         let client = client_config(
             config,
             &[
@@ -233,6 +241,7 @@ impl Replayer {
             max_records: i64::from(config.max_replay),
             store,
             tasks,
+            log: log.clone(),
         }
     }
 
@@ -241,6 +250,7 @@ impl Replayer {
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
+        let log = self.log.clone();
         let store = self.store.clone();
         self.tasks.spawn(async move {
             let (topic, generation) = (request.topic.clone(), request.generation);
@@ -276,7 +286,7 @@ impl Replayer {
                         }))
                         .is_ok()
                 };
-                if let Err(e) = replay(&client, &request, max, &send, &cancel) {
+                if let Err(e) = replay(&client, &log, &request, max, &send, &cancel) {
                     send(Event::Failed(e));
                 }
             })
@@ -368,13 +378,16 @@ pub(crate) fn plan(
 
 fn replay(
     client: &ClientConfig,
+    log: &KafkaLog,
     request: &Request,
     max_records: i64,
     send: &dyn Fn(Event) -> bool,
     cancel: &CancellationToken,
 ) -> Result<(), ReplayError> {
     let topic = &*request.topic;
-    let consumer: BaseConsumer = client.create().map_err(ReplayError::Kafka)?;
+    let consumer: BaseConsumer<KafkaLog> = client
+        .create_with_context(log.clone())
+        .map_err(ReplayError::Kafka)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
         .map_err(ReplayError::Kafka)?;

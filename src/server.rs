@@ -19,7 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -29,11 +29,12 @@ use crate::config::ServeConfig;
 use crate::control::ControlMessage;
 use crate::hub::{Admission, Hub, Parts};
 use crate::kafka::{self, Consumer, Publisher};
+use crate::kafka_log::KafkaLog;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::replay::Replayer;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, display_url};
 use crate::{admin, connection, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
@@ -43,28 +44,72 @@ use crate::{admin, connection, web};
 pub const READ_BUFFER: usize = 1024;
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
+/// Why the hub could not start, or had to stop: one line naming the part, its address
+/// (credentials masked) and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
+    #[error("JWT key: {0}")]
     Key(#[from] KeyError),
-    #[error("cannot set up metrics: {0}")]
+    #[error("metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
-    #[error("cannot create the Kafka client: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("Kafka client for {brokers}: {source}")]
+    Kafka { brokers: String, source: KafkaError },
+    #[error("database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error("cannot listen on {addr} (WSKAFKA_LISTEN): {source}")]
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "WSKAFKA_MAX_CONNECTIONS is {max_connections}, which needs about {needed} file \
+         descriptors, but this process may open only {limit} (`ulimit -n`): raise the limit \
+         or lower WSKAFKA_MAX_CONNECTIONS"
+    )]
+    Descriptors {
+        max_connections: usize,
+        needed: u64,
+        limit: u64,
+    },
+    #[error("cannot read the file descriptor limit: {0}")]
+    DescriptorLimit(std::io::Error),
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
+}
+
+/// Descriptors besides the sockets: Kafka connections (a few per broker for the producer,
+/// the consumer, each running replay and admin request), the database pool, the listener,
+/// the runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open files as far as `max_connections` needs (and the hard
+/// limit allows), or says why the cap cannot be kept: past the limit, accepts fail with no
+/// answer at all, where the cap would have answered 503.
+fn ensure_descriptors(config: &ServeConfig) -> Result<(), StartError> {
+    let needed = config.max_connections as u64
+        + u64::from(config.database_max_connections)
+        + RESERVED_DESCRIPTORS;
+    let limit = rlimit::increase_nofile_limit(needed).map_err(StartError::DescriptorLimit)?;
+    if limit < needed {
+        return Err(StartError::Descriptors {
+            max_connections: config.max_connections,
+            needed,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// Runs the hub until `shutdown` completes, then stops gracefully: no new sockets, open
 /// sockets closed with 1001 once their in-flight publishes are answered, the producer
 /// flushed, the consumer group left.
+///
+/// It listens at once, whatever is down: what cannot work (a key, the listen address, the
+/// descriptor limit, the Kafka client's settings) is refused before anything starts, while
+/// Kafka and the database are waited for with `/readyz` naming what is missing. Kafka is
+/// waited for as long as it takes; a database that refuses connections for longer than
+/// `WSKAFKA_DATABASE_WAIT`, or answers with an error that waiting cannot mend, stops the
+/// hub with that error.
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -74,6 +119,14 @@ pub async fn serve(
             "demo mode: /dev/token mints a token for anyone who asks; never enable it in production"
         );
     }
+    let auth = Authenticator::new(&config.jwt)?;
+    ensure_descriptors(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let instance_id = config
         .instance_id
         .clone()
@@ -81,16 +134,25 @@ pub async fn serve(
     // A group of its own per run: a restart after a crash need not wait for Kafka to
     // expire the dead run's membership (session.timeout.ms) before it gets partitions.
     let group_id = format!("wskafka-{instance_id}-{}", uuid::Uuid::new_v4().simple());
-    let auth = Authenticator::new(&config.jwt)?;
     let metrics = Metrics::install()?;
-    let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+    let database_url = display_url(&config.database_url);
+    let database = |source| StartError::Database {
+        url: database_url.clone(),
+        source,
+    };
+    let store = Store::open(
+        &config.database_url,
+        config.database_max_connections,
+        config.database_timeout,
+    )
+    .map_err(database)?;
+    let kafka_client = |source| StartError::Kafka {
+        brokers: config.brokers.clone(),
+        source,
+    };
+    let kafka_log = KafkaLog::default();
     let registry = Arc::new(Registry::default());
-    let publisher = Publisher::new(&config, &group_id)?;
-    // Before the consumer looks, so that it reads the control topic from its end; when
-    // Kafka is not there yet, the readiness check creates them later.
-    if let Err(e) = kafka::ensure_topics(&config, &config.own_topics()).await {
-        tracing::warn!(error = %e, "cannot create the hub's own topics yet");
-    }
+    let publisher = Publisher::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
     let (control, control_records) = mpsc::unbounded_channel();
     let consumer = Consumer::start(
@@ -99,10 +161,12 @@ pub async fn serve(
         registry.clone(),
         consumer_ready.clone(),
         control,
-    )?;
+        &kafka_log,
+    )
+    .map_err(kafka_client)?;
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
-    let replayer = Replayer::new(&config, &group_id, store.clone(), tasks.clone());
+    let replayer = Replayer::new(&config, &group_id, store.clone(), tasks.clone(), &kafka_log);
     let presence = config.presence_topic.clone().map(|topic| {
         Presence::new(
             topic,
@@ -113,12 +177,6 @@ pub async fn serve(
             tasks.clone(),
         )
     });
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
     let hub = Arc::new(Hub::new(Parts {
         config,
         auth,
@@ -133,24 +191,14 @@ pub async fn serve(
         tasks,
         shutdown: CancellationToken::new(),
     }));
-    hub.track(watch_kafka(hub.clone()));
+    hub.track(watch_kafka(hub.clone(), kafka_log));
     hub.track({
         let hub = hub.clone();
         async move { hub.metrics.upkeep(&hub.shutdown).await }
     });
     hub.track(apply_control(hub.clone(), control_records));
-    if let Some(presence) = &hub.presence {
-        // Before any socket: this instance's earlier sessions must be seen as ended first.
-        if let Err(e) = presence.first_round().await {
-            tracing::error!(error = %e, "presence: cannot account for earlier sessions");
-        }
-        let hub = hub.clone();
-        hub.clone().track(async move {
-            if let Some(presence) = &hub.presence {
-                presence.run(hub.shutdown.clone()).await;
-            }
-        });
-    }
+    let (fatal, mut fatal_error) = oneshot::channel();
+    hub.track(watch_database(hub.clone(), fatal));
 
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(instance = %instance_id, topics = ?hub.config.topics, "listening on http://{addr}");
@@ -176,6 +224,9 @@ pub async fn serve(
         tracing::error!(error = %e, "records left unflushed at shutdown");
     }
     hub.store.close().await;
+    if let Ok(source) = fatal_error.try_recv() {
+        return Err(database(source));
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -229,21 +280,21 @@ async fn serve_http(
     graceful.shutdown().await;
 }
 
-/// How often readiness asks Kafka whether it is there, and how long it waits for the answer.
-const KAFKA_PROBE: Duration = Duration::from_secs(2);
+/// How often readiness asks Kafka and the database whether they are there, and how long it
+/// waits for the answer.
+const PROBE: Duration = Duration::from_secs(2);
 
-/// Readiness follows Kafka: a broker must answer the producer, checked every `KAFKA_PROBE`
-/// for as long as the hub runs, and the hub's own topics must exist (created once).
-async fn watch_kafka(hub: Arc<Hub>) {
+/// Readiness follows Kafka: a broker must answer the producer, checked every `PROBE` for as
+/// long as the hub runs, and the hub's own topics must exist (created once Kafka answers).
+async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
     let mut topics_exist = false;
     loop {
         let probe = hub.clone();
         let reachable =
-            tokio::task::spawn_blocking(move || probe.publisher.check_connection(KAFKA_PROBE))
-                .await;
+            tokio::task::spawn_blocking(move || probe.publisher.check_connection(PROBE)).await;
         let outcome = match reachable {
             Ok(Ok(())) if topics_exist => Ok(()),
-            Ok(Ok(())) => kafka::ensure_topics(&hub.config, &hub.config.own_topics())
+            Ok(Ok(())) => kafka::ensure_topics(&hub.config, &log, &hub.config.own_topics())
                 .await
                 .inspect(|()| topics_exist = true),
             Ok(Err(e)) => Err(e),
@@ -251,14 +302,76 @@ async fn watch_kafka(hub: Arc<Hub>) {
         };
         let was = hub.set_kafka_reachable(outcome.is_ok());
         match outcome {
-            Ok(()) if !was => tracing::info!("Kafka is reachable"),
+            Ok(()) if !was => tracing::info!(brokers = %hub.config.brokers, "Kafka is reachable"),
+            // Which broker does not answer, and why, `KafkaLog` says once.
             Err(e) if was => tracing::warn!(error = %e, "Kafka is not reachable: not ready"),
             Err(e) => tracing::debug!(error = %e, "Kafka is still not reachable"),
             Ok(()) => {}
         }
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(KAFKA_PROBE) => {}
+            _ = tokio::time::sleep(PROBE) => {}
+        }
+    }
+}
+
+/// Prepares the database (the hub serves meanwhile, unready, and refuses sockets), starts
+/// what needs it, then keeps readiness following it. A database that does not come within
+/// `WSKAFKA_DATABASE_WAIT`, or answers with an error that waiting cannot mend, stops the
+/// hub: the error goes to `fatal`.
+async fn watch_database(hub: Arc<Hub>, fatal: oneshot::Sender<StoreError>) {
+    let url = display_url(&hub.config.database_url);
+    let wait = hub.config.database_wait;
+    let started = tokio::time::Instant::now();
+    let mut waited = false;
+    loop {
+        match hub.store.prepare().await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && started.elapsed() < wait => {
+                if !waited {
+                    tracing::warn!(database = %url, cause = %e, wait = %humantime::format_duration(wait), "the database is not reachable yet: waiting for it");
+                    waited = true;
+                }
+                tokio::select! {
+                    _ = hub.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => {
+                let _ = fatal.send(e);
+                hub.going_away();
+                return;
+            }
+        }
+    }
+    if let Some(presence) = &hub.presence {
+        // Before any socket: this instance's earlier sessions must be seen as ended first.
+        if let Err(e) = presence.first_round().await {
+            tracing::error!(error = %e, "presence: cannot account for earlier sessions");
+        }
+        let hub = hub.clone();
+        hub.clone().track(async move {
+            if let Some(presence) = &hub.presence {
+                presence.run(hub.shutdown.clone()).await;
+            }
+        });
+    }
+    hub.set_database_ready(true);
+    tracing::info!(database = %url, "the database is ready");
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PROBE) => {}
+        }
+        let answered = tokio::time::timeout(PROBE, hub.store.ping()).await;
+        let outcome = answered.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
+        let was = hub.set_database_ready(outcome.is_ok());
+        match outcome {
+            Ok(()) if !was => tracing::info!(database = %url, "the database is reachable again"),
+            Err(e) if was => {
+                tracing::warn!(database = %url, cause = %e, "the database is not reachable: not ready");
+            }
+            _ => {}
         }
     }
 }
@@ -303,12 +416,18 @@ fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
+/// `{"ready": true}`, or 503 with what the hub waits for: `kafka` (no broker answers),
+/// `start_positions` (where the live stream starts is not known yet), `database`,
+/// `shutting_down`.
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
-    if hub.is_ready() {
-        (StatusCode::OK, "ready").into_response()
+    let waiting = hub.not_ready();
+    let status = if waiting.is_empty() {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"ready": waiting.is_empty(), "waiting_for": waiting});
+    (status, axum::Json(body)).into_response()
 }
 
 #[derive(Deserialize)]

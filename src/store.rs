@@ -7,10 +7,11 @@
 //! together apply them once.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{AnyConnection, AnyPool, Connection as _};
 
 use crate::auth::TokenId;
 use crate::clock::{now_millis, now_secs};
@@ -20,10 +21,57 @@ static MIGRATOR: Migrator = sqlx::migrate!();
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
+    #[error("{}", describe(.0))]
     Database(#[from] sqlx::Error),
-    #[error("cannot migrate the database: {0}")]
+    #[error("cannot migrate the database: {}", match .0 {
+        MigrateError::Execute(e) => describe(e),
+        other => other.to_string(),
+    })]
     Migrate(#[from] MigrateError),
+}
+
+/// The database's own message, without the line of its source code PostgreSQL adds.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => e.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl StoreError {
+    /// Whether waiting can mend it: the database refuses connections, does not answer, is
+    /// starting, or is busy. A wrong password, an unknown database or a schema newer than
+    /// this build stay wrong however long the hub waits.
+    pub fn is_transient(&self) -> bool {
+        let error = match self {
+            StoreError::Database(e) | StoreError::Migrate(MigrateError::Execute(e)) => e,
+            StoreError::Migrate(_) => return false,
+        };
+        match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(e) => matches!(
+                e.code().as_deref(),
+                // PostgreSQL: the server is starting or shutting down, or full.
+                Some("57P03" | "57P01" | "53300")
+                // SQLite: another process holds the file (SQLITE_BUSY, SQLITE_LOCKED).
+                | Some("5" | "6")
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// `url` with its password masked, to name a database in messages.
+pub fn display_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => url.split(':').next().unwrap_or_default().to_string() + ":(unparsable URL)",
+    }
 }
 
 /// A socket whose `disconnect` presence event has not been written yet.
@@ -38,30 +86,57 @@ pub struct OpenSession {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    url: String,
 }
 
 impl Store {
-    /// Connects and applies the migrations this build carries that the database lacks.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    /// A pool that connects when it is first used: nothing here waits for the database. A
+    /// request waits at most `timeout` for a connection.
+    pub fn open(url: &str, max_connections: u32, timeout: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .connect(url)
-            .await?;
+            .acquire_timeout(timeout)
+            .connect_lazy(url)?;
+        Ok(Store {
+            pool,
+            url: url.to_string(),
+        })
+    }
+
+    /// Opens the pool and prepares the database at once (tests and tools).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let store = Store::open(url, max_connections, Duration::from_secs(30))?;
+        store.prepare().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations this build carries that the database lacks.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let sqlite = self.url.starts_with("sqlite:");
         // PostgreSQL serialises hubs migrating together with a lock. SQLite has none: a
         // process that loses the race finds the database locked, or the migration applied
         // under it, and succeeds on a later attempt.
-        let sqlite = url.starts_with("sqlite:");
         let mut attempts = 0;
-        while let Err(e) = prepare(&pool, sqlite).await {
-            attempts += 1;
-            if attempts == 5 {
-                return Err(e);
+        loop {
+            // The pool would only say that it timed out: a connection says why it failed.
+            AnyConnection::connect(&self.url).await?.close().await?;
+            match prepare(&self.pool, sqlite).await {
+                Ok(()) => return Ok(()),
+                Err(e) if sqlite && attempts < 4 => {
+                    attempts += 1;
+                    tracing::info!(error = %e, "preparing the database failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * attempts)).await;
+                }
+                Err(e) => return Err(e),
             }
-            tracing::info!(error = %e, "preparing the database failed; trying again");
-            tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
         }
-        Ok(Store { pool })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -11,7 +11,10 @@ async fn health_answers_and_readiness_comes_with_known_positions() {
     let (_, glob) = fresh_topic("health", 2).await;
     let hub = Hub::start(&glob, &[]).await;
     assert_eq!(hub.get("/healthz").await, (200, "ok".into()));
-    assert_eq!(hub.get("/readyz").await, (200, "ready".into()));
+    assert_eq!(
+        hub.get("/readyz").await,
+        (200, r#"{"ready":true,"waiting_for":[]}"#.into())
+    );
 }
 
 #[tokio::test]

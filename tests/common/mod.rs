@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wskafka::{Grants, mint};
 
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-of-32-bytes";
 /// Upper bound on any single wait; a test that hits it has failed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -558,6 +558,50 @@ pub async fn fresh_postgres() -> String {
 // ---------------------------------------------------------------------------------------
 // The hub
 
+/// The real binary serving `topics` on `listen`, with a test's defaults (the suite's broker,
+/// a database and the test secret), each of which gives way to the same flag in `extra`;
+/// it logs at debug level unless the test sets `RUST_LOG` on the command.
+pub fn hub_command(listen: &str, topics: &str, extra: &[&str]) -> Command {
+    let database = sqlite_url();
+    let defaults = [
+        ("--brokers", broker()),
+        ("--jwt-leeway", "0s"),
+        // A database of its own unless the test shares one.
+        ("--database-url", &database),
+    ];
+    let mut args = vec!["serve", "--listen", listen, "--topics", topics];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    if !extra.contains(&"--jwt-public-key") && !extra.contains(&"--jwt-secret") {
+        args.extend(["--jwt-secret", SECRET]);
+    }
+    args.extend(extra);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wskafka"));
+    command
+        .args(&args)
+        .env("RUST_LOG", "debug,librdkafka=warn,rdkafka=warn");
+    command
+}
+
+/// Runs `command` until it exits by itself; returns its exit code and what it wrote to
+/// stderr.
+pub async fn run_to_exit(mut command: Command) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(
+        PATIENCE,
+        command.stderr(Stdio::piped()).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("the hub did not exit by itself")
+    .expect("running wskafka");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub struct Hub {
     pub addr: SocketAddr,
     process: Child,
@@ -573,26 +617,14 @@ impl Hub {
 
     /// The same, listening on `listen` (to restart a hub where its clients expect it).
     pub async fn start_at(listen: &str, topics: &str, extra: &[&str]) -> Hub {
-        let database = sqlite_url();
-        let defaults = [
-            ("--brokers", broker()),
-            ("--jwt-leeway", "0s"),
-            // A database of its own unless the test shares one.
-            ("--database-url", &database),
-        ];
-        let mut args = vec!["serve", "--listen", listen, "--topics", topics];
-        for (flag, value) in defaults {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        if !extra.contains(&"--jwt-public-key") {
-            args.extend(["--jwt-secret", SECRET]);
-        }
-        args.extend(extra);
-        let mut process = Command::new(env!("CARGO_BIN_EXE_wskafka"))
-            .args(&args)
-            .env("RUST_LOG", "debug,librdkafka=warn,rdkafka=warn")
+        let hub = Hub::launch(hub_command(listen, topics, extra)).await;
+        hub.wait_readyz(200).await;
+        hub
+    }
+
+    /// Starts `command` (from `hub_command`) and returns once the hub listens, ready or not.
+    pub async fn launch(mut command: Command) -> Hub {
+        let mut process = command
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -624,9 +656,7 @@ impl Hub {
             .await
             .expect("the hub did not start listening")
             .expect("the hub exited before listening");
-        let hub = Hub { addr, process, log };
-        hub.wait_readyz(200).await;
-        hub
+        Hub { addr, process, log }
     }
 
     /// Waits until `/readyz` answers `status`; returns how long that took.
