@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::JwtConfig;
-use crate::topic::{TopicPattern, any_matches};
+use crate::grant::Grant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -29,13 +29,16 @@ pub struct Claims {
     pub wskafka: Grants,
 }
 
-/// What a token allows, on top of the topics the hub exposes at all.
+/// What a token allows, on top of the topics the hub exposes at all (see `grant`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Grants {
     #[serde(default)]
-    pub publish: Vec<TopicPattern>,
+    pub publish: Vec<Grant>,
     #[serde(default)]
-    pub subscribe: Vec<TopicPattern>,
+    pub subscribe: Vec<Grant>,
+    /// Reading past records with `history`; without the claim, what `subscribe` grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Grant>>,
 }
 
 /// The verified identity behind one connection.
@@ -185,24 +188,6 @@ impl Authenticator {
     }
 }
 
-impl Session {
-    pub fn may_publish(&self, topic: &str) -> bool {
-        any_matches(&self.grants.publish, topic)
-    }
-
-    /// A grant naming the topic itself, not a glob that happens to cover it.
-    pub fn may_publish_literally(&self, topic: &str) -> bool {
-        self.grants
-            .publish
-            .iter()
-            .any(|g| g.is_literal() && g.as_str() == topic)
-    }
-
-    pub fn may_subscribe(&self, topic: &str) -> bool {
-        any_matches(&self.grants.subscribe, topic)
-    }
-}
-
 /// Refuses an HS256 secret too short to resist guessing.
 pub fn check_secret(secret: &str) -> Result<(), KeyError> {
     if secret.len() < MIN_SECRET_BYTES {
@@ -251,6 +236,7 @@ mod tests {
         Grants {
             publish: parse(publish),
             subscribe: parse(subscribe),
+            history: None,
         }
     }
 
@@ -265,9 +251,10 @@ mod tests {
         );
         let session = auth.verify(&token).unwrap();
         assert_eq!(session.sub, "alice");
-        assert!(session.may_publish("chat.lobby"));
-        assert!(!session.may_publish("notifications"));
-        assert!(session.may_subscribe("notifications"));
+        assert_eq!(
+            format!("{:?}", session.grants),
+            r#"Grants { publish: ["chat.*"], subscribe: ["chat.*", "notifications"], history: None }"#
+        );
         assert!(session.expires_at > SystemTime::now());
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::grant::Grant;
 use crate::topic::{TopicPattern, any_matches};
 
 #[derive(Parser)]
@@ -53,6 +54,12 @@ pub struct ServeConfig {
     /// names the topic literally.
     #[arg(long, env = "WSKAFKA_USER_TOPICS", value_delimiter = ',')]
     pub user_topics: Vec<TopicPattern>,
+
+    /// Exposed topics whose key names a room (or any other unit a token's key grants
+    /// address), as comma-separated globs: a publish to them needs a key. Per-user topics
+    /// are keyed too.
+    #[arg(long, env = "WSKAFKA_KEYED_TOPICS", value_delimiter = ',')]
+    pub keyed_topics: Vec<TopicPattern>,
 
     #[command(flatten)]
     pub jwt: JwtConfig,
@@ -159,6 +166,21 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_MAX_REPLAY", default_value_t = 10_000)]
     pub max_replay: u32,
 
+    /// Most records one `history` request returns (a request asks for 50 by default).
+    #[arg(long, env = "WSKAFKA_HISTORY_LIMIT", default_value_t = 100)]
+    pub history_limit: u32,
+
+    /// Most records one `history` request reads from Kafka looking for its page: a room whose
+    /// records are sparse among its topic's gets a shorter page that says so, and carries on
+    /// with the next request.
+    #[arg(long, env = "WSKAFKA_HISTORY_SCAN", default_value_t = 10_000)]
+    pub history_scan: u32,
+
+    /// `history` requests the hub reads at once, each with a Kafka client of its own (kept
+    /// for the next); more wait their turn.
+    #[arg(long, env = "WSKAFKA_MAX_CONCURRENT_HISTORY", default_value = "8")]
+    pub max_concurrent_history: NonZeroUsize,
+
     /// Replays the hub runs at once, each with a Kafka client of its own; more wait their
     /// turn.
     #[arg(long, env = "WSKAFKA_MAX_CONCURRENT_REPLAYS", default_value = "16")]
@@ -218,6 +240,11 @@ impl ServeConfig {
         any_matches(&self.user_topics, topic)
     }
 
+    /// Whether records of `topic` must carry a key: a room (`WSKAFKA_KEYED_TOPICS`) or a user.
+    pub fn is_keyed_topic(&self, topic: &str) -> bool {
+        any_matches(&self.keyed_topics, topic) || self.is_user_topic(topic)
+    }
+
     /// The topics the hub writes itself.
     pub fn own_topics(&self) -> Vec<&str> {
         std::iter::once(self.control_topic.as_str())
@@ -268,13 +295,19 @@ pub struct TokenArgs {
     #[arg(long)]
     pub sub: String,
 
-    /// Topic globs the token may publish to; repeat or separate with commas.
+    /// What the token may publish to: topic globs, each optionally narrowed to keys
+    /// (`chat.rooms:team-*`, `{sub}` for the user's own id); repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
-    pub publish: Vec<TopicPattern>,
+    pub publish: Vec<Grant>,
 
-    /// Topic globs the token may subscribe to; repeat or separate with commas.
+    /// What the token may subscribe to, in the same form.
     #[arg(long, value_delimiter = ',')]
-    pub subscribe: Vec<TopicPattern>,
+    pub subscribe: Vec<Grant>,
+
+    /// What the token may read with `history`, in the same form; unset: what it may
+    /// subscribe to.
+    #[arg(long, value_delimiter = ',')]
+    pub history: Option<Vec<Grant>>,
 
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]

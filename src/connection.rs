@@ -9,6 +9,7 @@
 //! drops what was already delivered (at a replay's seam, or after a resubscribe), and it is
 //! what `lagged` hands to a client that fell behind, so its next connection resumes exactly.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -25,13 +26,15 @@ use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::clock::{instant_at, now_millis, unix_millis};
+use crate::history;
 use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::kafka::Publisher;
 use crate::metrics::{self, Metrics};
 use crate::policy::{self, Action};
 use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
-    self, ErrorCode, Publish, Reply, Request, RequestId, Start, Subscribe, close,
+    self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, SENDER_HEADER, Start,
+    Subscribe, close,
 };
 use crate::registry::{ConnId, Delivery, Filter, Subscriber};
 use crate::replay::{self, Report, Seam};
@@ -45,6 +48,8 @@ pub const WRITE_BATCH: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Replay records a connection holds before the replay waits for it.
 const REPLAY_QUEUE: usize = 64;
+/// Records a `history` request gets when it names no `limit`.
+const HISTORY_PAGE: u32 = 50;
 
 /// What a connection talks over: axum's `WebSocket`, or in tests a pair of channels (as in
 /// axum's `testing-websockets` example).
@@ -283,11 +288,13 @@ type Pending = BoxFuture<'static, Answer>;
 impl Drop for Connection {
     fn drop(&mut self) {
         metrics::connection_closed();
-        for (topic, filter) in self.subscriptions.topics() {
+        for (topic, _, filter) in self.subscriptions.iter() {
             leave(&self.hub, self.id, topic, filter);
         }
         if let (Some(presence), Some(open)) = (&self.hub.presence, self.presence.take()) {
-            let topics: Vec<&str> = self.subscriptions.topics().map(|(t, _)| t).collect();
+            let mut topics: Vec<&str> = self.subscriptions.iter().map(|(t, _, _)| t).collect();
+            topics.sort_unstable();
+            topics.dedup();
             presence.disconnected(open, &topics, self.ended);
         }
     }
@@ -451,13 +458,15 @@ impl Connection {
         };
         let Failed {
             topic,
+            key,
             id,
             filter,
             error,
         } = failed;
         tracing::warn!(%topic, %error, "replay failed");
-        self.left(&topic, &filter);
-        self.reply(Reply::ended(id, &topic, error.code(), error.to_string()));
+        self.left(&topic, key.as_deref(), &filter);
+        let reply = Reply::ended(id, &topic, key.as_deref(), error.code(), error.to_string());
+        self.reply(reply);
     }
 
     fn handle(&mut self, text: &str) -> Option<Pending> {
@@ -477,16 +486,30 @@ impl Connection {
             Err(bad) => self.reply(bad.into()),
             Ok(Request::Ping { id }) => self.reply(Reply::Pong { id }),
             Ok(Request::Subscribe(subscribe)) => self.subscribe(subscribe),
-            Ok(Request::Unsubscribe { id, topic }) => {
-                self.end_subscription(&topic);
+            Ok(Request::Unsubscribe { id, topic, key }) => {
+                match key.as_deref() {
+                    Some(key) => self.end_subscription(&topic, Some(key)),
+                    None => {
+                        for held in self.subscriptions.replaced_by(&topic, None) {
+                            self.end_subscription(&topic, held.as_deref());
+                        }
+                    }
+                }
                 self.reply(Reply::Unsubscribed {
                     id,
                     topic: topic.into_owned(),
+                    key: key.map(Cow::into_owned),
                 });
             }
             Ok(Request::Auth { id, token }) => return self.refresh(id, &token),
             Ok(Request::Publish(publish)) => return self.publish(publish),
-            Ok(Request::Commit { id, topic, offsets }) => return self.commit(id, &topic, offsets),
+            Ok(Request::History(history)) => return self.history(history),
+            Ok(Request::Commit {
+                id,
+                topic,
+                key,
+                offsets,
+            }) => return self.commit(id, &topic, key.as_deref(), offsets),
         }
         None
     }
@@ -496,17 +519,20 @@ impl Connection {
         &mut self,
         id: Option<RequestId>,
         topic: &str,
+        key: Option<&str>,
         offsets: BTreeMap<i32, i64>,
     ) -> Option<Pending> {
-        if let Err(refusal) = self.authorize(&id, topic, Action::Subscribe) {
-            self.reply(refusal);
-            return None;
-        }
+        self.authorize(&id, topic, key, Action::Subscribe)?;
         let store = self.hub.store.clone();
-        let (sub, topic) = (self.session.sub.clone(), topic.to_string());
+        let positions_key = positions_key(&self.hub, topic, key).to_string();
+        let (sub, topic, key) = (
+            self.session.sub.clone(),
+            topic.to_string(),
+            key.map(str::to_string),
+        );
         Some(Box::pin(async move {
-            let reply = match store.commit(&sub, &topic, &offsets).await {
-                Ok(()) => Reply::Committed { id, topic },
+            let reply = match store.commit(&sub, &topic, &positions_key, &offsets).await {
+                Ok(()) => Reply::Committed { id, topic, key },
                 Err(e) => {
                     tracing::error!(error = %e, "cannot store read positions");
                     Reply::error(
@@ -520,10 +546,22 @@ impl Connection {
         }))
     }
 
-    /// `policy::authorize`, refused with the request's id.
-    fn authorize(&self, id: &Option<RequestId>, topic: &str, action: Action) -> Result<(), Reply> {
-        policy::authorize(&self.hub.config, &self.session, topic, action)
-            .map_err(|denied| Reply::error(id.clone(), denied.code(), denied.to_string()))
+    /// `policy::authorize`: the key the request is confined to, or `None` after answering
+    /// `id` with the refusal.
+    fn authorize(
+        &mut self,
+        id: &Option<RequestId>,
+        topic: &str,
+        key: Option<&str>,
+        action: Action,
+    ) -> Option<Option<String>> {
+        match policy::authorize(&self.hub.config, &self.session, topic, key, action) {
+            Ok(key) => Some(key),
+            Err(denied) => {
+                self.reply(Reply::error(id.clone(), denied.code(), denied.to_string()));
+                None
+            }
+        }
     }
 
     fn publish(&mut self, publish: Publish<'_>) -> Option<Pending> {
@@ -534,8 +572,13 @@ impl Connection {
             headers,
             payload,
         } = publish;
-        if let Err(refusal) = self.authorize(&id, &topic, Action::Publish) {
-            self.reply(refusal);
+        self.authorize(&id, &topic, key.as_deref(), Action::Publish)?;
+        if headers.contains_key(SENDER_HEADER) {
+            self.reply(Reply::error(
+                id,
+                ErrorCode::BadRequest,
+                format!("the header {SENDER_HEADER:?} names the publisher: the hub sets it"),
+            ));
             return None;
         }
         if self.publishes.check().is_err() {
@@ -551,6 +594,7 @@ impl Connection {
             &topic,
             key.as_deref(),
             headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            Some(&self.session.sub),
             payload.get().as_bytes(),
         );
         let delivery = match sent {
@@ -565,13 +609,13 @@ impl Connection {
         let ack_seconds = self.hub.metrics.publish_ack();
         Some(Box::pin(async move {
             Answer::Reply(match Publisher::delivered(delivery).await {
-                Ok(position) => {
+                Ok(acked) => {
                     ack_seconds.record(sent_at.elapsed());
                     Reply::Ack {
                         id,
                         topic,
-                        partition: position.partition,
-                        offset: position.offset,
+                        partition: acked.partition,
+                        offset: acked.offset,
                     }
                 }
                 Err(e) => {
@@ -582,30 +626,94 @@ impl Connection {
         }))
     }
 
+    /// Reads a page of past records, off the socket's task.
+    fn history(&mut self, request: History<'_>) -> Option<Pending> {
+        let History {
+            id,
+            topic,
+            key,
+            before,
+            limit,
+        } = request;
+        let confined = self.authorize(&id, &topic, key.as_deref(), Action::History)?;
+        let most = self.hub.config.history_limit;
+        let key = key.map(Cow::into_owned);
+        let (before, unlisted) = match before {
+            Before::End => (BTreeMap::new(), None),
+            Before::Offsets(offsets) => (offsets, None),
+            // What the subscription delivers from its first record has nothing before it.
+            Before::Subscribed => match self.subscriptions.started_at(&topic, key.as_deref()) {
+                Some(start) => (start.clone(), Some(0)),
+                None => {
+                    self.reply(Reply::error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "`before: \"subscribed\"` needs a started subscription to the same topic and key",
+                    ));
+                    return None;
+                }
+            },
+        };
+        let query = history::Query {
+            topic: topic.into_owned(),
+            key: confined,
+            before,
+            unlisted,
+            limit: limit.unwrap_or(HISTORY_PAGE).min(most) as usize,
+        };
+        let reader = self.hub.history.clone();
+        Some(Box::pin(async move {
+            let topic = query.topic.clone();
+            Answer::Reply(match reader.page(query).await {
+                Ok(page) => Reply::History {
+                    id,
+                    topic,
+                    key,
+                    messages: page.messages,
+                    before: page.before,
+                    oldest: page.oldest,
+                    partial: page.partial,
+                },
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "a history read failed");
+                    Reply::error(id, e.code(), e.to_string())
+                }
+            })
+        }))
+    }
+
     fn subscribe(&mut self, request: Subscribe<'_>) {
         let Subscribe {
             id,
             topic,
+            key,
             from,
-            filter,
+            headers,
         } = request;
-        if let Err(refusal) = self.authorize(&id, &topic, Action::Subscribe) {
-            return self.reply(refusal);
-        }
+        // The subscription is the one asked for (a whole per-user topic, say); its filter
+        // holds the key it is confined to (that user's).
+        let Some(confined) = self.authorize(&id, &topic, key.as_deref(), Action::Subscribe) else {
+            return;
+        };
+        let key = key.map(Cow::into_owned);
+        let replaced = self.subscriptions.replaced_by(&topic, key.as_deref());
         let max = self.hub.config.max_subscriptions;
-        if self.subscriptions.count() >= max && !self.subscriptions.contains(&topic) {
+        if self.subscriptions.count() - replaced.len() >= max {
             return self.reply(Reply::error(
                 id,
                 ErrorCode::LimitExceeded,
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let filter = match policy::filter_for(&self.hub.config, &self.session, &topic, filter) {
-            Ok(filter) => Arc::new(filter),
-            Err(denied) => return self.reply(Reply::error(id, denied.code(), denied.to_string())),
-        };
-        // A second subscribe to a topic replaces the first (a new start or filter).
-        self.end_subscription(&topic);
+        // A new subscription replaces the same one (a new start or filter), and a key
+        // replaces the whole topic, or the whole topic every key.
+        for held in replaced {
+            self.end_subscription(&topic, held.as_deref());
+        }
+        let filter = Arc::new(Filter {
+            key: confined.map(|k| k.into_bytes().into_boxed_slice()),
+            headers: headers.into_iter().collect(),
+        });
         let subscriber = Subscriber {
             queue: self.queue.clone(),
             stop: self.stop.clone(),
@@ -615,11 +723,13 @@ impl Connection {
         self.hub.registry.subscribe(&topic, self.id, subscriber);
         let (live, resolved) = self.hub.live_positions.of(&topic);
         if from == Start::Latest {
-            self.subscriptions.insert_live(&topic, filter, live.clone());
-            self.joined(&topic);
+            self.subscriptions
+                .insert_live(&topic, key.as_deref(), filter, live.clone());
+            self.joined(&topic, key.as_deref());
             return self.reply(Reply::Subscribed {
                 id,
                 topic: topic.into_owned(),
+                key,
                 partitions: live,
                 lost: BTreeMap::new(),
                 waiting: None,
@@ -640,42 +750,51 @@ impl Connection {
         let stop = self.hub.replayer.spawn(
             replay::Request {
                 topic: topic.as_ref().into(),
+                key: key.as_deref().map(Arc::from),
                 generation,
                 from,
                 user: self.session.sub.clone(),
+                positions_key: positions_key(&self.hub, &topic, key.as_deref()).to_string(),
                 seam: seam.clone(),
                 filter: filter.clone(),
             },
             self.replays.clone(),
         );
-        self.subscriptions
-            .insert_replaying(&topic, generation, filter, id, seam, stop);
-        self.joined(&topic);
+        self.subscriptions.insert_replaying(
+            &topic,
+            key.as_deref(),
+            generation,
+            filter,
+            id,
+            seam,
+            stop,
+        );
+        self.joined(&topic, key.as_deref());
     }
 
     /// Counts a subscription that joined the registry, and tells presence.
-    fn joined(&self, topic: &str) {
+    fn joined(&self, topic: &str, key: Option<&str>) {
         metrics::subscribed(topic);
-        self.tell_presence(presence::Kind::Subscribe, topic);
+        self.tell_presence(presence::Kind::Subscribe, topic, key);
     }
 
-    fn tell_presence(&self, kind: presence::Kind, topic: &str) {
+    fn tell_presence(&self, kind: presence::Kind, topic: &str, key: Option<&str>) {
         if let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) {
-            presence.topic_changed(open, kind, topic);
+            presence.topic_changed(open, kind, topic, key);
         }
     }
 
-    fn end_subscription(&mut self, topic: &str) {
-        if let Some(filter) = self.subscriptions.remove(topic) {
-            self.left(topic, &filter);
+    fn end_subscription(&mut self, topic: &str, key: Option<&str>) {
+        if let Some(filter) = self.subscriptions.remove(topic, key) {
+            self.left(topic, key, &filter);
         }
     }
 
     /// What an ended subscription leaves behind: its place in the registry, its count,
     /// presence's record of it.
-    fn left(&self, topic: &str, filter: &Filter) {
+    fn left(&self, topic: &str, key: Option<&str>, filter: &Filter) {
         leave(&self.hub, self.id, topic, filter);
-        self.tell_presence(presence::Kind::Unsubscribe, topic);
+        self.tell_presence(presence::Kind::Unsubscribe, topic, key);
     }
 
     /// A new token for the same user: it moves the expiry, and subscriptions it no longer
@@ -728,26 +847,34 @@ impl Connection {
             self.stop.revoked();
         }
         self.session = session;
-        let disallowed: Vec<String> = self
+        let config = &self.hub.config;
+        let disallowed: Vec<(String, Option<String>)> = self
             .subscriptions
-            .topics()
-            .map(|(topic, _)| topic)
-            .filter(|topic| {
-                !policy::allows(&self.hub.config, &self.session, topic, Action::Subscribe)
-            })
-            .map(str::to_string)
+            .iter()
+            .filter(|(topic, key, _)| !policy::still_allows(config, &self.session, topic, *key))
+            .map(|(topic, key, _)| (topic.to_string(), key.map(str::to_string)))
             .collect();
-        for topic in disallowed {
-            self.end_subscription(&topic);
+        for (topic, key) in disallowed {
+            self.end_subscription(&topic, key.as_deref());
             self.reply(Reply::ended(
                 None,
                 &topic,
+                key.as_deref(),
                 ErrorCode::Forbidden,
                 format!("subscription to {topic:?} ended: the new token does not allow it"),
             ));
         }
         self.reply(authenticated(id, &self.session));
     }
+}
+
+/// Under which key the user's read positions of a subscription are stored: a room's own, or
+/// on a whole topic and on a per-user topic (whose one key is the user's) `""`.
+fn positions_key<'k>(hub: &Hub, topic: &str, key: Option<&'k str>) -> &'k str {
+    if hub.config.is_user_topic(topic) {
+        return "";
+    }
+    key.unwrap_or("")
 }
 
 /// Takes an ended subscription out of the registry and the metrics.
@@ -883,6 +1010,7 @@ mod tests {
         let grants = Grants {
             publish: parse(&["t.*"]),
             subscribe: parse(subscribe),
+            history: None,
         };
         mint(hub::TEST_SECRET, sub, grants, ttl)
     }

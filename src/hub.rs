@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthError, Authenticator, Session, TokenId};
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
+use crate::history::HistoryReader;
 use crate::kafka::{LivePositions, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
@@ -36,6 +37,7 @@ pub struct Hub {
     pub live_positions: LivePositions,
     pub metrics: Metrics,
     pub replayer: Replayer,
+    pub history: HistoryReader,
     pub store: Store,
     pub presence: Option<Presence>,
     /// Cancelled when the hub starts shutting down; every connection watches it.
@@ -74,6 +76,7 @@ pub struct Parts {
     pub consumer_ready: Arc<AtomicBool>,
     pub metrics: Metrics,
     pub replayer: Replayer,
+    pub history: HistoryReader,
     pub store: Store,
     pub presence: Option<Presence>,
     pub tasks: TaskTracker,
@@ -161,6 +164,7 @@ impl Hub {
             consumer_ready,
             metrics,
             replayer,
+            history,
             store,
             presence,
             tasks,
@@ -177,6 +181,7 @@ impl Hub {
             live_positions,
             metrics,
             replayer,
+            history,
             store,
             presence,
             shutdown,
@@ -439,6 +444,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         consumer_ready: Arc::default(),
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
         replayer: Replayer::new(&config, "test", store.clone(), tasks.clone(), &log),
+        history: HistoryReader::new(&config, "test", &log),
         store,
         presence: None,
         tasks,

@@ -53,6 +53,26 @@ pub(crate) fn client_config(
     client
 }
 
+/// A consumer that reads partitions it assigns itself, from offsets it names: replays and
+/// `history` pages.
+pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConfig {
+    client_config(
+        config,
+        &[
+            ("client.id", client_id.to_string()),
+            // Never used to join a group (partitions are assigned by hand), but required.
+            ("group.id", client_id.to_string()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.partition.eof", "true".into()),
+            // As the live stream reads (see `Consumer`).
+            ("isolation.level", "read_committed".into()),
+            // A start that retention deleted meanwhile is an error, never a silent jump.
+            ("auto.offset.reset", "error".into()),
+        ],
+        &config.kafka_consumer,
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("Kafka could not take the record in time: {0}")]
@@ -126,6 +146,10 @@ impl Publisher {
                 ("enable.idempotence", "true".into()),
                 ("acks", "all".into()),
                 ("linger.ms", "5".into()),
+                // A key's partition as Kafka's Java clients place it (murmur2): a room's
+                // records stay in one partition, whoever produced them, and `history` reads
+                // only that partition. (librdkafka's default hashes keys with CRC32.)
+                ("partitioner", "murmur2_random".into()),
                 (
                     "message.timeout.ms",
                     config.publish_timeout.as_millis().to_string(),
@@ -140,20 +164,23 @@ impl Publisher {
     }
 
     /// Hands the record to librdkafka without waiting; the future resolves once Kafka has it.
+    /// `sender`, the user publishing through the hub, goes into `protocol::SENDER_HEADER`.
     pub fn send<'h>(
         &self,
         topic: &str,
         key: Option<&str>,
         headers: impl ExactSizeIterator<Item = (&'h str, &'h str)>,
+        sender: Option<&'h str>,
         payload: &[u8],
     ) -> Result<DeliveryFuture, PublishError> {
         let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
-        let count = headers.len();
+        let count = headers.len() + usize::from(sender.is_some());
         if count > 0 {
-            let owned = headers.fold(
+            let sender = sender.map(|sender| (protocol::SENDER_HEADER, sender));
+            let owned = headers.chain(sender).fold(
                 OwnedHeaders::new_with_capacity(count),
                 |acc, (key, value)| {
                     acc.insert(Header {
@@ -176,7 +203,7 @@ impl Publisher {
         key: Option<&str>,
         payload: &[u8],
     ) -> Result<Acked, PublishError> {
-        Self::delivered(self.send(topic, key, std::iter::empty(), payload)?).await
+        Self::delivered(self.send(topic, key, std::iter::empty(), None, payload)?).await
     }
 
     pub async fn delivered(delivery: DeliveryFuture) -> Result<Acked, PublishError> {
@@ -469,6 +496,7 @@ pub(crate) fn delivery_of(
     });
     Delivery {
         topic: message.topic().into(),
+        key: message.key().map(Box::from),
         partition: message.partition(),
         offset: message.offset(),
         timestamp: message.timestamp().to_millis(),

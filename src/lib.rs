@@ -21,6 +21,8 @@ mod clock;
 mod config;
 mod connection;
 mod control;
+mod grant;
+mod history;
 mod hub;
 mod kafka;
 mod kafka_log;

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
             let grants = Grants {
                 publish: args.publish,
                 subscribe: args.subscribe,
+                history: args.history,
             };
             println!(
                 "{}",

@@ -106,6 +106,14 @@ pub fn auth_failed(reason: &'static str) {
     counter!("wskafka_auth_failures_total", "reason" => reason).increment(1);
 }
 
+/// A `history` page served: how long it took, and how many offsets it read from Kafka.
+pub fn history_page(elapsed: Duration, offsets_read: u64, partial: bool) {
+    histogram!("wskafka_history_seconds").record(elapsed);
+    counter!("wskafka_history_offsets_read_total").increment(offsets_read);
+    let partial = if partial { "true" } else { "false" };
+    counter!("wskafka_history_pages_total", "partial" => partial).increment(1);
+}
+
 /// Records behind the partition's end, from librdkafka's statistics.
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     gauge!("wskafka_consumer_lag", "topic" => topic.to_string(), "partition" => partition.to_string())

@@ -1,15 +1,19 @@
-//! Who may do what with which topic: the one decision behind publish, subscribe and commit.
+//! Who may do what with which topic and key: the one decision behind publish, subscribe,
+//! history and commit.
 //!
 //! A topic is allowed when the hub exposes it (`WSKAFKA_TOPICS`) and the token grants the
-//! action on it. The hub's own topics are never written by clients, and its control topic
-//! never read. On a per-user topic (`WSKAFKA_USER_TOPICS`) a subscriber reads only records
-//! keyed with its own `sub`, and publishing needs a grant naming the topic itself, not a
-//! glob that happens to cover it.
+//! action on it (see `grant`): on the key the request names, or on every key when it names
+//! none. The hub's own topics are never written by clients, and its control topic never
+//! read. A keyed topic (`WSKAFKA_KEYED_TOPICS`, and per-user topics) takes no publish
+//! without a key, since a key is what places a record in its room. On a per-user topic
+//! (`WSKAFKA_USER_TOPICS`) a reader gets only the records keyed with its own `sub`, whatever
+//! it asks, and publishing needs a grant naming the topic itself, not a glob that happens
+//! to cover it.
 
 use crate::auth::Session;
 use crate::config::ServeConfig;
-use crate::protocol::{ErrorCode, FilterSpec};
-use crate::registry::Filter;
+use crate::grant::Grant;
+use crate::protocol::ErrorCode;
 use crate::topic::{any_matches, is_valid_topic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub enum Action {
     Publish,
     /// Subscribing, and committing read positions.
     Subscribe,
+    /// Reading past records with `history`.
+    History,
 }
 
 impl Action {
@@ -24,6 +30,7 @@ impl Action {
         match self {
             Action::Publish => "publish to",
             Action::Subscribe => "subscribe to",
+            Action::History => "read the history of",
         }
     }
 }
@@ -32,76 +39,117 @@ impl Action {
 pub enum Denied {
     #[error("invalid topic name {0:?}")]
     InvalidTopic(String),
-    #[error("not allowed to {} topic {topic:?}", action.verb())]
-    NotGranted { action: Action, topic: String },
+    #[error("not allowed to {} topic {topic:?}{}", action.verb(), key_text(key))]
+    NotGranted {
+        action: Action,
+        topic: String,
+        key: Option<String>,
+    },
     #[error("topic {0:?} is per user: only records keyed with your own user id are available")]
     OthersKey(String),
+    #[error("topic {0:?} is keyed: a publish needs a `key`")]
+    KeyRequired(String),
+}
+
+fn key_text(key: &Option<String>) -> String {
+    match key {
+        Some(key) => format!(" with key {key:?}"),
+        None => " (every key)".to_string(),
+    }
 }
 
 impl Denied {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Denied::InvalidTopic(_) => ErrorCode::BadRequest,
+            Denied::InvalidTopic(_) | Denied::KeyRequired(_) => ErrorCode::BadRequest,
             Denied::NotGranted { .. } | Denied::OthersKey(_) => ErrorCode::Forbidden,
         }
     }
 }
 
+/// Decides whether the session may `action` on `key` of `topic` (every key, for `None`), and
+/// returns the key the request is confined to: the one asked, or on a per-user topic the
+/// user's own.
 pub fn authorize(
     config: &ServeConfig,
     session: &Session,
     topic: &str,
+    key: Option<&str>,
     action: Action,
-) -> Result<(), Denied> {
+) -> Result<Option<String>, Denied> {
     if !is_valid_topic(topic) {
         return Err(Denied::InvalidTopic(topic.to_string()));
     }
-    if allows(config, session, topic, action) {
-        Ok(())
-    } else {
-        Err(Denied::NotGranted {
-            action,
-            topic: topic.to_string(),
-        })
-    }
-}
-
-/// `authorize` for a topic known to be a valid name.
-pub fn allows(config: &ServeConfig, session: &Session, topic: &str, action: Action) -> bool {
+    let not_granted = || Denied::NotGranted {
+        action,
+        topic: topic.to_string(),
+        key: key.map(str::to_string),
+    };
     let internal = match action {
         Action::Publish => config.is_internal_topic(topic),
-        Action::Subscribe => topic == config.control_topic,
+        Action::Subscribe | Action::History => topic == config.control_topic,
     };
     if internal || !any_matches(&config.topics, topic) {
-        return false;
+        return Err(not_granted());
     }
-    match action {
-        Action::Publish if config.is_user_topic(topic) => session.may_publish_literally(topic),
-        Action::Publish => session.may_publish(topic),
-        Action::Subscribe => session.may_subscribe(topic),
+    let sub = session.sub.as_str();
+    let grants = granted(session, action);
+    if config.is_user_topic(topic) {
+        return match action {
+            // Backends write users' notifications; a token that may do so names the topic.
+            Action::Publish => {
+                let Some(key) = key else {
+                    return Err(Denied::KeyRequired(topic.to_string()));
+                };
+                let literal = grants
+                    .iter()
+                    .any(|g| g.topic_pattern().is_literal() && g.covers(topic, Some(key), sub));
+                if literal {
+                    Ok(Some(key.to_string()))
+                } else {
+                    Err(not_granted())
+                }
+            }
+            Action::Subscribe | Action::History => {
+                if key.is_some_and(|k| k != sub) {
+                    return Err(Denied::OthersKey(topic.to_string()));
+                }
+                if grants.iter().any(|g| g.covers(topic, Some(sub), sub)) {
+                    Ok(Some(sub.to_string()))
+                } else {
+                    Err(not_granted())
+                }
+            }
+        };
+    }
+    if action == Action::Publish && key.is_none() && config.is_keyed_topic(topic) {
+        return Err(Denied::KeyRequired(topic.to_string()));
+    }
+    if grants.iter().any(|g| g.covers(topic, key, sub)) {
+        Ok(key.map(str::to_string))
+    } else {
+        Err(not_granted())
     }
 }
 
-/// The filter a subscription gets: the client's, and on a per-user topic the user's own
-/// key, which the client cannot widen.
-pub fn filter_for(
+/// Whether the session may still hold a subscription made for `key` of `topic` (every
+/// key, for `None`).
+pub fn still_allows(
     config: &ServeConfig,
     session: &Session,
     topic: &str,
-    spec: FilterSpec,
-) -> Result<Filter, Denied> {
-    let mut key = spec.key.map(|k| k.into_bytes().into_boxed_slice());
-    if config.is_user_topic(topic) {
-        let own = session.sub.as_bytes();
-        if key.as_deref().is_some_and(|k| k != own) {
-            return Err(Denied::OthersKey(topic.to_string()));
-        }
-        key = Some(own.into());
+    key: Option<&str>,
+) -> bool {
+    authorize(config, session, topic, key, Action::Subscribe).is_ok()
+}
+
+fn granted(session: &Session, action: Action) -> &[Grant] {
+    let grants = &session.grants;
+    match action {
+        Action::Publish => &grants.publish,
+        Action::Subscribe => &grants.subscribe,
+        Action::History => grants.history.as_deref().unwrap_or(&grants.subscribe),
     }
-    Ok(Filter {
-        key,
-        headers: spec.headers.into_iter().collect(),
-    })
 }
 
 #[cfg(test)]
@@ -129,31 +177,34 @@ mod tests {
             grants: Grants {
                 publish: parse(publish),
                 subscribe: parse(subscribe),
+                history: None,
             },
             expires_at: SystemTime::now(),
             token: TokenId::default(),
         }
     }
 
+    fn allows(config: &ServeConfig, session: &Session, topic: &str, action: Action) -> bool {
+        authorize(config, session, topic, None, action).is_ok()
+    }
+
     #[test]
     fn a_topic_needs_the_hubs_exposure_and_the_tokens_grant() {
         let config = config(&["--topics", "chat.*"]);
         let everything = session(&["*"], &["*"]);
-        assert_eq!(
-            authorize(&config, &everything, "chat.lobby", Action::Publish),
-            Ok(())
-        );
+        assert!(allows(&config, &everything, "chat.lobby", Action::Publish));
         assert!(!allows(&config, &everything, "billing", Action::Subscribe));
         let reader = session(&[], &["chat.*"]);
         assert!(allows(&config, &reader, "chat.lobby", Action::Subscribe));
+        assert!(allows(&config, &reader, "chat.lobby", Action::History));
         assert_eq!(
-            authorize(&config, &reader, "chat.lobby", Action::Publish)
+            authorize(&config, &reader, "chat.lobby", None, Action::Publish)
                 .unwrap_err()
                 .to_string(),
-            "not allowed to publish to topic \"chat.lobby\""
+            "not allowed to publish to topic \"chat.lobby\" (every key)"
         );
         assert_eq!(
-            authorize(&config, &reader, "chat lobby", Action::Subscribe)
+            authorize(&config, &reader, "chat lobby", None, Action::Subscribe)
                 .unwrap_err()
                 .code(),
             ErrorCode::BadRequest
@@ -167,44 +218,122 @@ mod tests {
         for own in ["wskafka.control", "presence"] {
             assert!(!allows(&config, &everything, own, Action::Publish), "{own}");
         }
-        assert!(!allows(
-            &config,
-            &everything,
-            "wskafka.control",
-            Action::Subscribe
-        ));
+        for action in [Action::Subscribe, Action::History] {
+            assert!(!allows(&config, &everything, "wskafka.control", action));
+        }
         assert!(allows(&config, &everything, "presence", Action::Subscribe));
     }
 
     #[test]
-    fn per_user_topics_take_literal_publish_grants_and_filter_on_the_users_key() {
+    fn key_grants_open_their_rooms_only_and_never_the_whole_topic() {
+        let config = config(&["--topics", "chat.*", "--keyed-topics", "chat.rooms"]);
+        let member = session(
+            &["chat.rooms:lobby"],
+            &["chat.rooms:lobby", "chat.rooms:team-*"],
+        );
+        for (key, action, allowed) in [
+            ("lobby", Action::Publish, true),
+            ("lobby", Action::Subscribe, true),
+            ("team-red", Action::Subscribe, true),
+            ("team-red", Action::History, true),
+            ("team-red", Action::Publish, false),
+            ("staff", Action::Subscribe, false),
+            ("staff", Action::History, false),
+            ("staff", Action::Publish, false),
+        ] {
+            let decided = authorize(&config, &member, "chat.rooms", Some(key), action);
+            assert_eq!(decided.is_ok(), allowed, "{key} {action:?}: {decided:?}");
+            if let Err(denied) = decided {
+                assert_eq!(denied.code(), ErrorCode::Forbidden);
+            }
+        }
+        assert!(!allows(&config, &member, "chat.rooms", Action::Subscribe));
+        assert_eq!(
+            authorize(&config, &member, "chat.rooms", None, Action::Publish),
+            Err(Denied::KeyRequired("chat.rooms".into()))
+        );
+        // Elsewhere a key is a filter the grant may or may not cover.
+        let whole = session(&["chat.*"], &["chat.*"]);
+        assert!(allows(&config, &whole, "chat.lobby", Action::Publish));
+        assert_eq!(
+            authorize(
+                &config,
+                &whole,
+                "chat.rooms",
+                Some("staff"),
+                Action::Subscribe
+            ),
+            Ok(Some("staff".into()))
+        );
+    }
+
+    #[test]
+    fn history_takes_the_subscribe_grants_unless_the_token_names_its_own() {
+        let config = config(&["--topics", "chat.*"]);
+        let mut reader = session(&[], &["chat.*"]);
+        reader.grants.history = Some(vec!["chat.public".parse().unwrap()]);
+        assert!(allows(&config, &reader, "chat.public", Action::History));
+        assert!(!allows(&config, &reader, "chat.lobby", Action::History));
+        assert!(allows(&config, &reader, "chat.lobby", Action::Subscribe));
+    }
+
+    #[test]
+    fn per_user_topics_take_literal_publish_grants_and_confine_readers_to_their_key() {
         let config = config(&["--topics", "notes,chat.*", "--user-topics", "notes"]);
-        assert!(!allows(
-            &config,
-            &session(&["*"], &[]),
-            "notes",
-            Action::Publish
-        ));
-        assert!(allows(
-            &config,
-            &session(&["notes"], &[]),
-            "notes",
-            Action::Publish
-        ));
+        assert!(
+            authorize(
+                &config,
+                &session(&["*"], &[]),
+                "notes",
+                Some("bob"),
+                Action::Publish
+            )
+            .is_err()
+        );
+        assert_eq!(
+            authorize(
+                &config,
+                &session(&["notes"], &[]),
+                "notes",
+                Some("bob"),
+                Action::Publish
+            ),
+            Ok(Some("bob".into()))
+        );
+        assert_eq!(
+            authorize(
+                &config,
+                &session(&["notes"], &[]),
+                "notes",
+                None,
+                Action::Publish
+            ),
+            Err(Denied::KeyRequired("notes".into()))
+        );
 
         let alice = session(&[], &["*"]);
-        let own = filter_for(&config, &alice, "notes", FilterSpec::default()).unwrap();
-        assert_eq!(own.key.as_deref(), Some(b"alice".as_slice()));
-        let others = FilterSpec {
-            key: Some("bob".into()),
-            ..FilterSpec::default()
-        };
+        for action in [Action::Subscribe, Action::History] {
+            assert_eq!(
+                authorize(&config, &alice, "notes", None, action),
+                Ok(Some("alice".into()))
+            );
+            assert_eq!(
+                authorize(&config, &alice, "notes", Some("bob"), action),
+                Err(Denied::OthersKey("notes".into()))
+            );
+        }
+        // The general rule says the same with a `{sub}` grant.
+        let own = session(&[], &["notes:{sub}"]);
         assert_eq!(
-            filter_for(&config, &alice, "notes", others.clone()),
-            Err(Denied::OthersKey("notes".into()))
+            authorize(&config, &own, "notes", None, Action::Subscribe),
+            Ok(Some("alice".into()))
         );
-        // Elsewhere the client's filter stands as given.
-        let filter = filter_for(&config, &alice, "chat.lobby", others).unwrap();
-        assert_eq!(filter.key.as_deref(), Some(b"bob".as_slice()));
+        assert!(still_allows(&config, &own, "notes", None));
+        assert!(!still_allows(
+            &config,
+            &session(&[], &["chat.*"]),
+            "notes",
+            None
+        ));
     }
 }

@@ -63,6 +63,9 @@ struct Event<'a> {
     at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<&'a str>,
+    /// With `topic`, the key (room) subscribed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
     /// On `disconnect`, the topics the socket held; absent when its hub died with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     topics: Option<&'a [&'a str]>,
@@ -79,6 +82,7 @@ impl Event<'_> {
             instance: &session.instance,
             at: now_millis(),
             topic: None,
+            key: None,
             topics: None,
             reason: None,
         }
@@ -112,7 +116,7 @@ impl Presence {
         let payload = serde_json::to_vec(&event).expect("presence events always serialise");
         let headers = std::iter::empty();
         self.publisher
-            .send(&self.topic, Some(&session.sub), headers, &payload)
+            .send(&self.topic, Some(&session.sub), headers, None, &payload)
     }
 
     /// A new session for `sub` on this hub: stored first, so that a crash from here on still
@@ -131,10 +135,11 @@ impl Presence {
         Ok(session)
     }
 
-    /// `kind` is `Subscribe` or `Unsubscribe`.
-    pub fn topic_changed(&self, session: &OpenSession, kind: Kind, topic: &str) {
+    /// `kind` is `Subscribe` or `Unsubscribe`; `key` the room, for a subscription to one.
+    pub fn topic_changed(&self, session: &OpenSession, kind: Kind, topic: &str, key: Option<&str>) {
         let event = Event {
             topic: Some(topic),
+            key,
             ..Event::of(kind, session)
         };
         if let Err(e) = self.send(session, event) {

@@ -51,10 +51,14 @@ impl<'de> Deserialize<'de> for RequestId {
 pub enum Request<'a> {
     Publish(Publish<'a>),
     Subscribe(Subscribe<'a>),
+    /// Ends the subscription to `key` of `topic`, or without a key every subscription to
+    /// the topic.
     Unsubscribe {
         id: Option<RequestId>,
         topic: Cow<'a, str>,
+        key: Option<Cow<'a, str>>,
     },
+    History(History<'a>),
     Ping {
         id: Option<RequestId>,
     },
@@ -63,10 +67,12 @@ pub enum Request<'a> {
         id: Option<RequestId>,
         token: String,
     },
-    /// Stores how far the user has read `topic`: the next offset per partition.
+    /// Stores how far the user has read `topic` (or one key of it): the next offset per
+    /// partition.
     Commit {
         id: Option<RequestId>,
         topic: Cow<'a, str>,
+        key: Option<Cow<'a, str>>,
         offsets: BTreeMap<i32, i64>,
     },
 }
@@ -75,8 +81,34 @@ pub enum Request<'a> {
 pub struct Subscribe<'a> {
     pub id: Option<RequestId>,
     pub topic: Cow<'a, str>,
+    /// The key (room) followed, from `key` or `filter.key`; none: every key.
+    pub key: Option<Cow<'a, str>>,
     pub from: Start,
-    pub filter: FilterSpec,
+    /// The header values records must carry.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A page of past records, newest last.
+#[derive(Debug)]
+pub struct History<'a> {
+    pub id: Option<RequestId>,
+    pub topic: Cow<'a, str>,
+    pub key: Option<Cow<'a, str>>,
+    pub before: Before,
+    pub limit: Option<u32>,
+}
+
+/// Where a history page ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// At each partition's end.
+    End,
+    /// Per partition, before this offset (exclusive); unlisted partitions at their end.
+    Offsets(BTreeMap<i32, i64>),
+    /// Where the socket's subscription to the same topic and key started: the page holds
+    /// what came before its first record, which makes history and live meet without a gap
+    /// or a repeat.
+    Subscribed,
 }
 
 /// Where a subscription starts.
@@ -139,6 +171,8 @@ struct Envelope<'a> {
     filter: Option<FilterSpec>,
     token: Option<String>,
     offsets: Option<serde_json::Value>,
+    before: Option<serde_json::Value>,
+    limit: Option<serde_json::Value>,
 }
 
 /// `Option<&RawValue>` would read `"payload": null` as a missing field; a JSON `null` is a
@@ -189,17 +223,56 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
                     message,
                 })?,
             };
+            let FilterSpec { key, headers } = envelope.filter.unwrap_or_default();
+            let key = match (envelope.key, key) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(BadRequest {
+                        id,
+                        message: "`key` and `filter.key` differ: give one".into(),
+                    });
+                }
+                (key, filter_key) => key.or(filter_key.map(Cow::Owned)),
+            };
             Ok(Request::Subscribe(Subscribe {
                 topic: topic.ok_or_else(|| missing("topic"))?,
+                key,
                 from,
-                filter: envelope.filter.unwrap_or_default(),
+                headers,
                 id,
             }))
         }
         "unsubscribe" => Ok(Request::Unsubscribe {
             topic: topic.ok_or_else(|| missing("topic"))?,
+            key: envelope.key,
             id,
         }),
+        "history" => {
+            let bad = |message: String| BadRequest {
+                id: id.clone(),
+                message,
+            };
+            let before = match &envelope.before {
+                None => Before::End,
+                Some(serde_json::Value::String(s)) if s == "subscribed" => Before::Subscribed,
+                Some(before) => Before::Offsets(parse_offsets("before", before).map_err(|e| {
+                    bad(format!("{e}, or \"subscribed\""))
+                })?),
+            };
+            let limit = match &envelope.limit {
+                None => None,
+                Some(limit) => match limit.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                    Some(n) if n > 0 => Some(n),
+                    _ => return Err(bad("`limit` must be a whole number of 1 or more".into())),
+                },
+            };
+            Ok(Request::History(History {
+                topic: topic.ok_or_else(|| missing("topic"))?,
+                key: envelope.key,
+                before,
+                limit,
+                id,
+            }))
+        }
         "ping" => Ok(Request::Ping { id }),
         "auth" => Ok(Request::Auth {
             token: envelope.token.ok_or_else(|| missing("token"))?,
@@ -218,7 +291,12 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
                     message: "`offsets` names no partition".into(),
                 });
             }
-            Ok(Request::Commit { id, topic, offsets })
+            Ok(Request::Commit {
+                id,
+                topic,
+                key: envelope.key,
+                offsets,
+            })
         }
         other => Err(BadRequest {
             message: format!("unknown request type {other:?}"),
@@ -366,6 +444,8 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         topic: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
         /// The next offset this socket gets from each partition, where known.
         partitions: BTreeMap<i32, i64>,
         /// Per partition, the offsets asked for that will never be delivered.
@@ -381,11 +461,32 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         topic: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         topic: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// A page of past records.
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        topic: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// `message` frames, oldest first.
+        messages: Vec<Box<RawValue>>,
+        /// Where the next older page ends: the `before` of the next request.
+        before: BTreeMap<i32, i64>,
+        /// No older record is left in Kafka: this was the last page.
+        oldest: bool,
+        /// The hub's bound on records read per request ran out before the page was full;
+        /// the next request carries on from `before`.
+        partial: bool,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -402,7 +503,11 @@ pub enum Reply {
     Expiring { expires_at: i64 },
     /// The socket fell behind and is being closed; resubscribe with these offsets.
     Lagged {
+        /// Subscriptions to whole topics.
         topics: BTreeMap<String, BTreeMap<i32, i64>>,
+        /// Subscriptions to keys, per topic and key.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        keys: BTreeMap<String, BTreeMap<String, BTreeMap<i32, i64>>>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -412,6 +517,9 @@ pub enum Reply {
         /// Set when the error ends a subscription.
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<String>,
+        /// With `topic`: the key of the subscription it ends.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
 }
 
@@ -454,13 +562,15 @@ impl Reply {
             code,
             message: message.into(),
             topic: None,
+            key: None,
         }
     }
 
-    /// An error that ends the subscription to `topic`.
+    /// An error that ends the subscription to `key` of `topic` (or to all of it).
     pub fn ended(
         id: Option<RequestId>,
         topic: &str,
+        key: Option<&str>,
         code: ErrorCode,
         message: impl Into<String>,
     ) -> Self {
@@ -469,6 +579,7 @@ impl Reply {
             code,
             message: message.into(),
             topic: Some(topic.to_string()),
+            key: key.map(str::to_string),
         }
     }
 
@@ -494,16 +605,30 @@ pub struct RecordView<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// The header in which the hub names the user who published a record through it. Clients
+/// cannot set it; producers behind Kafka may, and are trusted.
+pub const SENDER_HEADER: &str = "wskafka-sender";
+
 /// Serialises a record as a `message` frame. It runs once per record, whatever the number
 /// of subscribers: the resulting string is shared by every socket it goes to.
 ///
 /// Nothing is dropped for not being JSON or UTF-8: such keys, header values and payloads
-/// travel base64-encoded in `*_base64` fields instead.
+/// travel base64-encoded in `*_base64` fields instead. The sender header becomes the
+/// `sender` field (its last value, as with any repeated header).
 pub fn message_frame(record: &RecordView<'_>) -> String {
     let (key, key_base64) = split_text(record.key);
+    let sender = record
+        .headers
+        .iter()
+        .rev()
+        .find(|(name, _)| *name == SENDER_HEADER)
+        .and_then(|(_, value)| std::str::from_utf8((*value)?).ok());
     let mut headers = Vec::new();
     let mut headers_base64 = Vec::new();
     for &(name, value) in record.headers {
+        if name == SENDER_HEADER && sender.is_some() {
+            continue;
+        }
         match value.map(std::str::from_utf8) {
             None => headers.push((name, None)),
             Some(Ok(text)) => headers.push((name, Some(text))),
@@ -526,6 +651,7 @@ pub fn message_frame(record: &RecordView<'_>) -> String {
         timestamp: record.timestamp,
         key,
         key_base64,
+        sender,
         headers: Pairs(&headers),
         headers_base64: Pairs(&headers_base64),
         payload: json,
@@ -555,6 +681,8 @@ struct MessageFrame<'a> {
     key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<&'a str>,
     #[serde(skip_serializing_if = "Pairs::is_empty")]
     headers: Pairs<'a, &'a str>,
     #[serde(skip_serializing_if = "Pairs::is_empty")]
@@ -641,7 +769,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(r#"{"type":"unsubscribe","topic":"a"}"#),
-            Ok(Request::Unsubscribe { id: None, topic }) if topic == "a"
+            Ok(Request::Unsubscribe { id: None, topic, key: None }) if topic == "a"
         ));
         assert!(matches!(
             parse(r#"{"type":"ping","id":"p"}"#),
@@ -854,11 +982,8 @@ mod tests {
         .unwrap() else {
             panic!("not a subscribe")
         };
-        assert_eq!(s.filter.key.as_deref(), Some("k"));
-        assert_eq!(
-            s.filter.headers,
-            BTreeMap::from([("lang".into(), "en".into())])
-        );
+        assert_eq!(s.key.as_deref(), Some("k"));
+        assert_eq!(s.headers, BTreeMap::from([("lang".into(), "en".into())]));
         assert!(
             bad(r#"{"type":"subscribe","topic":"t","filter":{"kee":"k"}}"#)
                 .message
@@ -907,6 +1032,7 @@ mod tests {
         let subscribed = Reply::Subscribed {
             id: None,
             topic: "t".into(),
+            key: None,
             partitions: BTreeMap::from([(0, 43), (1, 17)]),
             lost: BTreeMap::from([(
                 0,
@@ -925,12 +1051,29 @@ mod tests {
         );
         let lagged = Reply::Lagged {
             topics: BTreeMap::from([("t".into(), BTreeMap::from([(2, 9)]))]),
+            keys: BTreeMap::from([(
+                "rooms".into(),
+                BTreeMap::from([("lobby".into(), BTreeMap::from([(0, 5)]))]),
+            )]),
         };
         assert_eq!(
             lagged.to_json(),
-            r#"{"type":"lagged","topics":{"t":{"2":9}}}"#
+            r#"{"type":"lagged","topics":{"t":{"2":9}},"keys":{"rooms":{"lobby":{"0":5}}}}"#
         );
-        let ended = Reply::ended(None, "t", ErrorCode::Forbidden, "no longer allowed");
+        let page = Reply::History {
+            id: Some(RequestId::Text("h".into())),
+            topic: "rooms".into(),
+            key: Some("lobby".into()),
+            messages: vec![RawValue::from_string(r#"{"type":"message"}"#.into()).unwrap()],
+            before: BTreeMap::from([(3, 120)]),
+            oldest: false,
+            partial: true,
+        };
+        assert_eq!(
+            page.to_json(),
+            r#"{"type":"history","id":"h","topic":"rooms","key":"lobby","messages":[{"type":"message"}],"before":{"3":120},"oldest":false,"partial":true}"#
+        );
+        let ended = Reply::ended(None, "t", None, ErrorCode::Forbidden, "no longer allowed");
         assert_eq!(
             serde_json::from_str::<Value>(&ended.to_json()).unwrap(),
             json!({"type":"error","code":"forbidden","message":"no longer allowed","topic":"t"})

@@ -26,6 +26,8 @@ pub type ConnId = u64;
 #[derive(Debug)]
 pub struct Delivery {
     pub topic: Box<str>,
+    /// Which of a socket's subscriptions to the topic the record goes to.
+    pub key: Option<Box<[u8]>>,
     pub partition: i32,
     pub offset: i64,
     /// Milliseconds since the epoch, when the record has a timestamp.
@@ -205,6 +207,7 @@ mod tests {
 
     fn delivery(offset: i64) -> Delivery {
         Delivery {
+            key: None,
             topic: "t".into(),
             partition: 0,
             offset,

@@ -26,7 +26,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
-use crate::kafka::{client_config, delivery_of, headers_of};
+use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka_log::KafkaLog;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::registry::{Delivery, Filter, RecordMeta};
@@ -61,16 +61,21 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Report {
     pub topic: Arc<str>,
+    /// The key the subscription follows; none: the whole topic.
+    pub key: Option<Arc<str>>,
     pub generation: u64,
     pub event: Event,
 }
 
 pub struct Request {
     pub topic: Arc<str>,
+    pub key: Option<Arc<str>>,
     pub generation: u64,
     pub from: Start,
-    /// Whose read positions a `committed` start reads.
+    /// Whose read positions a `committed` start reads, and under which key (see
+    /// `Store::commit`).
     pub user: String,
+    pub positions_key: String,
     /// Shared with the connection, which hands it the live records the replay covers.
     pub seam: Arc<Seam>,
     pub filter: Arc<Filter>,
@@ -220,21 +225,7 @@ impl Replayer {
         tasks: TaskTracker,
         log: &KafkaLog,
     ) -> Self {
-        let client = client_config(
-            config,
-            &[
-                ("client.id", format!("{group_id}-replay")),
-                // Never used to join a group (partitions are assigned by hand), but required.
-                ("group.id", format!("{group_id}-replay")),
-                ("enable.auto.commit", "false".into()),
-                ("enable.partition.eof", "true".into()),
-                // As the live stream reads (see `kafka::Consumer`).
-                ("isolation.level", "read_committed".into()),
-                // A start that retention deleted meanwhile is an error, never a silent jump.
-                ("auto.offset.reset", "error".into()),
-            ],
-            &config.kafka_consumer,
-        );
+        let client = reader_config(config, &format!("{group_id}-replay"));
         Replayer {
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
@@ -253,17 +244,25 @@ impl Replayer {
         let log = self.log.clone();
         let store = self.store.clone();
         self.tasks.spawn(async move {
-            let (topic, generation) = (request.topic.clone(), request.generation);
+            let (topic, key, generation) = (
+                request.topic.clone(),
+                request.key.clone(),
+                request.generation,
+            );
             let sender = events.clone();
             let failed = |e: ReplayError| {
                 Box::new(Report {
                     topic: topic.clone(),
+                    key: key.clone(),
                     generation,
                     event: Event::Failed(e),
                 })
             };
             if let Start::Committed(offsets) = &mut request.from {
-                match store.committed(&request.user, &request.topic).await {
+                let stored = store
+                    .committed(&request.user, &request.topic, &request.positions_key)
+                    .await;
+                match stored {
                     Ok(stored) => *offsets = stored,
                     Err(e) => {
                         let _ = sender.send(failed(e.into())).await;
@@ -281,6 +280,7 @@ impl Replayer {
                     events
                         .blocking_send(Box::new(Report {
                             topic: request.topic.clone(),
+                            key: request.key.clone(),
                             generation: request.generation,
                             event,
                         }))

@@ -27,6 +27,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::auth::{Authenticator, KeyError};
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
+use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Parts};
 use crate::kafka::{self, Consumer, Publisher};
 use crate::kafka_log::KafkaLog;
@@ -167,6 +168,7 @@ pub async fn serve(
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
     let replayer = Replayer::new(&config, &group_id, store.clone(), tasks.clone(), &kafka_log);
+    let history = HistoryReader::new(&config, &group_id, &kafka_log);
     let presence = config.presence_topic.clone().map(|topic| {
         Presence::new(
             topic,
@@ -186,6 +188,7 @@ pub async fn serve(
         consumer_ready,
         metrics,
         replayer,
+        history,
         store,
         presence,
         tasks,

@@ -143,26 +143,30 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Moves the user's read positions forward; a position behind the stored one (a
-    /// device that read less) leaves it where it is.
+    /// Moves the user's read positions of `topic` forward; a position behind the stored one
+    /// (a device that read less) leaves it where it is. `key` keeps a room's positions apart
+    /// from the other rooms' of the same topic; `""` stands for the whole topic.
     pub async fn commit(
         &self,
         sub: &str,
         topic: &str,
+        key: &str,
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
         for (&partition, &offset) in offsets {
             sqlx::query(
-                "INSERT INTO read_positions (sub, topic, kafka_partition, next_offset, updated_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (sub, topic, kafka_partition) DO UPDATE
+                "INSERT INTO read_positions
+                   (sub, topic, record_key, kafka_partition, next_offset, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (sub, topic, record_key, kafka_partition) DO UPDATE
                  SET next_offset = excluded.next_offset, updated_at = excluded.updated_at
                  WHERE read_positions.next_offset < excluded.next_offset",
             )
             .bind(sub)
             .bind(topic)
+            .bind(key)
             .bind(i64::from(partition))
             .bind(offset)
             .bind(now)
@@ -173,17 +177,21 @@ impl Store {
         Ok(())
     }
 
-    /// The user's read positions in `topic`: the next offset to read per partition.
+    /// The user's read positions in `topic` (under `key`, as `commit` stored them): the next
+    /// offset to read per partition.
     pub async fn committed(
         &self,
         sub: &str,
         topic: &str,
+        key: &str,
     ) -> Result<BTreeMap<i32, i64>, StoreError> {
         let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT kafka_partition, next_offset FROM read_positions WHERE sub = $1 AND topic = $2",
+            "SELECT kafka_partition, next_offset FROM read_positions
+             WHERE sub = $1 AND topic = $2 AND record_key = $3",
         )
         .bind(sub)
         .bind(topic)
+        .bind(key)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

@@ -2,6 +2,10 @@
 //! replays report, and emitting the frames to write. Nothing here does I/O: the connection
 //! task feeds it, and the property test below drives it through every interleaving.
 //!
+//! A subscription follows a whole topic, or one key of it (a room): a socket may follow
+//! many keys of one topic, each with its own positions, or the whole topic, not both (the
+//! whole topic holds every key's records already).
+//!
 //! What it guarantees, per subscription and partition: each record is written once, in
 //! offset order, from the position `subscribed` named on, with no gap where a replay meets
 //! the live stream; and `lagged` names exactly where the next session resumes (one past the
@@ -36,18 +40,61 @@ impl From<Reply> for Outgoing {
 }
 
 pub struct Subscriptions {
-    by_topic: HashMap<String, Subscription>,
-    /// Tells a subscription apart from an earlier one to the same topic.
+    by_topic: HashMap<String, TopicSubscriptions>,
+    /// Tells a subscription apart from an earlier one to the same topic and key.
     generation: u64,
+    /// Subscriptions held, keys counted one by one.
+    count: usize,
     /// Live records held back across subscriptions (see `Replaying::stash`).
     stashed: usize,
     /// Held-back records past which the socket is lagging.
     stash_limit: usize,
 }
 
+#[derive(Default)]
+struct TopicSubscriptions {
+    /// The subscription to every key; there are no keyed ones beside it.
+    whole: Option<Subscription>,
+    keyed: HashMap<Box<[u8]>, Subscription>,
+}
+
+impl TopicSubscriptions {
+    fn get_mut(&mut self, key: Option<&[u8]>) -> Option<&mut Subscription> {
+        match key {
+            None => self.whole.as_mut(),
+            Some(key) => self.keyed.get_mut(key),
+        }
+    }
+
+    /// The subscription a record of this key goes to.
+    fn for_record(&mut self, key: Option<&[u8]>) -> Option<&mut Subscription> {
+        match &mut self.whole {
+            Some(whole) => Some(whole),
+            None => self.keyed.get_mut(key?),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Option<&str>, &Subscription)> {
+        let whole = self.whole.iter().map(|s| (None, s));
+        let keyed = self.keyed.iter().map(|(key, s)| {
+            (
+                Some(std::str::from_utf8(key).expect("keys come from JSON")),
+                s,
+            )
+        });
+        whole.chain(keyed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.whole.is_none() && self.keyed.is_empty()
+    }
+}
+
 struct Subscription {
     generation: u64,
     filter: Arc<Filter>,
+    /// Where it started, as `subscribed` said: a history page asked to end there meets it.
+    start: Option<BTreeMap<i32, i64>>,
     /// The next offset to write, per partition.
     next: BTreeMap<i32, i64>,
     /// Boxed: few subscriptions replay, and every subscription would carry its size.
@@ -77,6 +124,7 @@ pub struct Lagging;
 /// answers `id` with the error.
 pub struct Failed {
     pub topic: Arc<str>,
+    pub key: Option<Arc<str>>,
     pub id: Option<RequestId>,
     pub filter: Arc<Filter>,
     pub error: ReplayError,
@@ -87,23 +135,24 @@ impl Subscriptions {
         Subscriptions {
             by_topic: HashMap::new(),
             generation: 0,
+            count: 0,
             stashed: 0,
             stash_limit,
         }
     }
 
+    /// Subscriptions held, each key of a topic counted.
     pub fn count(&self) -> usize {
-        self.by_topic.len()
+        self.count
     }
 
-    pub fn contains(&self, topic: &str) -> bool {
-        self.by_topic.contains_key(topic)
-    }
-
-    pub fn topics(&self) -> impl Iterator<Item = (&str, &Arc<Filter>)> {
-        self.by_topic
-            .iter()
-            .map(|(topic, s)| (topic.as_str(), &s.filter))
+    /// Every subscription: its topic, its key (none: the whole topic) and its filter.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>, &Arc<Filter>)> {
+        self.by_topic.iter().flat_map(|(topic, subscriptions)| {
+            subscriptions
+                .iter()
+                .map(move |(key, s)| (topic.as_str(), key, &s.filter))
+        })
     }
 
     /// The generation the next subscription gets, which its replay's reports carry.
@@ -113,16 +162,24 @@ impl Subscriptions {
     }
 
     /// A subscription written live from `live` on (a `latest` start).
-    pub fn insert_live(&mut self, topic: &str, filter: Arc<Filter>, live: BTreeMap<i32, i64>) {
+    pub fn insert_live(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        filter: Arc<Filter>,
+        live: BTreeMap<i32, i64>,
+    ) {
         let generation = self.next_generation();
-        self.insert(topic, generation, filter, live, None);
+        self.insert(topic, key, generation, filter, live, None);
     }
 
     /// A subscription whose replay runs, with the generation `next_generation` gave it;
     /// `id` is answered once the replay has resolved where it starts.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert_replaying(
         &mut self,
         topic: &str,
+        key: Option<&str>,
         generation: u64,
         filter: Arc<Filter>,
         id: Option<RequestId>,
@@ -137,18 +194,15 @@ impl Subscriptions {
             stash: VecDeque::new(),
             _stop: stop,
         };
-        self.insert(
-            topic,
-            generation,
-            filter,
-            BTreeMap::new(),
-            Some(Box::new(replay)),
-        );
+        let replay = Some(Box::new(replay));
+        self.insert(topic, key, generation, filter, BTreeMap::new(), replay);
     }
 
+    /// Files a subscription; the caller has ended those it replaces (see `replaced_by`).
     fn insert(
         &mut self,
         topic: &str,
+        key: Option<&str>,
         generation: u64,
         filter: Arc<Filter>,
         next: BTreeMap<i32, i64>,
@@ -157,23 +211,65 @@ impl Subscriptions {
         let subscription = Subscription {
             generation,
             filter,
+            start: replay.is_none().then(|| next.clone()),
             next,
             replay,
         };
-        if let Some(old) = self.by_topic.insert(topic.to_string(), subscription) {
+        let subscriptions = self.by_topic.entry(topic.to_string()).or_default();
+        let old = match key {
+            None => subscriptions.whole.replace(subscription),
+            Some(key) => subscriptions
+                .keyed
+                .insert(key.as_bytes().into(), subscription),
+        };
+        self.count += 1;
+        if let Some(old) = old {
             self.forget(old);
         }
     }
 
-    /// Ends the subscription; returns its filter, under whose key the registry filed it.
-    pub fn remove(&mut self, topic: &str) -> Option<Arc<Filter>> {
-        let subscription = self.by_topic.remove(topic)?;
-        let filter = subscription.filter.clone();
-        self.forget(subscription);
+    /// The subscriptions a new one to `key` of `topic` replaces: the same one, and the whole
+    /// topic's for a key, or every key's for the whole topic.
+    pub fn replaced_by(&self, topic: &str, key: Option<&str>) -> Vec<Option<String>> {
+        let Some(subscriptions) = self.by_topic.get(topic) else {
+            return Vec::new();
+        };
+        subscriptions
+            .iter()
+            .filter(|(held, _)| key.is_none() || held.is_none() || *held == key)
+            .map(|(held, _)| held.map(str::to_string))
+            .collect()
+    }
+
+    /// Where the subscription to `key` of `topic` started, once `subscribed` said so: per
+    /// partition, the first offset it delivers; unlisted partitions it delivers from their
+    /// first record.
+    pub fn started_at(&self, topic: &str, key: Option<&str>) -> Option<&BTreeMap<i32, i64>> {
+        let subscriptions = self.by_topic.get(topic)?;
+        let subscription = match key {
+            None => subscriptions.whole.as_ref(),
+            Some(key) => subscriptions.keyed.get(key.as_bytes()),
+        }?;
+        subscription.start.as_ref()
+    }
+
+    /// Ends a subscription; returns its filter, under whose key the registry filed it.
+    pub fn remove(&mut self, topic: &str, key: Option<&str>) -> Option<Arc<Filter>> {
+        let subscriptions = self.by_topic.get_mut(topic)?;
+        let removed = match key {
+            None => subscriptions.whole.take(),
+            Some(key) => subscriptions.keyed.remove(key.as_bytes()),
+        }?;
+        if subscriptions.is_empty() {
+            self.by_topic.remove(topic);
+        }
+        let filter = removed.filter.clone();
+        self.forget(removed);
         Some(filter)
     }
 
     fn forget(&mut self, subscription: Subscription) {
+        self.count -= 1;
         if let Some(replay) = subscription.replay {
             self.stashed -= replay.stash.len();
         }
@@ -185,7 +281,11 @@ impl Subscriptions {
         record: Arc<Delivery>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), Lagging> {
-        let Some(subscription) = self.by_topic.get_mut(&*record.topic) else {
+        let Some(subscription) = self
+            .by_topic
+            .get_mut(&*record.topic)
+            .and_then(|t| t.for_record(record.key.as_deref()))
+        else {
             return Ok(()); // unsubscribed since it was queued
         };
         let Some(replay) = &mut subscription.replay else {
@@ -211,12 +311,14 @@ impl Subscriptions {
     pub fn on_report(&mut self, report: Report, out: &mut Vec<Outgoing>) -> Option<Failed> {
         let Report {
             topic,
+            key,
             generation,
             event,
         } = report;
         let subscription = self
             .by_topic
             .get_mut(&*topic)
+            .and_then(|t| t.get_mut(key.as_deref().map(str::as_bytes)))
             .filter(|s| s.generation == generation)?; // a replaced or ended one's leftovers
         let released = match event {
             Event::Started {
@@ -231,10 +333,12 @@ impl Subscriptions {
                 let subscribed = Reply::Subscribed {
                     id: replay.id.take(),
                     topic: topic.to_string(),
+                    key: key.as_deref().map(str::to_string),
                     partitions: starts.clone(),
                     lost,
                     waiting,
                 };
+                subscription.start = Some(starts.clone());
                 subscription.next = starts;
                 out.push(subscribed.into());
                 subscription.release(None, out)
@@ -251,9 +355,10 @@ impl Subscriptions {
             }
             Event::Failed(error) => {
                 let id = subscription.replay.as_mut().and_then(|r| r.id.take());
-                let filter = self.remove(&topic)?;
+                let filter = self.remove(&topic, key.as_deref())?;
                 return Some(Failed {
                     topic,
+                    key,
                     id,
                     filter,
                     error,
@@ -268,13 +373,25 @@ impl Subscriptions {
     /// subscription whose replay had not resolved its start yet is left out: it resumes
     /// with the request it was made with.
     pub fn lagged(&self) -> Reply {
-        let topics = self
-            .by_topic
-            .iter()
-            .filter(|(_, s)| s.replay.as_ref().is_none_or(|r| r.started))
-            .map(|(topic, s)| (topic.clone(), s.next.clone()))
-            .collect();
-        Reply::Lagged { topics }
+        let mut topics = BTreeMap::new();
+        let mut keys: BTreeMap<String, BTreeMap<String, BTreeMap<i32, i64>>> = BTreeMap::new();
+        for (topic, subscriptions) in &self.by_topic {
+            for (key, s) in subscriptions.iter() {
+                if s.replay.as_ref().is_some_and(|r| !r.started) {
+                    continue;
+                }
+                match key {
+                    None => {
+                        topics.insert(topic.clone(), s.next.clone());
+                    }
+                    Some(key) => {
+                        let topic = keys.entry(topic.clone()).or_default();
+                        topic.insert(key.to_string(), s.next.clone());
+                    }
+                }
+            }
+        }
+        Reply::Lagged { topics, keys }
     }
 }
 
@@ -358,6 +475,7 @@ mod tests {
     fn delivery(partition: i32, offset: i64) -> Arc<Delivery> {
         Arc::new(Delivery {
             topic: TOPIC.into(),
+            key: None,
             partition,
             offset,
             timestamp: None,
@@ -381,6 +499,7 @@ mod tests {
         fn report(&mut self, event: Event) {
             self.reports.push_back(Report {
                 topic: TOPIC.into(),
+                key: None,
                 generation: 1,
                 event,
             });
@@ -507,6 +626,65 @@ mod tests {
         }
     }
 
+    fn keyed(partition: i32, offset: i64, key: &str) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            topic: TOPIC.into(),
+            key: Some(key.as_bytes().into()),
+            partition,
+            offset,
+            timestamp: None,
+            frame: format!("{partition}:{offset}").into(),
+        })
+    }
+
+    #[test]
+    fn rooms_of_one_topic_are_subscriptions_of_their_own() {
+        let mut subscriptions = Subscriptions::new(usize::MAX);
+        let filter = Arc::new(Filter::default());
+        let live = BTreeMap::from([(0, 10)]);
+        for room in ["a", "b"] {
+            subscriptions.insert_live(TOPIC, Some(room), filter.clone(), live.clone());
+        }
+        assert_eq!(subscriptions.count(), 2);
+        let mut out = Vec::new();
+        for (offset, room) in [(10, "a"), (11, "c"), (12, "b"), (13, "a")] {
+            subscriptions
+                .on_live(keyed(0, offset, room), &mut out)
+                .unwrap();
+        }
+        let written: Vec<&str> = out.iter().map(|f| f.frame.as_str()).collect();
+        assert_eq!(written, ["0:10", "0:12", "0:13"]);
+        let Reply::Lagged { topics, keys } = subscriptions.lagged() else {
+            unreachable!()
+        };
+        assert!(topics.is_empty());
+        assert_eq!(
+            keys[TOPIC],
+            BTreeMap::from([
+                ("a".to_string(), BTreeMap::from([(0, 14)])),
+                ("b".to_string(), BTreeMap::from([(0, 13)])),
+            ])
+        );
+        // The whole topic replaces every room, and a room the whole topic.
+        let mut every: Vec<Option<String>> = subscriptions.replaced_by(TOPIC, None);
+        every.sort();
+        assert_eq!(every, [Some("a".to_string()), Some("b".to_string())]);
+        assert_eq!(
+            subscriptions.replaced_by(TOPIC, Some("c")),
+            Vec::<Option<String>>::new()
+        );
+        assert_eq!(
+            subscriptions.replaced_by(TOPIC, Some("a")),
+            [Some("a".to_string())]
+        );
+        for room in ["a", "b"] {
+            subscriptions.remove(TOPIC, Some(room));
+        }
+        subscriptions.insert_live(TOPIC, None, filter, live);
+        assert_eq!(subscriptions.replaced_by(TOPIC, Some("a")), [None]);
+        assert_eq!(subscriptions.count(), 1);
+    }
+
     proptest! {
         // Cheap enough to run thousands: a few seconds on two cores.
         #![proptest_config(ProptestConfig::with_cases(4000))]
@@ -550,6 +728,7 @@ mod tests {
             let generation = subscriptions.next_generation();
             subscriptions.insert_replaying(
                 TOPIC,
+                None,
                 generation,
                 Arc::new(Filter::default()),
                 None,
@@ -564,7 +743,7 @@ mod tests {
             let (mut out, mut written) = (Vec::new(), Written::default());
 
             let check_lagged = |subscriptions: &Subscriptions, written: &Written, logs: &[Log]| {
-                let Reply::Lagged { topics } = subscriptions.lagged() else { unreachable!() };
+                let Reply::Lagged { topics, .. } = subscriptions.lagged() else { unreachable!() };
                 let Some(next) = topics.get(TOPIC) else {
                     // Not started: the client resumes with its own request.
                     assert!(written.subscribed.is_none());

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::{Grants, mint};
 use crate::config::ServeConfig;
+use crate::grant::Grant;
 
 const CLIENT: &str = include_str!("../web/wskafka.js");
 const DEMO_PAGE: &str = include_str!("../web/index.html");
@@ -23,11 +24,63 @@ const DEMO_SCRIPT: &str = include_str!("../web/demo.js");
 /// Demo tokens live briefly, so the demo exercises refreshing.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
 
-/// What `/dev/token` signs its tokens with, and what they grant: everything the hub
-/// exposes, except publishing to per-user topics.
+/// The demo's rooms: keys of each keyed topic the hub exposes. Everyone may use the public
+/// ones; the private one only its members.
+const PUBLIC_ROOMS: [&str; 2] = ["lobby", "random"];
+const PRIVATE_ROOM: &str = "staff";
+const PRIVATE_ROOM_MEMBERS: [&str; 2] = ["alice", "bob"];
+
+/// What `/dev/token` signs its tokens with, and what they grant: on keyed topics (named
+/// literally in `WSKAFKA_TOPICS`) only the demo's rooms, on per-user topics reading, and
+/// every key of the other exposed topics. A glob is granted only when no topic is keyed: it
+/// could cover a keyed topic, and grants cannot take a room away.
 struct DemoTokens {
     secret: Option<String>,
-    grants: Grants,
+    everyone: Grants,
+    members: Grants,
+    keyed: bool,
+}
+
+impl DemoTokens {
+    fn new(config: &ServeConfig) -> DemoTokens {
+        let keyed = !config.keyed_topics.is_empty();
+        let grants = |rooms: &[&str]| {
+            let mut publish = Vec::new();
+            let mut subscribe = Vec::new();
+            for topic in &config.topics {
+                let name = topic.as_str();
+                if !topic.is_literal() {
+                    if !keyed {
+                        publish.push(Grant::topic(topic.clone()));
+                        subscribe.push(Grant::topic(topic.clone()));
+                    }
+                } else if config.is_user_topic(name) {
+                    subscribe.push(Grant::topic(topic.clone()));
+                } else if config.is_keyed_topic(name) {
+                    for room in rooms {
+                        let grant: Grant = format!("{name}:{room}").parse().expect("a valid grant");
+                        publish.push(grant.clone());
+                        subscribe.push(grant);
+                    }
+                } else {
+                    publish.push(Grant::topic(topic.clone()));
+                    subscribe.push(Grant::topic(topic.clone()));
+                }
+            }
+            Grants {
+                publish,
+                subscribe,
+                history: None,
+            }
+        };
+        let members: Vec<&str> = PUBLIC_ROOMS.into_iter().chain([PRIVATE_ROOM]).collect();
+        DemoTokens {
+            secret: config.jwt.jwt_secret.clone(),
+            everyone: grants(&PUBLIC_ROOMS),
+            members: grants(&members),
+            keyed,
+        }
+    }
 }
 
 pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<S> {
@@ -35,18 +88,6 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<
     if !config.demo {
         return router;
     }
-    let topics = &config.topics;
-    let tokens = DemoTokens {
-        secret: config.jwt.jwt_secret.clone(),
-        grants: Grants {
-            publish: topics
-                .iter()
-                .filter(|t| !(t.is_literal() && config.is_user_topic(t.as_str())))
-                .cloned()
-                .collect(),
-            subscribe: topics.clone(),
-        },
-    };
     router
         .route(
             "/",
@@ -58,7 +99,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<
             }),
         )
         .route("/demo.js", get(|| async { javascript(DEMO_SCRIPT) }))
-        .route("/dev/token", get(dev_token).with_state(Arc::new(tokens)))
+        .route(
+            "/dev/token",
+            get(dev_token).with_state(Arc::new(DemoTokens::new(config))),
+        )
 }
 
 fn javascript(body: &'static str) -> Response {
@@ -95,6 +139,19 @@ async fn dev_token(
     let Some(secret) = &tokens.secret else {
         return (StatusCode::NOT_FOUND, "the demo needs WSKAFKA_JWT_SECRET").into_response();
     };
-    let token = mint(secret, user, tokens.grants.clone(), DEMO_TOKEN_TTL);
-    axum::Json(serde_json::json!({ "token": token })).into_response()
+    let member = PRIVATE_ROOM_MEMBERS.contains(&user);
+    let grants = if member {
+        &tokens.members
+    } else {
+        &tokens.everyone
+    };
+    let token = mint(secret, user, grants.clone(), DEMO_TOKEN_TTL);
+    let mut rooms: Vec<&str> = Vec::new();
+    if tokens.keyed {
+        rooms.extend(PUBLIC_ROOMS);
+        if member {
+            rooms.push(PRIVATE_ROOM);
+        }
+    }
+    axum::Json(serde_json::json!({ "token": token, "rooms": rooms })).into_response()
 }

@@ -1,45 +1,56 @@
 //! The demo page and the client library in a real headless Chromium, against the real hub
-//! and broker: two people chatting, notifications for one user only with read positions
+//! and broker: two people chatting under their verified names, a late joiner paging back
+//! through a room, a private room, notifications for one user only with read positions
 //! shared by her devices, and a hub restart in the middle of a conversation.
 
 mod common;
 
 use common::*;
+use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
-/// A hub in demo mode with a chat room and a per-user notifications topic of its own.
+/// A hub in demo mode with a topic of rooms (keys) and a per-user notifications topic of
+/// its own.
 struct Demo {
     hub: Hub,
-    glob: String,
-    room: String,
+    topics: String,
+    rooms: String,
     notes: String,
 }
 
 impl Demo {
     async fn start() -> Demo {
         let prefix = unique("demo");
-        let (room, notes) = (format!("{prefix}.lobby"), format!("{prefix}.notes"));
-        create_topic(&room, 1).await;
+        let (rooms, notes) = (format!("{prefix}.rooms"), format!("{prefix}.notes"));
+        create_topic(&rooms, 1).await;
         create_topic(&notes, 1).await;
-        let glob = format!("{prefix}.*");
-        let hub = Demo::hub("127.0.0.1:0", &glob, &notes).await;
+        let topics = format!("{rooms},{notes}");
+        let hub = Demo::hub("127.0.0.1:0", &topics, &rooms, &notes).await;
         Demo {
             hub,
-            glob,
-            room,
+            topics,
+            rooms,
             notes,
         }
     }
 
-    async fn hub(listen: &str, glob: &str, notes: &str) -> Hub {
-        let demo = ["--demo", "--user-topics", notes, "--admin-password", "pw"];
-        Hub::start_at(listen, glob, &demo).await
+    async fn hub(listen: &str, topics: &str, rooms: &str, notes: &str) -> Hub {
+        let demo = [
+            "--demo",
+            "--keyed-topics",
+            rooms,
+            "--user-topics",
+            notes,
+            "--admin-password",
+            "pw",
+        ];
+        Hub::start_at(listen, topics, &demo).await
     }
 
     fn page(&self, user: &str) -> String {
         format!(
-            "http://{}/?user={user}&rooms={}&notifications={}",
-            self.hub.addr, self.room, self.notes
+            "http://{}/?user={user}&topic={}&notifications={}",
+            self.hub.addr, self.rooms, self.notes
         )
     }
 
@@ -47,6 +58,26 @@ impl Demo {
         browser.open(user, &self.page(user)).await;
         browser.wait_text(user, "#status", "open").await;
     }
+}
+
+/// Writes a record into a room straight into Kafka, as a backend that names itself as its
+/// sender.
+async fn say_from_kafka(room_topic: &str, room: &str, sender: &str, text: &str) {
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: "wskafka-sender",
+        value: Some(sender),
+    });
+    let body = json!({"user": "someone else", "text": text}).to_string();
+    murmur2_producer()
+        .send(
+            FutureRecord::to(room_topic)
+                .key(room)
+                .payload(&body)
+                .headers(headers),
+            PATIENCE,
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -61,25 +92,93 @@ async fn two_browser_contexts_chat_through_the_hub_and_see_records_from_kafka() 
     browser.say("bob", "hi alice").await;
     browser.wait_text("alice", "#messages", "hi alice").await;
 
-    let body = json!({"user": "kafka", "text": "straight from Kafka"}).to_string();
-    produce(&producer(), &demo.room, "kafka", body.as_bytes()).await;
+    // The page names the verified sender, never what the payload claims.
+    say_from_kafka(&demo.rooms, "lobby", "kafka", "straight from Kafka").await;
     for user in ["alice", "bob"] {
         browser
             .wait_text(user, "#messages", "straight from Kafka")
             .await;
         assert_eq!(
-            browser.texts(user, "#messages li").await,
+            browser.texts(user, "#messages li .body").await,
             ["alicehello bob", "bobhi alice", "kafkastraight from Kafka"],
             "{user}"
         );
+        let times = browser.texts(user, "#messages li time").await;
+        assert_eq!(times.len(), 3, "every message shows its time: {times:?}");
+        assert!(times.iter().all(|t| t.contains(':')), "{times:?}");
     }
-
-    // Someone joining later gets the room's history.
-    demo.open(&mut browser, "carol").await;
+    // A new user signs in with the form; the page loads cleanly: no invalid pattern, no
+    // missing file.
+    let page = demo.page("x").replace("user=x&", "");
+    browser.open("dave", &page).await;
     browser
-        .wait_text("carol", "#messages", "straight from Kafka")
+        .run(json!({"cmd": "type", "name": "dave", "selector": "#user", "text": "dave"}))
         .await;
-    assert_eq!(browser.texts("carol", "#messages li").await.len(), 3);
+    browser.wait_text("dave", "#status", "open").await;
+    browser.wait_text("dave", "#me", "as dave").await;
+    assert_eq!(browser.complaints("dave").await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_late_joiner_sees_the_last_messages_at_once_and_older_ones_on_scroll() {
+    let demo = Demo::start().await;
+    for n in 0..120 {
+        say_from_kafka(&demo.rooms, "lobby", "kafka", &format!("message {n:03}")).await;
+    }
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "carol").await;
+    browser.wait_text("carol", "#messages", "message 119").await;
+    browser.wait_count("carol", "#messages li", 50).await;
+    let shown = browser.texts("carol", "#messages li .body").await;
+    assert_eq!(shown.first().map(String::as_str), Some("kafkamessage 070"));
+
+    browser.scroll_top("carol", "#messages").await;
+    browser.wait_count("carol", "#messages li", 100).await;
+    browser.scroll_top("carol", "#messages").await;
+    browser.wait_count("carol", "#messages li", 120).await;
+    browser.wait_text("carol", "#messages", "message 000").await;
+    let shown = browser.texts("carol", "#messages li .body").await;
+    let expected: Vec<String> = (0..120).map(|n| format!("kafkamessage {n:03}")).collect();
+    assert_eq!(shown, expected, "every message once, oldest first");
+}
+
+#[tokio::test]
+async fn a_private_room_is_listed_and_read_by_its_members_only() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "alice").await;
+    demo.open(&mut browser, "bob").await;
+    demo.open(&mut browser, "eve").await;
+    assert_eq!(
+        browser.texts("eve", "#rooms button").await,
+        ["# lobby", "# random"]
+    );
+    assert_eq!(
+        browser.texts("bob", "#rooms button").await,
+        ["# lobby", "# random", "# staff"]
+    );
+    browser
+        .click("alice", "#rooms button[data-room=staff]")
+        .await;
+    browser.say("alice", "staff only").await;
+    browser.click("bob", "#rooms button[data-room=staff]").await;
+    browser.wait_text("bob", "#messages", "staff only").await;
+    // Eve can reach the room neither live nor by asking: what she gets is her own room's.
+    browser.say("alice", "not this one").await;
+    browser
+        .click("alice", "#rooms button[data-room=lobby]")
+        .await;
+    browser.say("alice", "for everyone").await;
+    browser.wait_text("eve", "#messages", "for everyone").await;
+    assert_eq!(
+        browser.texts("eve", "#messages li .body").await,
+        ["alicefor everyone"]
+    );
+    let refused = browser
+        .run(json!({"cmd": "evaluate", "name": "eve", "script":
+            format!("wskafka.history({:?}, {{key: 'staff'}}).then(() => 'read', e => e.code)", demo.rooms)}))
+        .await;
+    assert_eq!(refused, "forbidden");
 }
 
 #[tokio::test]
@@ -159,8 +258,8 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
     let addr = demo.hub.addr.to_string();
     let Demo {
         hub,
-        glob,
-        room,
+        topics,
+        rooms,
         notes,
     } = demo;
     assert_eq!(hub.terminate().await, Some(0));
@@ -169,14 +268,13 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
     }
     // While no hub runs: a record reaches Kafka directly, and alice sends a message that
     // her page holds until it can publish it.
-    let body = json!({"user": "kafka", "text": "while down"}).to_string();
-    produce(&producer(), &room, "kafka", body.as_bytes()).await;
+    say_from_kafka(&rooms, "lobby", "kafka", "while down").await;
     browser.say("alice", "sent while down").await;
 
     let demo = Demo {
-        hub: Demo::hub(&addr, &glob, &notes).await,
-        glob,
-        room,
+        hub: Demo::hub(&addr, &topics, &rooms, &notes).await,
+        topics,
+        rooms,
         notes,
     };
     browser.say("bob", "after").await;
@@ -193,7 +291,7 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
         for text in ["kafkawhile down", "alicesent while down", "bobafter"] {
             browser.wait_text(user, "#messages", text).await;
         }
-        let texts = browser.texts(user, "#messages li").await;
+        let texts = browser.texts(user, "#messages li .body").await;
         let mut sorted = texts.clone();
         sorted.sort();
         let mut wanted = expected.map(String::from).to_vec();
@@ -212,6 +310,6 @@ async fn the_admin_page_shows_live_connections_and_topics() {
     let admin = format!("http://{}/admin", demo.hub.addr);
     browser.open_as("admin", &admin, "admin", "pw").await;
     browser.wait_text("admin", "#list", "alice").await;
-    browser.wait_text("admin", "#topics", &demo.room).await;
+    browser.wait_text("admin", "#topics", &demo.rooms).await;
     browser.wait_text("admin", "#connections", "1").await;
 }

@@ -147,14 +147,60 @@ async fn commits_are_checked_like_subscribes() {
 async fn migrating_twice_changes_nothing(database: &str) {
     let store = Store::connect(database, 2).await.unwrap();
     let offsets = BTreeMap::from([(0, 7), (3, 9)]);
-    store.commit("alice", "t", &offsets).await.unwrap();
+    store.commit("alice", "t", "", &offsets).await.unwrap();
     let history = migrations(database).await;
     store.close().await;
 
     let again = Store::connect(database, 2).await.unwrap();
     assert_eq!(migrations(database).await, history);
-    assert_eq!(again.committed("alice", "t").await.unwrap(), offsets);
+    assert_eq!(again.committed("alice", "t", "").await.unwrap(), offsets);
     again.close().await;
+}
+
+/// Positions stored before rooms had positions of their own are the whole topic's after.
+async fn positions_from_before_keys_stay_the_topics(database: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database).await.unwrap();
+    sqlx::migrate!()
+        .run_to(20261125000000, &pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO read_positions (sub, topic, kafka_partition, next_offset, updated_at)
+         VALUES ('alice', 't', 2, 40, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = Store::connect(database, 2).await.unwrap();
+    assert_eq!(
+        store.committed("alice", "t", "").await.unwrap(),
+        BTreeMap::from([(2, 40)])
+    );
+    store
+        .commit("alice", "t", "lobby", &BTreeMap::from([(2, 7)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.committed("alice", "t", "lobby").await.unwrap(),
+        BTreeMap::from([(2, 7)])
+    );
+    assert_eq!(
+        store.committed("alice", "t", "").await.unwrap(),
+        BTreeMap::from([(2, 40)])
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn positions_from_before_keys_stay_the_topics_on_sqlite() {
+    positions_from_before_keys_stay_the_topics(&sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn positions_from_before_keys_stay_the_topics_on_postgres() {
+    positions_from_before_keys_stay_the_topics(&fresh_postgres().await).await;
 }
 
 /// The applied migrations, as sqlx records them.
@@ -185,7 +231,7 @@ async fn hubs_migrating_an_empty_postgres_together_both_start() {
     for store in stores {
         store.expect("every hub starts");
     }
-    assert_eq!(migrations(&database).await.len(), 1);
+    assert_eq!(migrations(&database).await.len(), 2);
 }
 
 #[tokio::test]

@@ -42,9 +42,14 @@ async fn a_publish_is_acked_at_the_position_kafka_holds_it_with_key_headers_and_
         .iter()
         .map(|h| (h.key, h.value.unwrap()))
         .collect();
+    // The hub names the publisher itself, beside the client's headers.
     assert_eq!(
         headers,
-        HashMap::from([("trace", b"abc".as_slice()), ("lang", b"en".as_slice())])
+        HashMap::from([
+            ("trace", b"abc".as_slice()),
+            ("lang", b"en".as_slice()),
+            ("wskafka-sender", b"alice".as_slice())
+        ])
     );
 
     // Numeric ids are echoed as numbers, and consecutive acks on one partition advance.
@@ -144,8 +149,8 @@ async fn a_publish_through_one_hub_reaches_a_subscriber_on_another() {
     assert_eq!(
         message,
         json!({"type": "message", "topic": topic, "partition": ack["partition"], "offset": ack["offset"],
-               "timestamp": message["timestamp"], "key": "alice", "headers": {"h": "v"},
-               "payload": {"text": "hi bob"}})
+               "timestamp": message["timestamp"], "key": "alice", "sender": "alice",
+               "headers": {"h": "v"}, "payload": {"text": "hi bob"}})
     );
 }
 

@@ -1,24 +1,35 @@
-// The demo page: chat rooms on `chat.*` topics, a notification centre on a per-user topic.
-// `?rooms=a,b&notifications=t&user=name` override the defaults (the browser tests use them).
+// The demo page: chat rooms kept as the keys of one topic, a notification centre on a
+// per-user topic. A room opens with its last messages and loads older ones when scrolled to
+// its top; authors are the hub's verified senders, never what a payload claims.
+// `?topic=t&notifications=n&user=name` override the defaults (the browser tests use them).
 import { WsKafka } from "/wskafka.js";
 
 const params = new URLSearchParams(location.search);
-const rooms = (params.get("rooms") ?? "chat.lobby,chat.random").split(",");
+const topic = params.get("topic") ?? "chat.rooms";
 const notificationsTopic = params.get("notifications") ?? "notifications";
+const PAGE = 50;
 const $ = (id) => document.getElementById(id);
 
-/** Messages per room, in arrival order (offset order per partition). */
-const history = new Map(rooms.map((room) => [room, []]));
-let current = rooms[0];
+/** Per room: its messages, oldest first, and whether older ones are left to load. */
+const rooms = new Map();
+let current = null;
 let unread = 0;
 
-function start(user) {
+async function start(user) {
   $("login").hidden = true;
   $("me").textContent = `as ${user}`;
-  const token = async () => {
+  const signIn = async () => {
     const response = await fetch(`/dev/token?user=${encodeURIComponent(user)}`);
     if (!response.ok) throw new Error(await response.text());
-    return (await response.json()).token;
+    return response.json();
+  };
+  const first = await signIn();
+  let fresh = first.token;
+  // The first connect uses the token fetched above; refreshes fetch new ones.
+  const token = async () => {
+    const token = fresh ?? (await signIn()).token;
+    fresh = null;
+    return token;
   };
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
   const client = new WsKafka(url, { token });
@@ -29,16 +40,23 @@ function start(user) {
   });
   client.addEventListener("error", (e) => console.warn("wskafka:", e.detail));
 
-  for (const room of rooms) {
+  for (const room of first.rooms) {
+    rooms.set(room, { messages: [], oldest: false, loading: null });
     const button = document.createElement("button");
     button.textContent = `# ${room}`;
     button.dataset.room = room;
     button.onclick = () => show(room);
     $("rooms").append(button);
-    client.subscribe(room, (m) => {
-      history.get(room).push(m);
-      if (room === current) render(m);
-    }, { from: "earliest" });
+  }
+  for (const room of first.rooms) {
+    client
+      .subscribe(topic, (m) => {
+        rooms.get(room).messages.push(m);
+        if (room === current) append(m);
+      }, { key: room })
+      // What was said before this page opened.
+      .then(() => loadOlder(client, room))
+      .catch((e) => console.warn(`wskafka: room ${room}:`, e));
   }
   // Unread notifications: everything after what this user last marked read, on any device.
   client.subscribe(notificationsTopic, (m) => {
@@ -58,25 +76,80 @@ function start(user) {
     e.preventDefault();
     const text = $("text").value;
     $("text").value = "";
-    await client.publish(current, { user, text }, { key: user });
+    await client.publish(topic, { text }, { key: current });
   };
-  show(current);
+  $("messages").onscroll = () => {
+    if ($("messages").scrollTop === 0 && current) loadOlder(client, current);
+  };
+  show(first.rooms[0]);
+}
+
+/** Loads the page of messages just older than what the room shows, once at a time. */
+function loadOlder(client, room) {
+  const state = rooms.get(room);
+  if (state.oldest || state.loading) return state.loading;
+  state.loading = client
+    .older(topic, { key: room, limit: PAGE })
+    .then(({ messages, oldest }) => {
+      state.messages.unshift(...messages);
+      state.oldest = oldest;
+      if (room === current) prepend(messages, oldest);
+    })
+    .then(() => {
+      // A page that does not fill the view leaves nothing to scroll: load on.
+      const list = $("messages");
+      if (room === current && !state.oldest && list.scrollHeight <= list.clientHeight) {
+        queueMicrotask(() => loadOlder(client, room));
+      }
+    })
+    .catch((e) => console.warn(`wskafka: history of ${room}:`, e))
+    .finally(() => (state.loading = null));
+  return state.loading;
 }
 
 function show(room) {
   current = room;
   for (const b of $("rooms").children) b.setAttribute("aria-current", String(b.dataset.room === room));
-  $("messages").replaceChildren();
-  history.get(room).forEach(render);
+  const list = $("messages");
+  list.replaceChildren(...rooms.get(room).messages.map(line));
+  list.dataset.oldest = String(rooms.get(room).oldest);
+  list.scrollTop = list.scrollHeight;
 }
 
-function render(m) {
+/** One message: its verified sender, its text, and when it was written. */
+function line(m) {
   const li = document.createElement("li");
+  const body = document.createElement("span");
+  body.className = "body";
   const who = document.createElement("b");
-  who.textContent = m.payload?.user ?? m.key ?? "?";
-  li.append(who, m.payload?.text ?? JSON.stringify(m.payload ?? m.payload_base64));
-  $("messages").append(li);
-  li.scrollIntoView({ block: "end" });
+  who.textContent = m.sender ?? "unverified";
+  body.append(who, m.payload?.text ?? JSON.stringify(m.payload ?? m.payload_base64));
+  li.append(body);
+  if (m.timestamp !== undefined) {
+    const time = document.createElement("time");
+    const at = new Date(m.timestamp);
+    time.dateTime = at.toISOString();
+    time.textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    time.title = at.toLocaleString();
+    li.append(time);
+  }
+  return li;
+}
+
+function append(m) {
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.append(line(m));
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+/** Older messages go on top; the view stays on what the reader was looking at. */
+function prepend(messages, oldest) {
+  const list = $("messages");
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  list.prepend(...messages.map(line));
+  list.dataset.oldest = String(oldest);
+  list.scrollTop = list.scrollHeight - fromBottom;
 }
 
 function showUnread() {

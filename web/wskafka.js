@@ -3,7 +3,8 @@
 // It keeps what a dropped network must not lose: the next offset per partition of every
 // subscription (resubscribed with `from: {offsets}` after a reconnect, so nothing is missed
 // or repeated) and every publish not yet acknowledged (sent again after a reconnect; the
-// protocol says an unanswered publish may be resent).
+// protocol says an unanswered publish may be resent). A subscription follows a whole topic
+// or one key of it (a chat room); one socket follows any number of rooms.
 
 /**
  * @typedef {string | (() => string | Promise<string>)} TokenSource
@@ -12,10 +13,12 @@
  * @typedef {"latest" | "earliest" | "committed" | {timestamp: number} | {offsets: Record<string, number>}} Start
  * @typedef {{key?: string, headers?: Record<string, string>}} Filter
  * @typedef {{type: "message", topic: string, partition: number, offset: number,
- *   timestamp?: number, key?: string, key_base64?: string,
+ *   timestamp?: number, key?: string, key_base64?: string, sender?: string,
  *   headers?: Record<string, string | null>, headers_base64?: Record<string, string>,
  *   payload?: unknown, payload_base64?: string}} Message
  * @typedef {{type: "ack", topic: string, partition: number, offset: number}} Ack
+ * @typedef {{messages: Message[], before: Record<string, number>, oldest: boolean,
+ *   partial: boolean}} Page  a history page, oldest message first
  * @typedef {{min: number, max: number}} Backoff  delays in ms
  * @typedef {{token: TokenSource, backoff?: Backoff, WebSocket?: typeof WebSocket,
  *   random?: () => number}} Options
@@ -59,7 +62,7 @@ export class WsKafka extends EventTarget {
     this.random = options.random ?? Math.random;
     /** @type {ConnectionState} */
     this.state = "connecting";
-    /** @type {Map<string, Subscription>} */
+    /** By `subscriptionId(topic, key)`. @type {Map<string, Subscription>} */
     this.subscriptions = new Map();
     /** Publishes without an answer yet: id -> {frame, resolve, reject}. */
     this.publishes = new Map();
@@ -90,45 +93,99 @@ export class WsKafka extends EventTarget {
   }
 
   /**
-   * Subscribes `onMessage` to a topic; resolves once the hub confirmed. Returns a function
-   * that ends the subscription.
+   * Subscribes `onMessage` to a topic, or with `key` to one room of it; resolves once the
+   * hub confirmed. Returns a function that ends the subscription. A socket follows either a
+   * whole topic or rooms of it: subscribing to one replaces the other.
    * @param {string} topic @param {(message: Message) => void} onMessage
-   * @param {{from?: Start, filter?: Filter}} [options]
+   * @param {{key?: string, from?: Start, filter?: Filter}} [options]
    * @returns {Promise<() => void>}
    */
   subscribe(topic, onMessage, options = {}) {
-    const subscription = new Subscription(topic, onMessage, options);
-    this.subscriptions.get(topic)?.confirmed.reject(new WsKafkaError("replaced", "subscribed again"));
-    this.subscriptions.set(topic, subscription);
+    const key = options.key ?? options.filter?.key;
+    const subscription = new Subscription(topic, key, onMessage, options);
+    for (const [id, held] of this.subscriptions) {
+      if (held.topic === topic && (key === undefined || held.key === undefined || held.key === key)) {
+        held.confirmed.reject(new WsKafkaError("replaced", "subscribed again"));
+        this.subscriptions.delete(id);
+      }
+    }
+    this.subscriptions.set(subscription.id, subscription);
     if (this.authenticated) this.sendSubscribe(subscription);
-    return subscription.confirmed.promise.then(() => () => this.unsubscribe(topic));
+    return subscription.confirmed.promise.then(() => () => this.unsubscribe(topic, key));
   }
 
   /**
-   * Stores how far this user has read `topic` (the next offset per partition), for
-   * `from: "committed"` on any device; by default, as far as this subscription delivered.
-   * Resolves once the hub stored it.
-   * @param {string} topic @param {Record<string, number>} [offsets]
+   * Stores how far this user has read `topic` (or its room `key`: the next offset per
+   * partition), for `from: "committed"` on any device; by default, as far as this
+   * subscription delivered. Resolves once the hub stored it.
+   * @param {string} topic @param {Record<string, number>} [offsets] @param {{key?: string}} [options]
    * @returns {Promise<unknown>}
    */
-  commit(topic, offsets) {
-    offsets ??= Object.fromEntries(this.subscriptions.get(topic)?.next ?? []);
+  commit(topic, offsets, options = {}) {
+    const key = options.key;
+    offsets ??= Object.fromEntries(this.subscriptions.get(subscriptionId(topic, key))?.next ?? []);
     if (Object.keys(offsets).length === 0) return Promise.resolve(undefined);
-    if (!this.authenticated) {
-      return Promise.reject(new WsKafkaError("disconnected", "not connected"));
-    }
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.requests.set(id, { resolve, reject });
-      this.send({ type: "commit", id, topic, offsets });
-    });
+    const frame = { type: "commit", topic, offsets };
+    if (key !== undefined) frame.key = key;
+    return this.request(frame);
   }
 
-  /** @param {string} topic */
-  unsubscribe(topic) {
-    if (this.subscriptions.delete(topic) && this.authenticated) {
-      this.send({ type: "unsubscribe", topic });
+  /**
+   * A page of past records of `topic` (or its room `key`), newest page first: those before
+   * `before` (the previous page's `before`; by default each partition's end), at most
+   * `limit` (the hub's bound applies). A page with `partial` was cut short by the hub's bound
+   * on reading: ask again with its `before`. `oldest` says no older record is left.
+   * @param {string} topic
+   * @param {{key?: string, before?: Record<string, number> | "subscribed", limit?: number}} [options]
+   * @returns {Promise<Page>}
+   */
+  history(topic, options = {}) {
+    const frame = { type: "history", topic };
+    for (const field of ["key", "before", "limit"]) {
+      if (options[field] !== undefined) frame[field] = options[field];
     }
+    return this.request(frame);
+  }
+
+  /**
+   * The page of records just older than what a subscription (to `topic`, or its room `key`)
+   * shows, for "load older messages": the first call ends where the subscription started,
+   * so history and live meet with no gap and no repeat; each next call goes further back.
+   * Resolves with the messages, oldest first, and whether the oldest record was reached.
+   * @param {string} topic @param {{key?: string, limit?: number}} [options]
+   * @returns {Promise<{messages: Message[], oldest: boolean}>}
+   */
+  async older(topic, options = {}) {
+    const subscription = this.subscriptions.get(subscriptionId(topic, options.key));
+    if (!subscription) throw new WsKafkaError("not_subscribed", `not subscribed to ${topic}`);
+    const messages = [];
+    let page;
+    // Pages cut short by the hub's bound carry on until some are found or none are left.
+    do {
+      page = await this.history(topic, {
+        key: options.key,
+        limit: options.limit,
+        before: subscription.olderBefore ?? "subscribed",
+      });
+      subscription.olderBefore = page.before;
+      messages.unshift(...page.messages);
+    } while (page.partial && messages.length === 0);
+    return { messages, oldest: page.oldest };
+  }
+
+  /** @param {string} topic @param {string} [key] a room; none: every subscription to the topic */
+  unsubscribe(topic, key) {
+    let held = false;
+    for (const [id, subscription] of this.subscriptions) {
+      if (subscription.topic === topic && (key === undefined || subscription.key === key)) {
+        this.subscriptions.delete(id);
+        held = true;
+      }
+    }
+    if (!held || !this.authenticated) return;
+    const frame = { type: "unsubscribe", topic };
+    if (key !== undefined) frame.key = key;
+    this.send(frame);
   }
 
   /** Closes for good: no reconnect; unanswered publishes are rejected. */
@@ -194,6 +251,21 @@ export class WsKafka extends EventTarget {
     this.socket?.send(JSON.stringify(frame));
   }
 
+  /**
+   * Sends a request on the current socket; resolves with its reply.
+   * @param {Record<string, unknown>} frame
+   */
+  request(frame) {
+    if (!this.authenticated) {
+      return Promise.reject(new WsKafkaError("disconnected", "not connected"));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.requests.set(id, { resolve, reject });
+      this.send({ ...frame, id });
+    });
+  }
+
   /** @param {Subscription} subscription */
   sendSubscribe(subscription) {
     const id = this.nextId++;
@@ -202,16 +274,23 @@ export class WsKafka extends EventTarget {
       reject: (/** @type {Error} */ e) => subscription.failed(e, this),
     });
     const frame = { type: "subscribe", id, topic: subscription.topic, from: subscription.from() };
-    if (subscription.options.filter) frame.filter = subscription.options.filter;
+    if (subscription.key !== undefined) frame.key = subscription.key;
+    const headers = subscription.options.filter?.headers;
+    if (headers) frame.filter = { headers };
     this.send(frame);
   }
 
   /** @param {any} frame */
   receive(frame) {
     switch (frame.type) {
-      case "message":
-        this.subscriptions.get(frame.topic)?.deliver(frame);
+      case "message": {
+        // A room's subscription, or the whole topic's.
+        const subscription =
+          this.subscriptions.get(subscriptionId(frame.topic, frame.key)) ??
+          this.subscriptions.get(subscriptionId(frame.topic, undefined));
+        subscription?.deliver(frame);
         return;
+      }
       case "authenticated":
         if (frame.id === "auth" && !this.authenticated) this.opened();
         return;
@@ -267,9 +346,10 @@ export class WsKafka extends EventTarget {
       this.requests.delete(frame.id);
       return request.reject(error);
     }
-    if (frame.topic && this.subscriptions.has(frame.topic)) {
-      this.subscriptions.get(frame.topic)?.confirmed.reject(error);
-      this.subscriptions.delete(frame.topic);
+    const ended = frame.topic && subscriptionId(frame.topic, frame.key ?? undefined);
+    if (ended && this.subscriptions.has(ended)) {
+      this.subscriptions.get(ended)?.confirmed.reject(error);
+      this.subscriptions.delete(ended);
     }
     this.dispatchEvent(new CustomEvent("error", { detail: error }));
   }
@@ -284,14 +364,24 @@ function deferred() {
   return { promise, resolve, reject };
 }
 
+/** How the client files a subscription: its topic and its room, if any. */
+function subscriptionId(/** @type {string} */ topic, /** @type {string | undefined} */ key) {
+  return JSON.stringify([topic, key ?? null]);
+}
+
 /** One subscription and where it stands: the next offset per partition. */
 class Subscription {
   /**
-   * @param {string} topic @param {(message: Message) => void} onMessage
+   * @param {string} topic @param {string | undefined} key
+   * @param {(message: Message) => void} onMessage
    * @param {{from?: Start, filter?: Filter}} options
    */
-  constructor(topic, onMessage, options) {
+  constructor(topic, key, onMessage, options) {
     this.topic = topic;
+    this.key = key;
+    this.id = subscriptionId(topic, key);
+    /** Where `older()` goes on from; none until its first page. */
+    this.olderBefore = undefined;
     this.onMessage = onMessage;
     this.options = options;
     /** @type {Map<number, number> | null} null until the hub said where it starts */
@@ -315,7 +405,7 @@ class Subscription {
     }
     this.retries = 0;
     if (reply.lost) {
-      client.dispatchEvent(new CustomEvent("lost", { detail: { topic: this.topic, lost: reply.lost } }));
+      client.dispatchEvent(new CustomEvent("lost", { detail: { topic: this.topic, key: this.key, lost: reply.lost } }));
     }
     // With `from: "committed"`: `waiting` is the unread count, where the hub can tell.
     client.dispatchEvent(new CustomEvent("subscribed", { detail: reply }));
@@ -332,12 +422,12 @@ class Subscription {
       const socket = client.socket;
       const delay = backoffDelay(this.retries++, client.backoff, client.random);
       setTimeout(() => {
-        const current = client.subscriptions.get(this.topic) === this;
+        const current = client.subscriptions.get(this.id) === this;
         if (current && client.socket === socket && client.authenticated) client.sendSubscribe(this);
       }, delay);
       return;
     }
-    client.subscriptions.delete(this.topic);
+    client.subscriptions.delete(this.id);
     this.confirmed.reject(error);
     client.dispatchEvent(new CustomEvent("error", { detail: error }));
   }

@@ -375,6 +375,57 @@ pub fn producer_at(brokers: &str) -> FutureProducer {
         .unwrap()
 }
 
+/// A producer that places keys as Kafka's Java clients do (murmur2), as a backend sharing
+/// keyed topics with the hub must.
+pub fn murmur2_producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap()
+}
+
+/// Produces `(key, value)` records with Kafka's own Java client and its default partitioner
+/// (`tests/java/Produce.java`, run from source by the JVM the broker runs on); returns each
+/// record's (partition, offset), in order.
+pub async fn java_produce(topic: &str, records: &[(String, String)]) -> Vec<(i32, i64)> {
+    let libs = std::process::Command::new(KAFKA_SCRIPT)
+        .arg("install")
+        .output()
+        .expect("scripts/kafka install");
+    assert!(libs.status.success(), "scripts/kafka install failed");
+    let classpath = format!("{}/*", String::from_utf8(libs.stdout).unwrap().trim());
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/Produce.java");
+    let mut java = Command::new("java")
+        .args(["-cp", &classpath, source, broker(), topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting java");
+    let input: String = records
+        .iter()
+        .map(|(key, value)| format!("{key}\t{value}\n"))
+        .collect();
+    let mut stdin = java.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(3 * PATIENCE, java.wait_with_output())
+        .await
+        .expect("the Java producer did not finish in time")
+        .unwrap();
+    assert!(output.status.success(), "the Java producer failed");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (p, o) = line.split_once(' ').unwrap();
+            (p.parse().unwrap(), o.parse().unwrap())
+        })
+        .collect()
+}
+
 /// Produces `count` records `{"seq": i}` with keys `k<i % 7>`, up to 1,000 in flight (so
 /// librdkafka packs them into batches of many records), straight into Kafka; returns each
 /// record's position with its `seq`.
@@ -512,6 +563,7 @@ pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
     Grants {
         publish: parse(publish),
         subscribe: parse(subscribe),
+        history: None,
     }
 }
 
@@ -1083,6 +1135,26 @@ impl Browser {
             .run(serde_json::json!({"cmd": "texts", "name": name, "selector": selector}))
             .await;
         serde_json::from_value(texts).unwrap()
+    }
+
+    /// Waits until exactly `count` elements match `selector`.
+    pub async fn wait_count(&mut self, name: &str, selector: &str, count: usize) {
+        self.run(serde_json::json!({"cmd": "wait_count", "name": name, "selector": selector, "count": count}))
+            .await;
+    }
+
+    /// Scrolls the element at `selector` to its top.
+    pub async fn scroll_top(&mut self, name: &str, selector: &str) {
+        self.run(serde_json::json!({"cmd": "scroll_top", "name": name, "selector": selector}))
+            .await;
+    }
+
+    /// The errors and warnings `name`'s page wrote to its console.
+    pub async fn complaints(&mut self, name: &str) -> Vec<String> {
+        let complaints = self
+            .run(serde_json::json!({"cmd": "complaints", "name": name}))
+            .await;
+        serde_json::from_value(complaints).unwrap()
     }
 
     pub async fn click(&mut self, name: &str, selector: &str) {

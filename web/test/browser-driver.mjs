@@ -10,14 +10,23 @@ const browser = await chromium.launch({
   args: ["--no-sandbox"],
 });
 const pages = new Map();
+/** Per page, its console's errors and warnings, for tests that a page loads cleanly. */
+const complaints = new Map();
 const timeout = Number(process.env.PATIENCE_MS ?? 20000);
 
 const commands = {
   async open({ name, url, credentials }) {
     const context = await browser.newContext(credentials ? { httpCredentials: credentials } : {});
     const page = await context.newPage();
-    page.on("console", (m) => process.stderr.write(`${name} console: ${m.text()}\n`));
-    page.on("pageerror", (e) => process.stderr.write(`${name} page error: ${e}\n`));
+    complaints.set(name, []);
+    page.on("console", (m) => {
+      process.stderr.write(`${name} console: ${m.text()}\n`);
+      if (m.type() === "error" || m.type() === "warning") complaints.get(name).push(m.text());
+    });
+    page.on("pageerror", (e) => {
+      process.stderr.write(`${name} page error: ${e}\n`);
+      complaints.get(name).push(String(e));
+    });
     await page.goto(url);
     pages.set(name, page);
   },
@@ -37,6 +46,30 @@ const commands = {
   },
   async texts({ name, selector }) {
     return pages.get(name).locator(selector).allInnerTexts();
+  },
+  async count({ name, selector }) {
+    return pages.get(name).locator(selector).count();
+  },
+  async wait_count({ name, selector, count }) {
+    await pages.get(name).waitForFunction(
+      ([selector, count]) => document.querySelectorAll(selector).length === count,
+      [selector, count],
+      { timeout },
+    );
+  },
+  // Scrolls the element to its top, as a reader looking for older messages does.
+  async scroll_top({ name, selector }) {
+    await pages.get(name).locator(selector).evaluate((element) => {
+      element.scrollTop = 0;
+      element.dispatchEvent(new Event("scroll"));
+    });
+  },
+  // Runs a script in the page and returns what it resolves to.
+  async evaluate({ name, script }) {
+    return pages.get(name).evaluate(script);
+  },
+  async complaints({ name }) {
+    return complaints.get(name);
   },
   async screenshot({ name, path }) {
     await pages.get(name).screenshot({ path });

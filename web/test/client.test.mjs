@@ -162,3 +162,59 @@ test("commit stores as far as the subscription delivered, and resolves once stor
   socket.reply({ type: "error", id: socket.last("commit").id, code: "unavailable", message: "retry" });
   await assert.rejects(refused, (e) => e instanceof WsKafkaError && e.code === "unavailable");
 });
+
+test("rooms of one topic are subscriptions of their own, each resuming from its own offsets", async () => {
+  const { client, socket } = await connected();
+  const seen = { lobby: [], staff: [] };
+  for (const room of ["lobby", "staff"]) {
+    const subscribed = client.subscribe("rooms", (m) => seen[room].push(m.offset), { key: room });
+    const request = socket.last("subscribe");
+    assert.equal(request.key, room);
+    socket.reply({ type: "subscribed", id: request.id, topic: "rooms", key: room, partitions: { 0: 10 } });
+    await subscribed;
+  }
+  socket.reply({ type: "message", topic: "rooms", key: "lobby", partition: 0, offset: 10 });
+  socket.reply({ type: "message", topic: "rooms", key: "staff", partition: 0, offset: 11 });
+  socket.reply({ type: "message", topic: "rooms", key: "lobby", partition: 0, offset: 12 });
+  assert.deepEqual(seen, { lobby: [10, 12], staff: [11] });
+
+  // The hub ends one room's subscription: the other carries on.
+  socket.reply({ type: "error", code: "forbidden", message: "no longer", topic: "rooms", key: "staff" });
+  socket.reply({ type: "message", topic: "rooms", key: "staff", partition: 0, offset: 13 });
+  assert.deepEqual(seen.staff, [11]);
+
+  socket.drop();
+  const again = await reconnected();
+  const resumed = again.sent.filter((f) => f.type === "subscribe");
+  assert.deepEqual(resumed.map((f) => [f.key, f.from]), [["lobby", { offsets: { 0: 13 } }]]);
+  client.unsubscribe("rooms", "lobby");
+  assert.deepEqual(again.last("unsubscribe"), { type: "unsubscribe", topic: "rooms", key: "lobby" });
+  client.close();
+});
+
+test("older() pages back from where the subscription started, past pages cut short", async () => {
+  const { client, socket } = await connected();
+  const subscribed = client.subscribe("rooms", () => {}, { key: "lobby" });
+  socket.reply({ type: "subscribed", id: socket.last("subscribe").id, topic: "rooms", key: "lobby", partitions: { 2: 90 } });
+  await subscribed;
+
+  const first = client.older("rooms", { key: "lobby", limit: 2 });
+  let request = socket.last("history");
+  assert.deepEqual(request, { type: "history", id: request.id, topic: "rooms", key: "lobby", limit: 2, before: "subscribed" });
+  socket.reply({ type: "history", id: request.id, topic: "rooms", messages: [], before: { 2: 60 }, oldest: false, partial: true });
+  await settle();
+  request = socket.last("history");
+  assert.deepEqual(request.before, { 2: 60 });
+  const message = (offset) => ({ type: "message", topic: "rooms", key: "lobby", partition: 2, offset });
+  socket.reply({ type: "history", id: request.id, topic: "rooms", messages: [message(40), message(55)], before: { 2: 40 }, oldest: false, partial: false });
+  const page = await first;
+  assert.deepEqual(page.messages.map((m) => m.offset), [40, 55]);
+  assert.equal(page.oldest, false);
+
+  const second = client.older("rooms", { key: "lobby", limit: 2 });
+  request = socket.last("history");
+  assert.deepEqual(request.before, { 2: 40 });
+  socket.reply({ type: "history", id: request.id, topic: "rooms", messages: [message(3)], before: { 2: 3 }, oldest: true, partial: false });
+  assert.deepEqual(await second, { messages: [message(3)], oldest: true });
+  client.close();
+});
