@@ -1300,7 +1300,7 @@ impl Server {
         let grants = Grants {
             publish: vec!["bench.*".parse().unwrap()],
             subscribe: vec!["bench.*".parse().unwrap()],
-            history: None,
+            history: Vec::new(),
         };
         let token = mint(SECRET, user, grants, Duration::from_secs(3600));
         format!("ws://{}/ws?token={token}", self.addr)

@@ -32,7 +32,7 @@ async fn main() {
     let grants = Grants {
         publish: vec![a[1].parse().unwrap()],
         subscribe: vec![a[1].parse().unwrap()],
-        history: None,
+        history: Vec::new(),
     };
     let args = Args {
         hub: a[0].clone(),

@@ -1,20 +1,16 @@
-//! Token verification: before the WebSocket upgrade when the token comes in the URL or a
-//! header, so that a refused client never gets a socket; otherwise on the socket's first
-//! frame, and again on each refresh.
-//!
-//! Exactly one algorithm is accepted, the one the configured key is for: a token that names
-//! another (`none`, or HS256 signed with an RS256 public key as the secret) is refused by
-//! `jsonwebtoken` before its signature is looked at.
+//! The vocabulary of authentication: what a token grants, the session it opens, why one is
+//! refused, and the development tokens `wskafka token` mints. Which issuers and keys verify
+//! tokens is `issuers`' business.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::config::JwtConfig;
 use crate::grant::Grant;
 
+/// The claims of a development token, as `wskafka token` and the demo mint them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -36,14 +32,24 @@ pub struct Grants {
     pub publish: Vec<Grant>,
     #[serde(default)]
     pub subscribe: Vec<Grant>,
-    /// Reading past records with `history`; without the claim, what `subscribe` grants.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<Grant>>,
+    /// Reading past records with `history`, beyond what `subscribe` grants (which covers
+    /// history too: a subscription can start in the past anyway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Grant>,
+}
+
+impl Grants {
+    pub fn extend(&mut self, more: Grants) {
+        self.publish.extend(more.publish);
+        self.subscribe.extend(more.subscribe);
+        self.history.extend(more.history);
+    }
 }
 
 /// The verified identity behind one connection.
 #[derive(Debug)]
 pub struct Session {
+    /// The user id: the token's `sub`, or the claim its issuer names instead.
     pub sub: String,
     pub grants: Grants,
     /// When the token stops being accepted (its `exp` plus the configured leeway).
@@ -71,6 +77,14 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("token audience or issuer not accepted")]
     WrongAudience,
+    #[error("token issuer not accepted")]
+    UnknownIssuer,
+    #[error("token signed with a key the hub does not know (kid)")]
+    UnknownKey,
+    #[error("token names no key (kid) and its issuer has several")]
+    NoKid,
+    #[error("the keys of the token's issuer are not available yet")]
+    NoKeys,
     #[error("malformed token")]
     Malformed,
 }
@@ -84,6 +98,10 @@ impl AuthError {
             AuthError::WrongAlgorithm => "wrong_algorithm",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::WrongAudience => "wrong_audience",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::NoKid => "no_kid",
+            AuthError::NoKeys => "no_keys",
             AuthError::Malformed => "malformed",
         }
     }
@@ -107,93 +125,25 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
 /// Bytes an HS256 secret needs at least: as many bits as the hash (RFC 7518, section 3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(
-        "no key to verify tokens with: set WSKAFKA_JWT_SECRET (an HS256 secret of at least \
-         {MIN_SECRET_BYTES} bytes) or WSKAFKA_JWT_PUBLIC_KEY (a PEM file holding an RSA or \
-         P-256 public key)"
-    )]
-    Missing,
-    #[error(
-        "WSKAFKA_JWT_SECRET is {0} bytes long: HS256 needs at least {MIN_SECRET_BYTES} (RFC 7518, \
-         section 3.2); make one with `openssl rand -base64 32`"
-    )]
-    ShortSecret(usize),
-    #[error("cannot read the JWT public key {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0} holds neither an RSA nor an EC public key in PEM form")]
-    NotAKey(String),
-}
-
-pub struct Authenticator {
-    key: DecodingKey,
-    validation: Validation,
-    leeway: Duration,
-}
-
-impl Authenticator {
-    pub fn new(config: &JwtConfig) -> Result<Self, KeyError> {
-        let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key) {
-            (Some(secret), _) => (
-                check_secret(secret).map(|()| DecodingKey::from_secret(secret.as_bytes()))?,
-                Algorithm::HS256,
-            ),
-            (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-                    (key, Algorithm::RS256)
-                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-                    (key, Algorithm::ES256)
-                } else {
-                    return Err(KeyError::NotAKey(path.display().to_string()));
-                }
-            }
-            (None, None) => return Err(KeyError::Missing),
-        };
-        let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = config.jwt_leeway.as_secs();
-        validation.validate_nbf = true;
-        if let Some(audience) = &config.jwt_audience {
-            validation.set_audience(&[audience]);
-        }
-        if let Some(issuer) = &config.jwt_issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        Ok(Authenticator {
-            key,
-            validation,
-            leeway: config.jwt_leeway,
-        })
-    }
-
-    pub fn verify(&self, token: &str) -> Result<Session, AuthError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?.claims;
-        Ok(Session {
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp) + self.leeway,
-            sub: claims.sub,
-            grants: claims.wskafka,
-            token: TokenId {
-                jti: claims.jti,
-                issued_at: claims.iat,
-            },
-        })
-    }
-}
-
-/// Refuses an HS256 secret too short to resist guessing.
-pub fn check_secret(secret: &str) -> Result<(), KeyError> {
+/// Refuses an HS256 secret too short to resist guessing; `source` says where it came from.
+pub fn check_secret(secret: &str, source: &str) -> Result<(), ShortSecret> {
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(KeyError::ShortSecret(secret.len()));
+        return Err(ShortSecret {
+            setting: source.to_string(),
+            length: secret.len(),
+        });
     }
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{setting} is {length} bytes long: HS256 needs at least {MIN_SECRET_BYTES} (RFC 7518, \
+     section 3.2); make one with `openssl rand -base64 32`"
+)]
+pub struct ShortSecret {
+    pub setting: String,
+    pub length: usize,
 }
 
 /// Signs an HS256 token with a fresh `jti`, for `wskafka token` and for tests.
@@ -213,88 +163,4 @@ pub fn mint(secret: &str, sub: &str, grants: Grants, ttl: Duration) -> String {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing cannot fail")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
-
-    fn config(secret: &str) -> JwtConfig {
-        JwtConfig {
-            jwt_secret: Some(secret.into()),
-            jwt_public_key: None,
-            jwt_audience: None,
-            jwt_issuer: None,
-            jwt_leeway: Duration::ZERO,
-        }
-    }
-
-    fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
-        let parse = |ps: &[&str]| ps.iter().map(|p| p.parse().unwrap()).collect();
-        Grants {
-            publish: parse(publish),
-            subscribe: parse(subscribe),
-            history: None,
-        }
-    }
-
-    #[test]
-    fn a_minted_token_verifies_with_its_grants() {
-        let auth = Authenticator::new(&config(SECRET)).unwrap();
-        let token = mint(
-            SECRET,
-            "alice",
-            grants(&["chat.*"], &["chat.*", "notifications"]),
-            Duration::from_secs(60),
-        );
-        let session = auth.verify(&token).unwrap();
-        assert_eq!(session.sub, "alice");
-        assert_eq!(
-            format!("{:?}", session.grants),
-            r#"Grants { publish: ["chat.*"], subscribe: ["chat.*", "notifications"], history: None }"#
-        );
-        assert!(session.expires_at > SystemTime::now());
-    }
-
-    #[test]
-    fn another_secret_is_a_bad_signature() {
-        let auth = Authenticator::new(&config(SECRET)).unwrap();
-        let token = mint("other", "alice", Grants::default(), Duration::from_secs(60));
-        assert_eq!(auth.verify(&token).unwrap_err(), AuthError::BadSignature);
-    }
-
-    #[test]
-    fn garbage_is_malformed() {
-        let auth = Authenticator::new(&config(SECRET)).unwrap();
-        assert_eq!(auth.verify("not.a.jwt").unwrap_err(), AuthError::Malformed);
-        assert_eq!(auth.verify("").unwrap_err(), AuthError::Malformed);
-    }
-
-    #[test]
-    fn an_invalid_grant_pattern_refuses_the_whole_token() {
-        let auth = Authenticator::new(&config(SECRET)).unwrap();
-        let claims =
-            serde_json::json!({"sub":"a","exp":u32::MAX,"wskafka":{"publish":["chat/[x]"]}});
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap();
-        assert_eq!(auth.verify(&token).unwrap_err(), AuthError::Malformed);
-    }
-
-    #[test]
-    fn a_secret_shorter_than_the_hash_is_a_configuration_error() {
-        for short in ["", "secret", &"x".repeat(MIN_SECRET_BYTES - 1)] {
-            let refused = Authenticator::new(&config(short)).err();
-            assert!(
-                matches!(refused, Some(KeyError::ShortSecret(n)) if n == short.len()),
-                "{short:?}"
-            );
-        }
-        assert!(Authenticator::new(&config(&"x".repeat(MIN_SECRET_BYTES))).is_ok());
-    }
 }

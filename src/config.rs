@@ -267,14 +267,21 @@ pub enum LogFormat {
 
 #[derive(Args, Clone)]
 pub struct JwtConfig {
-    /// HS256 secret that tokens are signed with, of at least 32 bytes. One key is required:
-    /// this or the public key.
+    /// HS256 secret that tokens are signed with, of at least 32 bytes. One source of keys
+    /// is required: this, the public key, or the auth file.
     #[arg(long, env = "WSKAFKA_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// PEM public key (RSA for RS256, P-256 for ES256) that tokens are signed with.
+    /// PEM public key that tokens are signed with: RSA (RS256 and the other RS and PS
+    /// algorithms), EC (ES256, ES384) or Ed25519 (EdDSA). Read again on SIGHUP.
     #[arg(long, env = "WSKAFKA_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
     pub jwt_public_key: Option<PathBuf>,
+
+    /// A TOML file of token issuers, each with its JWKS URL or keys, audience, user-id
+    /// claim and grant rules (see the README); read again on SIGHUP. Instead of the secret
+    /// or the public key, whose issuer and audience settings it replaces.
+    #[arg(long, env = "WSKAFKA_AUTH_CONFIG", conflicts_with_all = ["jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer"])]
+    pub auth_config: Option<PathBuf>,
 
     /// Required `aud` claim, when set.
     #[arg(long, env = "WSKAFKA_JWT_AUDIENCE")]
@@ -304,10 +311,10 @@ pub struct TokenArgs {
     #[arg(long, value_delimiter = ',')]
     pub subscribe: Vec<Grant>,
 
-    /// What the token may read with `history`, in the same form; unset: what it may
-    /// subscribe to.
+    /// What the token may read with `history` beyond what it may subscribe to (which it may
+    /// read too), in the same form.
     #[arg(long, value_delimiter = ',')]
-    pub history: Option<Vec<Grant>>,
+    pub history: Vec<Grant>,
 
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]

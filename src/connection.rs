@@ -800,27 +800,26 @@ impl Connection {
     /// A new token for the same user: it moves the expiry, and subscriptions it no longer
     /// allows end. A token that does not verify, or is revoked, changes nothing.
     fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<Pending> {
-        let session = match self.hub.auth.verify(token) {
-            Ok(session) => session,
-            Err(e) => {
-                self.reply(Reply::error(
-                    id,
-                    ErrorCode::Unauthorized,
-                    format!("{e}: the current token stays in force"),
-                ));
-                return None;
-            }
-        };
-        if session.sub != self.session.sub {
-            self.reply(Reply::error(
-                id,
-                ErrorCode::Forbidden,
-                "a refreshed token must be for the same user (`sub`)",
-            ));
-            return None;
-        }
         let hub = self.hub.clone();
+        let (token, user) = (token.to_string(), self.session.sub.clone());
         Some(Box::pin(async move {
+            let session = match hub.auth.verify(&token).await {
+                Ok(session) => session,
+                Err(e) => {
+                    return Answer::Reply(Reply::error(
+                        id,
+                        ErrorCode::Unauthorized,
+                        format!("{e}: the current token stays in force"),
+                    ));
+                }
+            };
+            if session.sub != user {
+                return Answer::Reply(Reply::error(
+                    id,
+                    ErrorCode::Forbidden,
+                    "a refreshed token must be for the same user (`sub`)",
+                ));
+            }
             match hub.is_revoked(&session.sub, &session.token).await {
                 Ok(false) => Answer::Refreshed(id, session),
                 Ok(true) => Answer::Reply(Reply::error(
@@ -1010,7 +1009,7 @@ mod tests {
         let grants = Grants {
             publish: parse(&["t.*"]),
             subscribe: parse(subscribe),
-            history: None,
+            history: Vec::new(),
         };
         mint(hub::TEST_SECRET, sub, grants, ttl)
     }

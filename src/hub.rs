@@ -15,10 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, Authenticator, Session, TokenId};
+use crate::auth::{AuthError, Session, TokenId};
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
 use crate::history::HistoryReader;
+use crate::issuers::Authenticator;
 use crate::kafka::{LivePositions, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
@@ -211,10 +212,12 @@ impl Hub {
             }
             refusal
         };
-        let session = self
-            .auth
-            .verify(token)
-            .map_err(|e| refused(Refusal::Token(e)))?;
+        let session = match self.auth.verify(token).await {
+            Ok(session) => session,
+            // Not the token's fault: its issuer's keys have not been fetched yet.
+            Err(AuthError::NoKeys) => return Err(Refusal::Unavailable),
+            Err(e) => return Err(refused(Refusal::Token(e))),
+        };
         // Revocations live there: without it, no token can be told apart from a revoked one.
         if !self.database_ready.load(Ordering::Acquire) {
             return Err(Refusal::Unavailable);
@@ -259,6 +262,11 @@ impl Hub {
             hub: self.clone(),
             sub: sub.to_string(),
         })
+    }
+
+    /// The tracker of the hub's tasks, which shutdown waits for.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 
     /// Runs `work` to completion before the hub stops, up to the shutdown timeout.
@@ -349,6 +357,7 @@ impl Hub {
                 self.consumer_ready.load(Ordering::Acquire),
             ),
             ("database", self.database_ready.load(Ordering::Acquire)),
+            ("keys", self.auth.missing_keys().is_empty()),
             ("shutting_down", !self.shutdown.is_cancelled()),
         ];
         checks

@@ -9,7 +9,7 @@ use wskafka::{Cli, Command, Grants, LogFormat};
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Token(args) => {
-            if let Err(e) = wskafka::check_secret(&args.jwt_secret) {
+            if let Err(e) = wskafka::check_secret(&args.jwt_secret, "WSKAFKA_JWT_SECRET") {
                 eprintln!("wskafka token: {e}");
                 return ExitCode::FAILURE;
             }

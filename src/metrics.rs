@@ -114,6 +114,13 @@ pub fn history_page(elapsed: Duration, offsets_read: u64, partial: bool) {
     counter!("wskafka_history_pages_total", "partial" => partial).increment(1);
 }
 
+/// A fetch of an identity provider's key set, and whether it gave a usable one.
+pub fn jwks_fetched(url: &str, usable: bool) {
+    let outcome = if usable { "ok" } else { "failed" };
+    counter!("wskafka_jwks_fetches_total", "url" => url.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
 /// Records behind the partition's end, from librdkafka's statistics.
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     gauge!("wskafka_consumer_lag", "topic" => topic.to_string(), "partition" => partition.to_string())

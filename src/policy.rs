@@ -143,12 +143,13 @@ pub fn still_allows(
     authorize(config, session, topic, key, Action::Subscribe).is_ok()
 }
 
-fn granted(session: &Session, action: Action) -> &[Grant] {
+/// The grants for `action`: reading history is granted by `history` and by `subscribe`.
+fn granted(session: &Session, action: Action) -> Vec<&Grant> {
     let grants = &session.grants;
     match action {
-        Action::Publish => &grants.publish,
-        Action::Subscribe => &grants.subscribe,
-        Action::History => grants.history.as_deref().unwrap_or(&grants.subscribe),
+        Action::Publish => grants.publish.iter().collect(),
+        Action::Subscribe => grants.subscribe.iter().collect(),
+        Action::History => grants.subscribe.iter().chain(&grants.history).collect(),
     }
 }
 
@@ -177,7 +178,7 @@ mod tests {
             grants: Grants {
                 publish: parse(publish),
                 subscribe: parse(subscribe),
-                history: None,
+                history: Vec::new(),
             },
             expires_at: SystemTime::now(),
             token: TokenId::default(),
@@ -268,13 +269,14 @@ mod tests {
     }
 
     #[test]
-    fn history_takes_the_subscribe_grants_unless_the_token_names_its_own() {
+    fn history_is_granted_by_subscribe_grants_and_by_its_own() {
         let config = config(&["--topics", "chat.*"]);
-        let mut reader = session(&[], &["chat.*"]);
-        reader.grants.history = Some(vec!["chat.public".parse().unwrap()]);
-        assert!(allows(&config, &reader, "chat.public", Action::History));
-        assert!(!allows(&config, &reader, "chat.lobby", Action::History));
-        assert!(allows(&config, &reader, "chat.lobby", Action::Subscribe));
+        let mut reader = session(&[], &["chat.lobby"]);
+        reader.grants.history = vec!["chat.archive".parse().unwrap()];
+        assert!(allows(&config, &reader, "chat.lobby", Action::History));
+        assert!(allows(&config, &reader, "chat.archive", Action::History));
+        assert!(!allows(&config, &reader, "chat.archive", Action::Subscribe));
+        assert!(!allows(&config, &reader, "chat.other", Action::History));
     }
 
     #[test]

@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::auth::{Authenticator, KeyError};
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
 use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Parts};
+use crate::issuers::{Authenticator, KeyError};
 use crate::kafka::{self, Consumer, Publisher};
 use crate::kafka_log::KafkaLog;
 use crate::metrics::Metrics;
@@ -194,6 +194,8 @@ pub async fn serve(
         tasks,
         shutdown: CancellationToken::new(),
     }));
+    hub.auth.start(&hub.tasks(), &hub.shutdown);
+    hub.track(reload_keys_on_sighup(hub.clone()));
     hub.track(watch_kafka(hub.clone(), kafka_log));
     hub.track({
         let hub = hub.clone();
@@ -375,6 +377,28 @@ async fn watch_database(hub: Arc<Hub>, fatal: oneshot::Sender<StoreError>) {
                 tracing::warn!(database = %url, cause = %e, "the database is not reachable: not ready");
             }
             _ => {}
+        }
+    }
+}
+
+/// On SIGHUP, reads the token settings again (`WSKAFKA_AUTH_CONFIG` and the key files), so
+/// keys rotate without a restart; settings that do not load leave those in force.
+async fn reload_keys_on_sighup(hub: Arc<Hub>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: token settings are read at start only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = hangups.recv() => {}
+        }
+        match hub.auth.reload(&hub.tasks(), &hub.shutdown) {
+            Ok(()) => tracing::info!("token settings read again (SIGHUP)"),
+            Err(e) => {
+                tracing::error!(error = %e, "token settings not reloaded; the previous ones stay in force")
+            }
         }
     }
 }

@@ -70,7 +70,7 @@ impl DemoTokens {
             Grants {
                 publish,
                 subscribe,
-                history: None,
+                history: Vec::new(),
             }
         };
         let members: Vec<&str> = PUBLIC_ROOMS.into_iter().chain([PRIVATE_ROOM]).collect();

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::*;
@@ -20,13 +18,6 @@ const ES256_PUBLIC: &str = concat!(
     "/tests/fixtures/es256-public.pem"
 );
 const ES256_PRIVATE: &[u8] = include_bytes!("fixtures/es256-private.pem");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn claims(sub: &str, exp: u64) -> Value {
     json!({"sub": sub, "exp": exp, "wskafka": {"publish": ["*"], "subscribe": ["*"]}})
@@ -68,7 +59,7 @@ fn es256(claims: &Value) -> String {
 async fn every_bad_token_gets_401_and_no_socket() {
     // (No token at all opens the socket for first-frame authentication: see below.)
     let hub = Hub::start("auth.*", &[]).await;
-    let valid = claims("alice", now() + 600);
+    let valid = claims("alice", now_secs() + 600);
     let unsigned = format!(
         "{}.{}.",
         B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
@@ -85,7 +76,7 @@ async fn every_bad_token_gets_401_and_no_socket() {
                 &valid,
             )),
         ),
-        ("expired", hub.url(&hs256(&claims("alice", now() - 5)))),
+        ("expired", hub.url(&hs256(&claims("alice", now_secs() - 5)))),
         ("alg none", hub.url(&unsigned)),
         (
             "HS512 with the right secret",
@@ -95,14 +86,14 @@ async fn every_bad_token_gets_401_and_no_socket() {
                 &valid,
             )),
         ),
-        ("no sub", hub.url(&hs256(&json!({"exp": now() + 600})))),
+        ("no sub", hub.url(&hs256(&json!({"exp": now_secs() + 600})))),
         ("no exp", hub.url(&hs256(&json!({"sub": "alice"})))),
         (
             "tampered claims",
             hub.url(&{
                 let token = hs256(&valid);
                 let parts: Vec<&str> = token.split('.').collect();
-                let forged = B64.encode(claims("mallory", now() + 600).to_string());
+                let forged = B64.encode(claims("mallory", now_secs() + 600).to_string());
                 format!("{}.{forged}.{}", parts[0], parts[2])
             }),
         ),
@@ -117,7 +108,7 @@ async fn every_bad_token_gets_401_and_no_socket() {
 async fn a_bearer_header_authenticates_like_the_query_string() {
     let hub = Hub::start("auth.*", &[]).await;
     let mut client = hub
-        .connect_with_header(&hs256(&claims("alice", now() + 600)))
+        .connect_with_header(&hs256(&claims("alice", now_secs() + 600)))
         .await
         .unwrap();
     assert_eq!(
@@ -135,7 +126,7 @@ async fn a_bearer_header_authenticates_like_the_query_string() {
 #[tokio::test]
 async fn rs256_hub_accepts_rs256_and_refuses_hs256_signed_with_its_public_key() {
     let hub = Hub::start("auth.*", &["--jwt-public-key", RS256_PUBLIC]).await;
-    let valid = claims("alice", now() + 600);
+    let valid = claims("alice", now_secs() + 600);
     assert_eq!(hub.handshake_status(&hub.url(&rs256(&valid))).await, 101);
 
     let public_pem = std::fs::read(RS256_PUBLIC).unwrap();
@@ -152,7 +143,7 @@ async fn rs256_hub_accepts_rs256_and_refuses_hs256_signed_with_its_public_key() 
 #[tokio::test]
 async fn es256_hub_accepts_es256_only() {
     let hub = Hub::start("auth.*", &["--jwt-public-key", ES256_PUBLIC]).await;
-    let valid = claims("alice", now() + 600);
+    let valid = claims("alice", now_secs() + 600);
     assert_eq!(hub.handshake_status(&hub.url(&es256(&valid))).await, 101);
     assert_eq!(hub.handshake_status(&hub.url(&rs256(&valid))).await, 401);
 }
@@ -161,7 +152,7 @@ async fn es256_hub_accepts_es256_only() {
 async fn a_live_socket_is_warned_then_closed_with_4401_when_its_token_expires() {
     let hub = Hub::start("auth.*", &["--expiry-warning", "1s"]).await;
     // Far enough out that the ping below is answered before the warning.
-    let exp = now() + 3;
+    let exp = now_secs() + 3;
     let mut client = hub.connect(&hs256(&claims("alice", exp))).await;
     assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
     assert_eq!(
@@ -197,7 +188,7 @@ async fn a_socket_opened_without_a_token_authenticates_with_its_first_frame() {
         (reply["id"].as_str(), reply["sub"].as_str()),
         (Some("a"), Some("alice"))
     );
-    assert!(reply["expires_at"].as_u64().unwrap() > now() * 1000);
+    assert!(reply["expires_at"].as_u64().unwrap() > now_secs() * 1000);
     client.subscribe(&topic).await;
     client
         .send(json!({"type": "publish", "topic": topic, "payload": 1}))
@@ -216,7 +207,7 @@ async fn a_socket_opened_without_a_token_authenticates_with_its_first_frame() {
     let bad = sign(
         Algorithm::HS256,
         &EncodingKey::from_secret(b"guess"),
-        &claims("eve", now() + 60),
+        &claims("eve", now_secs() + 60),
     );
     for (first, reason) in [
         (Some(json!({"type": "ping"})), "expected an auth frame"),
@@ -249,14 +240,14 @@ async fn a_refreshed_token_moves_the_expiry_and_ends_what_it_no_longer_allows() 
     }
     let hub = Hub::start(&format!("{prefix}.*"), &["--expiry-warning", "1s"]).await;
     // The old token's warning is at least a second away while the requests below run.
-    let short = claims_with("alice", now() + 3, &[&kept, &dropped]);
+    let short = claims_with("alice", now_secs() + 3, &[&kept, &dropped]);
     let mut client = hub.connect(&hs256(&short)).await;
     client.subscribe(&kept).await;
     client.subscribe(&dropped).await;
 
     // Another user's token and garbage are refused, and change nothing.
     let reply = client
-        .call(json!({"type": "auth", "id": 1, "token": hs256(&claims_with("bob", now() + 60, &[&kept]))}))
+        .call(json!({"type": "auth", "id": 1, "token": hs256(&claims_with("bob", now_secs() + 60, &[&kept]))}))
         .await;
     assert_eq!(reply["code"], "forbidden", "{reply}");
     let reply = client
@@ -264,7 +255,7 @@ async fn a_refreshed_token_moves_the_expiry_and_ends_what_it_no_longer_allows() 
         .await;
     assert_eq!(reply["code"], "unauthorized", "{reply}");
 
-    let exp = now() + 5;
+    let exp = now_secs() + 5;
     client
         .send(
             json!({"type": "auth", "id": 3, "token": hs256(&claims_with("alice", exp, &[&kept]))}),
@@ -284,7 +275,7 @@ async fn a_refreshed_token_moves_the_expiry_and_ends_what_it_no_longer_allows() 
         client.recv().await,
         json!({"type": "expiring", "expires_at": exp * 1000})
     );
-    assert!(now() > short["exp"].as_u64().unwrap());
+    assert!(now_secs() > short["exp"].as_u64().unwrap());
     let producer = producer();
     produce(&producer, &dropped, "k", b"1").await;
     let (_, offset) = produce(&producer, &kept, "k", b"2").await;
@@ -306,7 +297,9 @@ async fn topics_need_both_the_hub_exposure_and_the_token_grant() {
     }
     let hub = Hub::start(&open, &[]).await;
     // The token grants everything; the hub exposes one topic.
-    let mut greedy = hub.connect(&hs256(&claims("alice", now() + 600))).await;
+    let mut greedy = hub
+        .connect(&hs256(&claims("alice", now_secs() + 600)))
+        .await;
     let refused = greedy
         .call(json!({"type": "publish", "id": "1", "topic": other, "payload": 1}))
         .await;
@@ -341,11 +334,11 @@ async fn topics_need_both_the_hub_exposure_and_the_token_grant() {
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
     let hub = Hub::start("auth.*", &[]).await;
-    let good = hs256(&claims("alice", now() + 600));
+    let good = hs256(&claims("alice", now_secs() + 600));
     let bad = sign(
         Algorithm::HS256,
         &EncodingKey::from_secret(b"other"),
-        &claims("eve", now() + 600),
+        &claims("eve", now_secs() + 600),
     );
     let mut client = hub.connect(&good).await;
     client.call(json!({"type": "ping"})).await;
@@ -398,7 +391,7 @@ async fn only_a_demo_hub_mints_tokens_and_its_tokens_cannot_publish_to_user_topi
 #[tokio::test]
 async fn header_tricks_and_oversized_tokens_are_refused() {
     let hub = Hub::start("auth.*", &[]).await;
-    let valid = claims("alice", now() + 600);
+    let valid = claims("alice", now_secs() + 600);
     let with_header = |header: Value, key: &[u8]| {
         let header = B64.encode(header.to_string());
         let body = B64.encode(valid.to_string());
@@ -433,7 +426,7 @@ async fn header_tricks_and_oversized_tokens_are_refused() {
         );
     }
     // Oversized: a 1 MB token is refused with the request headers, before any verifying.
-    let padded = json!({"sub": "alice", "exp": now() + 600, "pad": "x".repeat(1 << 20)});
+    let padded = json!({"sub": "alice", "exp": now_secs() + 600, "pad": "x".repeat(1 << 20)});
     let bearer = format!("Bearer {}", hs256(&padded));
     let (status, _) = hub
         .get_with(
@@ -452,22 +445,22 @@ async fn clock_skew_is_allowed_up_to_the_leeway_and_no_further() {
     let cases = [
         (
             "expired within the leeway",
-            json!({"sub":"a","exp": now() - 10}),
+            json!({"sub":"a","exp": now_secs() - 10}),
             101,
         ),
         (
             "expired beyond the leeway",
-            json!({"sub":"a","exp": now() - 60}),
+            json!({"sub":"a","exp": now_secs() - 60}),
             401,
         ),
         (
             "not yet valid within the leeway",
-            json!({"sub":"a","exp": now() + 600, "nbf": now() + 10}),
+            json!({"sub":"a","exp": now_secs() + 600, "nbf": now_secs() + 10}),
             101,
         ),
         (
             "not yet valid beyond the leeway",
-            json!({"sub":"a","exp": now() + 600, "nbf": now() + 60}),
+            json!({"sub":"a","exp": now_secs() + 600, "nbf": now_secs() + 60}),
             401,
         ),
     ];

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use common::*;
 use rdkafka::Message as _;
@@ -12,13 +12,6 @@ use serde_json::{Value, json};
 use wskafka::{Claims, Store};
 
 const ADMIN: &str = "Basic YWRtaW46YWRtaW4tc2VjcmV0"; // admin:admin-secret
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A token whose `jti` and `iat` the test chooses.
 fn token_with(sub: &str, jti: &str, iat: u64, subscribe: &[&str]) -> String {

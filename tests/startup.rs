@@ -200,7 +200,13 @@ async fn settings_that_cannot_work_stop_the_hub_with_what_to_do() {
     let (code, stderr) = run_to_exit(keyless).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("set WSKAFKA_JWT_SECRET") && stderr.contains("or WSKAFKA_JWT_PUBLIC_KEY"),
+        [
+            "WSKAFKA_JWT_SECRET",
+            "WSKAFKA_JWT_PUBLIC_KEY",
+            "WSKAFKA_AUTH_CONFIG"
+        ]
+        .iter()
+        .all(|way| stderr.contains(way)),
         "{stderr}"
     );
 

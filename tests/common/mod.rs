@@ -49,6 +49,14 @@ where
     }
 }
 
+/// Seconds since the epoch, as tokens count them.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 // ---------------------------------------------------------------------------------------
 // The broker
 
@@ -563,7 +571,7 @@ pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
     Grants {
         publish: parse(publish),
         subscribe: parse(subscribe),
-        history: None,
+        history: Vec::new(),
     }
 }
 
@@ -627,7 +635,8 @@ pub fn hub_command(listen: &str, topics: &str, extra: &[&str]) -> Command {
             args.extend([flag, value]);
         }
     }
-    if !extra.contains(&"--jwt-public-key") && !extra.contains(&"--jwt-secret") {
+    let keyed = ["--jwt-public-key", "--jwt-secret", "--auth-config"];
+    if !keyed.iter().any(|flag| extra.contains(flag)) {
         args.extend(["--jwt-secret", SECRET]);
     }
     args.extend(extra);
@@ -846,6 +855,17 @@ impl Hub {
             .expect("the hub did not stop after SIGTERM")
             .unwrap();
         status.code()
+    }
+
+    /// Sends the signal `name` (`HUP`, ...) to the hub.
+    pub async fn signal(&self, name: &str) {
+        let pid = self.process.id().expect("the hub is running").to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
     }
 
     /// SIGKILL: no shutdown of any kind.
