@@ -43,7 +43,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,history"
+        default_value = "idle,fanout,ingest,latency,room,slow,history,presence"
     )]
     scenarios: Vec<String>,
     /// Sockets held open by the idle scenario; the hub's cap is set to this many.
@@ -108,13 +108,14 @@ async fn main() {
         ("bench.room", 1),
         ("bench.slow", 1),
         ("bench.history", 4),
+        ("bench.rooms", 4),
         ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
     }
     kafka.warm_up().await;
     let hub_binary = examples.join("../wskafka");
-    let hub = Server::hub(&hub_binary, &kafka.addr, &work, args.idle).await;
+    let hub = Server::hub(&hub_binary, &kafka.addr, &work, args.idle, "hub", &[]).await;
     let bare = Server::bare(&examples.join("bare_broadcast")).await;
     println!(
         "machine: {} cores; hub and bare server on core 0, load generator on core 1",
@@ -137,6 +138,7 @@ async fn main() {
             "slow" => slow(&hub, &kafka, &args).await,
             "room" => room(&hub, &bare, &kafka, args.room).await,
             "history" => history(&hub, &kafka, &args).await,
+            "presence" => presence(&hub_binary, &kafka, &work).await,
             other => panic!("no scenario called {other}"),
         }
         println!(
@@ -559,6 +561,154 @@ async fn history(hub: &Server, kafka: &Broker, args: &Args) {
         pages.load(Ordering::Relaxed) as f64 / args.seconds as f64,
         loaded.value_at_quantile(0.99) as f64 / clean.value_at_quantile(0.99) as f64
     );
+}
+
+/// Members of the presence scenario's large room.
+const PRESENCE_MEMBERS: usize = 10_000;
+/// Joins, and signals, timed one at a time from one hub to the other.
+const PRESENCE_SAMPLES: usize = 300;
+
+/// The subscribe of the presence scenario: room `key`, with joins and signals.
+fn enter_room(key: &str) -> String {
+    format!(
+        r#"{{"type":"subscribe","id":"s","topic":"bench.rooms","key":"{key}","presence":true,"signals":true}}"#
+    )
+}
+
+/// Two hubs with presence on, on the same broker: how long a join on one takes to show on
+/// the other, the same for a signal, what a member costs the roster of a hub that holds
+/// none of its sockets, and a room of `PRESENCE_MEMBERS`.
+async fn presence(binary: &Path, kafka: &Broker, work: &Path) {
+    let settings = [
+        "--presence-topic",
+        "bench.presence-events",
+        "--roster-topic",
+        "bench.roster",
+        "--signal-topic",
+        "bench.signals",
+        "--roster-limit",
+        "20000",
+        "--signal-rate",
+        "1000",
+    ];
+    let cap = PRESENCE_MEMBERS + 1000;
+    let a = Server::hub(binary, &kafka.addr, work, cap, "presence-a", &settings).await;
+    let b = Server::hub(binary, &kafka.addr, work, cap, "presence-b", &settings).await;
+    println!("two hubs with presence on, both on core 0");
+    let mut observer = a.open(&a.ws_url("observer")).await;
+    observer
+        .send(Message::text(enter_room("timed")))
+        .await
+        .unwrap();
+    let reply = next_text(&mut observer).await.unwrap();
+    assert!(reply.contains("subscribed"), "{reply}");
+
+    // A join on hub b, seen on hub a.
+    let mut joins = histogram();
+    for n in 0..PRESENCE_SAMPLES {
+        let mut member = b.open(&b.ws_url(&format!("member-{n}"))).await;
+        let user = format!(r#""user":"member-{n}""#);
+        let sent = Instant::now();
+        member
+            .send(Message::text(enter_room("timed")))
+            .await
+            .unwrap();
+        loop {
+            let frame = next_text(&mut observer).await.expect("a join");
+            if frame.contains(r#""type":"join""#) && frame.contains(&user) {
+                break;
+            }
+        }
+        joins.record(sent.elapsed().as_micros() as u64).unwrap();
+        drop(member);
+    }
+    print_latency("a join on one hub, seen on the other", &joins);
+
+    // Signals from hub b to a subscriber on hub a, each stamped with its send time.
+    let mut sender = b.open(&b.ws_url("typist")).await;
+    sender
+        .send(Message::text(enter_room("timed")))
+        .await
+        .unwrap();
+    let mut signals = histogram();
+    for n in 0..PRESENCE_SAMPLES {
+        let signal = format!(
+            r#"{{"type":"signal","topic":"bench.rooms","key":"timed","payload":{{"t":{},"i":{n}}}}}"#,
+            now_us()
+        );
+        sender.send(Message::text(signal)).await.unwrap();
+        loop {
+            let frame = next_text(&mut observer).await.expect("a signal");
+            if !frame.contains(r#""type":"signal""#) {
+                continue;
+            }
+            if let Some((sent, i)) = stamp(&frame)
+                && i == n
+            {
+                signals.record(now_us().saturating_sub(sent)).unwrap();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    print_latency(
+        "a signal from one hub to a subscriber on the other",
+        &signals,
+    );
+    drop((observer, sender));
+    a.wait_idle().await;
+
+    // A room of 10,000 members, all on hub b: what hub a's roster pays for them, and how
+    // long until hub a counts them all.
+    let (before, before_b) = (a.usage(), b.usage());
+    let started = Instant::now();
+    let members: Vec<Socket> = stream::iter(0..PRESENCE_MEMBERS)
+        .map(|n| {
+            let b = &b;
+            async move {
+                let mut socket = b.open(&b.ws_url(&format!("crowd-{n}"))).await;
+                socket
+                    .send(Message::text(enter_room("crowd")))
+                    .await
+                    .unwrap();
+                let reply = next_text(&mut socket).await.expect("a reply");
+                assert!(reply.contains("subscribed"), "{reply}");
+                socket
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut asker = a.open(&a.ws_url("asker")).await;
+    let ask = r#"{"type":"presence","topic":"bench.rooms","key":"crowd"}"#;
+    let counted = loop {
+        asker.send(Message::text(ask)).await.unwrap();
+        let reply = next_text(&mut asker).await.expect("a presence answer");
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        if reply["count"].as_u64() == Some(PRESENCE_MEMBERS as u64) {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let after = a.usage();
+    println!(
+        "{PRESENCE_MEMBERS} members joined one room through hub b: all counted on hub a after {:.1} s; hub a RSS {} -> {} KiB ({:.0} bytes per member, none of whose sockets it holds); CPU meanwhile: hub a {:.2} s, hub b {:.2} s",
+        counted.as_secs_f64(),
+        before.rss_kib,
+        after.rss_kib,
+        (after.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / PRESENCE_MEMBERS as f64,
+        (after.cpu - before.cpu).as_secs_f64(),
+        (b.usage().cpu - before_b.cpu).as_secs_f64(),
+    );
+    let mut pages = histogram();
+    for _ in 0..50 {
+        let sent = Instant::now();
+        asker.send(Message::text(ask)).await.unwrap();
+        next_text(&mut asker).await.expect("a presence answer");
+        pages.record(sent.elapsed().as_micros() as u64).unwrap();
+    }
+    print_latency("a presence page of 100 from the 10,000-member room", &pages);
+    drop(members);
 }
 
 /// One record at a time to `size` subscribers, first through the bare server, then through
@@ -1236,34 +1386,42 @@ struct Server {
 static SOURCE: AtomicUsize = AtomicUsize::new(0);
 
 impl Server {
-    async fn hub(binary: &Path, brokers: &str, work: &Path, cap: usize) -> Server {
+    /// A hub named `name` (its database and log), with `extra` settings.
+    async fn hub(
+        binary: &Path,
+        brokers: &str,
+        work: &Path,
+        cap: usize,
+        name: &str,
+        extra: &[&str],
+    ) -> Server {
         let addr = format!("127.0.0.1:{}", free_port());
-        let database = format!("sqlite://{}?mode=rwc", work.join("hub.db").display());
-        let cap = cap.to_string();
-        let process = Process::spawn(
-            "0",
-            binary,
-            &[
-                "serve",
-                "--listen",
-                &addr,
-                "--brokers",
-                brokers,
-                "--topics",
-                "bench.*",
-                "--database-url",
-                &database,
-                "--max-connections",
-                &cap,
-                "--max-connections-per-user",
-                "1000000",
-                "--publish-rate",
-                "1000000",
-                "--keyed-topics",
-                HISTORY_TOPIC,
-            ],
-            Some(&work.join("hub.log")),
+        let database = format!(
+            "sqlite://{}?mode=rwc",
+            work.join(format!("{name}.db")).display()
         );
+        let cap = cap.to_string();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            &addr,
+            "--brokers",
+            brokers,
+            "--topics",
+            "bench.*",
+            "--database-url",
+            &database,
+            "--max-connections",
+            &cap,
+            "--max-connections-per-user",
+            "1000000",
+            "--publish-rate",
+            "1000000",
+            "--keyed-topics",
+            HISTORY_TOPIC,
+        ];
+        args.extend(extra);
+        let process = Process::spawn("0", binary, &args, Some(&work.join(format!("{name}.log"))));
         let server = Server {
             pid: process.0.id().to_string(),
             addr,
@@ -1301,6 +1459,7 @@ impl Server {
             publish: vec!["bench.*".parse().unwrap()],
             subscribe: vec!["bench.*".parse().unwrap()],
             history: Vec::new(),
+            online: Vec::new(),
         };
         let token = mint(SECRET, user, grants, Duration::from_secs(3600));
         format!("ws://{}/ws?token={token}", self.addr)

@@ -33,6 +33,7 @@ async fn main() {
         publish: vec![a[1].parse().unwrap()],
         subscribe: vec![a[1].parse().unwrap()],
         history: Vec::new(),
+        online: Vec::new(),
     };
     let args = Args {
         hub: a[0].clone(),

@@ -8,7 +8,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::grant::Grant;
+use crate::grant::{Grant, UserPattern};
 
 /// The claims of a development token, as `wskafka token` and the demo mint them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +36,10 @@ pub struct Grants {
     /// history too: a subscription can start in the past anyway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Grant>,
+    /// Whose online status the token may ask for and watch: globs over user ids, `{sub}`
+    /// for the token's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub online: Vec<UserPattern>,
 }
 
 impl Grants {
@@ -43,6 +47,7 @@ impl Grants {
         self.publish.extend(more.publish);
         self.subscribe.extend(more.subscribe);
         self.history.extend(more.history);
+        self.online.extend(more.online);
     }
 }
 

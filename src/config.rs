@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::grant::Grant;
+use crate::grant::{Grant, UserPattern};
 use crate::topic::{TopicPattern, any_matches};
 
 #[derive(Parser)]
@@ -107,6 +107,34 @@ pub struct ServeConfig {
     /// Unset: no presence events.
     #[arg(long, env = "WSKAFKA_PRESENCE_TOPIC")]
     pub presence_topic: Option<String>,
+
+    /// With presence on: the compacted topic where every hub writes the rooms each of its
+    /// sockets follows, from which every hub builds the same roster; created (one partition,
+    /// compacted) when missing. Clients can never read or write it.
+    #[arg(long, env = "WSKAFKA_ROSTER_TOPIC", default_value = "wskafka.roster")]
+    pub roster_topic: String,
+
+    /// Members a room's roster lists at most; a larger room answers `presence` with a count,
+    /// and pushes no joins or leaves.
+    #[arg(long, env = "WSKAFKA_ROSTER_LIMIT", default_value_t = 10_000)]
+    pub roster_limit: usize,
+
+    /// Members one `presence` answer lists; more come on request.
+    #[arg(long, env = "WSKAFKA_PRESENCE_PAGE", default_value_t = 100)]
+    pub presence_page: usize,
+
+    /// Kafka topic that carries ephemeral signals between hubs (typing, cursors), kept a
+    /// minute; created when missing. Clients can never read or write it.
+    #[arg(long, env = "WSKAFKA_SIGNAL_TOPIC", default_value = "wskafka.signals")]
+    pub signal_topic: String,
+
+    /// Signals one connection may send per second (with bursts of as many).
+    #[arg(long, env = "WSKAFKA_SIGNAL_RATE", default_value = "10")]
+    pub signal_rate: NonZeroU32,
+
+    /// Largest signal payload, in bytes.
+    #[arg(long, env = "WSKAFKA_MAX_SIGNAL_BYTES", default_value_t = 1024)]
+    pub max_signal_bytes: usize,
 
     /// With presence events on: a hub silent (no heartbeat) for this long is taken for dead,
     /// and another hub writes the `disconnect` events of its sockets.
@@ -247,15 +275,26 @@ impl ServeConfig {
 
     /// The topics the hub writes itself.
     pub fn own_topics(&self) -> Vec<&str> {
-        std::iter::once(self.control_topic.as_str())
+        let roster = self
+            .presence_topic
+            .is_some()
+            .then_some(self.roster_topic.as_str());
+        [self.control_topic.as_str(), self.signal_topic.as_str()]
+            .into_iter()
             .chain(self.presence_topic.as_deref())
+            .chain(roster)
             .collect()
     }
 
     /// The hub's own topics, which clients can never publish to; the control topic cannot be
     /// read either.
     pub fn is_internal_topic(&self, topic: &str) -> bool {
-        topic == self.control_topic || self.presence_topic.as_deref() == Some(topic)
+        self.own_topics().contains(&topic)
+    }
+
+    /// The hub's own topics that clients can never read either: all but presence events.
+    pub fn is_hidden_topic(&self, topic: &str) -> bool {
+        self.is_internal_topic(topic) && self.presence_topic.as_deref() != Some(topic)
     }
 }
 
@@ -315,6 +354,11 @@ pub struct TokenArgs {
     /// read too), in the same form.
     #[arg(long, value_delimiter = ',')]
     pub history: Vec<Grant>,
+
+    /// Whose online status the token may ask for: globs over user ids, `{sub}` for the
+    /// token's own.
+    #[arg(long, value_delimiter = ',')]
+    pub online: Vec<UserPattern>,
 
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]

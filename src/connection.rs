@@ -21,6 +21,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, Stream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
@@ -36,8 +37,10 @@ use crate::protocol::{
     self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, SENDER_HEADER, Start,
     Subscribe, close,
 };
-use crate::registry::{ConnId, Delivery, Filter, Subscriber};
+use crate::registry::{ConnId, Delivery, Extras, Filter, Subscriber};
 use crate::replay::{self, Report, Seam};
+use crate::roster::{Listing, Room, Roster};
+use crate::signal::Signal;
 use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
 use crate::subscription::{Failed, Outgoing, Subscriptions};
@@ -136,6 +139,11 @@ pub fn run(
                 Quota::per_second(hub.config.publish_rate),
                 hub.rate_clock.clone(),
             ),
+            signals: RateLimiter::direct_with_clock(
+                Quota::per_second(hub.config.signal_rate),
+                hub.rate_clock.clone(),
+            ),
+            watching: Vec::new(),
             replays,
             out: Vec::new(),
             stop,
@@ -263,6 +271,9 @@ struct Connection {
     queue: mpsc::Sender<Arc<Delivery>>,
     subscriptions: Subscriptions,
     publishes: DefaultDirectRateLimiter,
+    signals: DefaultDirectRateLimiter,
+    /// Users whose online status this socket is told of.
+    watching: Vec<String>,
     /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
     /// cost every socket 3.8 KB whether or not it ever replays.
     replays: mpsc::Sender<Box<Report>>,
@@ -290,6 +301,11 @@ impl Drop for Connection {
         metrics::connection_closed();
         for (topic, _, filter) in self.subscriptions.iter() {
             leave(&self.hub, self.id, topic, filter);
+        }
+        if let Some(roster) = &self.hub.roster {
+            for user in &self.watching {
+                roster.unwatch(self.id, user);
+            }
         }
         if let (Some(presence), Some(open)) = (&self.hub.presence, self.presence.take()) {
             let mut topics: Vec<&str> = self.subscriptions.iter().map(|(t, _, _)| t).collect();
@@ -504,6 +520,19 @@ impl Connection {
             Ok(Request::Auth { id, token }) => return self.refresh(id, &token),
             Ok(Request::Publish(publish)) => return self.publish(publish),
             Ok(Request::History(history)) => return self.history(history),
+            Ok(Request::Presence {
+                id,
+                topic,
+                key,
+                after,
+            }) => self.presence(id, &topic, key.as_deref(), after.as_deref()),
+            Ok(Request::Online { id, users, watch }) => self.online(id, users, watch),
+            Ok(Request::Signal {
+                id,
+                topic,
+                key,
+                payload,
+            }) => self.signal(id, &topic, key.as_deref(), payload),
             Ok(Request::Commit {
                 id,
                 topic,
@@ -689,6 +718,8 @@ impl Connection {
             key,
             from,
             headers,
+            presence,
+            signals,
         } = request;
         // The subscription is the one asked for (a whole per-user topic, say); its filter
         // holds the key it is confined to (that user's).
@@ -718,6 +749,7 @@ impl Connection {
             queue: self.queue.clone(),
             stop: self.stop.clone(),
             filter: filter.clone(),
+            extras: Extras { presence, signals },
         };
         // Join first, then read the live position: every record at or past it reaches us.
         self.hub.registry.subscribe(&topic, self.id, subscriber);
@@ -778,9 +810,159 @@ impl Connection {
         self.tell_presence(presence::Kind::Subscribe, topic, key);
     }
 
+    /// A presence event, and the socket's rooms as they are now for the roster. Per-user
+    /// topics are no rooms: who reads their notifications is nobody else's business.
     fn tell_presence(&self, kind: presence::Kind, topic: &str, key: Option<&str>) {
-        if let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) {
-            presence.topic_changed(open, kind, topic, key);
+        let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) else {
+            return;
+        };
+        presence.topic_changed(open, kind, topic, key);
+        let config = &self.hub.config;
+        let rooms = self
+            .subscriptions
+            .iter()
+            .filter(|(topic, _, _)| !config.is_user_topic(topic))
+            .map(|(topic, key, _)| (topic.to_string(), key.map(str::to_string)))
+            .collect();
+        presence.rooms_changed(open, rooms);
+    }
+
+    /// The hub's roster, or `None` after answering `id` that presence is off.
+    fn roster(&mut self, id: &Option<RequestId>) -> Option<Roster> {
+        let roster = self.hub.roster.clone();
+        if roster.is_none() {
+            self.reply(Reply::error(
+                id.clone(),
+                ErrorCode::BadRequest,
+                "this hub keeps no roster: presence is off (WSKAFKA_PRESENCE_TOPIC)",
+            ));
+        }
+        roster
+    }
+
+    /// The members of a room, a page at a time.
+    fn presence(
+        &mut self,
+        id: Option<RequestId>,
+        topic: &str,
+        key: Option<&str>,
+        after: Option<&str>,
+    ) {
+        let Some(roster) = self.roster(&id) else {
+            return;
+        };
+        if self.hub.config.is_user_topic(topic) {
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::Forbidden,
+                format!("topic {topic:?} is per user: it has no members to list"),
+            ));
+        }
+        if self.authorize(&id, topic, key, Action::Subscribe).is_none() {
+            return;
+        }
+        if !roster.is_caught_up() {
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::Unavailable,
+                "this hub is still reading the roster: retry shortly",
+            ));
+        }
+        let room = Room::new(topic, key);
+        let reply = match roster.members(&room, after, self.hub.config.presence_page) {
+            Listing::Members { page, count, next } => Reply::Presence {
+                id,
+                topic: topic.to_string(),
+                key: key.map(str::to_string),
+                members: Some(page.iter().map(|u| u.to_string()).collect()),
+                count: count as u64,
+                next: next.map(|u| u.to_string()),
+                large: false,
+            },
+            Listing::Large { subscriptions } => Reply::Presence {
+                id,
+                topic: topic.to_string(),
+                key: key.map(str::to_string),
+                members: None,
+                count: subscriptions,
+                next: None,
+                large: true,
+            },
+        };
+        self.reply(reply);
+    }
+
+    /// Which users are online, and with `watch` their changes from now on.
+    fn online(&mut self, id: Option<RequestId>, users: Vec<String>, watch: bool) {
+        let Some(roster) = self.roster(&id) else {
+            return;
+        };
+        let sub = &self.session.sub;
+        let grants = &self.session.grants.online;
+        let hidden: Vec<&str> = users
+            .iter()
+            .map(String::as_str)
+            .filter(|user| !grants.iter().any(|g| g.matches(user, sub)))
+            .collect();
+        if !hidden.is_empty() {
+            let message = format!("not allowed to see whether {hidden:?} are online");
+            return self.reply(Reply::error(id, ErrorCode::Forbidden, message));
+        }
+        if !roster.is_caught_up() {
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::Unavailable,
+                "this hub is still reading the roster: retry shortly",
+            ));
+        }
+        if watch {
+            for user in self.watching.drain(..) {
+                roster.unwatch(self.id, &user);
+            }
+            for user in &users {
+                roster.watch(self.id, user, &self.queue);
+            }
+            self.watching.clone_from(&users);
+        }
+        let users = roster.online(users.iter().map(String::as_str));
+        self.reply(Reply::Online { id, users });
+    }
+
+    /// Hands a signal to the hubs; nothing answers it unless it is refused.
+    fn signal(
+        &mut self,
+        id: Option<RequestId>,
+        topic: &str,
+        key: Option<&str>,
+        payload: &RawValue,
+    ) {
+        if self.authorize(&id, topic, key, Action::Publish).is_none() {
+            return;
+        }
+        let max = self.hub.config.max_signal_bytes;
+        if payload.get().len() > max {
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::TooLarge,
+                format!("a signal's payload is at most {max} bytes"),
+            ));
+        }
+        if self.signals.check().is_err() {
+            let rate = self.hub.config.signal_rate;
+            return self.reply(Reply::error(
+                id,
+                ErrorCode::RateLimited,
+                format!("more than {rate} signals per second: this one was not sent"),
+            ));
+        }
+        let signal = Signal {
+            topic,
+            key,
+            sender: &self.session.sub,
+            payload,
+        };
+        if let Err(e) = self.hub.signals.send(&signal) {
+            self.reply(Reply::error(id, e.code(), e.to_string()));
         }
     }
 
@@ -1010,6 +1192,7 @@ mod tests {
             publish: parse(&["t.*"]),
             subscribe: parse(subscribe),
             history: Vec::new(),
+            online: Vec::new(),
         };
         mint(hub::TEST_SECRET, sub, grants, ttl)
     }

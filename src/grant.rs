@@ -81,6 +81,29 @@ impl Grant {
 }
 
 impl KeyPattern {
+    fn parse(text: &str) -> KeyPattern {
+        let bytes = text.as_bytes();
+        let mut pieces = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(SUB.as_bytes()) {
+                pieces.push(Piece::Sub);
+                i += SUB.len();
+                continue;
+            }
+            pieces.push(match bytes[i] {
+                b'*' => Piece::Star,
+                b'?' => Piece::One,
+                b => Piece::Byte(b),
+            });
+            i += 1;
+        }
+        KeyPattern {
+            text: text.into(),
+            pieces,
+        }
+    }
+
     fn matches(&self, key: &[u8], sub: &[u8]) -> bool {
         let mut pieces = Vec::with_capacity(self.pieces.len() + sub.len());
         for &piece in &self.pieces {
@@ -136,29 +159,53 @@ impl FromStr for Grant {
         if key.is_empty() || key.len() > MAX_KEY_PATTERN {
             return Err(InvalidGrant::Key(s.to_string()));
         }
-        let bytes = key.as_bytes();
-        let mut pieces = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i..].starts_with(SUB.as_bytes()) {
-                pieces.push(Piece::Sub);
-                i += SUB.len();
-                continue;
-            }
-            pieces.push(match bytes[i] {
-                b'*' => Piece::Star,
-                b'?' => Piece::One,
-                b => Piece::Byte(b),
-            });
-            i += 1;
-        }
         Ok(Grant {
             topic: topic.parse()?,
-            key: Some(KeyPattern {
-                text: key.into(),
-                pieces,
-            }),
+            key: Some(KeyPattern::parse(key)),
         })
+    }
+}
+
+/// A glob over user ids, `{sub}` standing for the token's own: whose online status a token
+/// may ask for (`online`).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserPattern(KeyPattern);
+
+impl UserPattern {
+    pub fn matches(&self, user: &str, sub: &str) -> bool {
+        self.0.matches(user.as_bytes(), sub.as_bytes())
+    }
+}
+
+impl TryFrom<String> for UserPattern {
+    type Error = InvalidGrant;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.is_empty() || s.len() > MAX_KEY_PATTERN {
+            return Err(InvalidGrant::Key(s));
+        }
+        Ok(UserPattern(KeyPattern::parse(&s)))
+    }
+}
+
+impl FromStr for UserPattern {
+    type Err = InvalidGrant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim().to_string().try_into()
+    }
+}
+
+impl From<UserPattern> for String {
+    fn from(pattern: UserPattern) -> Self {
+        pattern.0.text.into()
+    }
+}
+
+impl fmt::Debug for UserPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.text, f)
     }
 }
 
@@ -241,6 +288,15 @@ mod tests {
         // `?` is one byte: a character of several is not one.
         assert!(!g.covers("t", Some("a:b€é!"), "u"));
         assert!(g.covers("t", Some("a:bxéyz"), "u"));
+    }
+
+    #[test]
+    fn user_patterns_name_users_and_the_tokens_own() {
+        let friends = UserPattern::try_from("team-*".to_string()).unwrap();
+        assert!(friends.matches("team-red", "alice"));
+        assert!(!friends.matches("bob", "alice"));
+        let own = UserPattern::try_from("{sub}".to_string()).unwrap();
+        assert!(own.matches("alice", "alice") && !own.matches("bob", "alice"));
     }
 
     #[test]

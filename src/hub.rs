@@ -26,6 +26,8 @@ use crate::presence::Presence;
 use crate::protocol::close;
 use crate::registry::{ConnId, Registry};
 use crate::replay::Replayer;
+use crate::roster::Roster;
+use crate::signal::Signals;
 use crate::stop::Stop;
 use crate::store::{Store, StoreError};
 
@@ -41,6 +43,9 @@ pub struct Hub {
     pub history: HistoryReader,
     pub store: Store,
     pub presence: Option<Presence>,
+    /// Who is in which room, with presence on.
+    pub roster: Option<Roster>,
+    pub signals: Signals,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// The clock of every socket's publish rate limiter. Made once: making one runs CPUID
@@ -80,6 +85,8 @@ pub struct Parts {
     pub history: HistoryReader,
     pub store: Store,
     pub presence: Option<Presence>,
+    pub roster: Option<Roster>,
+    pub signals: Signals,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -168,6 +175,8 @@ impl Hub {
             history,
             store,
             presence,
+            roster,
+            signals,
             tasks,
             shutdown,
         } = parts;
@@ -185,6 +194,8 @@ impl Hub {
             history,
             store,
             presence,
+            roster,
+            signals,
             shutdown,
             revocations: Revocations::default(),
             consumer_ready,
@@ -358,6 +369,10 @@ impl Hub {
             ),
             ("database", self.database_ready.load(Ordering::Acquire)),
             ("keys", self.auth.missing_keys().is_empty()),
+            (
+                "roster",
+                self.roster.as_ref().is_none_or(Roster::is_caught_up),
+            ),
             ("shutting_down", !self.shutdown.is_cancelled()),
         ];
         checks
@@ -454,6 +469,8 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
         replayer: Replayer::new(&config, "test", store.clone(), tasks.clone(), &log),
         history: HistoryReader::new(&config, "test", &log),
+        roster: None,
+        signals: Signals::new(&config, "test", &log).unwrap(),
         store,
         presence: None,
         tasks,

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Grants, Session, ShortSecret, TokenId, check_secret};
 use crate::config::JwtConfig;
-use crate::grant::Grant;
+use crate::grant::{Grant, UserPattern};
 use crate::keys::{Jwks, JwksSettings, KeyMap, Missing, VerifyingKey, pick};
 
 /// Why the settings cannot verify tokens; the hub does not start with them.
@@ -120,6 +120,8 @@ struct Rule {
     subscribe: Vec<Grant>,
     #[serde(default)]
     history: Vec<Grant>,
+    #[serde(default)]
+    online: Vec<UserPattern>,
 }
 
 fn aud() -> String {
@@ -341,6 +343,7 @@ impl Issuer {
                     publish: rule.publish.clone(),
                     subscribe: rule.subscribe.clone(),
                     history: rule.history.clone(),
+                    online: rule.online.clone(),
                 });
             }
         }
@@ -565,6 +568,7 @@ mod tests {
             publish: parse(publish),
             subscribe: parse(subscribe),
             history: Vec::new(),
+            online: Vec::new(),
         }
     }
 
@@ -581,7 +585,7 @@ mod tests {
         assert_eq!(session.sub, "alice");
         assert_eq!(
             format!("{:?}", session.grants),
-            r#"Grants { publish: ["chat.*"], subscribe: ["chat.*", "notifications"], history: [] }"#
+            r#"Grants { publish: ["chat.*"], subscribe: ["chat.*", "notifications"], history: [], online: [] }"#
         );
         assert!(session.expires_at > SystemTime::now());
     }

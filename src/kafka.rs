@@ -53,6 +53,10 @@ pub(crate) fn client_config(
     client
 }
 
+/// How long the signal topic keeps records: long enough for every hub to read them, not for
+/// anyone to replay them.
+pub const SIGNAL_RETENTION_MS: &str = "60000";
+
 /// A consumer that reads partitions it assigns itself, from offsets it names: replays and
 /// `history` pages.
 pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConfig {
@@ -217,6 +221,14 @@ impl Publisher {
         }
     }
 
+    /// Deletes what `key` holds in a compacted topic: a record with no value.
+    pub fn tombstone(&self, topic: &str, key: &str) -> Result<DeliveryFuture, PublishError> {
+        let record = FutureRecord::<str, [u8]>::to(topic).key(key);
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| PublishError::from(e))
+    }
+
     /// Blocks until a broker answered a metadata request.
     pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer
@@ -242,7 +254,22 @@ pub async fn ensure_topics(
         client_config(config, &[], &[]).create_with_context(log.clone())?;
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|name| NewTopic::new(name, 1, TopicReplication::Fixed(-1)))
+        .map(|name| {
+            let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1));
+            // The roster keeps the latest state per socket; signals live a minute.
+            if *name == config.roster_topic {
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("segment.ms", "60000")
+                    .set("min.cleanable.dirty.ratio", "0.1")
+            } else if *name == config.signal_topic {
+                topic
+                    .set("retention.ms", SIGNAL_RETENTION_MS)
+                    .set("segment.ms", SIGNAL_RETENTION_MS)
+            } else {
+                topic
+            }
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
     for result in admin.create_topics(&topics, &options).await? {
@@ -299,13 +326,15 @@ impl LivePositions {
 }
 
 impl Consumer {
-    /// Records of the control topic go to `control` instead of the registry.
+    /// Records of the control topic go to `control` instead of the registry, and those of
+    /// the signal topic to `signals`, on the consumer's thread.
     pub fn start(
         config: &ServeConfig,
         group_id: &str,
         registry: Arc<Registry>,
         ready: Arc<AtomicBool>,
         control: mpsc::UnboundedSender<Vec<u8>>,
+        signals: impl Fn(&[u8]) + Send + 'static,
         log: &KafkaLog,
     ) -> Result<Self, KafkaError> {
         let positions = LivePositions(Arc::default());
@@ -344,13 +373,14 @@ impl Consumer {
         let topics = Topics {
             exposed: config.topics.clone(),
             control: config.control_topic.clone(),
+            signals: config.signal_topic.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
             .spawn({
                 let stop = stop.clone();
-                move || consume(consumer, &topics, &registry, &control, &stop)
+                move || consume(consumer, &topics, &registry, &control, &signals, &stop)
             })
             .expect("spawning the consumer thread");
         Ok(Consumer {
@@ -373,15 +403,16 @@ impl Consumer {
     }
 }
 
-/// What the consumer reads: the exposed topics, and the control topic.
+/// What the consumer reads: the exposed topics, the control topic and the signal topic.
 struct Topics {
     exposed: Vec<TopicPattern>,
     control: String,
+    signals: String,
 }
 
 impl Topics {
     fn matches(&self, topic: &str) -> bool {
-        topic == self.control || any_matches(&self.exposed, topic)
+        topic == self.control || topic == self.signals || any_matches(&self.exposed, topic)
     }
 }
 
@@ -390,6 +421,7 @@ fn consume(
     topics: &Topics,
     registry: &Registry,
     control: &mpsc::UnboundedSender<Vec<u8>>,
+    signals: &dyn Fn(&[u8]),
     stop: &AtomicBool,
 ) {
     // Which partitions already exist decides where each one starts (see `StartPositions`),
@@ -424,7 +456,7 @@ fn consume(
         .exposed
         .iter()
         .map(|p| p.kafka_subscription())
-        .chain([topics.control.clone()])
+        .chain([topics.control.clone(), topics.signals.clone()])
         .collect();
     let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&subscriptions) {
@@ -437,6 +469,11 @@ fn consume(
             Some(Ok(message)) if message.topic() == topics.control => {
                 if let Some(value) = message.payload() {
                     let _ = control.send(value.to_vec());
+                }
+            }
+            Some(Ok(message)) if message.topic() == topics.signals => {
+                if let Some(value) = message.payload() {
+                    signals(value);
                 }
             }
             Some(Ok(message)) => deliver(consumer.context(), registry, &message),
@@ -501,6 +538,7 @@ pub(crate) fn delivery_of(
         offset: message.offset(),
         timestamp: message.timestamp().to_millis(),
         frame: Utf8Bytes::from(frame),
+        ephemeral: false,
     }
 }
 

@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
                 publish: args.publish,
                 subscribe: args.subscribe,
                 history: args.history,
+                online: args.online,
             };
             println!(
                 "{}",

@@ -87,7 +87,7 @@ pub fn authorize(
     };
     let internal = match action {
         Action::Publish => config.is_internal_topic(topic),
-        Action::Subscribe | Action::History => topic == config.control_topic,
+        Action::Subscribe | Action::History => config.is_hidden_topic(topic),
     };
     if internal || !any_matches(&config.topics, topic) {
         return Err(not_granted());
@@ -179,6 +179,7 @@ mod tests {
                 publish: parse(publish),
                 subscribe: parse(subscribe),
                 history: Vec::new(),
+                online: Vec::new(),
             },
             expires_at: SystemTime::now(),
             token: TokenId::default(),
@@ -213,14 +214,25 @@ mod tests {
     }
 
     #[test]
-    fn the_hubs_own_topics_are_never_written_and_its_control_topic_never_read() {
+    fn the_hubs_own_topics_are_never_written_and_only_presence_events_read() {
         let config = config(&["--topics", "*", "--presence-topic", "presence"]);
         let everything = session(&["*"], &["*"]);
-        for own in ["wskafka.control", "presence"] {
-            assert!(!allows(&config, &everything, own, Action::Publish), "{own}");
+        let own = [
+            "wskafka.control",
+            "presence",
+            "wskafka.roster",
+            "wskafka.signals",
+        ];
+        for topic in own {
+            assert!(
+                !allows(&config, &everything, topic, Action::Publish),
+                "{topic}"
+            );
         }
         for action in [Action::Subscribe, Action::History] {
-            assert!(!allows(&config, &everything, "wskafka.control", action));
+            for topic in ["wskafka.control", "wskafka.roster", "wskafka.signals"] {
+                assert!(!allows(&config, &everything, topic, action), "{topic}");
+            }
         }
         assert!(allows(&config, &everything, "presence", Action::Subscribe));
     }

@@ -16,10 +16,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::now_millis;
 use crate::kafka::{PublishError, Publisher};
+use crate::roster::SocketState;
 use crate::store::{OpenSession, Store, StoreError};
 
 pub struct Presence {
     topic: String,
+    /// Where the roster is kept: each socket's rooms, by session id (see `roster`).
+    roster_topic: String,
     instance: String,
     timeout: Duration,
     store: Store,
@@ -92,6 +95,7 @@ impl Event<'_> {
 impl Presence {
     pub fn new(
         topic: String,
+        roster_topic: String,
         instance: String,
         timeout: Duration,
         store: Store,
@@ -100,6 +104,7 @@ impl Presence {
     ) -> Self {
         Presence {
             topic,
+            roster_topic,
             instance,
             timeout,
             store,
@@ -132,7 +137,26 @@ impl Presence {
         if let Err(e) = self.send(&session, Event::of(Kind::Connect, &session)) {
             tracing::warn!(error = %e, "writing a connect presence event failed");
         }
+        self.rooms_changed(&session, Vec::new());
         Ok(session)
+    }
+
+    /// Writes the rooms the socket follows now to the roster topic: `(topic, key)`, the
+    /// key none for a whole topic.
+    pub fn rooms_changed(&self, session: &OpenSession, rooms: Vec<(String, Option<String>)>) {
+        let state = SocketState {
+            user: session.sub.clone(),
+            instance: session.instance.clone(),
+            rooms,
+        };
+        let value = serde_json::to_vec(&state).expect("roster states always serialise");
+        let headers = std::iter::empty();
+        let sent =
+            self.publisher
+                .send(&self.roster_topic, Some(&session.id), headers, None, &value);
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "writing a socket's rooms to the roster failed");
+        }
     }
 
     /// `kind` is `Subscribe` or `Unsubscribe`; `key` the room, for a subscription to one.
@@ -156,9 +180,10 @@ impl Presence {
             ..Event::of(Kind::Disconnect, &session)
         };
         let sent = self.send(&session, event);
+        let gone = self.publisher.tombstone(&self.roster_topic, &session.id);
         let store = self.store.clone();
         self.tasks
-            .spawn(async move { settle(&store, &session, sent).await });
+            .spawn(async move { settle(&store, &session, [sent, gone]).await });
     }
 
     /// The first round of `run`, before the hub takes sockets, so that the sockets of this
@@ -199,21 +224,27 @@ impl Presence {
                 ..Event::of(Kind::Disconnect, &session)
             };
             let sent = self.send(&session, event);
-            settle(&self.store, &session, sent).await;
+            let gone = self.publisher.tombstone(&self.roster_topic, &session.id);
+            settle(&self.store, &session, [sent, gone]).await;
         }
         Ok(())
     }
 }
 
+/// Forgets the session once Kafka has both its `disconnect` and its roster tombstone.
 async fn settle(
     store: &Store,
     session: &OpenSession,
-    sent: Result<rdkafka::producer::DeliveryFuture, PublishError>,
+    sent: [Result<rdkafka::producer::DeliveryFuture, PublishError>; 2],
 ) {
-    let delivered = match sent {
-        Ok(delivery) => Publisher::delivered(delivery).await.map(drop),
-        Err(e) => Err(e),
-    };
+    let mut delivered = Ok(());
+    for sent in sent {
+        let this = match sent {
+            Ok(delivery) => Publisher::delivered(delivery).await.map(drop),
+            Err(e) => Err(e),
+        };
+        delivered = delivered.and(this);
+    }
     match delivered {
         Ok(()) => {
             if let Err(e) = store.close_session(&session.id).await {

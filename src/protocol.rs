@@ -59,6 +59,28 @@ pub enum Request<'a> {
         key: Option<Cow<'a, str>>,
     },
     History(History<'a>),
+    /// The members of a room (a topic, or a key of it).
+    Presence {
+        id: Option<RequestId>,
+        topic: Cow<'a, str>,
+        key: Option<Cow<'a, str>>,
+        /// The last member of the previous page.
+        after: Option<String>,
+    },
+    /// Which of `users` are online; with `watch`, the socket is told of their changes from
+    /// now on (the list replaces the one watched before).
+    Online {
+        id: Option<RequestId>,
+        users: Vec<String>,
+        watch: bool,
+    },
+    /// An ephemeral payload for a room's current subscribers.
+    Signal {
+        id: Option<RequestId>,
+        topic: Cow<'a, str>,
+        key: Option<Cow<'a, str>>,
+        payload: &'a RawValue,
+    },
     Ping {
         id: Option<RequestId>,
     },
@@ -86,6 +108,10 @@ pub struct Subscribe<'a> {
     pub from: Start,
     /// The header values records must carry.
     pub headers: BTreeMap<String, String>,
+    /// `join` and `leave` frames of the room.
+    pub presence: bool,
+    /// Signals sent to the room.
+    pub signals: bool,
 }
 
 /// A page of past records, newest last.
@@ -173,6 +199,11 @@ struct Envelope<'a> {
     offsets: Option<serde_json::Value>,
     before: Option<serde_json::Value>,
     limit: Option<serde_json::Value>,
+    presence: Option<bool>,
+    signals: Option<bool>,
+    after: Option<String>,
+    users: Option<Vec<String>>,
+    watch: Option<bool>,
 }
 
 /// `Option<&RawValue>` would read `"payload": null` as a missing field; a JSON `null` is a
@@ -238,6 +269,8 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
                 key,
                 from,
                 headers,
+                presence: envelope.presence.unwrap_or(false),
+                signals: envelope.signals.unwrap_or(false),
                 id,
             }))
         }
@@ -274,6 +307,32 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
             }))
         }
         "ping" => Ok(Request::Ping { id }),
+        "presence" => Ok(Request::Presence {
+            topic: topic.ok_or_else(|| missing("topic"))?,
+            key: envelope.key,
+            after: envelope.after,
+            id,
+        }),
+        "online" => {
+            let users = envelope.users.ok_or_else(|| missing("users"))?;
+            if users.len() > MAX_USERS {
+                return Err(BadRequest {
+                    id,
+                    message: format!("`users` names more than {MAX_USERS} users"),
+                });
+            }
+            Ok(Request::Online {
+                users,
+                watch: envelope.watch.unwrap_or(false),
+                id,
+            })
+        }
+        "signal" => Ok(Request::Signal {
+            topic: topic.ok_or_else(|| missing("topic"))?,
+            key: envelope.key,
+            payload: envelope.payload.ok_or_else(|| missing("payload"))?,
+            id,
+        }),
         "auth" => Ok(Request::Auth {
             token: envelope.token.ok_or_else(|| missing("token"))?,
             id,
@@ -362,6 +421,9 @@ fn parse_start(from: &serde_json::Value) -> Result<Start, String> {
         None => Err(SHAPES.into()),
     }
 }
+
+/// Most users one `online` request may name.
+pub const MAX_USERS: usize = 1000;
 
 /// Most partitions one request may name: bounds the work a single frame can cause.
 const MAX_PARTITIONS: usize = 10_000;
@@ -470,6 +532,30 @@ pub enum Reply {
         topic: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+    },
+    /// A room's members.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        topic: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// Members, in order of user id; absent for a room too large to list.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<String>>,
+        /// How many members (users); for a room too large to list, how many subscriptions.
+        count: u64,
+        /// Where the next page starts (its `after`), when more members follow.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        large: bool,
+    },
+    /// Which users are online.
+    Online {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        users: BTreeMap<String, bool>,
     },
     /// A page of past records.
     History {

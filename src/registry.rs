@@ -33,6 +33,41 @@ pub struct Delivery {
     /// Milliseconds since the epoch, when the record has a timestamp.
     pub timestamp: Option<i64>,
     pub frame: Utf8Bytes,
+    /// Not a record: a signal, a join or a leave, which has no position and is never
+    /// replayed.
+    pub ephemeral: bool,
+}
+
+impl Delivery {
+    /// A frame for the subscriptions to `key` of `topic` (or all of it), outside the
+    /// record stream.
+    pub fn ephemeral(topic: &str, key: Option<&[u8]>, frame: String) -> Delivery {
+        Delivery {
+            topic: topic.into(),
+            key: key.map(Box::from),
+            partition: -1,
+            offset: -1,
+            timestamp: None,
+            frame: frame.into(),
+            ephemeral: true,
+        }
+    }
+}
+
+/// What a subscription asked for besides records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// `join` and `leave` frames of its room.
+    pub presence: bool,
+    /// Signals sent to its room.
+    pub signals: bool,
+}
+
+/// Which extra a `tell` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wants {
+    Presence,
+    Signals,
 }
 
 /// The parts of a record that filters look at.
@@ -81,6 +116,7 @@ pub struct Subscriber {
     pub stop: Stop,
     /// Its key condition is also the index the subscriber is filed under.
     pub filter: Arc<Filter>,
+    pub extras: Extras,
 }
 
 #[derive(Default)]
@@ -178,6 +214,42 @@ impl Registry {
         }
         queued
     }
+
+    /// Queues an ephemeral frame for the subscribers of `topic` that asked for `wants`: a
+    /// room's (`key`) subscribers, and for signals its topic's too; for presence a topic's
+    /// own joins and leaves (`key` none) go to its whole-topic subscribers only. A full queue
+    /// drops the frame: nothing ephemeral is worth closing a socket over.
+    pub fn tell(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        wants: Wants,
+        delivery: impl FnOnce() -> Delivery,
+    ) {
+        let Some(subscribers) = self.topics.get(topic) else {
+            return;
+        };
+        let keyed = key
+            .and_then(|key| subscribers.by_key.get(key))
+            .into_iter()
+            .flat_map(HashMap::values);
+        let whole = subscribers.any_key.values();
+        let told: Box<dyn Iterator<Item = &Subscriber>> = match (wants, key) {
+            (Wants::Signals, _) => Box::new(keyed.chain(whole)),
+            (Wants::Presence, Some(_)) => Box::new(keyed),
+            (Wants::Presence, None) => Box::new(whole),
+        };
+        let built = LazyCell::new(|| Arc::new(delivery()));
+        for subscriber in told {
+            let asked = match wants {
+                Wants::Presence => subscriber.extras.presence,
+                Wants::Signals => subscriber.extras.signals,
+            };
+            if asked {
+                let _ = subscriber.queue.try_send(Arc::clone(&built));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +266,7 @@ mod tests {
             queue,
             stop: Stop::default(),
             filter: Arc::new(filter),
+            extras: Extras::default(),
         };
         (subscriber, rx)
     }
@@ -213,6 +286,7 @@ mod tests {
             offset,
             timestamp: None,
             frame: Utf8Bytes::from_static("frame"),
+            ephemeral: false,
         }
     }
 
@@ -442,6 +516,7 @@ mod tests {
                                 queue: queues[&conn].0.clone(),
                                 stop: Stop::default(),
                                 filter: Arc::new(filter.clone()),
+                                extras: Extras::default(),
                             };
                             registry.subscribe(TOPICS[topic], conn, subscriber);
                             model.insert((topic, conn), filter);

@@ -35,6 +35,8 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::replay::Replayer;
+use crate::roster::{Follower, Roster};
+use crate::signal::{self, Signals};
 use crate::store::{Store, StoreError, display_url};
 use crate::{admin, connection, web};
 
@@ -162,6 +164,10 @@ pub async fn serve(
         registry.clone(),
         consumer_ready.clone(),
         control,
+        {
+            let registry = registry.clone();
+            move |value: &[u8]| signal::deliver(&registry, value)
+        },
         &kafka_log,
     )
     .map_err(kafka_client)?;
@@ -169,9 +175,28 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let replayer = Replayer::new(&config, &group_id, store.clone(), tasks.clone(), &kafka_log);
     let history = HistoryReader::new(&config, &group_id, &kafka_log);
+    let signals = Signals::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
+    let roster = config
+        .presence_topic
+        .is_some()
+        .then(|| Roster::new(config.roster_limit));
+    let follower = match &roster {
+        Some(roster) => Some(
+            Follower::start(
+                &config,
+                &group_id,
+                &kafka_log,
+                roster.clone(),
+                registry.clone(),
+            )
+            .map_err(kafka_client)?,
+        ),
+        None => None,
+    };
     let presence = config.presence_topic.clone().map(|topic| {
         Presence::new(
             topic,
+            config.roster_topic.clone(),
             instance_id.clone(),
             config.instance_timeout,
             store.clone(),
@@ -191,6 +216,8 @@ pub async fn serve(
         history,
         store,
         presence,
+        roster,
+        signals,
         tasks,
         shutdown: CancellationToken::new(),
     }));
@@ -222,7 +249,13 @@ pub async fn serve(
     let (flushed, ()) = tokio::join!(
         tokio::task::spawn_blocking(move || flushing.publisher.flush(timeout)),
         async {
-            let _ = tokio::task::spawn_blocking(move || consumer.stop()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                consumer.stop();
+                if let Some(follower) = follower {
+                    follower.stop();
+                }
+            })
+            .await;
         }
     );
     if let Ok(Err(e)) = flushed {

@@ -281,6 +281,14 @@ impl Subscriptions {
         record: Arc<Delivery>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), Lagging> {
+        if record.ephemeral && record.topic.is_empty() {
+            // For the socket itself (a watched user's status), not for a subscription.
+            out.push(Outgoing {
+                frame: record.frame.clone(),
+                timestamp: None,
+            });
+            return Ok(());
+        }
         let Some(subscription) = self
             .by_topic
             .get_mut(&*record.topic)
@@ -288,6 +296,14 @@ impl Subscriptions {
         else {
             return Ok(()); // unsubscribed since it was queued
         };
+        if record.ephemeral {
+            // No position: written as it comes, replay or not.
+            out.push(Outgoing {
+                frame: record.frame.clone(),
+                timestamp: None,
+            });
+            return Ok(());
+        }
         let Some(replay) = &mut subscription.replay else {
             write(&mut subscription.next, &record, out);
             return Ok(());
@@ -480,6 +496,7 @@ mod tests {
             offset,
             timestamp: None,
             frame: format!("{partition}:{offset}").into(),
+            ephemeral: false,
         })
     }
 
@@ -634,6 +651,7 @@ mod tests {
             offset,
             timestamp: None,
             frame: format!("{partition}:{offset}").into(),
+            ephemeral: false,
         })
     }
 

@@ -71,6 +71,8 @@ impl DemoTokens {
                 publish,
                 subscribe,
                 history: Vec::new(),
+                // The demo shows whoever is online.
+                online: vec!["*".parse().expect("a valid pattern")],
             }
         };
         let members: Vec<&str> = PUBLIC_ROOMS.into_iter().chain([PRIVATE_ROOM]).collect();

@@ -35,6 +35,13 @@ impl Demo {
     }
 
     async fn hub(listen: &str, topics: &str, rooms: &str, notes: &str) -> Hub {
+        // Presence and signals on topics of this hub's own: rosters of other tests' rooms
+        // would not disturb it, but reading them would cost time.
+        let (presence, roster, signals) = (
+            format!("{rooms}.presence"),
+            format!("{rooms}.roster"),
+            format!("{rooms}.signals"),
+        );
         let demo = [
             "--demo",
             "--keyed-topics",
@@ -43,6 +50,12 @@ impl Demo {
             notes,
             "--admin-password",
             "pw",
+            "--presence-topic",
+            &presence,
+            "--roster-topic",
+            &roster,
+            "--signal-topic",
+            &signals,
         ];
         Hub::start_at(listen, topics, &demo).await
     }
@@ -140,6 +153,31 @@ async fn a_late_joiner_sees_the_last_messages_at_once_and_older_ones_on_scroll()
     let shown = browser.texts("carol", "#messages li .body").await;
     let expected: Vec<String> = (0..120).map(|n| format!("kafkamessage {n:03}")).collect();
     assert_eq!(shown, expected, "every message once, oldest first");
+}
+
+#[tokio::test]
+async fn two_users_in_a_room_see_each_other_listed_and_see_typing() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "alice").await;
+    demo.open(&mut browser, "bob").await;
+    browser.wait_text("alice", "#members", "bob").await;
+    browser.wait_text("bob", "#members", "alice").await;
+
+    browser
+        .run(json!({"cmd": "fill", "name": "bob", "selector": "#text", "text": "hel"}))
+        .await;
+    browser.wait_text("alice", "#typing", "bob is typing").await;
+    // Bob goes quiet: the state ends by itself.
+    browser
+        .run(json!({"cmd": "wait_gone", "name": "alice", "selector": "#typing", "text": "bob"}))
+        .await;
+
+    browser.run(json!({"cmd": "close", "name": "bob"})).await;
+    browser
+        .run(json!({"cmd": "wait_gone", "name": "alice", "selector": "#members", "text": "bob"}))
+        .await;
+    assert_eq!(browser.texts("alice", "#members li").await, ["alice"]);
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 // The demo page: chat rooms kept as the keys of one topic, a notification centre on a
 // per-user topic. A room opens with its last messages and loads older ones when scrolled to
-// its top; authors are the hub's verified senders, never what a payload claims.
+// its top; authors are the hub's verified senders, never what a payload claims. Each room
+// lists who is in it (on any hub) and who is typing.
 // `?topic=t&notifications=n&user=name` override the defaults (the browser tests use them).
-import { WsKafka } from "/wskafka.js";
+import { Typists, WsKafka } from "/wskafka.js";
 
 const params = new URLSearchParams(location.search);
 const topic = params.get("topic") ?? "chat.rooms";
@@ -41,7 +42,7 @@ async function start(user) {
   client.addEventListener("error", (e) => console.warn("wskafka:", e.detail));
 
   for (const room of first.rooms) {
-    rooms.set(room, { messages: [], oldest: false, loading: null });
+    rooms.set(room, { messages: [], oldest: false, loading: null, members: new Set(), typists: new Typists() });
     const button = document.createElement("button");
     button.textContent = `# ${room}`;
     button.dataset.room = room;
@@ -52,10 +53,18 @@ async function start(user) {
     client
       .subscribe(topic, (m) => {
         rooms.get(room).messages.push(m);
-        if (room === current) append(m);
-      }, { key: room })
-      // What was said before this page opened.
-      .then(() => loadOlder(client, room))
+        if (m.sender) rooms.get(room).typists.stopped(m.sender);
+        if (room === current) {
+          append(m);
+          showTyping();
+        }
+      }, { key: room, presence: true, signals: true })
+      .then(async () => {
+        // Who is here, then joins and leaves as they come (events below).
+        loadMembers(client, room);
+        // What was said before this page opened.
+        await loadOlder(client, room);
+      })
       .catch((e) => console.warn(`wskafka: room ${room}:`, e));
   }
   // Unread notifications: everything after what this user last marked read, on any device.
@@ -78,6 +87,25 @@ async function start(user) {
     $("text").value = "";
     await client.publish(topic, { text }, { key: current });
   };
+  const inRoom = (e) => e.detail.topic === topic && rooms.has(e.detail.key);
+  client.addEventListener("join", (e) => {
+    if (!inRoom(e)) return;
+    rooms.get(e.detail.key).members.add(e.detail.user);
+    if (e.detail.key === current) showMembers();
+  });
+  client.addEventListener("leave", (e) => {
+    if (!inRoom(e)) return;
+    rooms.get(e.detail.key).members.delete(e.detail.user);
+    if (e.detail.key === current) showMembers();
+  });
+  client.addEventListener("signal", (e) => {
+    if (!inRoom(e) || e.detail.sender === user) return;
+    rooms.get(e.detail.key).typists.saw(e.detail);
+    if (e.detail.key === current) showTyping();
+  });
+  // Typing ends by itself a few seconds after the last keystroke.
+  setInterval(showTyping, 1000);
+  $("text").oninput = () => client.typing(topic, { key: current });
   $("messages").onscroll = () => {
     if ($("messages").scrollTop === 0 && current) loadOlder(client, current);
   };
@@ -107,8 +135,39 @@ function loadOlder(client, room) {
   return state.loading;
 }
 
+async function loadMembers(client, room) {
+  const members = rooms.get(room).members;
+  let after;
+  do {
+    const page = await client.presence(topic, { key: room, after });
+    for (const member of page.members ?? []) members.add(member);
+    after = page.next;
+  } while (after);
+  if (room === current) showMembers();
+}
+
+function showMembers() {
+  const members = [...rooms.get(current).members].sort();
+  $("members").replaceChildren(
+    ...members.map((member) => {
+      const li = document.createElement("li");
+      li.textContent = member;
+      return li;
+    }),
+  );
+}
+
+function showTyping() {
+  if (!current) return;
+  const typing = rooms.get(current).typists.current();
+  $("typing").textContent =
+    typing.length === 0 ? "" : `${typing.join(", ")} ${typing.length === 1 ? "is" : "are"} typing…`;
+}
+
 function show(room) {
   current = room;
+  showMembers();
+  showTyping();
   for (const b of $("rooms").children) b.setAttribute("aria-current", String(b.dataset.room === room));
   const list = $("messages");
   list.replaceChildren(...rooms.get(room).messages.map(line));

@@ -49,7 +49,10 @@ export function backoffDelay(attempt, backoff, random) {
 /**
  * A connection to a wskafka hub. Events (an EventTarget): `state` (detail: the new
  * ConnectionState), `lost` (detail: {topic, lost}: records a resume could not recover),
- * `error` (detail: a WsKafkaError not tied to a request, such as an ended subscription).
+ * `error` (detail: a WsKafkaError not tied to a request, such as an ended subscription),
+ * `join` and `leave` (detail: {topic, key, user}, for subscriptions made with `presence`),
+ * `signal` (detail: {topic, key, sender, payload}, for subscriptions made with `signals`),
+ * `status` (detail: {user, online}, for users watched with `online`).
  */
 export class WsKafka extends EventTarget {
   /** @param {string} url  the hub's `ws(s)://…/ws` @param {Options} options */
@@ -74,6 +77,10 @@ export class WsKafka extends EventTarget {
     this.socket = null;
     this.authenticated = false;
     this.timer = null;
+    /** Users whose status is watched, asked again after a reconnect. @type {string[]} */
+    this.watching = [];
+    /** When each `typing()` last sent a signal, by room. */
+    this.typed = new Map();
     this.connect();
   }
 
@@ -97,7 +104,8 @@ export class WsKafka extends EventTarget {
    * hub confirmed. Returns a function that ends the subscription. A socket follows either a
    * whole topic or rooms of it: subscribing to one replaces the other.
    * @param {string} topic @param {(message: Message) => void} onMessage
-   * @param {{key?: string, from?: Start, filter?: Filter}} [options]
+   * @param {{key?: string, from?: Start, filter?: Filter, presence?: boolean, signals?: boolean}} [options]
+   *   `presence`: `join` and `leave` events for the room; `signals`: its `signal` events
    * @returns {Promise<() => void>}
    */
   subscribe(topic, onMessage, options = {}) {
@@ -171,6 +179,57 @@ export class WsKafka extends EventTarget {
       messages.unshift(...page.messages);
     } while (page.partial && messages.length === 0);
     return { messages, oldest: page.oldest };
+  }
+
+  /**
+   * The members of `topic`, or of its room `key`: a page of user ids (`members`, absent for
+   * a room too large to list), their `count`, and `next` to pass as `after` for the next page.
+   * @param {string} topic @param {{key?: string, after?: string}} [options]
+   * @returns {Promise<{members?: string[], count: number, next?: string, large?: boolean}>}
+   */
+  presence(topic, options = {}) {
+    const frame = { type: "presence", topic };
+    if (options.key !== undefined) frame.key = options.key;
+    if (options.after !== undefined) frame.after = options.after;
+    return this.request(frame);
+  }
+
+  /**
+   * Which of `users` are online; with `watch`, `status` events follow as that changes (the
+   * list replaces the one watched before, and is watched again after a reconnect).
+   * @param {string[]} users @param {{watch?: boolean}} [options]
+   * @returns {Promise<Record<string, boolean>>}
+   */
+  async online(users, options = {}) {
+    if (options.watch) this.watching = [...users];
+    const reply = await this.request({ type: "online", users, watch: Boolean(options.watch) });
+    return reply.users;
+  }
+
+  /**
+   * Sends an ephemeral signal to the room's current subscribers (those that asked for
+   * signals), on every hub: never stored, never replayed. Nothing answers it; a refusal
+   * comes as an `error` event.
+   * @param {string} topic @param {unknown} payload @param {{key?: string}} [options]
+   */
+  signal(topic, payload, options = {}) {
+    const frame = { type: "signal", topic, payload };
+    if (options.key !== undefined) frame.key = options.key;
+    if (this.authenticated) this.send(frame);
+  }
+
+  /**
+   * Says the user is typing in a room: a `{typing: true}` signal, at most one per
+   * `TYPING_EVERY` ms however often it is called. Receivers hold the state for
+   * `TYPING_FOR` ms after the last one (see `Typists`), so it ends by itself.
+   * @param {string} topic @param {{key?: string}} [options]
+   */
+  typing(topic, options = {}) {
+    const room = JSON.stringify([topic, options.key ?? null]);
+    const now = Date.now();
+    if (now - (this.typed.get(room) ?? -Infinity) < TYPING_EVERY) return;
+    this.typed.set(room, now);
+    this.signal(topic, { typing: true }, options);
   }
 
   /** @param {string} topic @param {string} [key] a room; none: every subscription to the topic */
@@ -277,6 +336,8 @@ export class WsKafka extends EventTarget {
     if (subscription.key !== undefined) frame.key = subscription.key;
     const headers = subscription.options.filter?.headers;
     if (headers) frame.filter = { headers };
+    if (subscription.options.presence) frame.presence = true;
+    if (subscription.options.signals) frame.signals = true;
     this.send(frame);
   }
 
@@ -296,6 +357,12 @@ export class WsKafka extends EventTarget {
         return;
       case "expiring":
         this.refresh();
+        return;
+      case "join":
+      case "leave":
+      case "signal":
+      case "status":
+        this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
         return;
       case "lagged":
         // The close (4429) follows; our own positions already say where to resume.
@@ -322,6 +389,11 @@ export class WsKafka extends EventTarget {
     this.setState("open");
     for (const subscription of this.subscriptions.values()) this.sendSubscribe(subscription);
     for (const { frame } of this.publishes.values()) this.send(frame);
+    if (this.watching.length > 0) {
+      this.online(this.watching, { watch: true }).catch((e) =>
+        this.dispatchEvent(new CustomEvent("error", { detail: e })),
+      );
+    }
   }
 
   async refresh() {
@@ -352,6 +424,41 @@ export class WsKafka extends EventTarget {
       this.subscriptions.delete(ended);
     }
     this.dispatchEvent(new CustomEvent("error", { detail: error }));
+  }
+}
+
+/** A `typing()` signal is sent at most this often (ms)... */
+export const TYPING_EVERY = 2000;
+/** ... and a typist is shown for this long after the last one. */
+export const TYPING_FOR = 5000;
+
+/**
+ * Who is typing in a room, from its `signal` events: a user counts as typing for
+ * `TYPING_FOR` ms after their last `{typing: true}` signal, so the state ends by itself when
+ * they go quiet.
+ */
+export class Typists {
+  constructor(now = () => Date.now()) {
+    this.now = now;
+    /** @type {Map<string, number>} user -> until when */
+    this.until = new Map();
+  }
+
+  /** @param {{sender: string, payload?: any}} signal */
+  saw(signal) {
+    if (signal.payload?.typing) this.until.set(signal.sender, this.now() + TYPING_FOR);
+  }
+
+  /** A user who sent a message has stopped typing. @param {string} user */
+  stopped(user) {
+    this.until.delete(user);
+  }
+
+  /** @returns {string[]} */
+  current() {
+    const now = this.now();
+    for (const [user, until] of this.until) if (until <= now) this.until.delete(user);
+    return [...this.until.keys()].sort();
   }
 }
 

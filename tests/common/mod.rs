@@ -37,11 +37,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// Polls `check` until it holds, and fails the test when it still does not after
 /// `PATIENCE`: for state that another process shows only when asked (an HTTP endpoint, the
 /// broker), where there is no event to await.
-pub async fn eventually<F, Fut>(what: impl std::fmt::Display, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+pub async fn eventually(what: impl std::fmt::Display, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "never came: {what}");
@@ -572,6 +568,7 @@ pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
         publish: parse(publish),
         subscribe: parse(subscribe),
         history: Vec::new(),
+        online: Vec::new(),
     }
 }
 

@@ -34,6 +34,21 @@ const commands = {
     await pages.get(name).fill(selector, text);
     await pages.get(name).press(selector, "Enter");
   },
+  // Fills a field as typing does (an input event), without submitting.
+  async fill({ name, selector, text }) {
+    await pages.get(name).fill(selector, text);
+  },
+  async wait_gone({ name, selector, text }) {
+    await pages.get(name).waitForFunction(
+      ([selector, text]) => !document.querySelector(selector)?.textContent.includes(text),
+      [selector, text],
+      { timeout },
+    );
+  },
+  async close({ name }) {
+    await pages.get(name).context().close();
+    pages.delete(name);
+  },
   async click({ name, selector }) {
     await pages.get(name).click(selector);
   },

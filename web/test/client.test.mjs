@@ -3,7 +3,7 @@
 // publishes, refreshing tokens. The browser tests (tests/browser.rs) run it for real.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WsKafka, WsKafkaError, backoffDelay } from "../wskafka.js";
+import { TYPING_FOR, Typists, WsKafka, WsKafkaError, backoffDelay } from "../wskafka.js";
 
 /** A socket whose every frame the test sees, and whose replies the test writes. */
 class ScriptedSocket {
@@ -217,4 +217,52 @@ test("older() pages back from where the subscription started, past pages cut sho
   socket.reply({ type: "history", id: request.id, topic: "rooms", messages: [message(3)], before: { 2: 3 }, oldest: true, partial: false });
   assert.deepEqual(await second, { messages: [message(3)], oldest: true });
   client.close();
+});
+
+test("presence and signal frames become events, and watched users are asked again after a reconnect", async () => {
+  const { client, socket } = await connected();
+  const seen = [];
+  for (const type of ["join", "leave", "signal", "status"]) {
+    client.addEventListener(type, (e) => seen.push([type, e.detail.user ?? e.detail.sender]));
+  }
+  const subscribed = client.subscribe("rooms", () => {}, { key: "lobby", presence: true, signals: true });
+  const request = socket.last("subscribe");
+  assert.equal(request.presence, true);
+  assert.equal(request.signals, true);
+  socket.reply({ type: "subscribed", id: request.id, topic: "rooms", key: "lobby", partitions: {} });
+  await subscribed;
+  socket.reply({ type: "join", topic: "rooms", key: "lobby", user: "bob" });
+  socket.reply({ type: "signal", topic: "rooms", key: "lobby", sender: "bob", payload: { typing: true } });
+  socket.reply({ type: "leave", topic: "rooms", key: "lobby", user: "bob" });
+
+  const asked = client.online(["bob"], { watch: true });
+  const online = socket.last("online");
+  assert.deepEqual(online.users, ["bob"]);
+  socket.reply({ type: "online", id: online.id, users: { bob: false } });
+  assert.deepEqual(await asked, { bob: false });
+  socket.reply({ type: "status", user: "bob", online: true });
+  assert.deepEqual(seen, [["join", "bob"], ["signal", "bob"], ["leave", "bob"], ["status", "bob"]]);
+
+  client.typing("rooms", { key: "lobby" });
+  client.typing("rooms", { key: "lobby" });
+  assert.equal(socket.sent.filter((f) => f.type === "signal").length, 1, "typing is throttled");
+
+  socket.drop();
+  const again = await reconnected();
+  assert.deepEqual(again.last("online"), { type: "online", id: again.last("online").id, users: ["bob"], watch: true });
+  client.close();
+});
+
+test("a typist shows until a while after their last signal, then by themselves no more", () => {
+  let now = 0;
+  const typists = new Typists(() => now);
+  typists.saw({ sender: "bob", payload: { typing: true } });
+  typists.saw({ sender: "ann", payload: { typing: true } });
+  typists.saw({ sender: "cy", payload: { cursor: 3 } });
+  assert.deepEqual(typists.current(), ["ann", "bob"]);
+  now = TYPING_FOR - 1;
+  typists.stopped("ann");
+  assert.deepEqual(typists.current(), ["bob"]);
+  now = TYPING_FOR;
+  assert.deepEqual(typists.current(), []);
 });

@@ -1,0 +1,330 @@
+//! Who is here, across hubs: rosters built from Kafka and the shared database, joins and
+//! leaves pushed in the roster's order, a dead hub's members leaving once, online status,
+//! and ephemeral signals. Three real hubs, real Kafka, real PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// What every hub of one test shares: its topics, database and settings.
+struct Cluster {
+    glob: String,
+    topic: String,
+    args: Vec<String>,
+}
+
+impl Cluster {
+    async fn new(prefix: &str) -> Cluster {
+        let (topic, glob) = fresh_topic(prefix, 2).await;
+        let database = fresh_postgres().await;
+        let args = vec![
+            "--database-url".to_string(),
+            database,
+            "--presence-topic".into(),
+            unique("presence"),
+            "--roster-topic".into(),
+            unique("roster"),
+            "--signal-topic".into(),
+            unique("signals"),
+            "--keyed-topics".into(),
+            glob.clone(),
+            "--instance-timeout".into(),
+            "3s".into(),
+        ];
+        Cluster { glob, topic, args }
+    }
+
+    async fn hub(&self) -> Hub {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Hub::start(&self.glob, &args).await
+    }
+
+    /// A token that may follow, and signal in, the rooms `rooms` (every room for `*`).
+    fn token(&self, user: &str, rooms: &[&str]) -> String {
+        let grants: Vec<String> = rooms
+            .iter()
+            .map(|room| match *room {
+                "*" => self.glob.clone(),
+                room => format!("{}:{room}", self.topic),
+            })
+            .collect();
+        let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
+        token(user, &grants, &grants)
+    }
+}
+
+async fn enter(client: &mut Client, topic: &str, room: &str, extras: Value) {
+    let mut request = json!({"type": "subscribe", "id": "s", "topic": topic, "key": room});
+    for (name, value) in extras.as_object().unwrap() {
+        request[name] = value.clone();
+    }
+    let reply = client.call(request).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+}
+
+/// The members of `room` as `hub` lists them.
+async fn members(client: &mut Client, topic: &str, room: &str) -> BTreeSet<String> {
+    let reply = client
+        .call(json!({"type": "presence", "topic": topic, "key": room}))
+        .await;
+    assert_eq!(reply["type"], "presence", "{reply}");
+    let listed: BTreeSet<String> = serde_json::from_value(reply["members"].clone()).unwrap();
+    assert_eq!(reply["count"], listed.len(), "{reply}");
+    listed
+}
+
+/// Waits until every client lists `expected` as the room's members.
+async fn until_members(clients: &mut [&mut Client], topic: &str, room: &str, expected: &[&str]) {
+    let expected: BTreeSet<String> = expected.iter().map(|u| u.to_string()).collect();
+    for client in clients.iter_mut() {
+        eventually(format!("{room} holds {expected:?}"), async || {
+            members(client, topic, room).await == expected
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn every_hub_lists_the_same_members_and_a_user_on_two_hubs_is_one() {
+    let cluster = Cluster::new("roster").await;
+    let (a, b) = tokio::join!(cluster.hub(), cluster.hub());
+    let topic = cluster.topic.clone();
+    let mut watcher_a = a.connect(&cluster.token("watcher", &["*"])).await;
+    let mut watcher_b = b.connect(&cluster.token("watcher", &["*"])).await;
+
+    let alice = cluster.token("alice", &["lobby"]);
+    let mut alice_laptop = a.connect(&alice).await;
+    let mut alice_phone = b.connect(&alice).await;
+    let mut bob = b.connect(&cluster.token("bob", &["lobby", "staff"])).await;
+    enter(&mut alice_laptop, &topic, "lobby", json!({})).await;
+    enter(&mut alice_phone, &topic, "lobby", json!({})).await;
+    enter(&mut bob, &topic, "staff", json!({})).await;
+    until_members(
+        &mut [&mut watcher_a, &mut watcher_b],
+        &topic,
+        "lobby",
+        &["alice"],
+    )
+    .await;
+    until_members(
+        &mut [&mut watcher_a, &mut watcher_b],
+        &topic,
+        "staff",
+        &["bob"],
+    )
+    .await;
+
+    // A hub started now lists them at once: it read the roster before turning ready.
+    let c = cluster.hub().await;
+    let mut watcher_c = c.connect(&cluster.token("watcher", &["*"])).await;
+    assert_eq!(
+        members(&mut watcher_c, &topic, "lobby").await,
+        BTreeSet::from(["alice".to_string()])
+    );
+    let whole = watcher_c
+        .call(json!({"type": "presence", "topic": topic}))
+        .await;
+    assert_eq!(whole["members"], json!(["alice", "bob"]), "{whole}");
+
+    // Alice leaves only when her last socket closes.
+    drop(alice_laptop);
+    let all = &mut [&mut watcher_a, &mut watcher_b, &mut watcher_c];
+    until_members(all, &topic, "lobby", &["alice"]).await;
+    drop(alice_phone);
+    until_members(all, &topic, "lobby", &[]).await;
+}
+
+#[tokio::test]
+async fn joins_and_leaves_follow_the_roster_once_across_hubs_and_a_killed_hub_leaves_once() {
+    let cluster = Cluster::new("joins").await;
+    let (a, b, doomed) = tokio::join!(cluster.hub(), cluster.hub(), cluster.hub());
+    let topic = cluster.topic.clone();
+    let mut observer = a.connect(&cluster.token("observer", &["*"])).await;
+    enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
+    let mut next = async || {
+        let frame = observer.recv().await;
+        (
+            frame["type"].as_str().unwrap().to_string(),
+            frame["user"].as_str().unwrap().to_string(),
+        )
+    };
+    // The observer's own join comes first.
+    assert_eq!(next().await, ("join".into(), "observer".into()));
+
+    let carol = cluster.token("carol", &["lobby"]);
+    let mut carol_b = b.connect(&carol).await;
+    enter(&mut carol_b, &topic, "lobby", json!({})).await;
+    assert_eq!(next().await, ("join".into(), "carol".into()));
+    // Her second socket, on the hub that will die: no second join.
+    let mut carol_doomed = doomed.connect(&carol).await;
+    enter(&mut carol_doomed, &topic, "lobby", json!({})).await;
+    let mut dave = doomed.connect(&cluster.token("dave", &["lobby"])).await;
+    enter(&mut dave, &topic, "lobby", json!({})).await;
+    assert_eq!(next().await, ("join".into(), "dave".into()));
+
+    // SIGKILL: no socket of the dead hub says goodbye. Within the instance timeout another
+    // hub writes them off: dave leaves, once; carol stays, on hub b.
+    doomed.kill().await;
+    assert_eq!(next().await, ("leave".into(), "dave".into()));
+    drop(carol_b);
+    assert_eq!(next().await, ("leave".into(), "carol".into()));
+    // Nothing else came: a ping answered now is the next frame.
+    let pong = observer.call(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    assert_eq!(
+        members(&mut observer, &topic, "lobby").await,
+        BTreeSet::from(["observer".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn a_private_rooms_roster_and_signals_are_closed_to_a_token_without_its_key() {
+    let cluster = Cluster::new("closed").await;
+    let hub = cluster.hub().await;
+    let topic = cluster.topic.clone();
+    let mut member = hub
+        .connect(&cluster.token("alice", &["staff", "lobby"]))
+        .await;
+    enter(&mut member, &topic, "staff", json!({"signals": true})).await;
+    let mut eve = hub.connect(&cluster.token("eve", &["lobby"])).await;
+    for request in [
+        json!({"type": "presence", "topic": topic, "key": "staff"}),
+        json!({"type": "presence", "topic": topic}),
+        json!({"type": "subscribe", "topic": topic, "key": "staff", "signals": true}),
+        json!({"type": "signal", "topic": topic, "key": "staff", "payload": {"typing": true}}),
+    ] {
+        assert_eq!(eve.call(request).await["code"], "forbidden");
+    }
+    // Eve's own room's signals reach her; the staff room's never do.
+    enter(&mut eve, &topic, "lobby", json!({"signals": true})).await;
+    member
+        .send(
+            json!({"type": "signal", "topic": topic, "key": "staff", "payload": {"typing": true}}),
+        )
+        .await;
+    member
+        .send(json!({"type": "signal", "topic": topic, "key": "lobby", "payload": {"n": 2}}))
+        .await;
+    let signal = eve.recv().await;
+    assert_eq!(
+        (
+            signal["type"].as_str(),
+            signal["key"].as_str(),
+            &signal["payload"]
+        ),
+        (Some("signal"), Some("lobby"), &json!({"n": 2})),
+        "{signal}"
+    );
+    // Online status only for the users the token may see.
+    let refused = eve
+        .call(json!({"type": "online", "users": ["alice"]}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+}
+
+#[tokio::test]
+async fn signals_cross_hubs_and_are_never_replayed_nor_counted() {
+    let cluster = Cluster::new("signals").await;
+    let (a, b) = tokio::join!(cluster.hub(), cluster.hub());
+    let topic = cluster.topic.clone();
+    let mut bob = b.connect(&cluster.token("bob", &["lobby"])).await;
+    enter(&mut bob, &topic, "lobby", json!({"signals": true})).await;
+    let mut quiet = b.connect(&cluster.token("quiet", &["lobby"])).await;
+    enter(&mut quiet, &topic, "lobby", json!({})).await;
+    let mut alice = a.connect(&cluster.token("alice", &["lobby"])).await;
+    alice
+        .send(
+            json!({"type": "signal", "topic": topic, "key": "lobby", "payload": {"typing": true}}),
+        )
+        .await;
+    let signal = bob.recv().await;
+    assert_eq!(
+        signal,
+        json!({"type": "signal", "topic": topic, "key": "lobby", "sender": "alice", "payload": {"typing": true}})
+    );
+    // A subscriber that did not ask gets none; the next frame it sees is a record.
+    let ack = alice
+        .call(json!({"type": "publish", "topic": topic, "key": "lobby", "payload": "after"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(quiet.message().await.1["payload"], "after");
+
+    // A late joiner replaying the room gets the record, not the signal; nothing waits
+    // unread but the record.
+    let mut late = b.connect(&cluster.token("late", &["lobby"])).await;
+    let subscribed = late
+        .call(json!({"type": "subscribe", "id": "l", "topic": topic, "key": "lobby", "from": "earliest", "signals": true}))
+        .await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(late.message().await.1["payload"], "after");
+    let pong = late.call(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    let mut counter = b.connect(&cluster.token("alice", &["lobby"])).await;
+    let committed = counter
+        .call(json!({"type": "subscribe", "id": "c", "topic": topic, "key": "lobby", "from": "committed"}))
+        .await;
+    assert_eq!(committed["type"], "subscribed", "{committed}");
+    let history = counter
+        .call(json!({"type": "history", "topic": topic, "key": "lobby"}))
+        .await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        1,
+        "{history}"
+    );
+
+    // Signals have a rate of their own.
+    let mut refused = 0;
+    for n in 0..30 {
+        alice
+            .send(json!({"type": "signal", "id": n, "topic": topic, "key": "lobby", "payload": n}))
+            .await;
+    }
+    let pong = loop {
+        let frame = alice.call(json!({"type": "ping", "id": "end"})).await;
+        if frame["type"] == "pong" {
+            break frame;
+        }
+        assert_eq!(frame["code"], "rate_limited", "{frame}");
+        refused += 1;
+    };
+    assert_eq!(pong["id"], "end");
+    assert!(refused >= 15, "{refused} signals refused of 30");
+}
+
+#[tokio::test]
+async fn online_status_of_chosen_users_is_told_as_it_changes() {
+    let cluster = Cluster::new("online").await;
+    let (a, b) = tokio::join!(cluster.hub(), cluster.hub());
+    let mut grants = grants(&[], &[&cluster.glob]);
+    grants.online = vec!["friend-*".parse().unwrap()];
+    let watcher = wskafka::mint(SECRET, "me", grants, std::time::Duration::from_secs(600));
+    let mut me = a.connect(&watcher).await;
+    let status = me
+        .call(json!({"type": "online", "id": 1, "users": ["friend-1", "friend-2"], "watch": true}))
+        .await;
+    assert_eq!(
+        status,
+        json!({"type": "online", "id": 1, "users": {"friend-1": false, "friend-2": false}})
+    );
+    let friend = b.connect(&cluster.token("friend-1", &[])).await;
+    assert_eq!(
+        me.recv().await,
+        json!({"type": "status", "user": "friend-1", "online": true})
+    );
+    let mut again = b.connect(&cluster.token("friend-1", &[])).await;
+    // Served: its socket is on the roster before the first one leaves it.
+    assert_eq!(again.call(json!({"type": "ping"})).await["type"], "pong");
+    drop(friend);
+    drop(again);
+    // One socket more and one less: only the last close is a change.
+    assert_eq!(
+        me.recv().await,
+        json!({"type": "status", "user": "friend-1", "online": false})
+    );
+    let refused = me.call(json!({"type": "online", "users": ["boss"]})).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+}
