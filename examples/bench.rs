@@ -568,10 +568,10 @@ const PRESENCE_MEMBERS: usize = 10_000;
 /// Joins, and signals, timed one at a time from one hub to the other.
 const PRESENCE_SAMPLES: usize = 300;
 
-/// The subscribe of the presence scenario: room `key`, with joins and signals.
-fn enter_room(key: &str) -> String {
+/// The subscribe of the presence scenario: room `key`, with joins and signals or without.
+fn enter_room(key: &str, told: bool) -> String {
     format!(
-        r#"{{"type":"subscribe","id":"s","topic":"bench.rooms","key":"{key}","presence":true,"signals":true}}"#
+        r#"{{"type":"subscribe","id":"s","topic":"bench.rooms","key":"{key}","presence":{told},"signals":{told}}}"#
     )
 }
 
@@ -597,7 +597,7 @@ async fn presence(binary: &Path, kafka: &Broker, work: &Path) {
     println!("two hubs with presence on, both on core 0");
     let mut observer = a.open(&a.ws_url("observer")).await;
     observer
-        .send(Message::text(enter_room("timed")))
+        .send(Message::text(enter_room("timed", true)))
         .await
         .unwrap();
     let reply = next_text(&mut observer).await.unwrap();
@@ -610,7 +610,7 @@ async fn presence(binary: &Path, kafka: &Broker, work: &Path) {
         let user = format!(r#""user":"member-{n}""#);
         let sent = Instant::now();
         member
-            .send(Message::text(enter_room("timed")))
+            .send(Message::text(enter_room("timed", true)))
             .await
             .unwrap();
         loop {
@@ -627,9 +627,21 @@ async fn presence(binary: &Path, kafka: &Broker, work: &Path) {
     // Signals from hub b to a subscriber on hub a, each stamped with its send time.
     let mut sender = b.open(&b.ws_url("typist")).await;
     sender
-        .send(Message::text(enter_room("timed")))
+        .send(Message::text(enter_room("timed", true)))
         .await
         .unwrap();
+    // The first signal sets up the producer's connection and the topic's metadata.
+    sender
+        .send(Message::text(
+            r#"{"type":"signal","topic":"bench.rooms","key":"timed","payload":"warm-up"}"#,
+        ))
+        .await
+        .unwrap();
+    while !next_text(&mut observer)
+        .await
+        .expect("the warm-up signal")
+        .contains("warm-up")
+    {}
     let mut signals = histogram();
     for n in 0..PRESENCE_SAMPLES {
         let signal = format!(
@@ -668,7 +680,7 @@ async fn presence(binary: &Path, kafka: &Broker, work: &Path) {
             async move {
                 let mut socket = b.open(&b.ws_url(&format!("crowd-{n}"))).await;
                 socket
-                    .send(Message::text(enter_room("crowd")))
+                    .send(Message::text(enter_room("crowd", false)))
                     .await
                     .unwrap();
                 let reply = next_text(&mut socket).await.expect("a reply");

@@ -119,6 +119,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_ROSTER_LIMIT", default_value_t = 10_000)]
     pub roster_limit: usize,
 
+    /// Members past which a room pushes no joins or leaves: each would be a frame to every
+    /// member that asked for them. `presence` still lists it.
+    #[arg(long, env = "WSKAFKA_JOIN_LEAVE_LIMIT", default_value_t = 1000)]
+    pub join_leave_limit: usize,
+
     /// Members one `presence` answer lists; more come on request.
     #[arg(long, env = "WSKAFKA_PRESENCE_PAGE", default_value_t = 100)]
     pub presence_page: usize,

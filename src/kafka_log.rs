@@ -216,8 +216,8 @@ impl KafkaLog {
                 None => self.line(Level::Debug, format!("{error}: {reason}")),
             },
             // Each broker's own outage says it already; and an exposed pattern that no topic
-            // matches yet is normal.
-            Some(C::AllBrokersDown | C::UnknownTopicOrPartition) => {
+            // matches yet is normal. Readers that asked for it (`enable.partition.eof`) hear of a partition's end.
+            Some(C::AllBrokersDown | C::UnknownTopicOrPartition | C::PartitionEOF) => {
                 self.line(Level::Debug, format!("{error}: {reason}"))
             }
             _ => self.line(

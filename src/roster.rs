@@ -10,8 +10,9 @@
 //! order, so joins and leaves come in the same order everywhere.
 //!
 //! Membership is per user: a user's first socket in a room joins it, the last one leaves.
-//! A room past `WSKAFKA_ROSTER_LIMIT` members keeps a count of subscriptions only, until it
-//! empties: large rooms answer with counts, and push no joins or leaves.
+//! A room past `WSKAFKA_JOIN_LEAVE_LIMIT` members pushes no joins or leaves (each would be a
+//! frame to every member), and one past `WSKAFKA_ROSTER_LIMIT` keeps a count of
+//! subscriptions only, until it empties: large rooms answer with counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,16 +125,20 @@ pub struct Roster {
     /// Whether the roster topic has been read up to where it ended when the hub started.
     caught_up: Arc<AtomicBool>,
     limit: usize,
+    /// Rooms larger than this push no joins or leaves: told to every member, each one would
+    /// cost as many frames as the room has members.
+    push_limit: usize,
     /// Per user, the sockets of this hub told when the user comes online or goes offline.
     watchers: Arc<DashMap<Arc<str>, HashMap<ConnId, Queue>>>,
 }
 
 impl Roster {
-    pub fn new(limit: usize) -> Roster {
+    pub fn new(limit: usize, push_limit: usize) -> Roster {
         Roster {
             state: Arc::default(),
             caught_up: Arc::default(),
             limit,
+            push_limit,
             watchers: Arc::default(),
         }
     }
@@ -282,10 +287,12 @@ impl Roster {
                 tracing::info!(topic = %room.topic, key = ?room.key, limit = self.limit, "a room grew past the roster limit: counting only");
                 return;
             }
-            changes.push(Change::Join {
-                room: room.clone(),
-                user: user.clone(),
-            });
+            if members.users.len() <= self.push_limit {
+                changes.push(Change::Join {
+                    room: room.clone(),
+                    user: user.clone(),
+                });
+            }
         }
     }
 
@@ -309,11 +316,13 @@ impl Roster {
         if let Some(held) = members.users.get_mut(user) {
             *held -= 1;
             if *held == 0 {
+                if members.users.len() <= self.push_limit {
+                    changes.push(Change::Leave {
+                        room: room.clone(),
+                        user: user.clone(),
+                    });
+                }
                 members.users.remove(user);
-                changes.push(Change::Leave {
-                    room: room.clone(),
-                    user: user.clone(),
-                });
             }
         }
         if members.users.is_empty() {
@@ -524,7 +533,7 @@ mod tests {
 
     #[test]
     fn a_user_with_two_sockets_is_one_member_and_leaves_with_the_last() {
-        let roster = Roster::new(100);
+        let roster = Roster::new(100, 100);
         let lobby = Room::new("rooms", Some("lobby"));
         let changes = roster.apply("s1", state("alice", &[("rooms", Some("lobby"))]));
         assert!(changes.contains(&Change::Join {
@@ -567,7 +576,7 @@ mod tests {
 
     #[test]
     fn moving_between_rooms_of_a_topic_leaves_one_joins_the_other_and_stays_in_the_topic() {
-        let roster = Roster::new(100);
+        let roster = Roster::new(100, 100);
         roster.apply("s", state("bob", &[("rooms", Some("a"))]));
         let changes = roster.apply("s", state("bob", &[("rooms", Some("b"))]));
         assert_eq!(
@@ -586,8 +595,30 @@ mod tests {
     }
 
     #[test]
+    fn a_room_past_the_push_limit_lists_its_members_but_tells_no_joins() {
+        let roster = Roster::new(100, 2);
+        let room = Room::new("t", Some("r"));
+        let joins = |changes: Vec<Change>| {
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::Join { room: r, .. } if *r == room))
+                .count()
+        };
+        assert_eq!(joins(roster.apply("a", state("a", &[("t", Some("r"))]))), 1);
+        assert_eq!(joins(roster.apply("b", state("b", &[("t", Some("r"))]))), 1);
+        assert_eq!(joins(roster.apply("c", state("c", &[("t", Some("r"))]))), 0);
+        assert_eq!(names(&roster, &room), ["a", "b", "c"]);
+        let leaves = roster.apply("c", None);
+        assert!(
+            !leaves
+                .iter()
+                .any(|c| matches!(c, Change::Leave { room: r, .. } if *r == room))
+        );
+    }
+
+    #[test]
     fn a_room_past_the_limit_counts_only_and_pages_list_the_rest_in_order() {
-        let roster = Roster::new(3);
+        let roster = Roster::new(3, 3);
         let room = Room::new("t", Some("big"));
         for n in 0..5 {
             roster.apply(
@@ -607,7 +638,7 @@ mod tests {
             "an emptied room lists again"
         );
 
-        let roster = Roster::new(100);
+        let roster = Roster::new(100, 100);
         for user in ["d", "a", "c", "b"] {
             roster.apply(user, state(user, &[("t", None)]));
         }
@@ -629,7 +660,7 @@ mod tests {
         fn joins_and_leaves_follow_the_roster_exactly(
             steps in prop::collection::vec((0usize..6, prop::collection::vec(0usize..3, 0..3), any::<bool>()), 1..60),
         ) {
-            let roster = Roster::new(1000);
+            let roster = Roster::new(1000, 1000);
             let users = ["ann", "ben", "cy"];
             let keys = ["x", "y", "z"];
             let mut told: HashMap<Room, HashMap<Arc<str>, i32>> = HashMap::new();

@@ -179,7 +179,7 @@ pub async fn serve(
     let roster = config
         .presence_topic
         .is_some()
-        .then(|| Roster::new(config.roster_limit));
+        .then(|| Roster::new(config.roster_limit, config.join_leave_limit));
     let follower = match &roster {
         Some(roster) => Some(
             Follower::start(
