@@ -25,6 +25,7 @@ use hdrhistogram::Histogram;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,9 +44,12 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,history,presence"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence"
     )]
     scenarios: Vec<String>,
+    /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it).
+    #[arg(long, env = "CENTRIFUGO")]
+    centrifugo: PathBuf,
     /// Sockets held open by the idle scenario; the hub's cap is set to this many.
     #[arg(long, default_value_t = 19_000)]
     idle: usize,
@@ -109,16 +113,26 @@ async fn main() {
         ("bench.slow", 1),
         ("bench.history", 4),
         ("bench.rooms", 4),
+        (STORM_TOPIC, 1),
         ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
+    }
+    for topic in CENTRIFUGO_TOPICS {
+        kafka.create_topic(topic, 1).await;
     }
     kafka.warm_up().await;
     let hub_binary = examples.join("../wskafka");
     let hub = Server::hub(&hub_binary, &kafka.addr, &work, args.idle, "hub", &[]).await;
     let bare = Server::bare(&examples.join("bare_broadcast")).await;
+    let centrifugo = Server::centrifugo(&args.centrifugo, &kafka.addr, &work).await;
+    let servers = Servers {
+        hub,
+        bare,
+        centrifugo,
+    };
     println!(
-        "machine: {} cores; hub and bare server on core 0, load generator on core 1",
+        "machine: {} cores; hub, bare server and Centrifugo on core 0, load generator on core 1",
         // Not available_parallelism: this process is pinned to one of them.
         std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
@@ -130,14 +144,20 @@ async fn main() {
     for scenario in &args.scenarios {
         println!("\n== {scenario}");
         let broker = Usage::of(&kafka.pid);
+        let Servers {
+            hub,
+            bare,
+            centrifugo,
+        } = &servers;
         match scenario.as_str() {
-            "idle" => idle(&hub, args.idle).await,
-            "fanout" => fanout(&hub, &bare, &kafka, &args).await,
-            "ingest" => ingest(&hub, &bare, &kafka, &args).await,
-            "latency" => latency(&hub, &bare, &kafka, &args).await,
-            "slow" => slow(&hub, &kafka, &args).await,
-            "room" => room(&hub, &bare, &kafka, args.room).await,
-            "history" => history(&hub, &kafka, &args).await,
+            "idle" => idle(&servers, args.idle).await,
+            "fanout" => fanout(&servers, &kafka, &args).await,
+            "ingest" => ingest(hub, bare, &kafka, &args).await,
+            "latency" => latency(&servers, &kafka, &args).await,
+            "slow" => slow(&servers, &kafka, &args).await,
+            "room" => room(&servers, &kafka, args.room).await,
+            "storm" => storm(&servers, &kafka, &args).await,
+            "history" => history(hub, &kafka, &args).await,
             "presence" => presence(&hub_binary, &kafka, &work).await,
             other => panic!("no scenario called {other}"),
         }
@@ -147,6 +167,7 @@ async fn main() {
             Usage::of(&kafka.pid).rss_kib / 1024
         );
         hub.wait_idle().await;
+        centrifugo.wait_idle().await;
         // The next scenario starts once the broker has settled what this one left it.
         wait_quiet(&kafka.pid, 0.2).await;
     }
@@ -165,44 +186,80 @@ async fn wait_quiet(pid: &str, share: f64) {
 
 // ---- Scenarios -------------------------------------------------------------------------
 
-async fn idle(hub: &Server, count: usize) {
-    let before = hub.usage();
-    let client = Usage::of_self();
-    let sockets = hub.subscribers("bench.idle", count).await;
-    let after = hub.usage();
-    let per_socket = (after.rss_kib - before.rss_kib) as f64 / count as f64;
-    println!(
-        "{count} sockets open and subscribed: hub RSS {} -> {} KiB, {per_socket:.1} KiB per socket",
-        before.rss_kib, after.rss_kib
-    );
+/// The servers under test, all on core 0.
+struct Servers {
+    hub: Server,
+    bare: Server,
+    centrifugo: Server,
+}
+
+async fn idle(servers: &Servers, count: usize) {
+    let (hub, centrifugo) = (&servers.hub, &servers.centrifugo);
+    let per_socket = async |server: &Server| {
+        let before = server.usage();
+        let client = Usage::of_self();
+        let sockets = server.subscribers("bench.idle", count).await;
+        let after = server.usage();
+        let per_socket = (after.rss_kib - before.rss_kib) as f64 / count as f64;
+        println!(
+            "{}: {count} sockets open and subscribed: RSS {} -> {} KiB, {per_socket:.1} KiB per socket",
+            server.label(),
+            before.rss_kib,
+            after.rss_kib
+        );
+        report_client(&client);
+        (per_socket, sockets)
+    };
+    let (hub_kib, sockets) = per_socket(hub).await;
     let over = match hub.try_open(&hub.ws_url("idle")).await {
         Ok(_) => "ACCEPTED (the cap did not hold)".to_string(),
         Err(tungstenite::Error::Http(response)) => format!("HTTP {}", response.status()),
         Err(e) => format!("failed without an answer: {e}"),
     };
-    println!("socket {} (over the cap): {over}", count + 1);
-    report_client(&client);
+    println!("hub socket {} (over the cap): {over}", count + 1);
     drop(sockets);
+    hub.wait_idle().await;
+    let (centrifugo_kib, sockets) = per_socket(centrifugo).await;
+    drop(sockets);
+    println!(
+        "idle: memory per socket hub / Centrifugo = {:.2} (target: <= 0.5)",
+        hub_kib / centrifugo_kib
+    );
 }
 
 /// Records go out in bursts that fit the per-socket queues (which both servers have), each
 /// burst sent as fast as possible and the next one only once every socket had the last:
 /// the figure is how fast a server empties full queues onto many sockets.
-async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
+async fn fanout(servers: &Servers, kafka: &Broker, args: &Args) {
+    let Servers {
+        hub,
+        bare,
+        centrifugo,
+    } = servers;
     let n = args.subscribers;
     let bursts = args.records.div_ceil(BURST * ROUNDS);
     let topic = "bench.fanout";
 
     // The bare server gets one more socket, which publishes frames shaped like the hub's
-    // messages. Both servers' readers stay open and the rounds alternate, so that a machine
-    // slowing down over the scenario weighs on both sides of every ratio.
+    // messages. Every server's readers stay open and the rounds alternate, so that a machine
+    // slowing down over the scenario weighs on every side of every ratio.
     let bare_readers = spawn_counters(bare.sockets(n).await);
     let mut publisher = bare.open(&bare.ws_url("publisher")).await;
     let hub_readers = spawn_counters(hub.subscribers(topic, n).await);
+    let centrifugo_readers = spawn_counters(centrifugo.subscribers(topic, n).await);
     let producer = kafka.producer(&[]);
-    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (hub_route, centrifugo_route) = (hub.route(topic), centrifugo.route(topic));
+    // A burst through each Kafka path before anything is timed.
+    for (route, readers) in [
+        (&hub_route, &hub_readers),
+        (&centrifugo_route, &centrifugo_readers),
+    ] {
+        kafka_burst(&producer, route).await;
+        readers.wait_for(n * BURST).await;
+    }
+    let (mut to_bare, mut to_centrifugo, mut per_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let bare_rate = burst_rate(bare, &bare_readers, round, bursts, async || {
+        let (bare_rate, _) = burst_rate(bare, &bare_readers, round, bursts, async || {
             for i in 0..BURST {
                 let frame = message_frame(topic, i, payload(now_us(), i));
                 publisher.feed(Message::text(frame)).await.unwrap();
@@ -210,25 +267,31 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
             publisher.flush().await.unwrap();
         })
         .await;
-        let hub_rate = burst_rate(hub, &hub_readers, round, bursts, async || {
-            let mut acks = Vec::with_capacity(BURST);
-            for i in 0..BURST {
-                acks.push(produce(&producer, topic, payload(now_us(), i)).await);
-            }
-            for ack in acks {
-                ack.await.unwrap().expect("the broker took the record");
-            }
+        let (hub_rate, hub_cpu) = burst_rate(hub, &hub_readers, round, bursts, async || {
+            kafka_burst(&producer, &hub_route).await
         })
         .await;
-        ratios.push(hub_rate / bare_rate);
+        let (centrifugo_rate, centrifugo_cpu) =
+            burst_rate(centrifugo, &centrifugo_readers, round, bursts, async || {
+                kafka_burst(&producer, &centrifugo_route).await
+            })
+            .await;
+        to_bare.push(hub_rate / bare_rate);
+        to_centrifugo.push(hub_rate / centrifugo_rate);
+        per_cpu.push((hub_rate / hub_cpu) / (centrifugo_rate / centrifugo_cpu));
     }
-    drop((bare_readers, hub_readers, publisher));
-    let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    ratios.sort_by(f64::total_cmp);
+    drop((bare_readers, hub_readers, centrifugo_readers, publisher));
     println!(
-        "fan-out bursts: hub / bare = {:.2}, the median of rounds {} (target: >= 0.75; bursts >= 1000000/s)",
-        ratios[ROUNDS / 2],
-        rounds.join(", ")
+        "fan-out bursts: hub / bare = {} (target: >= 0.75; bursts >= 1000000/s)",
+        median_of(to_bare)
+    );
+    println!(
+        "fan-out bursts: hub / Centrifugo = {}",
+        median_of(to_centrifugo)
+    );
+    println!(
+        "fan-out bursts, deliveries per CPU-second: hub / Centrifugo = {} (target: >= 2)",
+        median_of(per_cpu)
     );
 
     // As many sockets, fed a steady stream at the target rate: kept up with means every
@@ -242,16 +305,53 @@ async fn fanout(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     );
     let (bare_latency, bare_cpu) = paced_bare(bare, args, rate).await;
     print_latency("bare axum, publisher socket to subscriber", &bare_latency);
-    let run = timed_run(hub, kafka, topic, args, rate, n, 0).await;
-    let (hub_latency, hub_cpu) = (run.hub, run.cpu);
-    print_latency("hub, record produced to subscriber", &hub_latency);
+    let mut per_cpu_second = Vec::new();
+    for server in [hub, centrifugo] {
+        let run = timed_run(server, kafka, topic, args, rate, n, 0).await;
+        print_latency(
+            &format!("{}, record produced to subscriber", server.label()),
+            &run.socket,
+        );
+        let delivered = run.socket.len();
+        let per_cpu = delivered as f64 / (run.cpu * args.seconds as f64);
+        println!(
+            "{}: delivered {delivered} of {expected} at {:.0}% of its core: {per_cpu:.0} deliveries per CPU-second",
+            server.label(),
+            run.cpu * 100.0,
+        );
+        per_cpu_second.push(per_cpu);
+    }
     println!(
-        "paced fan-out: delivered {} of {expected} (hub), {} of {expected} (bare); server CPU hub {:.0}%, bare axum {:.0}% (target: >= 150000/s)",
-        hub_latency.len(),
+        "paced fan-out: bare axum delivered {} of {expected} at {:.0}% of its core (target: >= 150000/s)",
         bare_latency.len(),
-        hub_cpu * 100.0,
         bare_cpu * 100.0
     );
+    println!(
+        "paced fan-out, deliveries per CPU-second: hub / Centrifugo = {:.2} (target: >= 2)",
+        per_cpu_second[0] / per_cpu_second[1]
+    );
+}
+
+/// "m, the median of rounds a, b, c".
+fn median_of(mut ratios: Vec<f64>) -> String {
+    let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "{:.2}, the median of rounds {}",
+        ratios[ratios.len() / 2],
+        rounds.join(", ")
+    )
+}
+
+/// `BURST` records produced as fast as the producer takes them, each acked.
+async fn kafka_burst(producer: &FutureProducer, route: &Route) {
+    let mut acks = Vec::with_capacity(BURST);
+    for i in 0..BURST {
+        acks.push(produce(producer, route, payload(now_us(), i)).await);
+    }
+    for ack in acks {
+        ack.await.unwrap().expect("the broker took the record");
+    }
 }
 
 /// Records per fan-out burst: under the servers' 1024-frame queues.
@@ -261,14 +361,15 @@ const ROUNDS: usize = 3;
 
 /// Deliveries per second from `server` to the sockets behind `delivered` over `bursts`
 /// calls of `send_burst` (`BURST` records each), timing each burst until every socket has
-/// it; prints the rate and the CPU both sides used.
+/// it; prints the rate and the CPU both sides used, and returns the rate and the server's
+/// share of its core.
 async fn burst_rate(
     server: &Server,
     delivered: &Counters,
     round: usize,
     bursts: usize,
     mut send_burst: impl AsyncFnMut(),
-) -> f64 {
+) -> (f64, f64) {
     let n = delivered.tasks.len();
     let (client, before) = (Usage::of_self(), server.usage());
     let mut elapsed = Duration::ZERO;
@@ -280,17 +381,18 @@ async fn burst_rate(
         elapsed += started.elapsed();
     }
     let rate = (n * BURST * bursts) as f64 / elapsed.as_secs_f64();
+    let cpu = server.usage().cpu_since(&before);
     println!(
         "round {round}: {}: {bursts} bursts of {BURST} records to {n} sockets: {rate:.0} deliveries/s, server CPU {:.0}%",
         server.label(),
-        server.usage().cpu_since(&before) * 100.0
+        cpu * 100.0
     );
     report_client(&client);
-    rate
+    (rate, cpu)
 }
 
 async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
-    let topic = "bench.ingest";
+    let route = Route::plain("bench.ingest");
     let duration = Duration::from_secs(args.seconds);
     let in_flight = args.publishers * args.window;
 
@@ -303,7 +405,7 @@ async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let mut i = 0;
     while started.elapsed() < duration {
         let permit = permits.clone().acquire_owned().await.unwrap();
-        let ack = produce(&producer, topic, payload(now_us(), i)).await;
+        let ack = produce(&producer, &route, payload(now_us(), i)).await;
         let acked = acked.clone();
         tokio::spawn(async move {
             if let Ok(Ok(_)) = ack.await {
@@ -373,78 +475,402 @@ async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
     (rate, cpu)
 }
 
-/// Twice: to one subscriber, where the hub's own path is all it adds, and fanned out to
-/// `--subscribers`, beside the bare server fanning out the same load.
-async fn latency(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
+/// To one subscriber, where the server's own path is all it adds, and fanned out to
+/// `--subscribers`: first at fixed rates, the same for every server, then at half of each
+/// server's own saturation rate, and both at half of the lower one.
+async fn latency(servers: &Servers, kafka: &Broker, args: &Args) {
+    let Servers {
+        hub,
+        bare,
+        centrifugo,
+    } = servers;
+    let topic = "bench.latency";
     let rate = args.single_rate;
     println!("{rate:.1} records/s to one subscriber");
-    print_added(&timed_run(hub, kafka, "bench.latency", args, rate, 1, 0).await);
+    let mut runs = Vec::new();
+    for server in [hub, centrifugo] {
+        let run = timed_run(server, kafka, topic, args, rate, 1, 0).await;
+        print_added(server, &run);
+        runs.push(run);
+    }
+    compare_p99(&format!("one subscriber at {rate:.0} records/s"), &runs);
 
-    let rate = args.rate;
-    println!("{rate:.1} records/s to {} subscribers", args.subscribers);
+    let (rate, n) = (args.rate, args.subscribers);
+    println!("{rate:.1} records/s to {n} subscribers");
     let (bare_latency, bare_cpu) = paced_bare(bare, args, rate).await;
     print_latency("bare axum, publisher socket to subscriber", &bare_latency);
-    let run = timed_run(hub, kafka, "bench.latency", args, rate, args.subscribers, 0).await;
-    println!(
-        "server CPU at this rate: hub {:.0}%, bare axum {:.0}%: bare / hub = {:.2} (the share of the bare server's sustained fan-out the hub reaches)",
-        run.cpu * 100.0,
-        bare_cpu * 100.0,
-        bare_cpu / run.cpu
-    );
-    print_added(&run);
+    let mut runs = Vec::new();
+    for server in [hub, centrifugo] {
+        let run = timed_run(server, kafka, topic, args, rate, n, 0).await;
+        println!(
+            "server CPU at this rate: {} {:.0}%, bare axum {:.0}%: bare / {0} = {:.2} (the share of the bare server's sustained fan-out it reaches)",
+            server.label(),
+            run.cpu * 100.0,
+            bare_cpu * 100.0,
+            bare_cpu / run.cpu
+        );
+        print_added(server, &run);
+        runs.push(run);
+    }
+    compare_p99(&format!("{n} subscribers at {rate:.0} records/s"), &runs);
+
+    // Each at half of its own saturation, then both at half of the lower one: the first
+    // loads the faster server more, the second compares the two under the same load.
+    for subscribers in [1, n] {
+        let mut p99 = Vec::new();
+        let mut lowest = f64::INFINITY;
+        for server in [hub, centrifugo] {
+            let saturation = saturation(server, kafka, topic, subscribers).await;
+            lowest = lowest.min(saturation);
+            let rate = saturation / 2.0;
+            println!(
+                "{}: saturates at {saturation:.0} records/s to {subscribers} subscribers; at half, {rate:.0} records/s:",
+                server.label()
+            );
+            let run = timed_run(server, kafka, topic, args, rate, subscribers, 0).await;
+            print_delivered(server, &run, rate, subscribers, args);
+            p99.push(run.socket.value_at_quantile(0.99) as f64);
+        }
+        println!(
+            "{subscribers} subscribers at half of each one's saturation: p99 hub / Centrifugo = {:.2} (target: <= 1)",
+            p99[0] / p99[1]
+        );
+        let rate = lowest / 2.0;
+        println!(
+            "both at {rate:.0} records/s to {subscribers} subscribers, half of the lower saturation:"
+        );
+        let mut runs = Vec::new();
+        for server in [hub, centrifugo] {
+            let run = timed_run(server, kafka, topic, args, rate, subscribers, 0).await;
+            print_delivered(server, &run, rate, subscribers, args);
+            runs.push(run);
+        }
+        compare_p99(
+            &format!("{subscribers} subscribers at {rate:.0} records/s"),
+            &runs,
+        );
+    }
 }
+
+/// A run's end-to-end latency and how many of the records sent reached its subscribers: a
+/// socket the server closed for falling behind (the hub's `lagged`) stops counting there.
+fn print_delivered(server: &Server, run: &Run, rate: f64, subscribers: usize, args: &Args) {
+    print_latency(&format!("{} end to end", server.label()), &run.socket);
+    let sent = (rate * args.seconds as f64) as usize * subscribers;
+    println!(
+        "{}: delivered {} of {sent} ({:.1}%)",
+        server.label(),
+        run.socket.len(),
+        run.socket.len() as f64 * 100.0 / sent as f64
+    );
+}
+
+/// The hub's p99 over Centrifugo's, end to end and as added to the plain consumer's in the
+/// same run (which takes out what Kafka's own jitter did differently in the two runs).
+fn compare_p99(what: &str, runs: &[Run]) {
+    let [hub, centrifugo] = runs else {
+        unreachable!("one run per server")
+    };
+    let added = |run: &Run| {
+        run.added[((run.added.len() as f64 * 0.99) as usize).min(run.added.len() - 1)] as f64
+    };
+    println!(
+        "{what}: p99 hub / Centrifugo = {:.2} end to end, {:.2} added to Kafka's (target: <= 1)",
+        hub.socket.value_at_quantile(0.99) as f64
+            / centrifugo.socket.value_at_quantile(0.99) as f64,
+        added(hub) / added(centrifugo)
+    );
+}
+
+/// Records per second `server` delivers to each of `subscribers` sockets when records
+/// come as fast as it takes them: bursts of `BURST`, each timed until every socket had it.
+async fn saturation(server: &Server, kafka: &Broker, topic: &str, subscribers: usize) -> f64 {
+    let readers = spawn_counters(server.subscribers(topic, subscribers).await);
+    let producer = kafka.producer(&[]);
+    let route = server.route(topic);
+    let (rate, _) = burst_rate(server, &readers, 1, SATURATION_BURSTS, async || {
+        kafka_burst(&producer, &route).await
+    })
+    .await;
+    drop(readers);
+    server.wait_idle().await;
+    rate / subscribers as f64
+}
+
+/// Bursts that measure a saturation rate.
+const SATURATION_BURSTS: usize = 10;
 
 /// End to end, the plain path, and what the hub adds to it: per record and subscriber, its
 /// arrival at the socket minus its arrival at the plain consumer, which fetched the same
 /// record from the same broker (so a stall of Kafka's own weighs on both sides).
-fn print_added(run: &Run) {
-    print_latency("hub end to end", &run.hub);
+fn print_added(server: &Server, run: &Run) {
+    let name = server.label();
+    print_latency(&format!("{name} end to end"), &run.socket);
     print_latency("plain rdkafka produce to consume", &run.plain);
     let added = |q: f64| {
         let at = ((run.added.len() as f64 * q) as usize).min(run.added.len() - 1);
         run.added[at] as f64 / 1e3
     };
     println!(
-        "hub-added latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (target at one subscriber: <= 0.5 ms and <= 3 ms)",
+        "{name}-added latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (hub target at one subscriber: <= 0.5 ms and <= 3 ms)",
         added(0.5),
         added(0.99),
         added(0.999)
     );
 }
 
-async fn slow(hub: &Server, kafka: &Broker, args: &Args) {
+async fn slow(servers: &Servers, kafka: &Broker, args: &Args) {
     let rate = args.rate;
     let stalled = args.subscribers / 10;
     println!(
         "{rate:.1} records/s to {} subscribers, clean and then with {stalled} not reading",
         args.subscribers
     );
-    let clean = timed_run(hub, kafka, "bench.slow", args, rate, args.subscribers, 0)
-        .await
-        .hub;
-    print_latency("clean run, every subscriber", &clean);
-    hub.wait_idle().await;
-    let lagged = hub.metric("wskafka_lagged_closes_total").await;
-    let healthy = timed_run(
-        hub,
-        kafka,
-        "bench.slow",
-        args,
-        rate,
-        args.subscribers,
-        stalled,
-    )
-    .await
-    .hub;
-    print_latency("with stalled sockets, healthy subscribers", &healthy);
+    let mut p99 = Vec::new();
+    for server in [&servers.hub, &servers.centrifugo] {
+        let name = server.label();
+        let topic = "bench.slow";
+        let clean = timed_run(server, kafka, topic, args, rate, args.subscribers, 0).await;
+        print_latency(
+            &format!("{name}, clean run, every subscriber"),
+            &clean.socket,
+        );
+        server.wait_idle().await;
+        let lagged = server.metric("wskafka_lagged_closes_total").await;
+        let healthy = timed_run(server, kafka, topic, args, rate, args.subscribers, stalled)
+            .await
+            .socket;
+        print_latency(
+            &format!("{name}, with stalled sockets, healthy subscribers"),
+            &healthy,
+        );
+        if server.kind == Kind::Hub {
+            println!(
+                "stalled sockets closed as lagged during the run: {}",
+                server.metric("wskafka_lagged_closes_total").await - lagged
+            );
+        }
+        let (clean, healthy) = (
+            clean.socket.value_at_quantile(0.99) as f64,
+            healthy.value_at_quantile(0.99) as f64,
+        );
+        println!(
+            "{name}: healthy p99 / clean p99 = {:.2} (hub target: <= 1.2)",
+            healthy / clean
+        );
+        p99.push(healthy);
+        server.wait_idle().await;
+    }
     println!(
-        "stalled sockets closed as lagged during the run: {}",
-        hub.metric("wskafka_lagged_closes_total").await - lagged
+        "slow consumers: healthy subscribers' p99 hub / Centrifugo = {:.2} (target: <= 1)",
+        p99[0] / p99[1]
     );
+}
+
+/// The topic of the reconnect storm. Centrifugo's channel for it is in a namespace with
+/// history and recovery; the hub's subscribers resume from offsets.
+const STORM_TOPIC: &str = "bench.storm";
+
+/// Where a socket of the storm was: the offset of the last record it had, and Centrifugo's
+/// stream epoch, which recovery also needs.
+#[derive(Default)]
+struct Position {
+    offset: Option<u64>,
+    epoch: Option<String>,
+}
+
+/// `--subscribers` sockets read `--rate` records/s for `--seconds`; a third of the way in
+/// every one of them drops at once, reconnects and resumes where it left off: the hub's
+/// from the next offset, Centrifugo's from its history by epoch and offset. Measured: how
+/// long after the drop each socket was caught up (it had every record sent so far, then
+/// one sent after it resubscribed), and records lost or delivered twice.
+async fn storm(servers: &Servers, kafka: &Broker, args: &Args) {
+    let (n, rate) = (args.subscribers, args.rate);
+    let total = (rate * args.seconds as f64) as usize;
     println!(
-        "healthy p99 / clean p99 = {:.2} (target: <= 1.2)",
-        healthy.value_at_quantile(0.99) as f64 / clean.value_at_quantile(0.99) as f64
+        "{rate:.1} records/s to {n} subscribers for {} s; after {:.1} s every socket drops at once, reconnects and resumes",
+        args.seconds,
+        args.seconds as f64 / 3.0
     );
+    let mut slowest = Vec::new();
+    for server in [&servers.hub, &servers.centrifugo] {
+        let producer = kafka.producer(&[]);
+        let route = server.route(STORM_TOPIC);
+        let mut sockets: Vec<Storm> = stream::iter(0..n)
+            .map(|k| async move {
+                let user = format!("storm-{k}");
+                let position = Position::default();
+                let (socket, lines) = server.subscribe(STORM_TOPIC, &user, &position).await;
+                let mut storm = Storm {
+                    user,
+                    socket: Some(socket),
+                    position,
+                    received: vec![0; total],
+                    contiguous: 0,
+                    dropped_at: None,
+                    resubscribed_at: u64::MAX,
+                    caught_up: None,
+                };
+                storm.take(&lines);
+                storm
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        // Each socket has a record, so a position, before the stream starts.
+        drop(
+            produce(&producer, &route, r#"{"warm":true}"#.into())
+                .await
+                .await,
+        );
+        for storm in &mut sockets {
+            while storm.position.offset.is_none() {
+                let socket = storm.socket.as_mut().unwrap();
+                let frame = next_text(socket).await.expect("the warm-up record");
+                storm.take(&frame.lines().collect::<Vec<_>>());
+            }
+        }
+        let (client, before) = (Usage::of_self(), server.usage());
+        let (drop_all, dropped) = tokio::sync::watch::channel(None);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs_f64(total as f64 / rate + 60.0);
+        let sending = paced(rate, total, async |i, sent| {
+            if i == total / 3 {
+                drop_all.send_replace(Some(now_us()));
+            }
+            drop(produce(&producer, &route, payload(sent, i)).await);
+        });
+        let reading = futures_util::future::join_all(
+            sockets
+                .into_iter()
+                .map(|storm| storm.run(server, dropped.clone(), deadline)),
+        );
+        let ((), sockets) = tokio::join!(sending, reading);
+        println!(
+            "  {} CPU {:.0}%",
+            server.label(),
+            server.usage().cpu_since(&before) * 100.0
+        );
+        report_client(&client);
+        let mut caught_up = histogram();
+        let (mut lost, mut repeated, mut behind) = (0, 0, 0);
+        for storm in &sockets {
+            lost += storm.received.iter().filter(|&&c| c == 0).count();
+            repeated += storm
+                .received
+                .iter()
+                .map(|&c| usize::from(c).saturating_sub(1))
+                .sum::<usize>();
+            match storm.caught_up {
+                Some(after) => caught_up.record(after.max(1)).unwrap(),
+                None => behind += 1,
+            }
+        }
+        print_latency(
+            &format!("{}: from the drop until caught up", server.label()),
+            &caught_up,
+        );
+        println!(
+            "{}: {lost} records lost, {repeated} delivered twice, {behind} sockets never caught up, of {} ({total} records to each of {n} sockets)",
+            server.label(),
+            total * n
+        );
+        slowest.push(caught_up.max() as f64);
+        drop(sockets);
+        server.wait_idle().await;
+    }
+    println!(
+        "storm: last socket caught up, hub / Centrifugo = {:.2} (target: <= 1, and no loss)",
+        slowest[0] / slowest[1]
+    );
+}
+
+/// One socket of the storm, and what it has had of the stream.
+struct Storm {
+    user: String,
+    /// None between the drop and the new socket.
+    socket: Option<Socket>,
+    position: Position,
+    /// Per record index, how many times it arrived.
+    received: Vec<u8>,
+    /// Records `0..contiguous` have all arrived.
+    contiguous: usize,
+    dropped_at: Option<u64>,
+    resubscribed_at: u64,
+    /// From the drop until the socket was caught up, in µs.
+    caught_up: Option<u64>,
+}
+
+impl Storm {
+    /// Reads until the last record arrives or the deadline passes; when `dropped` says so,
+    /// drops the socket and resubscribes from its position.
+    async fn run(
+        mut self,
+        server: &Server,
+        mut dropped: tokio::sync::watch::Receiver<Option<u64>>,
+        deadline: tokio::time::Instant,
+    ) -> Storm {
+        while self.received.last() == Some(&0) {
+            let frame = tokio::select! {
+                _ = dropped.changed(), if self.dropped_at.is_none() => None,
+                frame = tokio::time::timeout_at(deadline, next_text(self.socket.as_mut().unwrap())) => {
+                    match frame {
+                        Ok(Some(frame)) => Some(frame),
+                        _ => break,
+                    }
+                }
+            };
+            match frame {
+                Some(frame) => self.take(&frame.lines().collect::<Vec<_>>()),
+                None => {
+                    self.dropped_at = *dropped.borrow();
+                    // The socket closes without a word, as a lost network would.
+                    self.socket = None;
+                    let (socket, lines) = server
+                        .subscribe(STORM_TOPIC, &self.user, &self.position)
+                        .await;
+                    self.socket = Some(socket);
+                    self.resubscribed_at = now_us();
+                    self.take(&lines);
+                }
+            }
+        }
+        self
+    }
+
+    fn take<L: AsRef<str>>(&mut self, lines: &[L]) {
+        for line in lines.iter().map(AsRef::as_ref) {
+            if line.starts_with(r#"{"id":2"#) {
+                let reply: serde_json::Value = serde_json::from_str(line).unwrap();
+                let subscribed = &reply["subscribe"];
+                if let Some(epoch) = subscribed["epoch"].as_str() {
+                    self.position.epoch = Some(epoch.to_string());
+                }
+                continue;
+            }
+            if !line.starts_with(r#"{"type":"message""#) && !line.starts_with(r#"{"push""#) {
+                continue;
+            }
+            self.position.offset = number_after(line, r#""offset":"#);
+            let Some((sent, i)) = stamp(line) else {
+                continue;
+            };
+            let Some(count) = self.received.get_mut(i) else {
+                continue;
+            };
+            *count = count.saturating_add(1);
+            while self.received.get(self.contiguous).is_some_and(|&c| c > 0) {
+                self.contiguous += 1;
+            }
+            if let Some(dropped_at) = self.dropped_at
+                && self.caught_up.is_none()
+                && self.contiguous > i
+                && sent >= self.resubscribed_at
+            {
+                self.caught_up = Some(now_us() - dropped_at);
+            }
+        }
+    }
 }
 
 const HISTORY_TOPIC: &str = "bench.history";
@@ -519,7 +945,7 @@ async fn history(hub: &Server, kafka: &Broker, args: &Args) {
     );
     let clean = timed_run(hub, kafka, "bench.latency", args, rate, args.subscribers, 0)
         .await
-        .hub;
+        .socket;
     print_latency("clean run", &clean);
     hub.wait_idle().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -549,7 +975,7 @@ async fn history(hub: &Server, kafka: &Broker, args: &Args) {
     }
     let loaded = timed_run(hub, kafka, "bench.latency", args, rate, args.subscribers, 0)
         .await
-        .hub;
+        .socket;
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         let _ = reader.await;
@@ -725,7 +1151,12 @@ async fn presence(binary: &Path, kafka: &Broker, work: &Path) {
 
 /// One record at a time to `size` subscribers, first through the bare server, then through
 /// the hub; the figure is how long the last subscriber waits for each record.
-async fn room(hub: &Server, bare: &Server, kafka: &Broker, size: usize) {
+async fn room(servers: &Servers, kafka: &Broker, size: usize) {
+    let Servers {
+        hub,
+        bare,
+        centrifugo,
+    } = servers;
     let topic = "bench.room";
     let readers = bare.sockets(size).await;
     let mut publisher = bare.open(&bare.ws_url("publisher")).await;
@@ -747,12 +1178,13 @@ async fn room(hub: &Server, bare: &Server, kafka: &Broker, size: usize) {
     let readers = hub.subscribers(topic, size).await;
     let plain = kafka.consumer_at_end();
     let producer = kafka.producer(&[]);
-    warm_up(&producer, topic, &plain).await;
+    let route = hub.route(topic);
+    warm_up(&producer, &route, &plain).await;
     let (client, server) = (Usage::of_self(), hub.usage());
     let written_before = hub.delivery_buckets().await;
     let mut plain_latency = histogram();
     let hub_last = last_deliveries(readers, async |i| {
-        let ack = produce(&producer, topic, payload(now_us(), i)).await;
+        let ack = produce(&producer, &route, payload(now_us(), i)).await;
         ack.await.unwrap().expect("the broker took the record");
         let (sent, _) = next_stamp(&plain).await;
         plain_latency.record(now_us() - sent).unwrap();
@@ -760,13 +1192,47 @@ async fn room(hub: &Server, bare: &Server, kafka: &Broker, size: usize) {
     .await;
     println!("  hub CPU {:.0}%", hub.usage().cpu_since(&server) * 100.0);
     report_client(&client);
-    // The hub's own view: from each record's Kafka timestamp to its write to the socket.
+    print_hub_side(hub, &written_before).await;
+    print_latency("hub, last delivery of each record", &hub_last);
+    print_latency("plain rdkafka produce to consume", &plain_latency);
+    hub.wait_idle().await;
+
+    let readers = centrifugo.subscribers(topic, size).await;
+    let route = centrifugo.route(topic);
+    let (client, server) = (Usage::of_self(), centrifugo.usage());
+    let centrifugo_last = last_deliveries(readers, async |i| {
+        let ack = produce(&producer, &route, payload(now_us(), i)).await;
+        ack.await.unwrap().expect("the broker took the record");
+    })
+    .await;
+    println!(
+        "  Centrifugo CPU {:.0}%",
+        centrifugo.usage().cpu_since(&server) * 100.0
+    );
+    report_client(&client);
+    print_latency("Centrifugo, last delivery of each record", &centrifugo_last);
+    let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64;
+    println!(
+        "room: hub p99 / bare p99 = {:.2} (target: hub last delivery p99 <= 60 ms)",
+        p99(&hub_last) / p99(&bare_last)
+    );
+    println!(
+        "room: last delivery p99 hub / Centrifugo = {:.2} (target: <= 1)",
+        p99(&hub_last) / p99(&centrifugo_last)
+    );
+}
+
+/// Records sent to the room, 200 ms apart so each one's fan-out is measured alone.
+const ROOM_RECORDS: usize = 30;
+
+/// The hub's own view since `before`: from each record's Kafka timestamp to its write to
+/// the socket, which tells what the hub did from what the reading side did.
+async fn print_hub_side(hub: &Server, before: &[(String, f64)]) {
     let written = hub.delivery_buckets().await;
-    let total =
-        written.last().map_or(0.0, |(_, n)| *n) - written_before.last().map_or(0.0, |(_, n)| *n);
+    let total = written.last().map_or(0.0, |(_, n)| *n) - before.last().map_or(0.0, |(_, n)| *n);
     let shares: Vec<String> = written
         .iter()
-        .zip(&written_before)
+        .zip(before)
         .filter(|((le, _), _)| {
             ["0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1"].contains(&le.as_str())
         })
@@ -776,16 +1242,7 @@ async fn room(hub: &Server, bare: &Server, kafka: &Broker, size: usize) {
         "hub-side, record timestamp to socket write: {}",
         shares.join(", ")
     );
-    print_latency("hub, last delivery of each record", &hub_last);
-    print_latency("plain rdkafka produce to consume", &plain_latency);
-    println!(
-        "room: hub p99 / bare p99 = {:.2} (target: hub last delivery p99 <= 60 ms)",
-        hub_last.value_at_quantile(0.99) as f64 / bare_last.value_at_quantile(0.99) as f64
-    );
 }
-
-/// Records sent to the room, 200 ms apart so each one's fan-out is measured alone.
-const ROOM_RECORDS: usize = 30;
 
 /// Calls `send(i)` for each record of the room and returns, per record, how long after its
 /// send time the last of `readers` had it.
@@ -806,9 +1263,7 @@ async fn last_deliveries(readers: Vec<Socket>, mut send: impl AsyncFnMut(usize))
                     else {
                         panic!("a subscriber of the room lost its socket or its records");
                     };
-                    if let Some((sent, i)) = stamp(&text)
-                        && i < ROOM_RECORDS
-                    {
+                    for (sent, i) in stamps(&text).filter(|(_, i)| *i < ROOM_RECORDS) {
                         last[i].fetch_max(now_us() - sent, Ordering::Relaxed);
                         seen += 1;
                     }
@@ -846,22 +1301,39 @@ fn message_frame(topic: &str, offset: usize, payload: String) -> String {
     )
 }
 
+/// The send time and index of each record in a frame: Centrifugo may batch several, one
+/// per line.
+fn stamps(frame: &str) -> impl Iterator<Item = (u64, usize)> {
+    frame.split('\n').filter_map(stamp)
+}
+
 /// Reads the send time and index back out of a frame carrying `payload`.
 fn stamp(frame: &str) -> Option<(u64, usize)> {
-    let number = |after: &str| -> Option<u64> {
-        let at = frame.find(after)? + after.len();
-        let digits = frame[at..].split(|c: char| !c.is_ascii_digit()).next()?;
-        digits.parse().ok()
-    };
-    Some((number(r#"{"t":"#)?, number(r#","i":"#)? as usize))
+    Some((
+        number_after(frame, r#"{"t":"#)?,
+        number_after(frame, r#","i":"#)? as usize,
+    ))
+}
+
+/// The number right after the first `key` in `text`.
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let digits = text[at..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
 }
 
 async fn produce(
     producer: &FutureProducer,
-    topic: &str,
+    route: &Route,
     value: String,
 ) -> rdkafka::producer::DeliveryFuture {
-    let mut record = FutureRecord::<(), String>::to(topic).payload(&value);
+    let mut record = FutureRecord::<(), String>::to(&route.topic).payload(&value);
+    if let Some(channel) = &route.channel {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: "centrifugo-channels",
+            value: Some(channel),
+        }));
+    }
     loop {
         match producer.send_result(record) {
             Ok(ack) => return ack,
@@ -874,10 +1346,20 @@ async fn produce(
     }
 }
 
+/// The next text frame, answering Centrifugo's pings (`{}`, alone or in a batch of lines)
+/// on the way, as its clients must or be disconnected.
 async fn next_text(socket: &mut Socket) -> Option<tungstenite::Utf8Bytes> {
     loop {
         match socket.next().await? {
-            Ok(Message::Text(text)) => return Some(text),
+            Ok(Message::Text(text)) => {
+                if text.starts_with("{}") || text.contains("\n{}") {
+                    socket.send(Message::text("{}")).await.ok()?;
+                    if text.as_str() == "{}" {
+                        continue;
+                    }
+                }
+                return Some(text);
+            }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => {}
         }
@@ -897,8 +1379,8 @@ fn spawn_counters(sockets: Vec<Socket>) -> Counters {
         .map(|mut socket| {
             let count = count.clone();
             tokio::spawn(async move {
-                while next_text(&mut socket).await.is_some() {
-                    count.fetch_add(1, Ordering::Relaxed);
+                while let Some(text) = next_text(&mut socket).await {
+                    count.fetch_add(stamps(&text).count(), Ordering::Relaxed);
                 }
             })
         })
@@ -961,23 +1443,23 @@ async fn publish_loop(
     (acks, errors)
 }
 
-/// What a timed run through the hub measured.
+/// What a timed run through a server measured.
 struct Run {
     /// From each record's send time to its arrival at each reading subscriber.
-    hub: Histogram<u64>,
+    socket: Histogram<u64>,
     /// From each record's send time to its arrival at the plain consumer.
     plain: Histogram<u64>,
     /// Per record and subscriber, its arrival there minus its arrival at the plain consumer
     /// in µs, sorted (negative where the hub's consumer was the quicker of the two).
     added: Vec<i64>,
-    /// The hub's share of its core.
+    /// The server's share of its core.
     cpu: f64,
 }
 
-/// Sends records at `rate` for the configured time to `topic`, read by `subscribers` of
-/// the hub (`stalled` of them never read) and by a plain consumer.
+/// Sends records at `rate` for the configured time to the subscribers of `topic`,
+/// `subscribers` sockets of `server` (`stalled` of them never read), and to a plain consumer.
 async fn timed_run(
-    hub: &Server,
+    server: &Server,
     kafka: &Broker,
     topic: &str,
     args: &Args,
@@ -985,11 +1467,12 @@ async fn timed_run(
     subscribers: usize,
     stalled: usize,
 ) -> Run {
-    let mut readers = hub.subscribers(topic, subscribers).await;
+    let mut readers = server.subscribers(topic, subscribers).await;
     let held: Vec<Socket> = readers.drain(..stalled).collect();
     let plain = kafka.consumer_at_end();
     let producer = kafka.producer(&[]);
-    warm_up(&producer, topic, &plain).await;
+    let route = server.route(topic);
+    warm_up(&producer, &route, &plain).await;
     // Every subscriber has its first record before the clock starts.
     for socket in &mut readers {
         tokio::time::timeout(Duration::from_secs(30), next_text(socket))
@@ -998,8 +1481,11 @@ async fn timed_run(
     }
     let total = (rate * args.seconds as f64) as usize;
     let patience = Duration::from_secs_f64(total as f64 / rate + 30.0);
-    let client = Usage::of_self();
-    let server = hub.usage();
+    let (client, before) = (Usage::of_self(), server.usage());
+    let written_before = match server.kind {
+        Kind::Hub => Some(server.delivery_buckets().await),
+        _ => None,
+    };
     let readers = spawn_latency_readers(readers, total, patience);
     let reading = tokio::spawn(async move {
         let mut latency = histogram();
@@ -1015,23 +1501,26 @@ async fn timed_run(
         (latency, arrivals)
     });
     paced(rate, total, async |i, sent| {
-        drop(produce(&producer, topic, payload(sent, i)).await);
+        drop(produce(&producer, &route, payload(sent, i)).await);
     })
     .await;
-    let (hub_latency, hub_arrivals) = merge(readers).await;
+    let (socket_latency, socket_arrivals) = merge(readers).await;
     let (plain_latency, plain_arrivals) = reading.await.unwrap();
-    let cpu = hub.usage().cpu_since(&server);
-    println!("  hub CPU {:.0}%", cpu * 100.0);
+    let cpu = server.usage().cpu_since(&before);
+    println!("  {} CPU {:.0}%", server.label(), cpu * 100.0);
     report_client(&client);
+    if let Some(before) = written_before {
+        print_hub_side(server, &before).await;
+    }
     drop(held);
-    let mut added: Vec<i64> = hub_arrivals
+    let mut added: Vec<i64> = socket_arrivals
         .into_iter()
         .flatten()
         .filter_map(|(i, at)| Some(at as i64 - (*plain_arrivals.get(i)?)? as i64))
         .collect();
     added.sort_unstable();
     Run {
-        hub: hub_latency,
+        socket: socket_latency,
         plain: plain_latency,
         added,
         cpu,
@@ -1087,13 +1576,13 @@ fn spawn_latency_readers(
                 while let Ok(Some(text)) =
                     tokio::time::timeout_at(deadline, next_text(&mut socket)).await
                 {
-                    if let Some((sent, i)) = stamp(&text) {
-                        let at = now_us();
+                    let at = now_us();
+                    for (sent, i) in stamps(&text) {
                         latency.record(at.saturating_sub(sent)).unwrap();
                         arrivals.push((i, at));
-                        if i + 1 >= total {
-                            break;
-                        }
+                    }
+                    if arrivals.last().is_some_and(|(i, _)| i + 1 >= total) {
+                        break;
                     }
                 }
                 (latency, arrivals)
@@ -1119,10 +1608,10 @@ async fn merge(
 }
 
 /// Sends records until the plain consumer sees one, so its position is known.
-async fn warm_up(producer: &FutureProducer, topic: &str, plain: &StreamConsumer) {
+async fn warm_up(producer: &FutureProducer, route: &Route, plain: &StreamConsumer) {
     loop {
         // Whether it was acked shows in whether the consumer sees it.
-        drop(produce(producer, topic, r#"{"warm":true}"#.into()).await);
+        drop(produce(producer, route, r#"{"warm":true}"#.into()).await);
         match tokio::time::timeout(Duration::from_millis(200), plain.recv()).await {
             Ok(Ok(_)) => return,
             _ => continue,
@@ -1330,7 +1819,7 @@ impl Broker {
         consumer.assign(&assignment).unwrap();
         let (started, mut i) = (Instant::now(), 0);
         while started.elapsed() < Duration::from_secs(5) {
-            drop(produce(&producer, "warmup", payload(now_us(), i)).await);
+            drop(produce(&producer, &Route::plain("warmup"), payload(now_us(), i)).await);
             while let Ok(Ok(_)) =
                 tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await
             {}
@@ -1350,8 +1839,9 @@ impl Broker {
     }
 
     /// A consumer with the hub's fetch settings that reads what the hub's consumer reads (every
-    /// partition of the `bench.*` topics and of the control topic), each from its end: a
-    /// fetch's cost grows with the partitions it covers, and that is Kafka's share.
+    /// partition of the `bench.*` topics and of the control topic), and Centrifugo's topics,
+    /// each from its end: a fetch's cost grows with the partitions it covers, and that is
+    /// Kafka's share.
     fn consumer_at_end(&self) -> StreamConsumer {
         let consumer: StreamConsumer = self
             .config()
@@ -1364,7 +1854,11 @@ impl Broker {
             .unwrap();
         let mut assignment = TopicPartitionList::new();
         for topic in metadata.topics() {
-            if topic.name().starts_with("bench.") || topic.name() == "wskafka.control" {
+            let name = topic.name();
+            if name.starts_with("bench.")
+                || name.starts_with("centrifugo.")
+                || name == "wskafka.control"
+            {
                 for partition in topic.partitions() {
                     assignment
                         .add_partition_offset(topic.name(), partition.id(), Offset::End)
@@ -1387,15 +1881,51 @@ impl Drop for Broker {
     }
 }
 
-/// A WebSocket server under test: the hub or the bare reference.
+/// Which server a `Server` is: they differ in how a socket authenticates and subscribes,
+/// and in where a record for their subscribers is produced.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Hub,
+    Bare,
+    Centrifugo,
+}
+
+/// A WebSocket server under test: the hub, the bare reference or Centrifugo.
 struct Server {
     addr: String,
     pid: String,
-    is_hub: bool,
+    kind: Kind,
     _process: Process,
 }
 
 static SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+/// The Kafka topics Centrifugo's consumer reads: one per scenario, beside the hub's
+/// `bench.*`, so that each server is measured alone on the same broker.
+const CENTRIFUGO_TOPICS: [&str; 6] = [
+    "centrifugo.idle",
+    "centrifugo.fanout",
+    "centrifugo.latency",
+    "centrifugo.room",
+    "centrifugo.slow",
+    "centrifugo.storm",
+];
+
+/// Where a record for the subscribers of a `bench.*` topic goes: for the hub, that topic;
+/// for Centrifugo, its own topic, with the channel named in the header its consumer reads.
+struct Route {
+    topic: String,
+    channel: Option<String>,
+}
+
+impl Route {
+    fn plain(topic: &str) -> Route {
+        Route {
+            topic: topic.to_string(),
+            channel: None,
+        }
+    }
+}
 
 impl Server {
     /// A hub named `name` (its database and log), with `extra` settings.
@@ -1437,7 +1967,7 @@ impl Server {
         let server = Server {
             pid: process.0.id().to_string(),
             addr,
-            is_hub: true,
+            kind: Kind::Hub,
             _process: process,
         };
         while server.get("/readyz").await.0 != 200 {
@@ -1453,28 +1983,114 @@ impl Server {
         Server {
             pid: process.0.id().to_string(),
             addr,
-            is_hub: false,
+            kind: Kind::Bare,
+            _process: process,
+        }
+    }
+
+    /// Centrifugo as its documentation has it for one node in production, with what the
+    /// comparison needs and nothing else; BENCHMARKS.md gives each setting and why.
+    async fn centrifugo(binary: &Path, brokers: &str, work: &Path) -> Server {
+        let port = free_port();
+        let config = serde_json::json!({
+            "http_server": {"address": "127.0.0.1", "port": port},
+            "log": {"level": "warn"},
+            "usage_stats": {"disabled": true},
+            "prometheus": {"enabled": true},
+            "client": {"token": {"hmac_secret_key": SECRET}},
+            "channel": {
+                "without_namespace": {"allow_subscribe_for_client": true},
+                "namespaces": [{
+                    "name": "storm",
+                    "allow_subscribe_for_client": true,
+                    "history_size": 10_000,
+                    "history_ttl": "300s",
+                    "force_recovery": true
+                }]
+            },
+            "consumers": [{
+                "name": "kafka",
+                "enabled": true,
+                "type": "kafka",
+                "kafka": {
+                    "brokers": [brokers],
+                    "topics": CENTRIFUGO_TOPICS,
+                    "consumer_group": "bench-centrifugo",
+                    "publication_data_mode": {
+                        "enabled": true,
+                        "channels_header": "centrifugo-channels"
+                    }
+                }
+            }]
+        });
+        let path = work.join("centrifugo.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let path = path.to_str().unwrap();
+        let process = Process::spawn(
+            "0",
+            binary,
+            &["--config", path],
+            Some(&work.join("centrifugo.log")),
+        );
+        let addr = format!("127.0.0.1:{port}");
+        wait_port(&addr).await;
+        Server {
+            pid: process.0.id().to_string(),
+            addr,
+            kind: Kind::Centrifugo,
             _process: process,
         }
     }
 
     fn label(&self) -> &'static str {
-        if self.is_hub { "hub" } else { "bare axum" }
+        match self.kind {
+            Kind::Hub => "hub",
+            Kind::Bare => "bare axum",
+            Kind::Centrifugo => "Centrifugo",
+        }
     }
 
     fn usage(&self) -> Usage {
         Usage::of(&self.pid)
     }
 
-    fn ws_url(&self, user: &str) -> String {
+    /// The channel Centrifugo's subscribers of `topic` follow: the storm's is in the
+    /// namespace with history and recovery.
+    fn channel(topic: &str) -> String {
+        if topic == STORM_TOPIC {
+            format!("storm:{topic}")
+        } else {
+            topic.to_string()
+        }
+    }
+
+    fn route(&self, topic: &str) -> Route {
+        match self.kind {
+            Kind::Centrifugo => Route {
+                topic: topic.replacen("bench.", "centrifugo.", 1),
+                channel: Some(Server::channel(topic)),
+            },
+            Kind::Hub | Kind::Bare => Route::plain(topic),
+        }
+    }
+
+    fn token(user: &str) -> String {
         let grants = Grants {
             publish: vec!["bench.*".parse().unwrap()],
             subscribe: vec!["bench.*".parse().unwrap()],
             history: Vec::new(),
             online: Vec::new(),
         };
-        let token = mint(SECRET, user, grants, Duration::from_secs(3600));
-        format!("ws://{}/ws?token={token}", self.addr)
+        mint(SECRET, user, grants, Duration::from_secs(3600))
+    }
+
+    fn ws_url(&self, user: &str) -> String {
+        match self.kind {
+            Kind::Centrifugo => format!("ws://{}/connection/websocket", self.addr),
+            Kind::Hub | Kind::Bare => {
+                format!("ws://{}/ws?token={}", self.addr, Server::token(user))
+            }
+        }
     }
 
     /// Opens one socket from one of many loopback addresses, so tens of thousands of
@@ -1505,22 +2121,86 @@ impl Server {
             .await
     }
 
-    /// Sockets subscribed to `topic` from its end, each having had its `subscribed` reply.
+    /// Sockets that get the records of `topic` from its end, each having had its reply to
+    /// subscribe (every socket of the bare server gets every frame).
     async fn subscribers(&self, topic: &str, count: usize) -> Vec<Socket> {
-        assert!(self.is_hub);
-        let url = self.ws_url("load");
-        let subscribe = format!(r#"{{"type":"subscribe","id":"s","topic":"{topic}"}}"#);
+        if self.kind == Kind::Bare {
+            return self.sockets(count).await;
+        }
         stream::iter(0..count)
             .map(|_| async {
-                let mut socket = self.open(&url).await;
-                socket.send(Message::text(subscribe.clone())).await.unwrap();
-                let reply = next_text(&mut socket).await.expect("a reply to subscribe");
-                assert!(reply.starts_with(r#"{"type":"subscribed""#), "{reply}");
+                let (socket, _) = self.subscribe(topic, "load", &Position::default()).await;
                 socket
             })
             .buffer_unordered(64)
             .collect()
             .await
+    }
+
+    /// A socket of `user` subscribed to `topic`, from `position` where it has one (the
+    /// hub from the next offset, Centrifugo recovering from its history) and from the end
+    /// otherwise. Returns it with the lines that came with the reply: Centrifugo carries
+    /// recovered publications in the reply, and may batch pushes into its frame.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        user: &str,
+        position: &Position,
+    ) -> (Socket, Vec<String>) {
+        let mut socket = self.open(&self.ws_url(user)).await;
+        if self.kind == Kind::Hub {
+            let from = match position.offset {
+                Some(last) => format!(r#","from":{{"offsets":{{"0":{}}}}}"#, last + 1),
+                None => String::new(),
+            };
+            let subscribe = format!(r#"{{"type":"subscribe","id":"s","topic":"{topic}"{from}}}"#);
+            socket.send(Message::text(subscribe)).await.unwrap();
+            let reply = next_text(&mut socket).await.expect("a reply to subscribe");
+            assert!(reply.starts_with(r#"{"type":"subscribed""#), "{reply}");
+            return (socket, Vec::new());
+        }
+        let mut subscribe = serde_json::json!({"channel": Server::channel(topic)});
+        if let (Some(epoch), Some(offset)) = (&position.epoch, position.offset) {
+            subscribe["recover"] = true.into();
+            subscribe["epoch"] = epoch.as_str().into();
+            subscribe["offset"] = offset.into();
+        }
+        let commands = format!(
+            "{}\n{}",
+            serde_json::json!({"id": 1, "connect": {"token": Server::token(user)}}),
+            serde_json::json!({"id": 2, "subscribe": subscribe})
+        );
+        socket.send(Message::text(commands)).await.unwrap();
+        // The reply to subscribe first, then the publications it recovered, each as a push
+        // would carry it, then what else shared its frames.
+        let mut lines = Vec::new();
+        let mut pushes = Vec::new();
+        while lines.is_empty() {
+            let frame = next_text(&mut socket)
+                .await
+                .expect("replies to connect and subscribe");
+            for line in frame.lines() {
+                if !line.starts_with(r#"{"id":"#) {
+                    pushes.push(line.to_string());
+                    continue;
+                }
+                let reply: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(reply.get("error").is_none(), "{line}");
+                if reply["id"] == 2 {
+                    lines.push(line.to_string());
+                    let recovered = reply["subscribe"]["publications"].as_array();
+                    lines.extend(recovered.into_iter().flatten().map(|publication| {
+                        let data = &publication["data"];
+                        format!(
+                            r#"{{"push":{{"pub":{{"data":{{"t":{},"i":{}}},"offset":{}}}}}}}"#,
+                            data["t"], data["i"], publication["offset"]
+                        )
+                    }));
+                }
+            }
+        }
+        lines.append(&mut pushes);
+        (socket, lines)
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -1563,7 +2243,7 @@ impl Server {
 
     /// Until the last scenario's sockets are gone and the server has caught up.
     async fn wait_idle(&self) {
-        if self.is_hub {
+        if self.kind == Kind::Hub {
             while self.metric("wskafka_connections").await > 0.0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -440,6 +440,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
 
     use crate::config::{Cli, Command};
     use crate::kafka_log::KafkaLog;
+    use crate::recent::Recent;
 
     static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
     let defaults = [
@@ -467,7 +468,14 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         live_positions: LivePositions::default(),
         consumer_ready: Arc::default(),
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
-        replayer: Replayer::new(&config, "test", store.clone(), tasks.clone(), &log),
+        replayer: Replayer::new(
+            &config,
+            "test",
+            store.clone(),
+            Recent::new(config.recent_records),
+            tasks.clone(),
+            &log,
+        ),
         history: HistoryReader::new(&config, "test", &log),
         roster: None,
         signals: Signals::new(&config, "test", &log).unwrap(),

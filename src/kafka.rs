@@ -23,6 +23,7 @@ use crate::config::ServeConfig;
 use crate::kafka_log::KafkaLog;
 use crate::metrics;
 use crate::protocol::{self, ErrorCode, RecordView};
+use crate::recent::Recent;
 use crate::registry::{Delivery, RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches};
 
@@ -325,16 +326,24 @@ impl LivePositions {
     }
 }
 
+/// Where the consumer's records go.
+pub struct Sinks<S> {
+    /// Records of the exposed topics, to the sockets subscribed to them.
+    pub registry: Arc<Registry>,
+    /// The same records, kept for sockets that come back soon (see `Recent`).
+    pub recent: Recent,
+    /// Records of the control topic.
+    pub control: mpsc::UnboundedSender<Vec<u8>>,
+    /// Records of the signal topic, on the consumer's thread.
+    pub signals: S,
+}
+
 impl Consumer {
-    /// Records of the control topic go to `control` instead of the registry, and those of
-    /// the signal topic to `signals`, on the consumer's thread.
-    pub fn start(
+    pub fn start<S: Fn(&[u8]) + Send + 'static>(
         config: &ServeConfig,
         group_id: &str,
-        registry: Arc<Registry>,
+        sinks: Sinks<S>,
         ready: Arc<AtomicBool>,
-        control: mpsc::UnboundedSender<Vec<u8>>,
-        signals: impl Fn(&[u8]) + Send + 'static,
         log: &KafkaLog,
     ) -> Result<Self, KafkaError> {
         let positions = LivePositions(Arc::default());
@@ -380,7 +389,7 @@ impl Consumer {
             .name("kafka-consumer".into())
             .spawn({
                 let stop = stop.clone();
-                move || consume(consumer, &topics, &registry, &control, &signals, &stop)
+                move || consume(consumer, &topics, &sinks, &stop)
             })
             .expect("spawning the consumer thread");
         Ok(Consumer {
@@ -416,12 +425,10 @@ impl Topics {
     }
 }
 
-fn consume(
+fn consume<S: Fn(&[u8])>(
     consumer: BaseConsumer<StartPositions>,
     topics: &Topics,
-    registry: &Registry,
-    control: &mpsc::UnboundedSender<Vec<u8>>,
-    signals: &dyn Fn(&[u8]),
+    sinks: &Sinks<S>,
     stop: &AtomicBool,
 ) {
     // Which partitions already exist decides where each one starts (see `StartPositions`),
@@ -468,15 +475,17 @@ fn consume(
             None => {}
             Some(Ok(message)) if message.topic() == topics.control => {
                 if let Some(value) = message.payload() {
-                    let _ = control.send(value.to_vec());
+                    let _ = sinks.control.send(value.to_vec());
                 }
             }
             Some(Ok(message)) if message.topic() == topics.signals => {
                 if let Some(value) = message.payload() {
-                    signals(value);
+                    (sinks.signals)(value);
                 }
             }
-            Some(Ok(message)) => deliver(consumer.context(), registry, &message),
+            Some(Ok(message)) => {
+                deliver(consumer.context(), &sinks.registry, &sinks.recent, &message)
+            }
             // Exposed patterns that no topic matches yet are normal, and reported each refresh.
             Some(Err(e))
                 if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) =>
@@ -489,26 +498,45 @@ fn consume(
     // Dropping a BaseConsumer closes it, which sends LeaveGroup.
 }
 
-fn deliver(context: &StartPositions, registry: &Registry, message: &BorrowedMessage<'_>) {
-    let topic = message.topic();
-    if !context.advance(topic, message.partition(), message.offset()) {
+fn deliver(
+    context: &StartPositions,
+    registry: &Registry,
+    recent: &Recent,
+    message: &BorrowedMessage<'_>,
+) {
+    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+    let subscribed = registry.has_subscribers(topic);
+    let headers = headers_of(message);
+    let kept = recent
+        .keeps(topic, subscribed)
+        .then(|| Arc::new(delivery_of(message, &headers)));
+    // Kept as the live position moves past it, under the same lock: every record behind a
+    // live position a subscription reads is then among the recent ones, as is every record
+    // a connection leaves to its replay.
+    let new = context.advance(topic, partition, offset, || {
+        if let Some(delivery) = &kept {
+            recent.push(delivery);
+        }
+    });
+    if !new {
         tracing::debug!(
             topic,
-            partition = message.partition(),
-            offset = message.offset(),
+            partition,
+            offset,
             "skipping a record already delivered"
         );
         return;
     }
-    if !registry.has_subscribers(topic) {
-        return;
+    if subscribed {
+        let meta = RecordMeta {
+            key: message.key(),
+            headers: &headers,
+        };
+        match kept {
+            Some(delivery) => registry.fan_out(topic, &meta, || delivery),
+            None => registry.fan_out(topic, &meta, || delivery_of(message, &headers)),
+        };
     }
-    let headers = headers_of(message);
-    let meta = RecordMeta {
-        key: message.key(),
-        headers: &headers,
-    };
-    registry.fan_out(topic, &meta, || delivery_of(message, &headers));
 }
 
 pub(crate) fn headers_of<'a>(message: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
@@ -749,8 +777,9 @@ impl StartPositions {
         }
     }
 
-    /// Records `offset` as delivered; false when it was already.
-    fn advance(&self, topic: &str, partition: i32, offset: i64) -> bool {
+    /// Records `offset` as delivered, calling `delivered` before anyone can see it was;
+    /// false when it was already.
+    fn advance(&self, topic: &str, partition: i32, offset: i64, delivered: impl FnOnce()) -> bool {
         let mut positions = self.positions.lock().expect("positions lock");
         let partitions = match positions.next.get_mut(topic) {
             Some(partitions) => partitions,
@@ -760,6 +789,7 @@ impl StartPositions {
         if offset < *next {
             return false;
         }
+        delivered();
         *next = offset + 1;
         true
     }

@@ -32,6 +32,7 @@ mod metrics;
 mod policy;
 mod presence;
 mod protocol;
+mod recent;
 mod registry;
 mod replay;
 mod roster;

@@ -106,6 +106,11 @@ pub fn auth_failed(reason: &'static str) {
     counter!("wskafka_auth_failures_total", "reason" => reason).increment(1);
 }
 
+/// A replay started: served from the hub's recent records (`recent`) or read from Kafka.
+pub fn replay(from: &'static str) {
+    counter!("wskafka_replays_total", "from" => from).increment(1);
+}
+
 /// A `history` page served: how long it took, and how many offsets it read from Kafka.
 pub fn history_page(elapsed: Duration, offsets_read: u64, partial: bool) {
     histogram!("wskafka_history_seconds").record(elapsed);

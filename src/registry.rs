@@ -185,11 +185,11 @@ impl Registry {
 
     /// Queues the record for every subscriber of `topic` whose filter it passes; returns how
     /// many got it. `delivery` is built at most once, and only when someone wants the record.
-    pub fn fan_out(
+    pub fn fan_out<D: Into<Arc<Delivery>>>(
         &self,
         topic: &str,
         record: &RecordMeta<'_>,
-        delivery: impl FnOnce() -> Delivery,
+        delivery: impl FnOnce() -> D,
     ) -> usize {
         let Some(subscribers) = self.topics.get(topic) else {
             return 0;
@@ -199,7 +199,7 @@ impl Registry {
             .and_then(|key| subscribers.by_key.get(key))
             .into_iter()
             .flat_map(HashMap::values);
-        let built = LazyCell::new(|| Arc::new(delivery()));
+        let built = LazyCell::new(|| delivery().into());
         let mut queued = 0;
         for subscriber in subscribers.any_key.values().chain(keyed) {
             if !subscriber.filter.headers.is_empty() && !subscriber.filter.matches(record) {

@@ -10,9 +10,10 @@
 //! topic therefore holds nothing more than a socket that is up to date, however long its
 //! replay takes, and it catches up as fast as Kafka serves the replay.
 //!
-//! Each replay reads with a short-lived Kafka client of its own, on a blocking thread, with
-//! no consumer group; the shared consumer never waits for it. A semaphore bounds how many
-//! run at once.
+//! A replay that starts within the records the hub keeps in memory (see `recent`), as a
+//! socket that was away for a moment does, is served from there. Any other reads with a
+//! short-lived Kafka client of its own, on a blocking thread, with no consumer group; the
+//! shared consumer never waits for it. A semaphore bounds how many of those run at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServeConfig;
 use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka_log::KafkaLog;
+use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
+use crate::recent::Recent;
 use crate::registry::{Delivery, Filter, RecordMeta};
 use crate::store::{Store, StoreError};
 
@@ -139,10 +142,19 @@ impl Seam {
         &self,
         plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Plan,
     ) -> Plan {
+        self.try_plan(|live, dropped| Some(plan(live, dropped)))
+            .expect("a plan was made")
+    }
+
+    /// As `plan`, but a `None` from `plan` leaves the seam as it was, for another plan.
+    fn try_plan(
+        &self,
+        plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Option<Plan>,
+    ) -> Option<Plan> {
         let mut state = self.state();
-        let plan = plan(&state.live, &state.dropped);
+        let plan = plan(&state.live, &state.dropped)?;
         state.replaying = Some(plan.ranges.iter().map(|(&p, &(_, end))| (p, end)).collect());
-        plan
+        Some(plan)
     }
 
     /// For the replay, which read the record at `offset`: whether to deliver it, and whether
@@ -188,6 +200,8 @@ pub enum ReplayError {
     Kafka(KafkaError),
     #[error("Kafka sent nothing for the replay in {STALL_TIMEOUT:?}")]
     Stalled,
+    #[error("the live stream ran too far ahead of the replay")]
+    Overtaken,
     #[error("the replay failed unexpectedly")]
     Crashed,
     #[error("cannot read the stored read positions: {0}")]
@@ -198,9 +212,10 @@ impl ReplayError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ReplayError::NoTopic(_) => ErrorCode::BadRequest,
-            ReplayError::OutOfRange(_) | ReplayError::Kafka(_) | ReplayError::Stalled => {
-                ErrorCode::Unavailable
-            }
+            ReplayError::OutOfRange(_)
+            | ReplayError::Kafka(_)
+            | ReplayError::Stalled
+            | ReplayError::Overtaken => ErrorCode::Unavailable,
             ReplayError::Crashed => ErrorCode::Internal,
             ReplayError::Store(_) => ErrorCode::Unavailable,
         }
@@ -212,6 +227,7 @@ pub struct Replayer {
     permits: Arc<Semaphore>,
     max_records: i64,
     store: Store,
+    recent: Recent,
     /// The hub's tasks: shutdown waits for replays before it closes the store.
     tasks: TaskTracker,
     log: KafkaLog,
@@ -222,6 +238,7 @@ impl Replayer {
         config: &ServeConfig,
         group_id: &str,
         store: Store,
+        recent: Recent,
         tasks: TaskTracker,
         log: &KafkaLog,
     ) -> Self {
@@ -231,6 +248,7 @@ impl Replayer {
             permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
             max_records: i64::from(config.max_replay),
             store,
+            recent,
             tasks,
             log: log.clone(),
         }
@@ -242,7 +260,7 @@ impl Replayer {
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
         let log = self.log.clone();
-        let store = self.store.clone();
+        let (store, recent) = (self.store.clone(), self.recent.clone());
         self.tasks.spawn(async move {
             let (topic, key, generation) = (
                 request.topic.clone(),
@@ -270,6 +288,19 @@ impl Replayer {
                     }
                 }
             }
+            let served = tokio::select! {
+                _ = cancel.cancelled() => return,
+                served = from_recent(&recent, &request, max, &sender) => served,
+            };
+            match served {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = sender.send(failed(e)).await;
+                    return;
+                }
+            }
+            metrics::replay("kafka");
             let permit = tokio::select! {
                 _ = cancel.cancelled() => return,
                 permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -374,6 +405,118 @@ pub(crate) fn plan(
         plan.starts.insert(partition, start);
     }
     plan
+}
+
+/// Serves the replay from the hub's recent records when they hold every record it needs:
+/// true once done, false (having sent nothing) when they do not. Only a start at given
+/// offsets qualifies (a resume, or the stored positions), and only without header
+/// conditions, which the recent records do not keep what to check against.
+async fn from_recent(
+    recent: &Recent,
+    request: &Request,
+    max_records: i64,
+    events: &mpsc::Sender<Box<Report>>,
+) -> Result<bool, ReplayError> {
+    let (Start::Offsets(offsets) | Start::Committed(offsets)) = &request.from else {
+        return Ok(false);
+    };
+    if !request.filter.headers.is_empty() {
+        return Ok(false);
+    }
+    let topic = &*request.topic;
+    let plan = request.seam.try_plan(|live, dropped| {
+        // A partition the client does not name starts at its oldest record for `offsets`,
+        // which only Kafka knows.
+        if matches!(request.from, Start::Offsets(_))
+            && live.keys().any(|p| !offsets.contains_key(p))
+        {
+            return None;
+        }
+        // What the plan reads of Kafka's watermarks: nothing older than the client asks
+        // for is looked at, and the live position is the end.
+        let mut watermarks: BTreeMap<i32, (i64, i64)> = offsets
+            .iter()
+            .map(|(&p, &requested)| (p, (requested, live.get(&p).copied().unwrap_or(requested))))
+            .collect();
+        for (&p, &live) in live {
+            watermarks.entry(p).or_insert((live, live));
+        }
+        let plan = plan(
+            &request.from,
+            &watermarks,
+            &BTreeMap::new(),
+            live,
+            dropped,
+            max_records,
+        );
+        let held = |(&p, &(start, end)): (&i32, &(i64, i64))| {
+            recent
+                .since(topic, p, start)
+                .is_some_and(|found| found.next >= end)
+        };
+        plan.ranges.iter().all(held).then_some(plan)
+    });
+    let Some(plan) = plan else {
+        return Ok(false);
+    };
+    metrics::replay("recent");
+    tracing::debug!(topic, ?plan, "replay planned from recent records");
+    let report = |event| {
+        Box::new(Report {
+            topic: request.topic.clone(),
+            key: request.key.clone(),
+            generation: request.generation,
+            event,
+        })
+    };
+    let counted = matches!(request.from, Start::Committed(_)) && request.filter.is_empty();
+    let started = Event::Started {
+        starts: plan.starts,
+        lost: plan.lost,
+        waiting: counted.then_some(plan.waiting),
+        replaying: plan.ranges.keys().copied().collect(),
+    };
+    if events.send(report(started)).await.is_err() {
+        return Ok(true);
+    }
+    for (&partition, &(start, _)) in &plan.ranges {
+        let mut read = start;
+        // Records the connection left to the replay after the plan are recent ones too
+        // (the consumer keeps each record before it fans it out), so each round reads
+        // what came since, until the seam says the partition is done.
+        loop {
+            let found = recent
+                .since(topic, partition, read)
+                .ok_or(ReplayError::Overtaken)?;
+            let mut finished = false;
+            for record in found.records {
+                let (deliver, done) = request.seam.replayed(partition, record.offset);
+                let meta = RecordMeta {
+                    key: record.key.as_deref(),
+                    headers: &[],
+                };
+                if deliver
+                    && request.filter.matches(&meta)
+                    && events.send(report(Event::Record(record))).await.is_err()
+                {
+                    return Ok(true);
+                }
+                if done {
+                    finished = true;
+                    break;
+                }
+            }
+            read = found.next;
+            if finished || request.seam.reached_end(partition, read) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if events.send(report(Event::Done(partition))).await.is_err() {
+            return Ok(true);
+        }
+    }
+    Ok(true)
 }
 
 fn replay(

@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,10 +29,11 @@ use crate::control::ControlMessage;
 use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Parts};
 use crate::issuers::{Authenticator, KeyError};
-use crate::kafka::{self, Consumer, Publisher};
+use crate::kafka::{self, Consumer, Publisher, Sinks};
 use crate::kafka_log::KafkaLog;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::recent::Recent;
 use crate::registry::Registry;
 use crate::replay::Replayer;
 use crate::roster::{Follower, Roster};
@@ -80,6 +81,22 @@ pub enum StartError {
     Serve(std::io::Error),
 }
 
+/// The listening socket, with the longest accept queue the kernel allows (`somaxconn`)
+/// rather than tokio's 1,024: when every socket of a hub reconnects at once, connections
+/// past the queue have their SYN dropped and retry only after a second.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart need not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // Linux caps it at somaxconn.
+    socket.listen(65_535)
+}
+
 /// Descriptors besides the sockets: Kafka connections (a few per broker for the producer,
 /// the consumer, each running replay and admin request), the database pool, the listener,
 /// the runtime's own.
@@ -124,12 +141,10 @@ pub async fn serve(
     }
     let auth = Authenticator::new(&config.jwt)?;
     ensure_descriptors(&config)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let instance_id = config
         .instance_id
         .clone()
@@ -158,22 +173,34 @@ pub async fn serve(
     let publisher = Publisher::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
     let (control, control_records) = mpsc::unbounded_channel();
-    let consumer = Consumer::start(
-        &config,
-        &group_id,
-        registry.clone(),
-        consumer_ready.clone(),
+    let recent = Recent::new(config.recent_records);
+    let sinks = Sinks {
+        registry: registry.clone(),
+        recent: recent.clone(),
         control,
-        {
+        signals: {
             let registry = registry.clone();
             move |value: &[u8]| signal::deliver(&registry, value)
         },
+    };
+    let consumer = Consumer::start(
+        &config,
+        &group_id,
+        sinks,
+        consumer_ready.clone(),
         &kafka_log,
     )
     .map_err(kafka_client)?;
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
-    let replayer = Replayer::new(&config, &group_id, store.clone(), tasks.clone(), &kafka_log);
+    let replayer = Replayer::new(
+        &config,
+        &group_id,
+        store.clone(),
+        recent,
+        tasks.clone(),
+        &kafka_log,
+    );
     let history = HistoryReader::new(&config, &group_id, &kafka_log);
     let signals = Signals::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
     let roster = config

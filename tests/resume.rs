@@ -42,19 +42,74 @@ async fn a_client_dropped_mid_stream_resumes_on_another_hub_with_every_record_ex
         "the replay starts where the first session stopped"
     );
     assert!(subscribed.get("lost").is_none(), "{subscribed}");
-    let mut after = Received::starting_at(&subscribed);
     let produced = producing.await.unwrap();
-    while before.seqs.len() + after.seqs.len() < produced.len() {
-        let (position, message) = second.message().await;
-        assert!(
-            !before.seqs.contains_key(&position),
-            "{position:?} delivered in both sessions"
+    Received::starting_at(&subscribed)
+        .resumed_after(before, &mut second, &produced)
+        .await;
+}
+
+/// A socket back on the same hub a moment later is served from the records the hub keeps in
+/// memory; one away for longer than they reach, from Kafka. Records keep arriving all
+/// along, and either way each arrives exactly once.
+#[tokio::test]
+async fn a_socket_back_after_a_moment_resumes_from_memory_and_after_longer_from_kafka() {
+    let (topic, glob) = fresh_topic("recent", 3).await;
+    let flags = ["--send-queue", "10000", "--recent-records", "500"];
+    let hub = Hub::start(&glob, &flags).await;
+    let reader = token("reader", &[], &[&glob]);
+    // A second socket reads everything, to tell when the hub has read the records sent
+    // while the first was away.
+    let mut witness = hub.connect(&reader).await;
+    witness.subscribe_from(&topic, json!("latest")).await;
+
+    // Away for 100 records: within the 500 kept per partition. Away for 3,000: past them,
+    // in every partition that holds at least three of the seven keys, as one must.
+    for (away, served_from) in [(100, "recent"), (3000, "kafka")] {
+        let mut first = hub.connect(&reader).await;
+        let subscribed = first.subscribe_from(&topic, json!("latest")).await;
+        let mut before = Received::starting_at(&subscribed);
+        let mut produced = produce_many(&topic, 300).await;
+        while before.seqs.len() < 200 {
+            let (position, message) = first.message().await;
+            before.take(position, &message);
+        }
+        drop(first);
+        let missed = produce_many(&topic, away).await;
+        let mut seen = 0;
+        while seen < produced.len() + missed.len() {
+            witness.message().await;
+            seen += 1;
+        }
+        produced.extend(missed);
+
+        let replays = |hub_metrics: BTreeMap<String, f64>| {
+            hub_metrics
+                .get(&format!("wskafka_replays_total{{from=\"{served_from}\"}}"))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let replays_before = replays(hub.metrics().await);
+        let mut second = hub.connect(&reader).await;
+        let live = tokio::spawn({
+            let topic = topic.clone();
+            async move { produce_many(&topic, 300).await }
+        });
+        let subscribed = second.subscribe_from(&topic, before.resume()).await;
+        assert!(subscribed.get("lost").is_none(), "{subscribed}");
+        assert_eq!(
+            replays(hub.metrics().await),
+            replays_before + 1.0,
+            "{served_from}"
         );
-        after.take(position, &message);
+        produced.extend(live.await.unwrap());
+        Received::starting_at(&subscribed)
+            .resumed_after(before, &mut second, &produced)
+            .await;
+        // The witness saw the live records too.
+        for _ in 0..300 {
+            witness.message().await;
+        }
     }
-    let mut both = before.seqs;
-    both.extend(after.seqs);
-    assert_eq!(both, produced);
 }
 
 #[tokio::test]

@@ -1063,6 +1063,28 @@ impl Received {
         self.seqs.insert((partition, offset), seq);
     }
 
+    /// Reads the resumed session on `client` until it and the first session (`before`)
+    /// together hold as many records as were `produced`, none in both, and asserts that
+    /// together they are exactly those.
+    pub async fn resumed_after(
+        mut self,
+        before: Received,
+        client: &mut Client,
+        produced: &BTreeMap<(i32, i64), i64>,
+    ) {
+        while before.seqs.len() + self.seqs.len() < produced.len() {
+            let (position, message) = client.message().await;
+            assert!(
+                !before.seqs.contains_key(&position),
+                "{position:?} delivered in both sessions"
+            );
+            self.take(position, &message);
+        }
+        let mut both = before.seqs;
+        both.extend(self.seqs);
+        assert_eq!(&both, produced);
+    }
+
     /// The `from` that resumes after everything received.
     pub fn resume(&self) -> Value {
         let offsets: serde_json::Map<String, Value> = self
