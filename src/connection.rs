@@ -840,6 +840,20 @@ impl Connection {
         roster
     }
 
+    /// Whether `roster` has read what every hub wrote before it started, or `false` after
+    /// answering `id` that it has not yet.
+    fn caught_up(&mut self, id: &Option<RequestId>, roster: &Roster) -> bool {
+        let caught_up = roster.is_caught_up();
+        if !caught_up {
+            self.reply(Reply::error(
+                id.clone(),
+                ErrorCode::Unavailable,
+                "this hub is still reading the roster: retry shortly",
+            ));
+        }
+        caught_up
+    }
+
     /// The members of a room, a page at a time.
     fn presence(
         &mut self,
@@ -861,35 +875,28 @@ impl Connection {
         if self.authorize(&id, topic, key, Action::Subscribe).is_none() {
             return;
         }
-        if !roster.is_caught_up() {
-            return self.reply(Reply::error(
-                id,
-                ErrorCode::Unavailable,
-                "this hub is still reading the roster: retry shortly",
-            ));
+        if !self.caught_up(&id, &roster) {
+            return;
         }
         let room = Room::new(topic, key);
-        let reply = match roster.members(&room, after, self.hub.config.presence_page) {
-            Listing::Members { page, count, next } => Reply::Presence {
-                id,
-                topic: topic.to_string(),
-                key: key.map(str::to_string),
-                members: Some(page.iter().map(|u| u.to_string()).collect()),
-                count: count as u64,
-                next: next.map(|u| u.to_string()),
-                large: false,
-            },
-            Listing::Large { subscriptions } => Reply::Presence {
-                id,
-                topic: topic.to_string(),
-                key: key.map(str::to_string),
-                members: None,
-                count: subscriptions,
-                next: None,
-                large: true,
-            },
-        };
-        self.reply(reply);
+        let (members, count, next) =
+            match roster.members(&room, after, self.hub.config.presence_page) {
+                Listing::Members { page, count, next } => (
+                    Some(page.iter().map(|u| u.to_string()).collect()),
+                    count as u64,
+                    next.map(|u| u.to_string()),
+                ),
+                Listing::Large { subscriptions } => (None, subscriptions, None),
+            };
+        self.reply(Reply::Presence {
+            id,
+            topic: topic.to_string(),
+            key: key.map(str::to_string),
+            large: members.is_none(),
+            members,
+            count,
+            next,
+        });
     }
 
     /// Which users are online, and with `watch` their changes from now on.
@@ -908,12 +915,8 @@ impl Connection {
             let message = format!("not allowed to see whether {hidden:?} are online");
             return self.reply(Reply::error(id, ErrorCode::Forbidden, message));
         }
-        if !roster.is_caught_up() {
-            return self.reply(Reply::error(
-                id,
-                ErrorCode::Unavailable,
-                "this hub is still reading the roster: retry shortly",
-            ));
+        if !self.caught_up(&id, &roster) {
+            return;
         }
         if watch {
             for user in self.watching.drain(..) {

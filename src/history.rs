@@ -25,10 +25,10 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::config::ServeConfig;
-use crate::kafka::{headers_of, reader_config};
+use crate::kafka::{frame_of, headers_of, reader_config};
 use crate::kafka_log::KafkaLog;
 use crate::metrics;
-use crate::protocol::{self, ErrorCode, RecordView};
+use crate::protocol::ErrorCode;
 use crate::registry::{Filter, RecordMeta};
 
 /// Bound on each metadata or watermark round trip.
@@ -350,20 +350,10 @@ fn read_range(
                     headers: &headers,
                 };
                 if filter.matches(&meta) {
-                    let timestamp = message.timestamp().to_millis();
-                    let frame = protocol::message_frame(&RecordView {
-                        topic,
-                        partition,
-                        offset,
-                        timestamp,
-                        key: message.key(),
-                        headers: &headers,
-                        value: message.payload(),
-                    });
                     found.push(Found {
                         offset,
-                        timestamp: timestamp.unwrap_or(-1),
-                        frame,
+                        timestamp: message.timestamp().to_millis().unwrap_or(-1),
+                        frame: frame_of(&message, &headers),
                     });
                 }
                 if offset + 1 >= end {

@@ -506,10 +506,14 @@ fn deliver(
 ) {
     let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
     let subscribed = registry.has_subscribers(topic);
-    let headers = headers_of(message);
-    let kept = recent
-        .keeps(topic, subscribed)
-        .then(|| Arc::new(delivery_of(message, &headers)));
+    let keeps = recent.keeps(topic, subscribed);
+    // Most records of a topic nobody here follows need nothing but their position moved.
+    let headers = if subscribed || keeps {
+        headers_of(message)
+    } else {
+        Vec::new()
+    };
+    let kept = keeps.then(|| Arc::new(delivery_of(message, &headers)));
     // Kept as the live position moves past it, under the same lock: every record behind a
     // live position a subscription reads is then among the recent ones, as is every record
     // a connection leaves to its replay.
@@ -546,11 +550,9 @@ pub(crate) fn headers_of<'a>(message: &'a BorrowedMessage<'_>) -> Vec<(&'a str, 
         .unwrap_or_default()
 }
 
-pub(crate) fn delivery_of(
-    message: &BorrowedMessage<'_>,
-    headers: &[(&str, Option<&[u8]>)],
-) -> Delivery {
-    let frame = protocol::message_frame(&RecordView {
+/// The `message` frame of a record, `headers` being its headers (`headers_of`).
+pub(crate) fn frame_of(message: &BorrowedMessage<'_>, headers: &[(&str, Option<&[u8]>)]) -> String {
+    protocol::message_frame(&RecordView {
         topic: message.topic(),
         partition: message.partition(),
         offset: message.offset(),
@@ -558,7 +560,14 @@ pub(crate) fn delivery_of(
         key: message.key(),
         headers,
         value: message.payload(),
-    });
+    })
+}
+
+pub(crate) fn delivery_of(
+    message: &BorrowedMessage<'_>,
+    headers: &[(&str, Option<&[u8]>)],
+) -> Delivery {
+    let frame = frame_of(message, headers);
     Delivery {
         topic: message.topic().into(),
         key: message.key().map(Box::from),

@@ -132,6 +132,27 @@ impl KafkaLog {
         }
     }
 
+    /// An error a client reported: through its error callback, or from a consumer's poll.
+    pub fn client_error(&self, error: &KafkaError, reason: &str) {
+        use RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(C::BrokerTransportFailure | C::Resolve) => match broker_of(reason) {
+                Some((broker, cause)) => self.failed(broker, cause),
+                None => self.line(Level::Debug, format!("{error}: {reason}")),
+            },
+            // Each broker's own outage says it already; an exposed pattern that no topic
+            // matches yet is normal; readers that asked for it (`enable.partition.eof`)
+            // hear of a partition's end.
+            Some(C::AllBrokersDown | C::UnknownTopicOrPartition | C::PartitionEOF) => {
+                self.line(Level::Debug, format!("{error}: {reason}"))
+            }
+            _ => self.line(
+                Level::Warn,
+                format!("Kafka client error: {error}: {reason}"),
+            ),
+        }
+    }
+
     /// Statistics carry each broker's connection state: how an outage is seen to end.
     pub fn stats(&self, statistics: &Statistics) {
         if self.all_reachable() {
@@ -205,28 +226,6 @@ impl ClientContext for KafkaLog {
 
 /// The replays' consumers assign partitions by hand: no rebalance to handle.
 impl ConsumerContext for KafkaLog {}
-
-impl KafkaLog {
-    /// An error a client reported: through its error callback, or from a consumer's poll.
-    pub fn client_error(&self, error: &KafkaError, reason: &str) {
-        use RDKafkaErrorCode as C;
-        match error.rdkafka_error_code() {
-            Some(C::BrokerTransportFailure | C::Resolve) => match broker_of(reason) {
-                Some((broker, cause)) => self.failed(broker, cause),
-                None => self.line(Level::Debug, format!("{error}: {reason}")),
-            },
-            // Each broker's own outage says it already; and an exposed pattern that no topic
-            // matches yet is normal. Readers that asked for it (`enable.partition.eof`) hear of a partition's end.
-            Some(C::AllBrokersDown | C::UnknownTopicOrPartition | C::PartitionEOF) => {
-                self.line(Level::Debug, format!("{error}: {reason}"))
-            }
-            _ => self.line(
-                Level::Warn,
-                format!("Kafka client error: {error}: {reason}"),
-            ),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

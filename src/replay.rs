@@ -84,6 +84,29 @@ pub struct Request {
     pub filter: Arc<Filter>,
 }
 
+impl Request {
+    fn report(&self, event: Event) -> Box<Report> {
+        Box::new(Report {
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            generation: self.generation,
+            event,
+        })
+    }
+
+    /// The first event, once `plan` is made; it counts the unread records (`waiting`) for a
+    /// start from the stored positions without a filter only.
+    fn started(&self, plan: Plan) -> Event {
+        let counted = matches!(self.from, Start::Committed(_)) && self.filter.is_empty();
+        Event::Started {
+            replaying: plan.ranges.keys().copied().collect(),
+            starts: plan.starts,
+            lost: plan.lost,
+            waiting: counted.then_some(plan.waiting),
+        }
+    }
+}
+
 /// Where a replay hands a subscription over to the live stream, decided per partition by
 /// the replay (which reads Kafka) and the connection (which receives live records) under one
 /// lock, so that no record falls between them.
@@ -262,20 +285,7 @@ impl Replayer {
         let log = self.log.clone();
         let (store, recent) = (self.store.clone(), self.recent.clone());
         self.tasks.spawn(async move {
-            let (topic, key, generation) = (
-                request.topic.clone(),
-                request.key.clone(),
-                request.generation,
-            );
             let sender = events.clone();
-            let failed = |e: ReplayError| {
-                Box::new(Report {
-                    topic: topic.clone(),
-                    key: key.clone(),
-                    generation,
-                    event: Event::Failed(e),
-                })
-            };
             if let Start::Committed(offsets) = &mut request.from {
                 let stored = store
                     .committed(&request.user, &request.topic, &request.positions_key)
@@ -283,11 +293,12 @@ impl Replayer {
                 match stored {
                     Ok(stored) => *offsets = stored,
                     Err(e) => {
-                        let _ = sender.send(failed(e.into())).await;
+                        let _ = sender.send(request.report(Event::Failed(e.into()))).await;
                         return;
                     }
                 }
             }
+            let request = Arc::new(request);
             let served = tokio::select! {
                 _ = cancel.cancelled() => return,
                 served = from_recent(&recent, &request, max, &sender) => served,
@@ -296,7 +307,7 @@ impl Replayer {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
-                    let _ = sender.send(failed(e)).await;
+                    let _ = sender.send(request.report(Event::Failed(e))).await;
                     return;
                 }
             }
@@ -305,26 +316,21 @@ impl Replayer {
                 _ = cancel.cancelled() => return,
                 permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let ran = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let send = |event| {
-                    events
-                        .blocking_send(Box::new(Report {
-                            topic: request.topic.clone(),
-                            key: request.key.clone(),
-                            generation: request.generation,
-                            event,
-                        }))
-                        .is_ok()
-                };
-                if let Err(e) = replay(&client, &log, &request, max, &send, &cancel) {
-                    send(Event::Failed(e));
+            let ran = tokio::task::spawn_blocking({
+                let request = request.clone();
+                move || {
+                    let _permit = permit;
+                    let send = |event| events.blocking_send(request.report(event)).is_ok();
+                    if let Err(e) = replay(&client, &log, &request, max, &send, &cancel) {
+                        send(Event::Failed(e));
+                    }
                 }
             })
             .await;
             if ran.is_err() {
-                tracing::error!(%topic, "a replay panicked");
-                let _ = sender.send(failed(ReplayError::Crashed)).await;
+                tracing::error!(topic = %request.topic, "a replay panicked");
+                let crashed = request.report(Event::Failed(ReplayError::Crashed));
+                let _ = sender.send(crashed).await;
             }
         });
         guard
@@ -461,25 +467,15 @@ async fn from_recent(
     };
     metrics::replay("recent");
     tracing::debug!(topic, ?plan, "replay planned from recent records");
-    let report = |event| {
-        Box::new(Report {
-            topic: request.topic.clone(),
-            key: request.key.clone(),
-            generation: request.generation,
-            event,
-        })
-    };
-    let counted = matches!(request.from, Start::Committed(_)) && request.filter.is_empty();
-    let started = Event::Started {
-        starts: plan.starts,
-        lost: plan.lost,
-        waiting: counted.then_some(plan.waiting),
-        replaying: plan.ranges.keys().copied().collect(),
-    };
-    if events.send(report(started)).await.is_err() {
+    let ranges = plan.ranges.clone();
+    if events
+        .send(request.report(request.started(plan)))
+        .await
+        .is_err()
+    {
         return Ok(true);
     }
-    for (&partition, &(start, _)) in &plan.ranges {
+    for (&partition, &(start, _)) in &ranges {
         let mut read = start;
         // Records the connection left to the replay after the plan are recent ones too
         // (the consumer keeps each record before it fans it out), so each round reads
@@ -497,7 +493,10 @@ async fn from_recent(
                 };
                 if deliver
                     && request.filter.matches(&meta)
-                    && events.send(report(Event::Record(record))).await.is_err()
+                    && events
+                        .send(request.report(Event::Record(record)))
+                        .await
+                        .is_err()
                 {
                     return Ok(true);
                 }
@@ -512,7 +511,11 @@ async fn from_recent(
             }
             tokio::task::yield_now().await;
         }
-        if events.send(report(Event::Done(partition))).await.is_err() {
+        if events
+            .send(request.report(Event::Done(partition)))
+            .await
+            .is_err()
+        {
             return Ok(true);
         }
     }
@@ -584,14 +587,7 @@ fn replay(
         .iter()
         .map(|(p, (start, _))| (*p, *start))
         .collect();
-    let counted = matches!(request.from, Start::Committed(_)) && request.filter.is_empty();
-    let started = Event::Started {
-        starts: plan.starts,
-        lost: plan.lost,
-        waiting: counted.then_some(plan.waiting),
-        replaying: pending.keys().copied().collect(),
-    };
-    if !send(started) || pending.is_empty() {
+    if !send(request.started(plan)) || pending.is_empty() {
         return Ok(());
     }
 

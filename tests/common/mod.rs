@@ -820,6 +820,19 @@ impl Hub {
         Ok(Client { ws })
     }
 
+    /// An upgrade request carrying `token` in `Authorization: Bearer`, sent as plain HTTP:
+    /// the status, or 0 when the hub closed the connection mid-request (as it may for a
+    /// token too large to read).
+    pub async fn bearer_upgrade_status(&self, token: &str) -> u16 {
+        let bearer = format!("Bearer {token}");
+        self.get_with(
+            "/ws",
+            &[("Authorization", &bearer), ("Upgrade", "websocket")],
+        )
+        .await
+        .0
+    }
+
     /// The HTTP status a WebSocket handshake with this URL gets.
     pub async fn handshake_status(&self, url: &str) -> u16 {
         self.handshake_status_with(url, &[]).await
