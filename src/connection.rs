@@ -34,8 +34,7 @@ use crate::metrics::{self, Metrics};
 use crate::policy::{self, Action};
 use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
-    self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, SENDER_HEADER, Start,
-    Subscribe, close,
+    self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
 use crate::registry::{ConnId, Delivery, Extras, Filter, Subscriber};
 use crate::replay::{self, Report, Seam};
@@ -602,11 +601,16 @@ impl Connection {
             payload,
         } = publish;
         self.authorize(&id, &topic, key.as_deref(), Action::Publish)?;
-        if headers.contains_key(SENDER_HEADER) {
+        if let Some(name) = headers
+            .keys()
+            .find(|name| protocol::is_reserved_header(name))
+        {
             self.reply(Reply::error(
                 id,
                 ErrorCode::BadRequest,
-                format!("the header {SENDER_HEADER:?} names the publisher: the hub sets it"),
+                format!(
+                    "the header {name:?} is reserved: header names beginning with \"wskafka-\", in any case, are the hub's"
+                ),
             ));
             return None;
         }

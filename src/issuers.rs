@@ -301,7 +301,12 @@ impl Issuer {
             validation.required_spec_claims.insert("iss".into());
         }
         match &self.audience {
-            Some(audience) if self.audience_claim == "aud" => validation.set_audience(audience),
+            // `jsonwebtoken` checks `aud` only when the token has one: a token without it
+            // must be refused too, as a missing `iss` is.
+            Some(audience) if self.audience_claim == "aud" => {
+                validation.set_audience(audience);
+                validation.required_spec_claims.insert("aud".into());
+            }
             // Checked in `session`.
             Some(_) => validation.validate_aud = false,
             // Refuses a token that carries an audience (`jsonwebtoken`'s default).

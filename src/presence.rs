@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -194,25 +195,51 @@ impl Presence {
         self.store.heartbeat(&self.instance).await
     }
 
-    /// Heartbeats for this hub and writes the `disconnect`s of dead ones, until `stop`.
+    /// Heartbeats for this hub every third of the timeout, and writes the `disconnect`s of
+    /// each other hub at its own deadline (its last heartbeat plus the timeout), until
+    /// `stop`. Reaping only on this hub's heartbeat cycle would find a dead hub up to a
+    /// third of the timeout late; waking at the earliest deadline removes its members
+    /// within the timeout of its death.
     pub async fn run(&self, stop: CancellationToken) {
-        let mut interval = tokio::time::interval(self.timeout / 3);
-        interval.tick().await;
+        let beat = self.timeout / 3;
+        let mut next_beat = Instant::now() + beat;
+        let mut next_deadline = None;
         loop {
+            let wake = next_deadline.map_or(next_beat, |deadline: Instant| deadline.min(next_beat));
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = interval.tick() => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
             // The heartbeat first: a hub whose store was out of reach for a while must not
             // take itself for dead.
-            let round = async {
-                self.store.heartbeat(&self.instance).await?;
-                self.reap().await
-            };
-            if let Err(e) = round.await {
-                tracing::warn!(error = %e, "presence heartbeat failed");
+            let beats = Instant::now() >= next_beat;
+            if beats {
+                next_beat = Instant::now() + beat;
             }
+            let round = async {
+                if beats {
+                    self.store.heartbeat(&self.instance).await?;
+                }
+                self.reap().await?;
+                self.store.oldest_heartbeat(&self.instance).await
+            };
+            next_deadline = match round.await {
+                Ok(oldest) => oldest.map(|last_seen| self.deadline(last_seen)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence heartbeat failed");
+                    None
+                }
+            };
         }
+    }
+
+    /// When a hub last seen at `last_seen` (ms since the epoch, its clock) is taken for dead.
+    fn deadline(&self, last_seen: i64) -> Instant {
+        // One millisecond past: `reap` takes for dead only hubs silent for more than the
+        // timeout.
+        let due = last_seen + self.timeout.as_millis() as i64 + 1;
+        let wait = u64::try_from(due - now_millis()).unwrap_or(0);
+        Instant::now() + Duration::from_millis(wait)
     }
 
     /// Writes the `disconnect`s of sessions no live instance holds.

@@ -695,6 +695,16 @@ pub struct RecordView<'a> {
 /// cannot set it; producers behind Kafka may, and are trusted.
 pub const SENDER_HEADER: &str = "wskafka-sender";
 
+/// Header names the hub writes or reads as its own begin with this, in any case. Kafka
+/// compares header names exactly, but consumers and bridges often do not (HTTP headers are
+/// case-insensitive), so a client may set none of them, whatever the spelling.
+const RESERVED_HEADER_PREFIX: &str = "wskafka-";
+
+pub fn is_reserved_header(name: &str) -> bool {
+    name.get(..RESERVED_HEADER_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
+}
+
 /// Serialises a record as a `message` frame. It runs once per record, whatever the number
 /// of subscribers: the resulting string is shared by every socket it goes to.
 ///
@@ -797,6 +807,27 @@ impl<V: Serialize> Serialize for Pairs<'_, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_a_wskafka_header_is_reserved() {
+        for name in [
+            "wskafka-sender",
+            "WSKAFKA-SENDER",
+            "Wskafka-Sender",
+            "wskafka-id",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in [
+            "wskafka",
+            "x-wskafka-sender",
+            "wskafkasender",
+            "",
+            "é-wskafka-",
+        ] {
+            assert!(!is_reserved_header(name), "{name}");
+        }
+    }
     use serde_json::{Value, json};
 
     #[test]

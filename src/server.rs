@@ -504,8 +504,9 @@ fn router(hub: Arc<Hub>) -> Router {
 }
 
 /// `{"ready": true}`, or 503 with what the hub waits for: `kafka` (no broker answers),
-/// `start_positions` (where the live stream starts is not known yet), `database`,
-/// `shutting_down`.
+/// `start_positions` (where the live stream starts is not known yet), `database`, `keys`
+/// (an issuer has no keys to verify tokens with yet), `roster` (the roster topic is not
+/// read up to its end yet), `shutting_down`.
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let waiting = hub.not_ready();
     let status = if waiting.is_empty() {

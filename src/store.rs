@@ -248,6 +248,17 @@ impl Store {
         Ok(())
     }
 
+    /// The oldest heartbeat (ms since the epoch) of any instance but `instance`: the next
+    /// one that may be taken for dead.
+    pub async fn oldest_heartbeat(&self, instance: &str) -> Result<Option<i64>, StoreError> {
+        let (oldest,): (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(last_seen) FROM instances WHERE id <> $1")
+                .bind(instance)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(oldest)
+    }
+
     /// Forgets an instance, so that its sessions count as orphaned.
     pub async fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM instances WHERE id = $1")

@@ -105,6 +105,36 @@ async fn every_bad_token_gets_401_and_no_socket() {
 }
 
 #[tokio::test]
+async fn a_hub_that_names_an_audience_and_issuer_refuses_tokens_without_them_everywhere() {
+    let hub = Hub::start(
+        "auth.*",
+        &[
+            "--jwt-audience",
+            "wskafka",
+            "--jwt-issuer",
+            "https://idp.test",
+        ],
+    )
+    .await;
+    let full = |remove: &str| {
+        let mut claims = json!({"sub": "alice", "exp": now_secs() + 600,
+            "aud": "wskafka", "iss": "https://idp.test"});
+        claims.as_object_mut().unwrap().remove(remove);
+        hs256(&claims)
+    };
+    let good = full("");
+    assert_eq!(hub.handshake_status(&hub.url(&good)).await, 101);
+    for (claim, reason) in [
+        ("aud", "token lacks the `aud` claim"),
+        ("iss", "token lacks the `iss` claim"),
+        ("sub", "token lacks the `sub` claim"),
+        ("exp", "token lacks the `exp` claim"),
+    ] {
+        hub.refuses_on_every_path(&good, &full(claim), reason).await;
+    }
+}
+
+#[tokio::test]
 async fn a_bearer_header_authenticates_like_the_query_string() {
     let hub = Hub::start("auth.*", &[]).await;
     let mut client = hub

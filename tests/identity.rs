@@ -367,6 +367,38 @@ publish = [\"{glob}\"]
 }
 
 #[tokio::test]
+async fn an_issuers_required_claims_are_required_on_every_path() {
+    let (provider, url) = Provider::start().await;
+    let key = Signer::rsa(RSA_A, "only");
+    provider.publish("/only", &[&key], 3600);
+    let iss = "https://required.test";
+    let (hub, _) = hub_with(&format!(
+        "{FAST}{}",
+        issuer(iss, &url, "/only", "user_claim = \"email\"")
+    ))
+    .await;
+    hub.wait_readyz(200).await;
+    let without = |claim: &str| {
+        let mut claims = claims(iss, "alice");
+        claims["email"] = json!("alice@example.test");
+        claims.as_object_mut().unwrap().remove(claim);
+        key.sign(&claims)
+    };
+    let good = without("");
+    assert_eq!(hub.handshake_status(&hub.url(&good)).await, 101);
+    for (claim, reason) in [
+        ("aud", "token lacks the `aud` claim"),
+        // Its issuer is found by `iss`.
+        ("iss", "token issuer not accepted"),
+        ("email", "token lacks the `email` claim"),
+        ("exp", "token lacks the `exp` claim"),
+    ] {
+        hub.refuses_on_every_path(&good, &without(claim), reason)
+            .await;
+    }
+}
+
+#[tokio::test]
 async fn tokens_shaped_like_each_providers_verify_with_the_documented_settings() {
     let (provider, url) = Provider::start().await;
     let key = Signer::rsa(RSA_A, "k");

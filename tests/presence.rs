@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -14,15 +15,22 @@ struct Cluster {
     glob: String,
     topic: String,
     args: Vec<String>,
+    database: String,
 }
+
+const INSTANCE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Cluster {
     async fn new(prefix: &str) -> Cluster {
+        Cluster::with_timeout(prefix, INSTANCE_TIMEOUT).await
+    }
+
+    async fn with_timeout(prefix: &str, timeout: Duration) -> Cluster {
         let (topic, glob) = fresh_topic(prefix, 2).await;
         let database = fresh_postgres().await;
         let args = vec![
             "--database-url".to_string(),
-            database,
+            database.clone(),
             "--presence-topic".into(),
             unique("presence"),
             "--roster-topic".into(),
@@ -32,14 +40,29 @@ impl Cluster {
             "--keyed-topics".into(),
             glob.clone(),
             "--instance-timeout".into(),
-            "3s".into(),
+            format!("{}ms", timeout.as_millis()),
         ];
-        Cluster { glob, topic, args }
+        Cluster {
+            glob,
+            topic,
+            args,
+            database,
+        }
     }
 
     async fn hub(&self) -> Hub {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.hub_with(&[]).await
+    }
+
+    async fn hub_with(&self, extra: &[&str]) -> Hub {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend(extra);
         Hub::start(&self.glob, &args).await
+    }
+
+    async fn database(&self) -> sqlx::PgConnection {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&self.database).await.unwrap()
     }
 
     /// A token that may follow, and signal in, the rooms `rooms` (every room for `*`).
@@ -54,6 +77,15 @@ impl Cluster {
         let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
         token(user, &grants, &grants)
     }
+}
+
+/// When the hub `instance` last wrote its heartbeat, in ms since the epoch.
+async fn last_heartbeat(db: &mut sqlx::PgConnection, instance: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT last_seen FROM instances WHERE id = $1")
+        .bind(instance)
+        .fetch_optional(db)
+        .await
+        .unwrap()
 }
 
 async fn enter(client: &mut Client, topic: &str, room: &str, extras: Value) {
@@ -178,6 +210,89 @@ async fn joins_and_leaves_follow_the_roster_once_across_hubs_and_a_killed_hub_le
         members(&mut observer, &topic, "lobby").await,
         BTreeSet::from(["observer".to_string()])
     );
+}
+
+/// Time the roster takes from one hub's tombstone to another hub's `leave`: a Kafka round
+/// trip, allowed generously for a loaded test machine.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn hubs_killed_at_any_point_of_their_heartbeat_leave_everywhere_within_the_timeout() {
+    // Long enough that a third of it (how late a fixed reaping cycle could be) is far
+    // beyond the propagation allowed.
+    let timeout = Duration::from_secs(9);
+    let cluster = Cluster::with_timeout("deadline", timeout).await;
+    let topic = cluster.topic.clone();
+    let (a, b) = tokio::join!(cluster.hub(), cluster.hub());
+    let mut observers = Vec::new();
+    for hub in [&a, &b] {
+        let mut observer = hub.connect(&cluster.token("observer", &["*"])).await;
+        enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
+        observers.push(observer);
+    }
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("doomed{i}"))).collect();
+    let mut doomed = Vec::new();
+    for id in &ids {
+        let hub = cluster.hub_with(&["--instance-id", id]).await;
+        let mut user = hub.connect(&cluster.token(id, &["lobby"])).await;
+        enter(&mut user, &topic, "lobby", json!({})).await;
+        doomed.push((hub, user));
+    }
+    for observer in &mut observers {
+        let mut joined = BTreeSet::new();
+        while joined.len() < ids.len() {
+            let frame = observer.recv().await;
+            if frame["type"] == "join" && frame["user"] != "observer" {
+                assert!(joined.insert(frame["user"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+
+    // Each is killed right after a heartbeat, the worst moment: it is taken for dead a full
+    // timeout later. Their heartbeats fall at different points of the survivors' cycles.
+    let mut last_seen = BTreeMap::new();
+    let mut db = cluster.database().await;
+    for ((hub, user), id) in doomed.into_iter().zip(&ids) {
+        let before = last_heartbeat(&mut db, id).await;
+        let beat = loop {
+            let now = last_heartbeat(&mut db, id).await;
+            if now != before {
+                break now.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        hub.kill().await;
+        drop(user);
+        last_seen.insert(id.clone(), beat);
+    }
+
+    // Every hub's observer is read at once, so that each leave is timed as it comes.
+    let bound = (timeout + PROPAGATION).as_millis() as i64;
+    let watch = async |observer: &mut Client| {
+        let mut left = BTreeMap::new();
+        while left.len() < ids.len() {
+            let frame = observer.recv().await;
+            assert_eq!(frame["type"], "leave", "{frame}");
+            let user = frame["user"].as_str().unwrap().to_string();
+            let late = now_millis() - last_seen[&user];
+            assert!(left.insert(user, late).is_none(), "a second leave: {frame}");
+        }
+        // Told once: a ping answered now is the next frame.
+        let pong = observer.call(json!({"type": "ping", "id": "p"})).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+        left
+    };
+    let [on_a, on_b] = &mut observers[..] else {
+        unreachable!()
+    };
+    let (on_a, on_b) = tokio::join!(watch(on_a), watch(on_b));
+    for left in [on_a, on_b] {
+        eprintln!("left this long after their last heartbeat, in ms: {left:?}");
+        assert!(
+            left.values().all(|late| *late <= bound),
+            "left after {left:?} ms, beyond {bound} ms"
+        );
+    }
 }
 
 #[tokio::test]

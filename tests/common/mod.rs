@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -43,6 +43,14 @@ pub async fn eventually(what: impl std::fmt::Display, mut check: impl AsyncFnMut
         assert!(tokio::time::Instant::now() < deadline, "never came: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Milliseconds since the epoch, as the hub's records and heartbeats count them.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// Seconds since the epoch, as tokens count them.
@@ -292,9 +300,17 @@ fn launch(spec: &NodeSpec) -> std::process::Child {
 }
 
 /// A new KRaft cluster id: a UUID in URL-safe base64 without padding, as Kafka writes them.
+/// One in 64 such strings begins with `-`, which a command line reads as an option; Kafka's
+/// own `Uuid.randomUuid` draws again for those, and so does this.
 pub fn cluster_id() -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+    loop {
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(uuid::Uuid::new_v4().as_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 /// A port for a Kafka node to listen on, which nothing listens on now, below the kernel's
@@ -849,6 +865,44 @@ impl Hub {
             Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
             Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
         }
+    }
+
+    /// Asserts that `bad` is refused with `reason` on every path a token takes: the upgrade
+    /// (401 with the reason as its body), the first frame of a socket opened without one
+    /// (closed with 4403 and the reason), and a refresh on a socket opened with `good`
+    /// (`unauthorized`, the socket carrying on).
+    pub async fn refuses_on_every_path(&self, good: &str, bad: &str, reason: &str) {
+        let refused = tokio_tungstenite::connect_async(self.url(bad)).await;
+        let Err(tungstenite::Error::Http(response)) = refused else {
+            panic!("the upgrade was not refused: {refused:?}");
+        };
+        let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+        assert_eq!(
+            (response.status().as_u16(), body.as_str()),
+            (401, reason),
+            "the upgrade"
+        );
+
+        let mut bare = self.connect_bare().await;
+        bare.send(json!({"type": "auth", "token": bad})).await;
+        let close = bare.closed().await.expect("a close frame");
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (4403, reason),
+            "the first frame"
+        );
+
+        let mut client = self.connect(good).await;
+        let refused = client
+            .call(json!({"type": "auth", "id": "r", "token": bad}))
+            .await;
+        assert_eq!(refused["code"], "unauthorized", "a refresh: {refused}");
+        assert_eq!(
+            refused["message"],
+            format!("{reason}: the current token stays in force")
+        );
+        let pong = client.call(json!({"type": "ping", "id": "p"})).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
     }
 
     /// Sends SIGTERM and returns the exit code.
