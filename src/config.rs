@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::grant::{Grant, UserPattern};
+use crate::kafka_settings::{KafkaSettings, SettingsError, Sources};
 use crate::topic::{TopicPattern, any_matches};
 
 #[derive(Parser)]
@@ -146,19 +147,46 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_INSTANCE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub instance_timeout: Duration,
 
-    /// A librdkafka property for both the producer and the consumer, as KEY=VALUE; repeat
-    /// the flag, or separate with commas in the variable. Applied after the hub's own
-    /// defaults, so it can override them (SASL/SSL settings, for example).
-    #[arg(short = 'X', long = "kafka", env = "WSKAFKA_KAFKA", value_delimiter = ',', value_parser = parse_property)]
-    pub kafka: Vec<(String, String)>,
+    /// A file of librdkafka properties in Kafka's own format (`key=value` lines, as Kafka's
+    /// tools take with `--command-config`), for every Kafka client of the hub. Values are
+    /// taken as written, commas and spaces included: the place for passwords, and a file a
+    /// secret store can mount.
+    #[arg(long, env = "WSKAFKA_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
 
-    /// A librdkafka property for the producer only (`linger.ms`, ...).
-    #[arg(long, env = "WSKAFKA_KAFKA_PRODUCER", value_delimiter = ',', value_parser = parse_property)]
-    pub kafka_producer: Vec<(String, String)>,
+    /// A librdkafka property for every Kafka client of the hub, as KEY=VALUE; repeat the
+    /// flag, or separate with commas in the variable (so no value here can hold a comma).
+    /// Applied after the properties file and the hub's own defaults, so it can override them.
+    #[arg(
+        short = 'X',
+        long = "kafka",
+        env = "WSKAFKA_KAFKA",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka: Vec<String>,
 
-    /// A librdkafka property for the consumer only (`fetch.wait.max.ms`, ...).
-    #[arg(long, env = "WSKAFKA_KAFKA_CONSUMER", value_delimiter = ',', value_parser = parse_property)]
-    pub kafka_consumer: Vec<(String, String)>,
+    /// A librdkafka property for the producers only (`linger.ms`, ...).
+    #[arg(
+        long,
+        env = "WSKAFKA_KAFKA_PRODUCER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_producer: Vec<String>,
+
+    /// A librdkafka property for the consumers only (`fetch.wait.max.ms`, ...).
+    #[arg(
+        long,
+        env = "WSKAFKA_KAFKA_CONSUMER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_consumer: Vec<String>,
+
+    /// The properties above, gathered at start (see `kafka_settings`).
+    #[arg(skip)]
+    pub kafka_settings: KafkaSettings,
 
     /// Largest text frame a client may send, in bytes. Larger frames are refused with a
     /// `too_large` error; frames over four times this close the socket (1009).
@@ -384,28 +412,23 @@ pub struct TokenArgs {
     pub jwt_secret: String,
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_string(), value.trim().to_string()))
-        }
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+impl ServeConfig {
+    /// Gathers the Kafka properties from the file and the flags, once, before any client
+    /// is made.
+    pub fn load_kafka_settings(&mut self) -> Result<(), SettingsError> {
+        self.kafka_settings = KafkaSettings::load(&Sources {
+            file: self.kafka_config.as_deref(),
+            common: &self.kafka,
+            producer: &self.kafka_producer,
+            consumer: &self.kafka_consumer,
+        })?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn properties_split_at_the_first_equals_sign() {
-        assert_eq!(
-            parse_property("sasl.password=a=b").unwrap(),
-            ("sasl.password".into(), "a=b".into())
-        );
-        assert!(parse_property("novalue").is_err());
-        assert!(parse_property("=x").is_err());
-    }
 
     #[test]
     fn serve_requires_topics_and_at_most_one_key() {
@@ -440,9 +463,6 @@ mod tests {
             panic!("valid configuration refused")
         };
         assert_eq!(config.topics.len(), 2);
-        assert_eq!(
-            config.kafka,
-            [("a".into(), "1".into()), ("b".into(), "2".into())]
-        );
+        assert_eq!(config.kafka, ["a=1", "b=2"]);
     }
 }

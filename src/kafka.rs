@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::kafka_log::KafkaLog;
+use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{self, ErrorCode, RecordView};
 use crate::recent::Recent;
@@ -33,12 +34,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const METADATA_RETRY: Duration = Duration::from_secs(1);
+/// How often the consumer looks for the hub's own topics while they are being created.
+const OWN_TOPICS_RETRY: Duration = Duration::from_millis(100);
 
-/// The hub's own properties, then the operator's: shared ones first, this side's last.
+/// The hub's own properties, then the operator's for `side` (see `KafkaSettings`): the one
+/// place every Kafka client of the hub is configured.
 pub(crate) fn client_config(
     config: &ServeConfig,
     own: &[(&str, String)],
-    side: &[(String, String)],
+    side: Side,
 ) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
@@ -48,7 +52,7 @@ pub(crate) fn client_config(
     for (key, value) in own {
         client.set(*key, value);
     }
-    for (key, value) in config.kafka.iter().chain(side) {
+    for (key, value) in config.kafka_settings.for_side(side) {
         client.set(key, value);
     }
     client
@@ -74,7 +78,7 @@ pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConf
             // A start that retention deleted meanwhile is an error, never a silent jump.
             ("auto.offset.reset", "error".into()),
         ],
-        &config.kafka_consumer,
+        Side::Consumer,
     )
 }
 
@@ -162,7 +166,7 @@ impl Publisher {
                 // Broker states, which tell `KafkaLog` when an outage ended.
                 ("statistics.interval.ms", "5000".into()),
             ],
-            &config.kafka_producer,
+            Side::Producer,
         )
         .create_with_context(log.clone())?;
         Ok(Publisher { producer })
@@ -252,7 +256,7 @@ pub async fn ensure_topics(
     names: &[&str],
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<KafkaLog> =
-        client_config(config, &[], &[]).create_with_context(log.clone())?;
+        client_config(config, &[], Side::Admin).create_with_context(log.clone())?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| {
@@ -272,15 +276,18 @@ pub async fn ensure_topics(
             }
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    // librdkafka's default request timeout is a minute: bounded here, so that a broker that
+    // does not answer (a TLS port spoken to in plaintext, say) is told of in seconds.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(topic, "cannot create the topic");
-                });
+                tracing::debug!(topic, ?code, "cannot create the topic");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }
@@ -376,7 +383,7 @@ impl Consumer {
                 // For the consumer lag in /metrics, and the broker states `KafkaLog` reads.
                 ("statistics.interval.ms", "5000".into()),
             ],
-            &config.kafka_consumer,
+            Side::Consumer,
         )
         .create_with_context(context)?;
         let topics = Topics {
@@ -423,6 +430,15 @@ impl Topics {
     fn matches(&self, topic: &str) -> bool {
         topic == self.control || topic == self.signals || any_matches(&self.exposed, topic)
     }
+
+    fn own_exist(&self, metadata: &rdkafka::metadata::Metadata) -> bool {
+        [&self.control, &self.signals].into_iter().all(|own| {
+            metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == own.as_str() && !t.partitions().is_empty())
+        })
+    }
 }
 
 fn consume<S: Fn(&[u8])>(
@@ -438,6 +454,12 @@ fn consume<S: Fn(&[u8])>(
             return;
         }
         match consumer.fetch_metadata(None, METADATA_TIMEOUT) {
+            // The hub's own topics are created once Kafka answers (see `ensure_topics`):
+            // subscribed before they exist, they would be read only from the consumer's
+            // next metadata refresh, and signals and revocations be late until then.
+            Ok(metadata) if !topics.own_exist(&metadata) => {
+                std::thread::sleep(OWN_TOPICS_RETRY);
+            }
             Ok(metadata) => {
                 let existing = metadata
                     .topics()

@@ -136,10 +136,14 @@ impl KafkaLog {
     pub fn client_error(&self, error: &KafkaError, reason: &str) {
         use RDKafkaErrorCode as C;
         match error.rdkafka_error_code() {
-            Some(C::BrokerTransportFailure | C::Resolve) => match broker_of(reason) {
-                Some((broker, cause)) => self.failed(broker, cause),
-                None => self.line(Level::Debug, format!("{error}: {reason}")),
-            },
+            // A refused login (a wrong password, say) is an outage of that broker for this
+            // hub: told once, with its cause, however many clients meet it.
+            Some(C::BrokerTransportFailure | C::Resolve | C::Authentication) => {
+                match broker_of(reason) {
+                    Some((broker, cause)) => self.failed(broker, cause),
+                    None => self.line(Level::Debug, format!("{error}: {reason}")),
+                }
+            }
             // Each broker's own outage says it already; an exposed pattern that no topic
             // matches yet is normal; readers that asked for it (`enable.partition.eof`)
             // hear of a partition's end.

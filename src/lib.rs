@@ -27,6 +27,7 @@ mod hub;
 mod issuers;
 mod kafka;
 mod kafka_log;
+mod kafka_settings;
 mod keys;
 mod metrics;
 mod policy;

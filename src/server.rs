@@ -31,6 +31,7 @@ use crate::hub::{Admission, Hub, Parts};
 use crate::issuers::{Authenticator, KeyError};
 use crate::kafka::{self, Consumer, Publisher, Sinks};
 use crate::kafka_log::KafkaLog;
+use crate::kafka_settings::SettingsError;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::recent::Recent;
@@ -56,8 +57,11 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
-    #[error("Kafka client for {brokers}: {source}")]
-    Kafka { brokers: String, source: KafkaError },
+    /// `cause` is librdkafka's, with the values of secret settings masked.
+    #[error("Kafka client for {brokers}: {cause}")]
+    Kafka { brokers: String, cause: String },
+    #[error("Kafka settings: {0}")]
+    KafkaSettings(#[from] SettingsError),
     #[error("database {url}: {source}")]
     Database { url: String, source: StoreError },
     #[error("cannot listen on {addr} (WSKAFKA_LISTEN): {source}")]
@@ -131,9 +135,10 @@ fn ensure_descriptors(config: &ServeConfig) -> Result<(), StartError> {
 /// `WSKAFKA_DATABASE_WAIT`, or answers with an error that waiting cannot mend, stops the
 /// hub with that error.
 pub async fn serve(
-    config: ServeConfig,
+    mut config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    config.load_kafka_settings()?;
     if config.demo {
         tracing::warn!(
             "demo mode: /dev/token mints a token for anyone who asks; never enable it in production"
@@ -164,9 +169,9 @@ pub async fn serve(
         config.database_timeout,
     )
     .map_err(database)?;
-    let kafka_client = |source| StartError::Kafka {
+    let kafka_client = |source: KafkaError| StartError::Kafka {
         brokers: config.brokers.clone(),
-        source,
+        cause: config.kafka_settings.redact(&source.to_string()),
     };
     let kafka_log = KafkaLog::default();
     let registry = Arc::new(Registry::default());
@@ -351,17 +356,41 @@ const PROBE: Duration = Duration::from_secs(2);
 
 /// Readiness follows Kafka: a broker must answer the producer, checked every `PROBE` for as
 /// long as the hub runs, and the hub's own topics must exist (created once Kafka answers).
+/// Creating them is bounded in time, told once per cause at WARN, and given up at shutdown.
 async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
     let mut topics_exist = false;
+    let mut told = None;
     loop {
         let probe = hub.clone();
         let reachable =
             tokio::task::spawn_blocking(move || probe.publisher.check_connection(PROBE)).await;
         let outcome = match reachable {
             Ok(Ok(())) if topics_exist => Ok(()),
-            Ok(Ok(())) => kafka::ensure_topics(&hub.config, &log, &hub.config.own_topics())
-                .await
-                .inspect(|()| topics_exist = true),
+            Ok(Ok(())) => {
+                let own = hub.config.own_topics();
+                let created = tokio::select! {
+                    _ = hub.shutdown.cancelled() => return,
+                    created = kafka::ensure_topics(&hub.config, &log, &own) => created,
+                };
+                match created {
+                    Ok(()) => {
+                        topics_exist = true;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let cause = hub.config.kafka_settings.redact(&e.to_string());
+                        if told.as_ref() != Some(&cause) {
+                            tracing::warn!(
+                                error = %cause,
+                                topics = ?own,
+                                "cannot create the hub's own topics: not ready"
+                            );
+                            told = Some(cause);
+                        }
+                        Err(e)
+                    }
+                }
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => return,
         };

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use crate::config::ServeConfig;
 use crate::kafka::{PublishError, client_config};
 use crate::kafka_log::KafkaLog;
+use crate::kafka_settings::Side;
 use crate::registry::{Delivery, Registry, Wants};
 
 /// A signal on the signal topic.
@@ -82,7 +83,7 @@ impl Signals {
                 // A signal older than this is worthless: drop it rather than deliver it late.
                 ("message.timeout.ms", "2000".into()),
             ],
-            &config.kafka_producer,
+            Side::Producer,
         )
         .create_with_context(log.clone())?;
         Ok(Signals {

@@ -297,3 +297,48 @@ async fn settings_that_cannot_work_stop_the_hub_with_what_to_do() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn kafka_settings_are_refused_by_their_key_and_no_secret_is_ever_shown() {
+    let secret = "zz-s3cr3t";
+    let refused = async |extra: &[&str]| {
+        let (code, stderr) = run_to_exit(hub_command("127.0.0.1:0", "any.*", extra)).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(!stderr.contains(secret), "the secret was shown: {stderr}");
+        stderr
+    };
+    // A password cut at its comma by the comma-separated setting.
+    let cut = format!("sasl.password={secret},part2");
+    let stderr = refused(&["-X", &cut]).await;
+    assert!(
+        stderr.contains("after `sasl.password`") && stderr.contains("WSKAFKA_KAFKA_CONFIG"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("part2"), "{stderr}");
+    // SASL settings on a connection that is not SASL.
+    let password = format!("sasl.password={secret}");
+    let stderr = refused(&["-X", "security.protocol=SSL", "-X", &password]).await;
+    assert!(stderr.contains("`sasl.password`"), "{stderr}");
+    // A property librdkafka does not know (Java's JAAS line), which it names.
+    let jaas = format!("sasl.jaas.config=ScramLoginModule required password=\"{secret}\";");
+    let stderr = refused(&["-X", "security.protocol=SASL_SSL", "-X", &jaas]).await;
+    assert!(stderr.contains("sasl.jaas.config"), "{stderr}");
+    // A properties file that is not there.
+    let stderr = refused(&["--kafka-config", "/nonexistent/client.properties"]).await;
+    assert!(
+        stderr.contains("WSKAFKA_KAFKA_CONFIG: cannot read /nonexistent/client.properties"),
+        "{stderr}"
+    );
+
+    // Help shows which variables are set, never their values.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_wskafka"))
+        .args(["serve", "--help"])
+        .env("WSKAFKA_KAFKA", format!("sasl.password={secret}"))
+        .env("WSKAFKA_KAFKA_PRODUCER", format!("sasl.password={secret}"))
+        .env("WSKAFKA_KAFKA_CONSUMER", format!("sasl.password={secret}"))
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("WSKAFKA_KAFKA_CONFIG"), "{help}");
+    assert!(!help.contains(secret), "{help}");
+}

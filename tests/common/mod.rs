@@ -91,6 +91,8 @@ pub struct NodeSpec {
     pub heap: &'static str,
     /// Server properties beyond `scripts/kafka`'s and `tests/broker.properties`.
     pub settings: Vec<String>,
+    /// More `scripts/kafka start` options (`--secure-port`, ...).
+    pub options: Vec<String>,
 }
 
 /// A Kafka node started through `scripts/kafka`, in a data directory of its own. A shell
@@ -117,6 +119,7 @@ impl KafkaNode {
             cluster_id: cluster_id(),
             heap: "512m",
             settings: Vec::new(),
+            options: Vec::new(),
         }
     }
 
@@ -207,6 +210,7 @@ impl Cluster {
                 cluster_id: cluster_id.clone(),
                 heap: "384m",
                 settings: settings.clone(),
+                options: Vec::new(),
             })
             .collect();
         // Each node serves once a quorum of controllers is up: they start together.
@@ -272,6 +276,7 @@ fn launch(spec: &NodeSpec) -> std::process::Child {
     for setting in &spec.settings {
         args.extend(["--set".to_string(), setting.clone()]);
     }
+    args.extend(spec.options.iter().cloned());
     let script = r#"kafka="$1" dir="$2"; shift 2
             "$kafka" start "$dir" "$@" >&2 || exit 1
             echo started
