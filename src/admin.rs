@@ -1,6 +1,7 @@
 //! The admin view and API, behind HTTP Basic authentication as `admin` with
 //! `WSKAFKA_ADMIN_PASSWORD`; without that password the routes do not exist:
-//! - `/admin`, a page polling `/metrics` and `/admin/connections`;
+//! - `/admin`, a page (its script and styles under `/admin/` too) polling `/metrics` and
+//!   `/admin/connections`;
 //! - `POST /admin/revocations` with `{"jti": "..."}` or `{"sub": "..."}`, which revokes one
 //!   token or every token of a user issued until now, on every hub (see `control`).
 //!
@@ -26,17 +27,24 @@ use crate::hub::{ConnectionInfo, Hub};
 use crate::registry::ConnId;
 
 const PAGE: &str = include_str!("../web/admin.html");
+const SCRIPT: &str = include_str!("../web/admin.js");
+const STYLE: &str = include_str!("../web/admin.css");
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     let Some(password) = &hub.config.admin_password else {
         return Router::new();
     };
     let expected = format!("Basic {}", BASE64.encode(format!("admin:{password}")));
+    let file = |content_type: &'static str, body: &'static str| {
+        get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) })
+    };
     Router::new()
+        .route("/admin", file("text/html; charset=utf-8", PAGE))
         .route(
-            "/admin",
-            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
+            "/admin/admin.js",
+            file("text/javascript; charset=utf-8", SCRIPT),
         )
+        .route("/admin/admin.css", file("text/css; charset=utf-8", STYLE))
         .route("/admin/connections", get(connections))
         .route("/admin/revocations", post(revoke))
         // Matched routes only: `layer` would also wrap the fallback, answering 401 for every

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::ServeConfig;
@@ -480,6 +481,14 @@ async fn apply_control(hub: Arc<Hub>, mut records: mpsc::UnboundedReceiver<Vec<u
     }
 }
 
+/// What the hub's pages (the admin view, the demo) may load: their own scripts and styles
+/// (none inline, so that injected markup cannot run), the demo's `data:` icon, and requests
+/// and WebSockets to the hub itself; nothing may frame them. Sent with every response: none
+/// is meant to be shown inside another page (`X-Frame-Options` says so to older browsers).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src data:; connect-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
 fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
@@ -491,6 +500,23 @@ fn router(hub: Arc<Hub>) -> Router {
         )
         .merge(web::routes(&hub.config))
         .merge(admin::routes(&hub))
+        // On every response, the fallback's included.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
             TraceLayer::new_for_http()

@@ -119,6 +119,12 @@ async fn two_browser_contexts_chat_through_the_hub_and_see_records_from_kafka() 
         let times = browser.texts(user, "#messages li time").await;
         assert_eq!(times.len(), 3, "every message shows its time: {times:?}");
         assert!(times.iter().all(|t| t.contains(':')), "{times:?}");
+        // Under the hub's Content-Security-Policy: nothing refused, nothing failed.
+        assert_eq!(
+            browser.complaints(user).await,
+            Vec::<String>::new(),
+            "{user}"
+        );
     }
     // A new user signs in with the form; the page loads cleanly: no invalid pattern, no
     // missing file.
@@ -350,4 +356,5 @@ async fn the_admin_page_shows_live_connections_and_topics() {
     browser.wait_text("admin", "#list", "alice").await;
     browser.wait_text("admin", "#topics", &demo.rooms).await;
     browser.wait_text("admin", "#connections", "1").await;
+    assert_eq!(browser.complaints("admin").await, Vec::<String>::new());
 }

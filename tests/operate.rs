@@ -1,4 +1,5 @@
-//! What operators read: `/metrics` after a scripted session, and the JSON logs.
+//! What operators read and use: `/metrics` after a scripted session, the JSON logs, and the
+//! admin view and API with what keeps them to their operator.
 
 mod common;
 
@@ -132,12 +133,6 @@ async fn the_admin_view_needs_its_password_and_lists_live_connections() {
     assert_eq!(plain.get("/admin").await.0, 404);
 
     let hub = Hub::start("admin.*", &["--admin-password", "s3cret"]).await;
-    let basic = |user: &str, password: &str| {
-        use base64::Engine as _;
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        format!("Basic {encoded}")
-    };
     for path in ["/admin", "/admin/connections"] {
         assert_eq!(hub.get(path).await.0, 401, "{path} without credentials");
         let wrong = basic("admin", "guess");
@@ -176,4 +171,69 @@ async fn the_admin_view_needs_its_password_and_lists_live_connections() {
         listed(body) == ["bob"]
     })
     .await;
+}
+
+/// A hub with the admin view, its revocations on a control topic of its own (other tests'
+/// hubs read the default one).
+async fn admin_hub(extra: &[&str]) -> Hub {
+    let control = unique("control");
+    let args = [
+        &["--admin-password", "s3cret", "--control-topic", &control],
+        extra,
+    ]
+    .concat();
+    Hub::start("admin.*", &args).await
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_no_page_may_be_framed() {
+    let hub = admin_hub(&["--demo"]).await;
+    let admin = basic("admin", "s3cret");
+    let with_admin = [("Authorization", admin.as_str())];
+    let answers = [
+        ("/", &[][..], 200),
+        ("/demo.js", &[], 200),
+        ("/demo.css", &[], 200),
+        ("/wskafka.js", &[], 200),
+        ("/metrics", &[], 200),
+        ("/no/such/path", &[], 404),
+        ("/admin", &[], 401),
+        ("/admin", &with_admin, 200),
+        ("/admin/admin.js", &with_admin, 200),
+        ("/admin/admin.css", &with_admin, 200),
+        ("/admin/connections", &with_admin, 200),
+    ];
+    for (path, headers, status) in answers {
+        let (got, head) = hub.response_headers(path, headers).await;
+        assert_eq!(got, status, "{path}");
+        let header = |name: &str| head.get(name).map(String::as_str);
+        assert_eq!(header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(header("referrer-policy"), Some("no-referrer"), "{path}");
+        assert_eq!(header("x-frame-options"), Some("DENY"), "{path}");
+        let policy = header("content-security-policy").unwrap_or_default();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(!policy.contains("unsafe"), "{path}: {policy}");
+    }
+    // What nosniff relies on: each file says what it is.
+    let types = [
+        ("/", "text/html"),
+        ("/demo.js", "text/javascript"),
+        ("/demo.css", "text/css"),
+        ("/admin/admin.js", "text/javascript"),
+        ("/admin/admin.css", "text/css"),
+    ];
+    for (path, content_type) in types {
+        let (_, head) = hub.response_headers(path, &with_admin).await;
+        assert!(
+            head["content-type"].starts_with(content_type),
+            "{path}: {head:?}"
+        );
+    }
 }

@@ -572,6 +572,13 @@ pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
     }
 }
 
+/// `Authorization` for HTTP Basic.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
 pub fn token(sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
     mint(
         SECRET,
@@ -764,8 +771,31 @@ impl Hub {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
+        let (status, _, body) = self.exchange(method, path, headers, body).await;
+        (status, body)
+    }
+
+    /// A bare GET; returns the status and the response's headers, names in lower case.
+    pub async fn response_headers(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, BTreeMap<String, String>) {
+        let (status, head, _) = self.exchange("GET", path, headers, "").await;
+        (status, head)
+    }
+
+    /// Sends one request over a connection of its own; returns the status (0 when the hub
+    /// answered nothing), the headers and the body.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, BTreeMap<String, String>, String) {
         let Ok(mut stream) = TcpStream::connect(self.addr).await else {
-            return (0, String::new());
+            return (0, BTreeMap::new(), String::new());
         };
         let headers: String = headers
             .iter()
@@ -785,8 +815,14 @@ impl Hub {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let head = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        (status, head, body.to_string())
     }
 
     pub fn url(&self, token: &str) -> String {
