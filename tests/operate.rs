@@ -185,6 +185,71 @@ async fn admin_hub(extra: &[&str]) -> Hub {
     Hub::start("admin.*", &args).await
 }
 
+/// `POST /admin/revocations` with the admin's password and `headers`.
+async fn revoke(hub: &Hub, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let admin = basic("admin", "s3cret");
+    let headers = [&[("Authorization", admin.as_str())], headers].concat();
+    hub.request("POST", "/admin/revocations", &headers, body)
+        .await
+}
+
+#[tokio::test]
+async fn requests_another_site_could_send_revoke_nothing_and_tools_still_revoke() {
+    let hub = admin_hub(&["--admin-origins", "https://admin.example"]).await;
+    let tokens = ["alice", "bob", "carol"].map(|user| token(user, &[], &[]));
+    let mut alice = hub.connect(&tokens[0]).await;
+    let mut bob = hub.connect(&tokens[1]).await;
+    let mut carol = hub.connect(&tokens[2]).await;
+    const JSON: (&str, &str) = ("Content-Type", "application/json");
+    let from_another_site: [&[(&str, &str)]; 5] = [
+        // What `fetch(..., {mode: "no-cors", credentials: "include"})` from a page on
+        // another site sends.
+        &[
+            ("Content-Type", "text/plain;charset=UTF-8"),
+            ("Origin", "https://evil.example"),
+        ],
+        &[JSON, ("Sec-Fetch-Site", "cross-site")],
+        &[JSON, ("Sec-Fetch-Site", "same-site")],
+        &[JSON, ("Origin", "https://evil.example")],
+        // no browser header, but a body any page can send
+        &[("Content-Type", "text/plain")],
+    ];
+    for headers in from_another_site {
+        let (status, reason) = revoke(&hub, headers, r#"{"sub":"alice"}"#).await;
+        assert_eq!(status, 403, "{headers:?}: {reason}");
+        assert!(
+            reason.starts_with("refused: ") && !reason.contains('\n'),
+            "one line saying why: {reason:?}"
+        );
+    }
+
+    // The admin view's own requests, served by the hub or by a proxy under a listed name.
+    let own = [
+        JSON,
+        ("Origin", "http://hub"),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    assert_eq!(revoke(&hub, &own, r#"{"sub":"bob"}"#).await.0, 200);
+    let listed = [
+        JSON,
+        ("Origin", "https://admin.example"),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    assert_eq!(revoke(&hub, &listed, r#"{"sub":"carol"}"#).await.0, 200);
+    for client in [&mut bob, &mut carol] {
+        assert_eq!(client.closed().await.map(|c| u16::from(c.code)), Some(4403));
+    }
+    // The control topic is read in order: had a refused request sent alice's revocation,
+    // it would have closed her socket before bob's and carol's. Nor was it stored.
+    assert_eq!(alice.call(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(hub.handshake_status(&hub.url(&tokens[0])).await, 101);
+
+    // curl -u admin:... -H 'Content-Type: application/json' -d '{"sub":"alice"}'
+    assert_eq!(revoke(&hub, &[JSON], r#"{"sub":"alice"}"#).await.0, 200);
+    assert_eq!(alice.closed().await.map(|c| u16::from(c.code)), Some(4403));
+    assert_eq!(hub.handshake_status(&hub.url(&tokens[0])).await, 401);
+}
+
 #[tokio::test]
 async fn every_response_carries_the_security_headers_and_no_page_may_be_framed() {
     let hub = admin_hub(&["--demo"]).await;

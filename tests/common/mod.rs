@@ -572,6 +572,23 @@ pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
     }
 }
 
+/// A token with its own id (`jti`) and issue time, for revocations to name.
+pub fn token_with(sub: &str, jti: &str, iat: u64, subscribe: &[&str]) -> String {
+    let claims = wskafka::Claims {
+        sub: sub.into(),
+        exp: now_secs() + 3600,
+        iat: Some(iat),
+        jti: Some(jti.into()),
+        wskafka: grants(&[], subscribe),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// `Authorization` for HTTP Basic.
 pub fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
