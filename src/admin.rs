@@ -10,13 +10,16 @@
 //!
 //! A browser that was given the password sends it with every later request to the hub,
 //! including those another site's page makes, so a request that changes state must show
-//! that it comes from the admin view itself or from a tool ([`refusal`]).
+//! that it comes from the admin view itself or from a tool ([`refusal`]). Wrong passwords
+//! are limited per source ([`Logins`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +31,8 @@ use subtle::ConstantTimeEq as _;
 use crate::clock::now_secs;
 use crate::control::{ControlMessage, Revocation};
 use crate::hub::{ConnectionInfo, Hub};
+use crate::logins::{Logins, Source};
+use crate::metrics;
 use crate::registry::ConnId;
 
 const PAGE: &str = include_str!("../web/admin.html");
@@ -38,7 +43,10 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     let Some(password) = &hub.config.admin_password else {
         return Router::new();
     };
-    let expected = format!("Basic {}", BASE64.encode(format!("admin:{password}")));
+    let gate = Gate {
+        expected: format!("Basic {}", BASE64.encode(format!("admin:{password}"))),
+        logins: Logins::default(),
+    };
     let file = |content_type: &'static str, body: &'static str| {
         get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) })
     };
@@ -58,30 +66,60 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
             refuse_cross_site,
         ))
         .route_layer(middleware::from_fn_with_state(
-            Arc::new(expected),
+            Arc::new(gate),
             require_admin,
         ))
 }
 
-/// Compares the whole `Authorization` header in constant time.
+/// The admin's credential, and the wrong ones seen lately.
+struct Gate {
+    /// The whole `Authorization` header the password gives.
+    expected: String,
+    logins: Logins,
+}
+
+/// Compares the whole `Authorization` header in constant time, after refusing at once a
+/// source that sent too many wrong ones lately.
 async fn require_admin(
-    State(expected): State<Arc<String>>,
+    State(gate): State<Arc<Gate>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map_or(&[][..], HeaderValue::as_bytes);
-    if bool::from(given.ct_eq(expected.as_bytes())) {
-        return next.run(request).await;
+    let (source, now) = (Source::from(peer.ip()), Instant::now());
+    if let Err(left) = gate.logins.check(source, now) {
+        metrics::admin_login_failed("locked_out");
+        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            "too many wrong admin passwords from this address: try again later",
+        )
+            .into_response();
     }
-    (
+    let challenge = (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"wskafka admin\"")],
         "admin credentials required",
-    )
-        .into_response()
+    );
+    // Browsers ask without credentials first, and send them once challenged: that first
+    // request is no wrong password.
+    let Some(given) = request.headers().get(header::AUTHORIZATION) else {
+        return challenge.into_response();
+    };
+    if bool::from(given.as_bytes().ct_eq(gate.expected.as_bytes())) {
+        gate.logins.succeeded(source);
+        return next.run(request).await;
+    }
+    metrics::admin_login_failed("wrong_password");
+    if let Some(lockout) = gate.logins.failed(source, now) {
+        tracing::warn!(
+            %source,
+            lockout = %humantime::format_duration(lockout),
+            "too many wrong admin passwords: this source is refused for a while"
+        );
+    }
+    challenge.into_response()
 }
 
 /// Lets through requests that cannot change state, and refuses the others when they may

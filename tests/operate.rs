@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::net::IpAddr;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -193,6 +195,14 @@ async fn revoke(hub: &Hub, headers: &[(&str, &str)], body: &str) -> (u16, String
         .await
 }
 
+/// A `GET /admin/connections` from `source` with `Authorization: authorization`; its status.
+async fn admin_get(hub: &Hub, source: IpAddr, authorization: &str) -> u16 {
+    let headers = [("Authorization", authorization)];
+    hub.request_from(source, "GET", "/admin/connections", &headers, "")
+        .await
+        .0
+}
+
 #[tokio::test]
 async fn requests_another_site_could_send_revoke_nothing_and_tools_still_revoke() {
     let hub = admin_hub(&["--admin-origins", "https://admin.example"]).await;
@@ -301,4 +311,70 @@ async fn every_response_carries_the_security_headers_and_no_page_may_be_framed()
             "{path}: {head:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn wrong_admin_passwords_lock_out_their_source_only() {
+    let hub = admin_hub(&[]).await;
+    let guesser: IpAddr = "127.0.0.2".parse().unwrap();
+    let (wrong, right) = (basic("admin", "guess"), basic("admin", "s3cret"));
+    // A browser asks without credentials first: that is no wrong password.
+    for _ in 0..10 {
+        assert_eq!(
+            hub.request_from(guesser, "GET", "/admin", &[], "").await.0,
+            401
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(admin_get(&hub, guesser, &wrong).await, 401);
+    }
+    // Refused without a look at the password, the right one included.
+    let started = std::time::Instant::now();
+    assert_eq!(admin_get(&hub, guesser, &wrong).await, 429);
+    assert_eq!(admin_get(&hub, guesser, &right).await, 429);
+    eprintln!(
+        "two locked-out attempts answered in {:?}",
+        started.elapsed()
+    );
+    let another: IpAddr = "127.0.0.3".parse().unwrap();
+    assert_eq!(admin_get(&hub, another, &right).await, 200);
+    assert_eq!(admin_get(&hub, another, &wrong).await, 401);
+    assert_eq!(admin_get(&hub, another, &right).await, 200);
+
+    let counted = hub.metrics().await;
+    let failures = |reason: &str| {
+        counted
+            .get(&format!(
+                "wskafka_admin_login_failures_total{{reason=\"{reason}\"}}"
+            ))
+            .copied()
+    };
+    assert_eq!(failures("wrong_password"), Some(6.0));
+    assert_eq!(failures("locked_out"), Some(2.0));
+
+    // Logged once for the burst. A refused request from the other source logs after
+    // everything above, so once its line is there, so are theirs.
+    let refused = hub
+        .request_from(
+            another,
+            "POST",
+            "/admin/revocations",
+            &[("Authorization", &right), ("Content-Type", "text/plain")],
+            "{}",
+        )
+        .await;
+    assert_eq!(refused.0, 403);
+    eventually("the refusal is logged", || async {
+        hub.log_lines()
+            .iter()
+            .any(|line| line.contains("refused an admin request"))
+    })
+    .await;
+    let lockouts: Vec<String> = hub
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains("too many wrong admin passwords"))
+        .collect();
+    assert_eq!(lockouts.len(), 1, "{lockouts:#?}");
+    assert!(lockouts[0].contains("127.0.0.2"), "{}", lockouts[0]);
 }

@@ -788,7 +788,23 @@ impl Hub {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
-        let (status, _, body) = self.exchange(method, path, headers, body).await;
+        let (status, _, body) = self.exchange(None, method, path, headers, body).await;
+        (status, body)
+    }
+
+    /// The same from `source`, a loopback address such as 127.0.0.2: another client, as
+    /// far as the hub can tell.
+    pub async fn request_from(
+        &self,
+        source: std::net::IpAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let (status, _, body) = self
+            .exchange(Some(source), method, path, headers, body)
+            .await;
         (status, body)
     }
 
@@ -798,20 +814,29 @@ impl Hub {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, BTreeMap<String, String>) {
-        let (status, head, _) = self.exchange("GET", path, headers, "").await;
+        let (status, head, _) = self.exchange(None, "GET", path, headers, "").await;
         (status, head)
     }
 
-    /// Sends one request over a connection of its own; returns the status (0 when the hub
-    /// answered nothing), the headers and the body.
+    /// Sends one request over a connection of its own (from `source` when given); returns
+    /// the status (0 when the hub answered nothing), the headers and the body.
     async fn exchange(
         &self,
+        source: Option<std::net::IpAddr>,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, BTreeMap<String, String>, String) {
-        let Ok(mut stream) = TcpStream::connect(self.addr).await else {
+        let connected = match source {
+            None => TcpStream::connect(self.addr).await,
+            Some(source) => {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(source, 0)).unwrap();
+                socket.connect(self.addr).await
+            }
+        };
+        let Ok(mut stream) = connected else {
             return (0, BTreeMap::new(), String::new());
         };
         let headers: String = headers
