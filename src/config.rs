@@ -278,6 +278,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 
+    /// Origins besides the hub's own from which the admin view may change state,
+    /// comma-separated (`https://admin.example.com`): for an admin view that a proxy serves
+    /// under another host name than the one the hub sees. Requests that change state from
+    /// any other browser origin get HTTP 403.
+    #[arg(long, env = "WSKAFKA_ADMIN_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub admin_origins: Vec<String>,
+
     /// DEVELOPMENT ONLY: serve the demo page at `/` and `/dev/token`, which mints a token
     /// for any user name it is given. Never enable this where strangers can reach the hub.
     #[arg(long, env = "WSKAFKA_DEMO")]
@@ -426,9 +433,45 @@ impl ServeConfig {
     }
 }
 
+/// A browser origin, `scheme://host[:port]`, in the form browsers send in `Origin` (host in
+/// lower case, no default port), so that it compares as a string.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let refused = || format!("expected an origin such as https://admin.example.com, got {s:?}");
+    let url = url::Url::parse(s.trim()).map_err(|_| refused())?;
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+        return Err(refused());
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_origins_are_written_as_browsers_send_them() {
+        assert_eq!(
+            parse_origin("https://Admin.Example.com:443/").unwrap(),
+            "https://admin.example.com"
+        );
+        assert_eq!(
+            parse_origin("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for wrong in [
+            "admin.example.com",
+            "https://a.example/admin",
+            "ftp://a.example",
+            "*",
+        ] {
+            assert!(parse_origin(wrong).is_err(), "{wrong}");
+        }
+    }
 
     #[test]
     fn serve_requires_topics_and_at_most_one_key() {

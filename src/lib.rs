@@ -13,7 +13,8 @@
 //! [`presence`] writes who connects and leaves to another.
 //!
 //! Each module depends only on modules that do not depend on it (`scripts/check-modules`
-//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`] and [`clock`] depend on none.
+//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`], [`clock`] and [`logins`] depend
+//! on none.
 
 mod admin;
 mod auth;
@@ -29,6 +30,7 @@ mod kafka;
 mod kafka_log;
 mod kafka_settings;
 mod keys;
+mod logins;
 mod metrics;
 mod policy;
 mod presence;

@@ -106,6 +106,12 @@ pub fn auth_failed(reason: &'static str) {
     counter!("wskafka_auth_failures_total", "reason" => reason).increment(1);
 }
 
+/// An admin request refused for its password: `wrong_password`, or `locked_out` when its
+/// source sent too many wrong ones lately (see `logins`).
+pub fn admin_login_failed(reason: &'static str) {
+    counter!("wskafka_admin_login_failures_total", "reason" => reason).increment(1);
+}
+
 /// A replay started: served from the hub's recent records (`recent`) or read from Kafka.
 pub fn replay(from: &'static str) {
     counter!("wskafka_replays_total", "from" => from).increment(1);

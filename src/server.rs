@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::add_extension::AddExtension;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::ServeConfig;
@@ -322,10 +324,10 @@ async fn serve_http(
     builder.http2().enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, typically: give connections time to close.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -336,7 +338,8 @@ async fn serve_http(
         };
         // Frames are small and written in flushed batches: no reason to wait for more.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Whom a request comes from, for `ConnectInfo` (the admin's login limit).
+        let service = TowerToHyperService::new(AddExtension::new(app.clone(), ConnectInfo(peer)));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -509,6 +512,14 @@ async fn apply_control(hub: Arc<Hub>, mut records: mpsc::UnboundedReceiver<Vec<u
     }
 }
 
+/// What the hub's pages (the admin view, the demo) may load: their own scripts and styles
+/// (none inline, so that injected markup cannot run), the demo's `data:` icon, and requests
+/// and WebSockets to the hub itself; nothing may frame them. Sent with every response: none
+/// is meant to be shown inside another page (`X-Frame-Options` says so to older browsers).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src data:; connect-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
 fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
@@ -520,6 +531,23 @@ fn router(hub: Arc<Hub>) -> Router {
         )
         .merge(web::routes(&hub.config))
         .merge(admin::routes(&hub))
+        // On every response, the fallback's included.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         // The default span records the URI, query string and all: tokens travel there.
         .layer(
             TraceLayer::new_for_http()

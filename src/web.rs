@@ -1,5 +1,6 @@
 //! What the hub serves to browsers: the client library at `/wskafka.js`, and with `--demo`
-//! the demo page at `/` and the development token endpoint it signs in with.
+//! the demo page at `/` (with `/demo.js` and `/demo.css`) and the development token endpoint
+//! it signs in with.
 //!
 //! The files are compiled into the binary, so a deployed hub needs nothing beside it.
 
@@ -20,6 +21,7 @@ use crate::grant::Grant;
 const CLIENT: &str = include_str!("../web/wskafka.js");
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 const DEMO_SCRIPT: &str = include_str!("../web/demo.js");
+const DEMO_STYLE: &str = include_str!("../web/demo.css");
 
 /// Demo tokens live briefly, so the demo exercises refreshing.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -101,6 +103,15 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<
             }),
         )
         .route("/demo.js", get(|| async { javascript(DEMO_SCRIPT) }))
+        .route(
+            "/demo.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    DEMO_STYLE,
+                )
+            }),
+        )
         .route(
             "/dev/token",
             get(dev_token).with_state(Arc::new(DemoTokens::new(config))),

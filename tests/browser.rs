@@ -1,13 +1,15 @@
 //! The demo page and the client library in a real headless Chromium, against the real hub
 //! and broker: two people chatting under their verified names, a late joiner paging back
 //! through a room, a private room, notifications for one user only with read positions
-//! shared by her devices, and a hub restart in the middle of a conversation.
+//! shared by her devices, a hub restart in the middle of a conversation, and the admin view
+//! against a page of another site that the signed-in admin opens.
 
 mod common;
 
 use common::*;
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A hub in demo mode with a topic of rooms (keys) and a per-user notifications topic of
 /// its own.
@@ -37,10 +39,11 @@ impl Demo {
     async fn hub(listen: &str, topics: &str, rooms: &str, notes: &str) -> Hub {
         // Presence and signals on topics of this hub's own: rosters of other tests' rooms
         // would not disturb it, but reading them would cost time.
-        let (presence, roster, signals) = (
+        let (presence, roster, signals, control) = (
             format!("{rooms}.presence"),
             format!("{rooms}.roster"),
             format!("{rooms}.signals"),
+            format!("{rooms}.control"),
         );
         let demo = [
             "--demo",
@@ -56,6 +59,9 @@ impl Demo {
             &roster,
             "--signal-topic",
             &signals,
+            // Revocations stay on this hub.
+            "--control-topic",
+            &control,
         ];
         Hub::start_at(listen, topics, &demo).await
     }
@@ -119,6 +125,12 @@ async fn two_browser_contexts_chat_through_the_hub_and_see_records_from_kafka() 
         let times = browser.texts(user, "#messages li time").await;
         assert_eq!(times.len(), 3, "every message shows its time: {times:?}");
         assert!(times.iter().all(|t| t.contains(':')), "{times:?}");
+        // Under the hub's Content-Security-Policy: nothing refused, nothing failed.
+        assert_eq!(
+            browser.complaints(user).await,
+            Vec::<String>::new(),
+            "{user}"
+        );
     }
     // A new user signs in with the form; the page loads cleanly: no invalid pattern, no
     // missing file.
@@ -350,4 +362,132 @@ async fn the_admin_page_shows_live_connections_and_topics() {
     browser.wait_text("admin", "#list", "alice").await;
     browser.wait_text("admin", "#topics", &demo.rooms).await;
     browser.wait_text("admin", "#connections", "1").await;
+    assert_eq!(browser.complaints("admin").await, Vec::<String>::new());
+}
+
+/// A page elsewhere: a server on `host` (127.0.0.2 for another site, 127.0.0.1 for another
+/// origin of the hub's site, as far as the browser can tell: sites of IP addresses are the
+/// addresses) answering every request with an empty page.
+async fn elsewhere(host: &str) -> String {
+    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request's head: GETs without a body, which fit one read.
+                let _ = stream.read(&mut [0; 8192]).await;
+                let page = "<!doctype html><title>elsewhere</title><p>Nothing to see here.";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+async fn pages_elsewhere_can_neither_revoke_nor_frame_while_the_admin_is_signed_in() {
+    let demo = Demo::start().await;
+    let hub = format!("http://{}", demo.hub.addr);
+    // Bob's token has an id that a form can write into a JSON body (name `{"jti":"bob`,
+    // value `1"}`, sent as `{"jti":"bob=1"}`).
+    let alice_token = token("alice", &[], &[]);
+    let bob_token = token_with("bob", "bob=1", now_secs(), &[]);
+    let mut alice = demo.hub.connect(&alice_token).await;
+    let mut bob = demo.hub.connect(&bob_token).await;
+    let mut carol = demo.hub.connect(&token("carol", &[], &[])).await;
+
+    let mut browser = Browser::start().await;
+    browser
+        .open_as("admin", &format!("{hub}/admin"), "admin", "pw")
+        .await;
+    browser.wait_text("admin", "#list", "carol").await;
+    // Other tabs of the same browser, which holds the admin's credentials: a page of
+    // another site, and one of another origin of the hub's site (another port), to which
+    // Chromium attaches them even for a no-cors fetch.
+    for (name, host) in [("cross-site", "127.0.0.2"), ("same-site", "127.0.0.1")] {
+        let url = elsewhere(host).await;
+        browser
+            .run(json!({"cmd": "open", "name": name, "url": url, "beside": "admin"}))
+            .await;
+        let sent = browser
+            .run(json!({"cmd": "evaluate", "name": name, "script": format!(
+                "fetch('{hub}/admin/revocations', {{method: 'POST', mode: 'no-cors', \
+                 credentials: 'include', body: '{{\"sub\":\"alice\"}}'}}).then(() => 'sent')"
+            )}))
+            .await;
+        assert_eq!(sent, "sent");
+        browser
+            .run(json!({"cmd": "evaluate", "name": name, "script": format!(
+                "new Promise((loaded) => {{ const frame = document.createElement('iframe'); \
+                 frame.onload = () => loaded(true); frame.src = '{hub}/admin'; \
+                 document.body.append(frame); }})"
+            )}))
+            .await;
+        let frames = browser.run(json!({"cmd": "frames", "name": name})).await;
+        let frames = frames.as_array().unwrap();
+        assert_eq!(frames.len(), 1, "{name}: {frames:?}");
+        assert!(
+            !frames[0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("wskafka admin"),
+            "{name}: the admin view shows inside another page: {frames:?}"
+        );
+        let complaints = browser.complaints(name).await;
+        assert!(
+            complaints
+                .iter()
+                .any(|c| c.contains("frame-ancestors 'none'")),
+            "{name}: {complaints:?}"
+        );
+    }
+    // The same-site fetch reached the hub with the admin's credentials: refused for where
+    // it came from, not for want of a password.
+    eventually("the same-site fetch is refused", || async {
+        demo.hub
+            .log_lines()
+            .iter()
+            .any(|line| line.contains("refused an admin request") && line.contains("same-site"))
+    })
+    .await;
+    // A form posts across sites as a navigation, which carries the credentials too; the
+    // page becomes the hub's answer.
+    browser
+        .run(
+            json!({"cmd": "evaluate", "name": "cross-site", "script": format!(
+                "const form = document.createElement('form'); form.method = 'POST'; \
+                 form.action = '{hub}/admin/revocations'; form.enctype = 'text/plain'; \
+                 const field = document.createElement('input'); field.name = '{{\"jti\":\"bob'; \
+                 field.value = '1\"}}'; form.append(field); document.body.append(form); \
+                 form.submit(); 'submitted'"
+            )}),
+        )
+        .await;
+    browser
+        .wait_text(
+            "cross-site",
+            "body",
+            "refused: sent by a page of another site",
+        )
+        .await;
+
+    // The admin page's own request works. Revocations apply in order: once carol's closes
+    // her socket, any the pages elsewhere had sent would have closed alice's or bob's.
+    let status = browser
+        .run(json!({"cmd": "evaluate", "name": "admin", "script":
+            "fetch('/admin/revocations', {method: 'POST', headers: {'Content-Type': \
+             'application/json'}, body: JSON.stringify({sub: 'carol'})}).then((r) => r.status)"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(carol.closed().await.map(|c| u16::from(c.code)), Some(4403));
+    for (client, token) in [(&mut alice, &alice_token), (&mut bob, &bob_token)] {
+        assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
+        assert_eq!(demo.hub.handshake_status(&demo.hub.url(token)).await, 101);
+    }
+    assert_eq!(browser.complaints("admin").await, Vec::<String>::new());
 }

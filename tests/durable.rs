@@ -9,26 +9,9 @@ use std::time::Instant;
 use common::*;
 use rdkafka::Message as _;
 use serde_json::{Value, json};
-use wskafka::{Claims, Store};
+use wskafka::Store;
 
 const ADMIN: &str = "Basic YWRtaW46YWRtaW4tc2VjcmV0"; // admin:admin-secret
-
-/// A token whose `jti` and `iat` the test chooses.
-fn token_with(sub: &str, jti: &str, iat: u64, subscribe: &[&str]) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        exp: now_secs() + 3600,
-        iat: Some(iat),
-        jti: Some(jti.into()),
-        wskafka: grants(&[], subscribe),
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn commit(client: &mut Client, topic: &str, offsets: Value) {
     let reply = client
@@ -252,7 +235,10 @@ async fn a_revocation_closes_sockets_on_every_hub_and_refuses_the_token() {
         a.request(
             "POST",
             "/admin/revocations",
-            &[("Authorization", ADMIN)],
+            &[
+                ("Authorization", ADMIN),
+                ("Content-Type", "application/json"),
+            ],
             body,
         )
     };

@@ -1,6 +1,9 @@
-//! What operators read: `/metrics` after a scripted session, and the JSON logs.
+//! What operators read and use: `/metrics` after a scripted session, the JSON logs, and the
+//! admin view and API with what keeps them to their operator.
 
 mod common;
+
+use std::net::IpAddr;
 
 use common::*;
 use serde_json::{Value, json};
@@ -132,12 +135,6 @@ async fn the_admin_view_needs_its_password_and_lists_live_connections() {
     assert_eq!(plain.get("/admin").await.0, 404);
 
     let hub = Hub::start("admin.*", &["--admin-password", "s3cret"]).await;
-    let basic = |user: &str, password: &str| {
-        use base64::Engine as _;
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        format!("Basic {encoded}")
-    };
     for path in ["/admin", "/admin/connections"] {
         assert_eq!(hub.get(path).await.0, 401, "{path} without credentials");
         let wrong = basic("admin", "guess");
@@ -176,4 +173,208 @@ async fn the_admin_view_needs_its_password_and_lists_live_connections() {
         listed(body) == ["bob"]
     })
     .await;
+}
+
+/// A hub with the admin view, its revocations on a control topic of its own (other tests'
+/// hubs read the default one).
+async fn admin_hub(extra: &[&str]) -> Hub {
+    let control = unique("control");
+    let args = [
+        &["--admin-password", "s3cret", "--control-topic", &control],
+        extra,
+    ]
+    .concat();
+    Hub::start("admin.*", &args).await
+}
+
+/// `POST /admin/revocations` with the admin's password and `headers`.
+async fn revoke(hub: &Hub, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let admin = basic("admin", "s3cret");
+    let headers = [&[("Authorization", admin.as_str())], headers].concat();
+    hub.request("POST", "/admin/revocations", &headers, body)
+        .await
+}
+
+/// A `GET /admin/connections` from `source` with `Authorization: authorization`; its status.
+async fn admin_get(hub: &Hub, source: IpAddr, authorization: &str) -> u16 {
+    let headers = [("Authorization", authorization)];
+    hub.request_from(source, "GET", "/admin/connections", &headers, "")
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn requests_another_site_could_send_revoke_nothing_and_tools_still_revoke() {
+    let hub = admin_hub(&["--admin-origins", "https://admin.example"]).await;
+    let tokens = ["alice", "bob", "carol"].map(|user| token(user, &[], &[]));
+    let mut alice = hub.connect(&tokens[0]).await;
+    let mut bob = hub.connect(&tokens[1]).await;
+    let mut carol = hub.connect(&tokens[2]).await;
+    const JSON: (&str, &str) = ("Content-Type", "application/json");
+    let from_another_site: [&[(&str, &str)]; 5] = [
+        // What `fetch(..., {mode: "no-cors", credentials: "include"})` from a page on
+        // another site sends.
+        &[
+            ("Content-Type", "text/plain;charset=UTF-8"),
+            ("Origin", "https://evil.example"),
+        ],
+        &[JSON, ("Sec-Fetch-Site", "cross-site")],
+        &[JSON, ("Sec-Fetch-Site", "same-site")],
+        &[JSON, ("Origin", "https://evil.example")],
+        // no browser header, but a body any page can send
+        &[("Content-Type", "text/plain")],
+    ];
+    for headers in from_another_site {
+        let (status, reason) = revoke(&hub, headers, r#"{"sub":"alice"}"#).await;
+        assert_eq!(status, 403, "{headers:?}: {reason}");
+        assert!(
+            reason.starts_with("refused: ") && !reason.contains('\n'),
+            "one line saying why: {reason:?}"
+        );
+    }
+
+    // The admin view's own requests, served by the hub or by a proxy under a listed name.
+    let own = [
+        JSON,
+        ("Origin", "http://hub"),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    assert_eq!(revoke(&hub, &own, r#"{"sub":"bob"}"#).await.0, 200);
+    let listed = [
+        JSON,
+        ("Origin", "https://admin.example"),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    assert_eq!(revoke(&hub, &listed, r#"{"sub":"carol"}"#).await.0, 200);
+    for client in [&mut bob, &mut carol] {
+        assert_eq!(client.closed().await.map(|c| u16::from(c.code)), Some(4403));
+    }
+    // The control topic is read in order: had a refused request sent alice's revocation,
+    // it would have closed her socket before bob's and carol's. Nor was it stored.
+    assert_eq!(alice.call(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(hub.handshake_status(&hub.url(&tokens[0])).await, 101);
+
+    // curl -u admin:... -H 'Content-Type: application/json' -d '{"sub":"alice"}'
+    assert_eq!(revoke(&hub, &[JSON], r#"{"sub":"alice"}"#).await.0, 200);
+    assert_eq!(alice.closed().await.map(|c| u16::from(c.code)), Some(4403));
+    assert_eq!(hub.handshake_status(&hub.url(&tokens[0])).await, 401);
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_no_page_may_be_framed() {
+    let hub = admin_hub(&["--demo"]).await;
+    let admin = basic("admin", "s3cret");
+    let with_admin = [("Authorization", admin.as_str())];
+    let answers = [
+        ("/", &[][..], 200),
+        ("/demo.js", &[], 200),
+        ("/demo.css", &[], 200),
+        ("/wskafka.js", &[], 200),
+        ("/metrics", &[], 200),
+        ("/no/such/path", &[], 404),
+        ("/admin", &[], 401),
+        ("/admin", &with_admin, 200),
+        ("/admin/admin.js", &with_admin, 200),
+        ("/admin/admin.css", &with_admin, 200),
+        ("/admin/connections", &with_admin, 200),
+    ];
+    for (path, headers, status) in answers {
+        let (got, head) = hub.response_headers(path, headers).await;
+        assert_eq!(got, status, "{path}");
+        let header = |name: &str| head.get(name).map(String::as_str);
+        assert_eq!(header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(header("referrer-policy"), Some("no-referrer"), "{path}");
+        assert_eq!(header("x-frame-options"), Some("DENY"), "{path}");
+        let policy = header("content-security-policy").unwrap_or_default();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(!policy.contains("unsafe"), "{path}: {policy}");
+    }
+    // What nosniff relies on: each file says what it is.
+    let types = [
+        ("/", "text/html"),
+        ("/demo.js", "text/javascript"),
+        ("/demo.css", "text/css"),
+        ("/admin/admin.js", "text/javascript"),
+        ("/admin/admin.css", "text/css"),
+    ];
+    for (path, content_type) in types {
+        let (_, head) = hub.response_headers(path, &with_admin).await;
+        assert!(
+            head["content-type"].starts_with(content_type),
+            "{path}: {head:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_admin_passwords_lock_out_their_source_only() {
+    let hub = admin_hub(&[]).await;
+    let guesser: IpAddr = "127.0.0.2".parse().unwrap();
+    let (wrong, right) = (basic("admin", "guess"), basic("admin", "s3cret"));
+    // A browser asks without credentials first: that is no wrong password.
+    for _ in 0..10 {
+        assert_eq!(
+            hub.request_from(guesser, "GET", "/admin", &[], "").await.0,
+            401
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(admin_get(&hub, guesser, &wrong).await, 401);
+    }
+    // Refused without a look at the password, the right one included.
+    let started = std::time::Instant::now();
+    assert_eq!(admin_get(&hub, guesser, &wrong).await, 429);
+    assert_eq!(admin_get(&hub, guesser, &right).await, 429);
+    eprintln!(
+        "two locked-out attempts answered in {:?}",
+        started.elapsed()
+    );
+    let another: IpAddr = "127.0.0.3".parse().unwrap();
+    assert_eq!(admin_get(&hub, another, &right).await, 200);
+    assert_eq!(admin_get(&hub, another, &wrong).await, 401);
+    assert_eq!(admin_get(&hub, another, &right).await, 200);
+
+    let counted = hub.metrics().await;
+    let failures = |reason: &str| {
+        counted
+            .get(&format!(
+                "wskafka_admin_login_failures_total{{reason=\"{reason}\"}}"
+            ))
+            .copied()
+    };
+    assert_eq!(failures("wrong_password"), Some(6.0));
+    assert_eq!(failures("locked_out"), Some(2.0));
+
+    // Logged once for the burst. A refused request from the other source logs after
+    // everything above, so once its line is there, so are theirs.
+    let refused = hub
+        .request_from(
+            another,
+            "POST",
+            "/admin/revocations",
+            &[("Authorization", &right), ("Content-Type", "text/plain")],
+            "{}",
+        )
+        .await;
+    assert_eq!(refused.0, 403);
+    eventually("the refusal is logged", || async {
+        hub.log_lines()
+            .iter()
+            .any(|line| line.contains("refused an admin request"))
+    })
+    .await;
+    let lockouts: Vec<String> = hub
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains("too many wrong admin passwords"))
+        .collect();
+    assert_eq!(lockouts.len(), 1, "{lockouts:#?}");
+    assert!(lockouts[0].contains("127.0.0.2"), "{}", lockouts[0]);
 }

@@ -593,6 +593,30 @@ pub fn grants(publish: &[&str], subscribe: &[&str]) -> Grants {
     }
 }
 
+/// A token with its own id (`jti`) and issue time, for revocations to name.
+pub fn token_with(sub: &str, jti: &str, iat: u64, subscribe: &[&str]) -> String {
+    let claims = wskafka::Claims {
+        sub: sub.into(),
+        exp: now_secs() + 3600,
+        iat: Some(iat),
+        jti: Some(jti.into()),
+        wskafka: grants(&[], subscribe),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `Authorization` for HTTP Basic.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
 pub fn token(sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
     mint(
         SECRET,
@@ -785,8 +809,56 @@ impl Hub {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
-        let Ok(mut stream) = TcpStream::connect(self.addr).await else {
-            return (0, String::new());
+        let (status, _, body) = self.exchange(None, method, path, headers, body).await;
+        (status, body)
+    }
+
+    /// The same from `source`, a loopback address such as 127.0.0.2: another client, as
+    /// far as the hub can tell.
+    pub async fn request_from(
+        &self,
+        source: std::net::IpAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let (status, _, body) = self
+            .exchange(Some(source), method, path, headers, body)
+            .await;
+        (status, body)
+    }
+
+    /// A bare GET; returns the status and the response's headers, names in lower case.
+    pub async fn response_headers(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, BTreeMap<String, String>) {
+        let (status, head, _) = self.exchange(None, "GET", path, headers, "").await;
+        (status, head)
+    }
+
+    /// Sends one request over a connection of its own (from `source` when given); returns
+    /// the status (0 when the hub answered nothing), the headers and the body.
+    async fn exchange(
+        &self,
+        source: Option<std::net::IpAddr>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, BTreeMap<String, String>, String) {
+        let connected = match source {
+            None => TcpStream::connect(self.addr).await,
+            Some(source) => {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(source, 0)).unwrap();
+                socket.connect(self.addr).await
+            }
+        };
+        let Ok(mut stream) = connected else {
+            return (0, BTreeMap::new(), String::new());
         };
         let headers: String = headers
             .iter()
@@ -806,8 +878,14 @@ impl Hub {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let head = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        (status, head, body.to_string())
     }
 
     pub fn url(&self, token: &str) -> String {

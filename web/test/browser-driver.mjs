@@ -15,8 +15,12 @@ const complaints = new Map();
 const timeout = Number(process.env.PATIENCE_MS ?? 20000);
 
 const commands = {
-  async open({ name, url, credentials }) {
-    const context = await browser.newContext(credentials ? { httpCredentials: credentials } : {});
+  // In a new context (another person), or with `beside`, in the context of that page (another
+  // tab of the same person, holding the same credentials).
+  async open({ name, url, credentials, beside }) {
+    const context = beside
+      ? pages.get(beside).context()
+      : await browser.newContext(credentials ? { httpCredentials: credentials } : {});
     const page = await context.newPage();
     complaints.set(name, []);
     page.on("console", (m) => {
@@ -82,6 +86,15 @@ const commands = {
   // Runs a script in the page and returns what it resolves to.
   async evaluate({ name, script }) {
     return pages.get(name).evaluate(script);
+  },
+  // The page's frames below the top one: where each ended up, and the text it shows.
+  async frames({ name }) {
+    const page = pages.get(name);
+    const frames = page.frames().filter((frame) => frame !== page.mainFrame());
+    return Promise.all(frames.map(async (frame) => ({
+      url: frame.url(),
+      text: await frame.evaluate(() => document.body?.innerText ?? "").catch(() => ""),
+    })));
   },
   async complaints({ name }) {
     return complaints.get(name);
