@@ -308,6 +308,19 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
+    /// How often the hub pings each socket (a WebSocket ping, which browsers answer on their
+    /// own), spread over the interval; `0s` turns heartbeats off. 25 s, as Centrifugo's:
+    /// under the 30 to 60 s after which proxies, load balancers and NATs commonly drop an
+    /// idle flow, so the pings also keep such flows open.
+    #[arg(long, env = "WSKAFKA_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long a ping may go unanswered before the socket is closed (4408) and its seat,
+    /// subscriptions and presence released: long enough for a phone on a slow network, as
+    /// Centrifugo's 8 s and Socket.IO's 20 s are.
+    #[arg(long, env = "WSKAFKA_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Duration,
+
     /// On SIGTERM/SIGINT, how long to wait for sockets to finish their in-flight publishes.
     #[arg(long, env = "WSKAFKA_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

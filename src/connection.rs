@@ -23,10 +23,12 @@ use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::clock::{instant_at, now_millis, unix_millis};
+use crate::heartbeat::{Beat, Heartbeat};
 use crate::history;
 use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::kafka::Publisher;
@@ -223,6 +225,7 @@ enum Ending {
     TokenExpired,
     Revoked,
     Lagged,
+    Unresponsive,
 }
 
 impl From<StopReason> for Ending {
@@ -244,6 +247,7 @@ impl Ending {
             Ending::TokenExpired => DisconnectReason::TokenExpired,
             Ending::Revoked => DisconnectReason::Revoked,
             Ending::Lagged => DisconnectReason::Lagged,
+            Ending::Unresponsive => DisconnectReason::Unresponsive,
         }
     }
 
@@ -254,6 +258,7 @@ impl Ending {
             Ending::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
             Ending::Revoked => (close::AUTH_FAILED, "token revoked"),
             Ending::Lagged => (close::LAGGED, "lagged"),
+            Ending::Unresponsive => (close::UNRESPONSIVE, "no answer to ping"),
         };
         Some(CloseFrame {
             code,
@@ -332,7 +337,20 @@ impl Connection {
         let mut records = Vec::new();
         let expiry = tokio::time::sleep_until(instant_at(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
-        tokio::pin!(expiry, warning);
+        let config = &self.hub.config;
+        let mut heartbeat = Heartbeat::new(
+            self.id,
+            config.ping_interval,
+            config.pong_timeout,
+            Instant::now(),
+        );
+        // Never polled without a heartbeat.
+        let beat = tokio::time::sleep_until(
+            heartbeat
+                .as_ref()
+                .map_or_else(Instant::now, Heartbeat::deadline),
+        );
+        tokio::pin!(expiry, warning, beat);
         let mut warned = false;
         let mut expires_at = self.session.expires_at;
 
@@ -388,13 +406,39 @@ impl Connection {
                             "binary frames are not supported: send JSON text frames",
                         ));
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Pong(_))) => {
+                        if let Some(heartbeat) = heartbeat.as_mut()
+                            && let Some(round_trip) = heartbeat.pong(Instant::now())
+                        {
+                            metrics::ping_round_trip(round_trip);
+                            beat.as_mut().reset(heartbeat.deadline());
+                        }
+                    }
+                    Some(Ok(Message::Ping(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break Ending::ClientClosed,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "socket read failed");
                         break Ending::Broken;
                     }
                 },
+                // Last, and only while the socket is read: a pong already received wins over
+                // the deadline, and a socket held back by publishes in flight is not judged.
+                _ = &mut beat, if heartbeat.is_some() && in_flight.len() < max_in_flight => {
+                    let Some(heartbeat) = heartbeat.as_mut() else { unreachable!() };
+                    match heartbeat.due(Instant::now()) {
+                        Beat::Unresponsive => {
+                            metrics::unresponsive();
+                            break Ending::Unresponsive;
+                        }
+                        Beat::Ping => {
+                            let ping = socket.send(Message::Ping(Default::default()));
+                            if !matches!(tokio::time::timeout(write_timeout, ping).await, Ok(Ok(()))) {
+                                break Ending::Broken;
+                            }
+                        }
+                    }
+                    beat.as_mut().reset(heartbeat.deadline());
+                }
             }
             if self.session.expires_at != expires_at {
                 expires_at = self.session.expires_at;
@@ -1162,11 +1206,21 @@ mod tests {
             self.to_hub.as_ref().unwrap().send(Ok(text)).unwrap();
         }
 
+        /// The next frame but pings, which are answered, as WebSocket libraries do.
         async fn next(&mut self) -> Message {
-            tokio::time::timeout(Duration::from_secs(10), self.from_hub.recv())
-                .await
-                .expect("a frame from the hub in time")
-                .expect("the hub's end is open")
+            loop {
+                let message = tokio::time::timeout(Duration::from_secs(10), self.from_hub.recv())
+                    .await
+                    .expect("a frame from the hub in time")
+                    .expect("the hub's end is open");
+                match message {
+                    Message::Ping(payload) => {
+                        let pong = Ok(Message::Pong(payload));
+                        self.to_hub.as_ref().unwrap().send(pong).unwrap();
+                    }
+                    message => return message,
+                }
+            }
         }
 
         async fn recv(&mut self) -> Value {

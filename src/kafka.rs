@@ -294,6 +294,15 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// Errors of a partition whose leader is being elected or not serving yet: gone in moments.
+fn leader_not_ready(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::NotLeaderForPartition | C::LeaderNotAvailable | C::UnknownTopicOrPartition)
+    )
+}
+
 /// The hub's consumer, polled on a thread of its own: fan-out never awaits a socket, so the
 /// thread only ever blocks on Kafka, and no async worker is lent to librdkafka's callbacks.
 pub struct Consumer {
@@ -433,10 +442,11 @@ impl Topics {
 
     fn own_exist(&self, metadata: &rdkafka::metadata::Metadata) -> bool {
         [&self.control, &self.signals].into_iter().all(|own| {
-            metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == own.as_str() && !t.partitions().is_empty())
+            metadata.topics().iter().any(|t| {
+                t.name() == own.as_str()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
         })
     }
 }
@@ -768,8 +778,18 @@ impl StartPositions {
         // the positions meanwhile, and see these partitions unresolved (still `existing`).
         // Nothing else changes them: only this thread writes.
         drop(positions);
-        // A ListOffsets request with the "latest" timestamp answers each partition's end.
-        let ends = consumer.offsets_for_times(at_end.clone(), RESOLVE_TIMEOUT);
+        // A ListOffsets request with the "latest" timestamp answers each partition's end. A
+        // partition created a moment ago may have no leader serving it yet: asked again.
+        let deadline = std::time::Instant::now() + RESOLVE_TIMEOUT;
+        let ends = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match consumer.offsets_for_times(at_end.clone(), left) {
+                Err(e) if leader_not_ready(&e) && !left.is_zero() => {
+                    std::thread::sleep(OWN_TOPICS_RETRY);
+                }
+                ends => break ends,
+            }
+        };
         let mut positions = self.positions.lock().expect("positions lock");
         match ends {
             Ok(ends) => {

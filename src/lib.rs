@@ -23,6 +23,7 @@ mod config;
 mod connection;
 mod control;
 mod grant;
+mod heartbeat;
 mod history;
 mod hub;
 mod issuers;

@@ -102,6 +102,17 @@ pub fn lagged() {
     counter!("wskafka_lagged_closes_total").increment(1);
 }
 
+/// A socket closed for not answering the hub's ping (`WSKAFKA_PONG_TIMEOUT`).
+pub fn unresponsive() {
+    counter!("wskafka_unresponsive_closes_total").increment(1);
+}
+
+/// How long a client took to answer the hub's ping: the network's round trip, seen from
+/// the hub.
+pub fn ping_round_trip(round_trip: std::time::Duration) {
+    histogram!("wskafka_ping_round_trip_seconds").record(round_trip.as_secs_f64());
+}
+
 pub fn auth_failed(reason: &'static str) {
     counter!("wskafka_auth_failures_total", "reason" => reason).increment(1);
 }

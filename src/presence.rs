@@ -51,6 +51,8 @@ pub enum DisconnectReason {
     TokenExpired,
     Revoked,
     Lagged,
+    /// It did not answer the hub's heartbeat: its network is gone.
+    Unresponsive,
     /// Its hub died with it.
     InstanceLost,
 }

@@ -476,6 +476,9 @@ pub mod close {
     /// The connection's send queue overflowed: it did not read fast enough. A `lagged`
     /// frame said where to resume.
     pub const LAGGED: u16 = 4429;
+    /// The client did not answer the hub's ping within `WSKAFKA_PONG_TIMEOUT`: its network
+    /// is taken for gone (a client seldom sees this frame, since the network is down).
+    pub const UNRESPONSIVE: u16 = 4408;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

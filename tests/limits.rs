@@ -145,3 +145,48 @@ async fn a_client_that_trickles_its_headers_is_dropped_and_others_are_served() {
         .unwrap();
     assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
 }
+
+#[tokio::test]
+async fn a_client_that_answers_nothing_is_closed_and_its_seat_freed() {
+    let hub = Hub::start(
+        "limits.*",
+        &[
+            "--max-connections-per-user",
+            "1",
+            "--ping-interval",
+            "500ms",
+            "--pong-timeout",
+            "500ms",
+        ],
+    )
+    .await;
+    let alice = token("alice", &[], &[]);
+    // Never read from again: its WebSocket library answers no ping.
+    let silent = hub.connect(&alice).await;
+    assert_eq!(hub.handshake_status(&hub.url(&alice)).await, 429);
+    // A client that reads answers the pings (its library does) and stays.
+    let mut bob = hub.connect(&token("bob", &[], &[])).await;
+    let alice_closed = async {
+        hub.until_metric("wskafka_unresponsive_closes_total", 1.0)
+            .await;
+        eventually("alice's seat is free again", async || {
+            hub.handshake_status(&hub.url(&alice)).await == 101
+        })
+        .await;
+    };
+    tokio::select! {
+        () = alice_closed => {}
+        frame = bob.recv() => panic!("bob was sent {frame}"),
+    }
+    assert_eq!(
+        bob.call(json!({"type": "ping", "id": "p"})).await,
+        json!({"type": "pong", "id": "p"})
+    );
+    let metrics = hub.metrics().await;
+    assert_eq!(metrics["wskafka_unresponsive_closes_total"], 1.0);
+    assert!(
+        metrics["wskafka_ping_round_trip_seconds_count"] >= 1.0,
+        "{metrics:?}"
+    );
+    drop(silent);
+}

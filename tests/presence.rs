@@ -296,6 +296,46 @@ async fn hubs_killed_at_any_point_of_their_heartbeat_leave_everywhere_within_the
 }
 
 #[tokio::test]
+async fn a_user_whose_network_stalls_leaves_the_room_on_every_hub() {
+    let cluster = Cluster::new("stall").await;
+    let topic = cluster.topic.clone();
+    let heartbeat = ["--ping-interval", "1s", "--pong-timeout", "1s"];
+    let (a, b) = tokio::join!(cluster.hub_with(&heartbeat), cluster.hub());
+    let mut observer = b.connect(&cluster.token("observer", &["*"])).await;
+    enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
+    assert_eq!(observer.recv().await["user"], "observer");
+
+    // Alice's phone reaches hub a through a network that will stop passing packets.
+    let network = StallingProxy::start(a.addr).await;
+    let (ws, _) =
+        tokio_tungstenite::connect_async(network.url(&cluster.token("alice", &["lobby"])))
+            .await
+            .unwrap();
+    let mut alice = Client { ws };
+    enter(&mut alice, &topic, "lobby", json!({})).await;
+    let joined = observer.recv().await;
+    assert_eq!(
+        (joined["type"].as_str(), joined["user"].as_str()),
+        (Some("join"), Some("alice"))
+    );
+
+    // Nothing closes: only the missing pong tells hub a, which lets her go everywhere.
+    network.stall();
+    let left = observer.recv().await;
+    assert_eq!(
+        (left["type"].as_str(), left["user"].as_str()),
+        (Some("leave"), Some("alice")),
+        "{left}"
+    );
+    assert_eq!(a.metrics().await["wskafka_unresponsive_closes_total"], 1.0);
+    network.resume();
+    // What reaches her once the network is back is the end of that socket.
+    let closed = alice.closed().await;
+    let code = closed.map(|frame| u16::from(frame.code));
+    assert!(code.is_none_or(|code| code == 4408), "{code:?}");
+}
+
+#[tokio::test]
 async fn a_private_rooms_roster_and_signals_are_closed_to_a_token_without_its_key() {
     let cluster = Cluster::new("closed").await;
     let hub = cluster.hub().await;
