@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::budget::{Kind, parse_rate};
 use crate::grant::{Grant, UserPattern};
 use crate::kafka_settings::{KafkaSettings, SettingsError, Sources};
 use crate::topic::{TopicPattern, any_matches};
@@ -210,6 +211,14 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_PUBLISH_RATE", default_value = "100")]
     pub publish_rate: NonZeroU32,
 
+    /// Requests of each other type one connection may make per second (with bursts of as
+    /// many), as TYPE=RATE over the defaults: subscribe=20 (unsubscribe too), history=5,
+    /// commit=10, presence=10, online=10, auth=5, ping=10, invalid=10 (frames that are not
+    /// valid requests). Past its budget a request is refused with `rate_limited` and when to
+    /// retry; a connection that goes on regardless is closed with 1008.
+    #[arg(long, env = "WSKAFKA_REQUEST_RATES", value_delimiter = ',', value_parser = parse_rate)]
+    pub request_rates: Vec<(Kind, NonZeroU32)>,
+
     /// Sockets one user (`sub`) may hold open on this hub; more are refused with HTTP 429.
     #[arg(long, env = "WSKAFKA_MAX_CONNECTIONS_PER_USER", default_value = "32")]
     pub max_connections_per_user: NonZeroUsize,
@@ -307,6 +316,13 @@ pub struct ServeConfig {
     /// How long a socket may refuse to take a write before it is dropped.
     #[arg(long, env = "WSKAFKA_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
+
+    /// How often read positions taken from `commit`s are written to the database (and when a
+    /// socket closes, and at shutdown): a database transaction per interval per hub, however
+    /// often clients commit. A crash loses at most this long's positions, which only means a
+    /// few messages shown as unread again.
+    #[arg(long, env = "WSKAFKA_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
 
     /// How often the hub pings each socket (a WebSocket ping, which browsers answer on their
     /// own), spread over the interval; `0s` turns heartbeats off. 25 s, as Centrifugo's:

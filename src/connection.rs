@@ -20,13 +20,13 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, Stream};
 use futures_util::{SinkExt, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::Session;
+use crate::budget::{Budgets, Kind, Verdict};
 use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::history;
@@ -50,6 +50,22 @@ use crate::subscription::{Failed, Outgoing, Subscriptions};
 pub const WRITE_BATCH: usize = 64;
 /// How long to wait for the client's reply to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The least time between two roster writes of one socket (see `tell_presence`).
+const ROSTER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A socket's roster writes, coalesced (see `Connection::tell_presence`).
+#[derive(Default)]
+struct RosterWrites {
+    written: Option<Vec<(String, Option<String>)>>,
+    written_at: Option<Instant>,
+    /// When the rooms changed since the last write, when to write them.
+    due: Option<Instant>,
+}
+
+/// History pages and Kafka replays one socket may have running at once, each also taking one
+/// of the hub's (`WSKAFKA_MAX_CONCURRENT_HISTORY`, `WSKAFKA_MAX_CONCURRENT_REPLAYS`): the
+/// rest wait their turn behind this socket's own, never in front of other sockets'.
+const SHARE: usize = 2;
 /// Replay records a connection holds before the replay waits for it.
 const REPLAY_QUEUE: usize = 64;
 /// Records a `history` request gets when it names no `limit`.
@@ -136,14 +152,11 @@ pub fn run(
         let mut connection = Connection {
             queue,
             subscriptions: Subscriptions::new(hub.config.send_queue),
-            publishes: RateLimiter::direct_with_clock(
-                Quota::per_second(hub.config.publish_rate),
-                hub.rate_clock.clone(),
-            ),
-            signals: RateLimiter::direct_with_clock(
-                Quota::per_second(hub.config.signal_rate),
-                hub.rate_clock.clone(),
-            ),
+            budgets: Budgets::new(&hub.request_rates, &hub.rate_clock),
+            abusive: false,
+            share: Arc::new(Semaphore::new(SHARE)),
+            committed_any: false,
+            roster: RosterWrites::default(),
             watching: Vec::new(),
             replays,
             out: Vec::new(),
@@ -226,6 +239,7 @@ enum Ending {
     Revoked,
     Lagged,
     Unresponsive,
+    Abusive,
 }
 
 impl From<StopReason> for Ending {
@@ -248,6 +262,7 @@ impl Ending {
             Ending::Revoked => DisconnectReason::Revoked,
             Ending::Lagged => DisconnectReason::Lagged,
             Ending::Unresponsive => DisconnectReason::Unresponsive,
+            Ending::Abusive => DisconnectReason::PolicyViolation,
         }
     }
 
@@ -259,6 +274,7 @@ impl Ending {
             Ending::Revoked => (close::AUTH_FAILED, "token revoked"),
             Ending::Lagged => (close::LAGGED, "lagged"),
             Ending::Unresponsive => (close::UNRESPONSIVE, "no answer to ping"),
+            Ending::Abusive => (close::POLICY_VIOLATION, "too many requests"),
         };
         Some(CloseFrame {
             code,
@@ -274,8 +290,16 @@ struct Connection {
     /// This socket's queue, shared by all its subscriptions in the registry.
     queue: mpsc::Sender<Arc<Delivery>>,
     subscriptions: Subscriptions,
-    publishes: DefaultDirectRateLimiter,
-    signals: DefaultDirectRateLimiter,
+    /// What it may still ask, per request type (see `budget`).
+    budgets: Budgets,
+    /// It went on past its budget after being told to wait: closed with 1008.
+    abusive: bool,
+    /// How many of the hub's history readers and Kafka replays it may hold at once.
+    share: Arc<Semaphore>,
+    /// It committed read positions, which its close asks to be written at once.
+    committed_any: bool,
+    /// What the roster was last told of its rooms, and when.
+    roster: RosterWrites,
     /// Users whose online status this socket is told of.
     watching: Vec<String>,
     /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
@@ -303,6 +327,9 @@ type Pending = BoxFuture<'static, Answer>;
 impl Drop for Connection {
     fn drop(&mut self) {
         metrics::connection_closed();
+        if self.committed_any {
+            self.hub.commits.write_soon();
+        }
         for (topic, _, filter) in self.subscriptions.iter() {
             leave(&self.hub, self.id, topic, filter);
         }
@@ -397,6 +424,10 @@ impl Connection {
                         if let Some(pending) = self.handle(&text) {
                             in_flight.push(pending);
                         }
+                        if self.abusive {
+                            metrics::abusive();
+                            break Ending::Abusive;
+                        }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         self.hub.metrics.frame_received();
@@ -421,6 +452,11 @@ impl Connection {
                         break Ending::Broken;
                     }
                 },
+                _ = tokio::time::sleep_until(self.roster.due.unwrap_or_else(Instant::now)),
+                    if self.roster.due.is_some() =>
+                {
+                    self.write_rooms(Instant::now());
+                }
                 // Last, and only while the socket is read: a pong already received wins over
                 // the deadline, and a socket held back by publishes in flight is not judged.
                 _ = &mut beat, if heartbeat.is_some() && in_flight.len() < max_in_flight => {
@@ -530,7 +566,27 @@ impl Connection {
 
     fn handle(&mut self, text: &str) -> Option<Pending> {
         let max = self.hub.config.max_frame_bytes;
-        if text.len() > max {
+        let request = (text.len() <= max).then(|| protocol::parse(text));
+        let kind = match &request {
+            Some(Ok(request)) => request_kind(request),
+            _ => Kind::Invalid,
+        };
+        match self.budgets.spend(kind) {
+            Verdict::Go => {}
+            Verdict::Wait(wait) => {
+                let rate = self.hub.request_rates.get(kind).get();
+                metrics::request_refused(kind.name());
+                let id = protocol::peek_id(text);
+                self.reply(Reply::rate_limited(id, kind.name(), rate, wait));
+                return None;
+            }
+            Verdict::Close => {
+                metrics::request_refused(kind.name());
+                self.abusive = true;
+                return None;
+            }
+        }
+        let Some(request) = request else {
             self.reply(Reply::error(
                 protocol::peek_id(text),
                 ErrorCode::TooLarge,
@@ -540,8 +596,8 @@ impl Connection {
                 ),
             ));
             return None;
-        }
-        match protocol::parse(text) {
+        };
+        match request {
             Err(bad) => self.reply(bad.into()),
             Ok(Request::Ping { id }) => self.reply(Reply::Pong { id }),
             Ok(Request::Subscribe(subscribe)) => self.subscribe(subscribe),
@@ -595,27 +651,18 @@ impl Connection {
         offsets: BTreeMap<i32, i64>,
     ) -> Option<Pending> {
         self.authorize(&id, topic, key, Action::Subscribe)?;
-        let store = self.hub.store.clone();
-        let positions_key = positions_key(&self.hub, topic, key).to_string();
-        let (sub, topic, key) = (
-            self.session.sub.clone(),
-            topic.to_string(),
-            key.map(str::to_string),
-        );
-        Some(Box::pin(async move {
-            let reply = match store.commit(&sub, &topic, &positions_key, &offsets).await {
-                Ok(()) => Reply::Committed { id, topic, key },
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot store read positions");
-                    Reply::error(
-                        id,
-                        ErrorCode::Unavailable,
-                        "cannot store read positions: retry",
-                    )
-                }
-            };
-            Answer::Reply(reply)
-        }))
+        let positions_key = positions_key(&self.hub, topic, key);
+        // Written behind (see `commits`): what `committed` promises is in the protocol.
+        self.hub
+            .commits
+            .record(&self.session.sub, topic, positions_key, &offsets);
+        self.committed_any = true;
+        self.reply(Reply::Committed {
+            id,
+            topic: topic.to_string(),
+            key: key.map(str::to_string),
+        });
+        None
     }
 
     /// `policy::authorize`: the key the request is confined to, or `None` after answering
@@ -655,15 +702,6 @@ impl Connection {
                 format!(
                     "the header {name:?} is reserved: header names beginning with \"wskafka-\", in any case, are the hub's"
                 ),
-            ));
-            return None;
-        }
-        if self.publishes.check().is_err() {
-            let rate = self.hub.config.publish_rate;
-            self.reply(Reply::error(
-                id,
-                ErrorCode::RateLimited,
-                format!("more than {rate} publishes per second: this one was not published"),
             ));
             return None;
         }
@@ -739,7 +777,10 @@ impl Connection {
             limit: limit.unwrap_or(HISTORY_PAGE).min(most) as usize,
         };
         let reader = self.hub.history.clone();
+        let share = self.share.clone();
         Some(Box::pin(async move {
+            // This socket's share first: one socket never holds the hub's whole pool.
+            let _share = share.acquire_owned().await;
             let topic = query.topic.clone();
             Answer::Reply(match reader.page(query).await {
                 Ok(page) => Reply::History {
@@ -837,6 +878,7 @@ impl Connection {
                 positions_key: positions_key(&self.hub, &topic, key.as_deref()).to_string(),
                 seam: seam.clone(),
                 filter: filter.clone(),
+                share: self.share.clone(),
             },
             self.replays.clone(),
         );
@@ -853,25 +895,49 @@ impl Connection {
     }
 
     /// Counts a subscription that joined the registry, and tells presence.
-    fn joined(&self, topic: &str, key: Option<&str>) {
+    fn joined(&mut self, topic: &str, key: Option<&str>) {
         metrics::subscribed(topic);
         self.tell_presence(presence::Kind::Subscribe, topic, key);
     }
 
-    /// A presence event, and the socket's rooms as they are now for the roster. Per-user
-    /// topics are no rooms: who reads their notifications is nobody else's business.
-    fn tell_presence(&self, kind: presence::Kind, topic: &str, key: Option<&str>) {
+    /// A presence event, and the socket's rooms for the roster: written at once when the
+    /// last write is `ROSTER_INTERVAL` old, else at the end of that interval, with the rooms
+    /// as they are then. A join and a leave within it cancel out, and a client churning its
+    /// subscriptions costs every hub one roster record per interval at most.
+    fn tell_presence(&mut self, kind: presence::Kind, topic: &str, key: Option<&str>) {
         let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) else {
             return;
         };
         presence.topic_changed(open, kind, topic, key);
+        let now = Instant::now();
+        match self.roster.written_at {
+            Some(at) if now < at + ROSTER_INTERVAL => {
+                self.roster.due = Some(at + ROSTER_INTERVAL);
+            }
+            _ => self.write_rooms(now),
+        }
+    }
+
+    /// Writes the socket's rooms to the roster, unless the roster has them already. Per-user
+    /// topics are no rooms: who reads their notifications is nobody else's business.
+    fn write_rooms(&mut self, now: Instant) {
+        self.roster.due = None;
+        let (Some(presence), Some(open)) = (&self.hub.presence, &self.presence) else {
+            return;
+        };
         let config = &self.hub.config;
-        let rooms = self
+        let rooms: Vec<(String, Option<String>)> = self
             .subscriptions
             .iter()
             .filter(|(topic, _, _)| !config.is_user_topic(topic))
             .map(|(topic, key, _)| (topic.to_string(), key.map(str::to_string)))
             .collect();
+        if self.roster.written.as_ref() == Some(&rooms) {
+            metrics::roster_write_saved();
+            return;
+        }
+        self.roster.written_at = Some(now);
+        self.roster.written = Some(rooms.clone());
         presence.rooms_changed(open, rooms);
     }
 
@@ -998,14 +1064,6 @@ impl Connection {
                 format!("a signal's payload is at most {max} bytes"),
             ));
         }
-        if self.signals.check().is_err() {
-            let rate = self.hub.config.signal_rate;
-            return self.reply(Reply::error(
-                id,
-                ErrorCode::RateLimited,
-                format!("more than {rate} signals per second: this one was not sent"),
-            ));
-        }
         let signal = Signal {
             topic,
             key,
@@ -1025,7 +1083,7 @@ impl Connection {
 
     /// What an ended subscription leaves behind: its place in the registry, its count,
     /// presence's record of it.
-    fn left(&self, topic: &str, key: Option<&str>, filter: &Filter) {
+    fn left(&mut self, topic: &str, key: Option<&str>, filter: &Filter) {
         leave(&self.hub, self.id, topic, filter);
         self.tell_presence(presence::Kind::Unsubscribe, topic, key);
     }
@@ -1117,6 +1175,21 @@ fn leave(hub: &Hub, id: ConnId, topic: &str, filter: &Filter) {
 
 /// A socket that cannot take a write in time is as good as gone.
 struct WriteFailed;
+
+/// Which budget a request spends (see `budget`).
+fn request_kind(request: &Request<'_>) -> Kind {
+    match request {
+        Request::Ping { .. } => Kind::Ping,
+        Request::Subscribe(_) | Request::Unsubscribe { .. } => Kind::Subscribe,
+        Request::Auth { .. } => Kind::Auth,
+        Request::Publish(_) => Kind::Publish,
+        Request::History(_) => Kind::History,
+        Request::Presence { .. } => Kind::Presence,
+        Request::Online { .. } => Kind::Online,
+        Request::Signal { .. } => Kind::Signal,
+        Request::Commit { .. } => Kind::Commit,
+    }
+}
 
 /// Counted as sent when the write starts, so a client that has a frame knows it is counted.
 async fn write_all(

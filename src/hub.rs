@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Session, TokenId};
+use crate::budget::Rates;
+use crate::commits::Commits;
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
 use crate::history::HistoryReader;
@@ -42,15 +44,19 @@ pub struct Hub {
     pub replayer: Replayer,
     pub history: HistoryReader,
     pub store: Store,
+    /// Read positions taken and not yet written (see `commits`).
+    pub commits: Arc<Commits>,
     pub presence: Option<Presence>,
     /// Who is in which room, with presence on.
     pub roster: Option<Roster>,
     pub signals: Signals,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
-    /// The clock of every socket's publish rate limiter. Made once: making one runs CPUID
+    /// The clock of every socket's request budgets. Made once: making one runs CPUID
     /// several times, each a trip to the hypervisor on a virtual machine.
     pub rate_clock: DefaultClock,
+    /// What each socket may ask per request type (see `budget`).
+    pub request_rates: Rates,
     /// Revocations read from the control topic since start (see `control`).
     revocations: Revocations,
     consumer_ready: Arc<AtomicBool>,
@@ -84,6 +90,7 @@ pub struct Parts {
     pub replayer: Replayer,
     pub history: HistoryReader,
     pub store: Store,
+    pub commits: Arc<Commits>,
     pub presence: Option<Presence>,
     pub roster: Option<Roster>,
     pub signals: Signals,
@@ -174,6 +181,7 @@ impl Hub {
             replayer,
             history,
             store,
+            commits,
             presence,
             roster,
             signals,
@@ -184,6 +192,11 @@ impl Hub {
             awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
             open_sockets: Arc::new(Semaphore::new(config.max_connections)),
             rate_clock: DefaultClock::default(),
+            request_rates: Rates::new(
+                config.publish_rate,
+                config.signal_rate,
+                &config.request_rates,
+            ),
             config,
             auth,
             registry,
@@ -193,6 +206,7 @@ impl Hub {
             replayer,
             history,
             store,
+            commits,
             presence,
             roster,
             signals,
@@ -459,6 +473,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     };
     let config = *config;
     let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+    let commits = Arc::new(Commits::new(store.clone()));
     let tasks = TaskTracker::new();
     let log = KafkaLog::default();
     let hub = Arc::new(Hub::new(Parts {
@@ -471,7 +486,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         replayer: Replayer::new(
             &config,
             "test",
-            store.clone(),
+            commits.clone(),
             Recent::new(config.recent_records),
             tasks.clone(),
             &log,
@@ -480,6 +495,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         roster: None,
         signals: Signals::new(&config, "test", &log).unwrap(),
         store,
+        commits,
         presence: None,
         tasks,
         shutdown: CancellationToken::new(),

@@ -18,7 +18,9 @@
 
 mod admin;
 mod auth;
+mod budget;
 mod clock;
+mod commits;
 mod config;
 mod connection;
 mod control;

@@ -102,6 +102,33 @@ pub fn lagged() {
     counter!("wskafka_lagged_closes_total").increment(1);
 }
 
+/// A socket's roster write left out: its rooms were as the roster last heard (a join and a
+/// leave within the coalescing interval).
+pub fn roster_write_saved() {
+    counter!("wskafka_roster_writes_saved_total").increment(1);
+}
+
+/// A `commit` taken (see `commits`).
+pub fn commit_taken() {
+    counter!("wskafka_commits_total").increment(1);
+}
+
+/// One database transaction writing the positions of `owners` user, topic and key sets.
+pub fn commits_written(owners: usize) {
+    counter!("wskafka_commit_writes_total").increment(1);
+    counter!("wskafka_commit_positions_written_total").increment(owners as u64);
+}
+
+/// A request refused for going past its socket's budget, by request type.
+pub fn request_refused(kind: &'static str) {
+    counter!("wskafka_requests_refused_total", "type" => kind).increment(1);
+}
+
+/// A socket closed (1008) for going on past its budget.
+pub fn abusive() {
+    counter!("wskafka_abusive_closes_total").increment(1);
+}
+
 /// A socket closed for not answering the hub's ping (`WSKAFKA_PONG_TIMEOUT`).
 pub fn unresponsive() {
     counter!("wskafka_unresponsive_closes_total").increment(1);

@@ -53,6 +53,8 @@ pub enum DisconnectReason {
     Lagged,
     /// It did not answer the hub's heartbeat: its network is gone.
     Unresponsive,
+    /// It went on sending requests past its budget.
+    PolicyViolation,
     /// Its hub died with it.
     InstanceLost,
 }

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -479,6 +480,9 @@ pub mod close {
     /// The client did not answer the hub's ping within `WSKAFKA_PONG_TIMEOUT`: its network
     /// is taken for gone (a client seldom sees this frame, since the network is down).
     pub const UNRESPONSIVE: u16 = 4408;
+    /// The client kept sending requests past its budget after being told to wait
+    /// (`rate_limited`): WebSocket's own "policy violation".
+    pub const POLICY_VIOLATION: u16 = 1008;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -609,6 +613,9 @@ pub enum Reply {
         /// With `topic`: the key of the subscription it ends.
         #[serde(skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// With `rate_limited`: how long to wait before sending the request again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -652,6 +659,23 @@ impl Reply {
             message: message.into(),
             topic: None,
             key: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// `rate_limited`: the request was not served, and may be sent again after `wait`.
+    pub fn rate_limited(id: Option<RequestId>, what: &str, rate: u32, wait: Duration) -> Self {
+        // Whole milliseconds, rounded up: a client that waits exactly this long gets through.
+        let retry_after_ms = u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        Reply::Error {
+            id,
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "more than {rate} {what} requests per second: this one was not served; retry after {retry_after_ms} ms"
+            ),
+            topic: None,
+            key: None,
+            retry_after_ms: Some(retry_after_ms),
         }
     }
 
@@ -669,6 +693,7 @@ impl Reply {
             message: message.into(),
             topic: Some(topic.to_string()),
             key: key.map(str::to_string),
+            retry_after_ms: None,
         }
     }
 
@@ -1141,6 +1166,12 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Value>(&err.to_json()).unwrap(),
             json!({"type":"error","code":"too_large","message":"too big"})
+        );
+        let limited = Reply::rate_limited(None, "history", 5, Duration::from_micros(199_100));
+        assert_eq!(
+            serde_json::from_str::<Value>(&limited.to_json()).unwrap(),
+            json!({"type":"error","code":"rate_limited","retry_after_ms":200,
+                   "message":"more than 5 history requests per second: this one was not served; retry after 200 ms"})
         );
         assert_eq!(
             Reply::Pong {

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use crate::commits::Commits;
 use crate::config::ServeConfig;
 use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka_log::KafkaLog;
@@ -33,7 +34,7 @@ use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::recent::Recent;
 use crate::registry::{Delivery, Filter, RecordMeta};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Bound on each metadata or ListOffsets round trip.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +83,8 @@ pub struct Request {
     /// Shared with the connection, which hands it the live records the replay covers.
     pub seam: Arc<Seam>,
     pub filter: Arc<Filter>,
+    /// The socket's share of the readers, taken before one of the hub's.
+    pub share: Arc<Semaphore>,
 }
 
 impl Request {
@@ -249,7 +252,7 @@ pub struct Replayer {
     client: ClientConfig,
     permits: Arc<Semaphore>,
     max_records: i64,
-    store: Store,
+    commits: Arc<Commits>,
     recent: Recent,
     /// The hub's tasks: shutdown waits for replays before it closes the store.
     tasks: TaskTracker,
@@ -260,7 +263,7 @@ impl Replayer {
     pub fn new(
         config: &ServeConfig,
         group_id: &str,
-        store: Store,
+        commits: Arc<Commits>,
         recent: Recent,
         tasks: TaskTracker,
         log: &KafkaLog,
@@ -270,7 +273,7 @@ impl Replayer {
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
             max_records: i64::from(config.max_replay),
-            store,
+            commits,
             recent,
             tasks,
             log: log.clone(),
@@ -283,11 +286,11 @@ impl Replayer {
         let guard = cancel.clone().drop_guard();
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
         let log = self.log.clone();
-        let (store, recent) = (self.store.clone(), self.recent.clone());
+        let (commits, recent) = (self.commits.clone(), self.recent.clone());
         self.tasks.spawn(async move {
             let sender = events.clone();
             if let Start::Committed(offsets) = &mut request.from {
-                let stored = store
+                let stored = commits
                     .committed(&request.user, &request.topic, &request.positions_key)
                     .await;
                 match stored {
@@ -314,7 +317,11 @@ impl Replayer {
             metrics::replay("kafka");
             let permit = tokio::select! {
                 _ = cancel.cancelled() => return,
-                permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
+                permits = async {
+                    let share = request.share.clone().acquire_owned().await;
+                    let hub = permits.acquire_owned().await;
+                    (share, hub)
+                } => permits,
             };
             let ran = tokio::task::spawn_blocking({
                 let request = request.clone();

@@ -26,6 +26,7 @@ use tower_http::add_extension::AddExtension;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::commits::Commits;
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
 use crate::history::HistoryReader;
@@ -200,10 +201,11 @@ pub async fn serve(
     .map_err(kafka_client)?;
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
+    let commits = Arc::new(Commits::new(store.clone()));
     let replayer = Replayer::new(
         &config,
         &group_id,
-        store.clone(),
+        commits.clone(),
         recent,
         tasks.clone(),
         &kafka_log,
@@ -249,6 +251,7 @@ pub async fn serve(
         replayer,
         history,
         store,
+        commits,
         presence,
         roster,
         signals,
@@ -263,6 +266,13 @@ pub async fn serve(
         async move { hub.metrics.upkeep(&hub.shutdown).await }
     });
     hub.track(apply_control(hub.clone(), control_records));
+    hub.track({
+        let hub = hub.clone();
+        async move {
+            let interval = hub.config.commit_interval;
+            hub.commits.run(interval, hub.shutdown.clone()).await
+        }
+    });
     let (fatal, mut fatal_error) = oneshot::channel();
     hub.track(watch_database(hub.clone(), fatal));
 
@@ -279,6 +289,11 @@ pub async fn serve(
 
     let timeout = hub.config.shutdown_timeout;
     hub.finish_tasks(timeout).await;
+    // The sockets are closed: the last positions they committed go in before the store
+    // closes.
+    if let Err(e) = hub.commits.write().await {
+        tracing::error!(error = %e, "read positions left unwritten at shutdown");
+    }
     let flushing = hub.clone();
     let (flushed, ()) = tokio::join!(
         tokio::task::spawn_blocking(move || flushing.publisher.flush(timeout)),

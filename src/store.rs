@@ -6,7 +6,7 @@
 //! database; on PostgreSQL, sqlx holds an advisory lock while migrating, so hubs starting
 //! together apply them once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -89,6 +89,14 @@ pub struct Store {
     url: String,
 }
 
+/// One partition's next offset, kept only when it moves forward.
+const COMMIT: &str = "INSERT INTO read_positions
+       (sub, topic, record_key, kafka_partition, next_offset, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (sub, topic, record_key, kafka_partition) DO UPDATE
+     SET next_offset = excluded.next_offset, updated_at = excluded.updated_at
+     WHERE read_positions.next_offset < excluded.next_offset";
+
 impl Store {
     /// A pool that connects when it is first used: nothing here waits for the database. A
     /// request waits at most `timeout` for a connection.
@@ -153,25 +161,30 @@ impl Store {
         key: &str,
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(), StoreError> {
+        let owner = (sub.to_string(), topic.to_string(), key.to_string());
+        self.commit_many(&HashMap::from([(owner, offsets.clone())]))
+            .await
+    }
+
+    /// Several users' positions, in one transaction (see `commits`).
+    pub async fn commit_many(
+        &self,
+        positions: &HashMap<(String, String, String), BTreeMap<i32, i64>>,
+    ) -> Result<(), StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        for (&partition, &offset) in offsets {
-            sqlx::query(
-                "INSERT INTO read_positions
-                   (sub, topic, record_key, kafka_partition, next_offset, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (sub, topic, record_key, kafka_partition) DO UPDATE
-                 SET next_offset = excluded.next_offset, updated_at = excluded.updated_at
-                 WHERE read_positions.next_offset < excluded.next_offset",
-            )
-            .bind(sub)
-            .bind(topic)
-            .bind(key)
-            .bind(i64::from(partition))
-            .bind(offset)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        for ((sub, topic, key), offsets) in positions {
+            for (&partition, &offset) in offsets {
+                sqlx::query(COMMIT)
+                    .bind(sub)
+                    .bind(topic)
+                    .bind(key)
+                    .bind(i64::from(partition))
+                    .bind(offset)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -26,7 +26,15 @@ async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
     let (topic, glob) = fresh_topic("bad", 1).await;
     let hub = Hub::start(
         &glob,
-        &["--max-frame-bytes", "1024", "--max-subscriptions", "2"],
+        // Each case below in a row: far past what one socket may send of invalid frames.
+        &[
+            "--max-frame-bytes",
+            "1024",
+            "--max-subscriptions",
+            "2",
+            "--request-rates",
+            "invalid=1000,subscribe=1000,ping=1000",
+        ],
     )
     .await;
     let mut client = hub.connect(&token("alice", &[&glob], &[&glob])).await;

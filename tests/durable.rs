@@ -40,6 +40,8 @@ async fn read_positions_follow_the_user(database: &str) {
     assert_eq!(subscribed["partitions"], json!({"0": 5}));
     assert_eq!(subscribed["waiting"], json!(0));
     commit(&mut phone, &topic, json!({"0": 2})).await;
+    // Written behind, within a second: another hub reads it from the database.
+    a.until_metric("wskafka_commit_writes_total", 1.0).await;
 
     let mut laptop = b.connect(&alice).await;
     let subscribed = from_committed(&mut laptop, &topic).await;
@@ -49,7 +51,9 @@ async fn read_positions_follow_the_user(database: &str) {
         assert_eq!(laptop.message().await.0, (0, offset));
     }
     commit(&mut laptop, &topic, json!({"0": 5})).await;
-    // The phone is behind: its commit is stored as received, but cannot move back.
+    b.until_metric("wskafka_commit_writes_total", 1.0).await;
+    // The phone is behind: its commit is stored as received, but cannot move back (a clean
+    // shutdown writes it below).
     commit(&mut phone, &topic, json!({"0": 3})).await;
 
     // Another user's positions are their own.

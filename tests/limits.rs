@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn publishes_over_the_rate_are_refused_and_the_socket_carries_on() {
@@ -189,4 +191,105 @@ async fn a_client_that_answers_nothing_is_closed_and_its_seat_freed() {
         "{metrics:?}"
     );
     drop(silent);
+}
+
+#[tokio::test]
+async fn a_flooding_socket_is_told_when_to_retry_then_closed_and_others_carry_on() {
+    let hub = Hub::start("limits.*", &[]).await;
+    let mut flood = hub.connect(&token("mallory", &[], &[])).await;
+    let mut bystander = hub.connect(&token("alice", &[], &[])).await;
+    // As fast as it can, without reading: pings, and frames that are no request at all.
+    for n in 0..400 {
+        if n % 2 == 0 {
+            flood.send(json!({"type": "ping", "id": n})).await;
+        } else {
+            flood.send_text("{not json").await;
+        }
+    }
+    let (mut served, mut limited) = (0, 0);
+    let close = loop {
+        let next = tokio::time::timeout(PATIENCE, flood.ws.next()).await;
+        match next.expect("the flooding socket was never closed") {
+            Some(Ok(Message::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["code"] == "rate_limited" {
+                    assert!(frame["retry_after_ms"].as_u64().unwrap() > 0, "{frame}");
+                    limited += 1;
+                } else {
+                    served += 1;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "too many requests")
+    );
+    // The budgets' bursts (10 pings, 10 invalid frames), give or take refills; then the
+    // refusals' burst before the close.
+    assert!((20..=30).contains(&served), "{served} served");
+    assert!((95..=110).contains(&limited), "{limited} refused");
+    assert_eq!(
+        bystander.call(json!({"type": "ping", "id": "p"})).await,
+        json!({"type": "pong", "id": "p"})
+    );
+    let metrics = hub.metrics().await;
+    assert_eq!(metrics["wskafka_abusive_closes_total"], 1.0);
+    let refused: f64 = metrics
+        .iter()
+        .filter(|(name, _)| name.starts_with("wskafka_requests_refused_total"))
+        .map(|(_, value)| value)
+        .sum();
+    assert!(refused >= 100.0, "{metrics:?}");
+}
+
+#[tokio::test]
+async fn commits_are_written_behind_and_a_clean_shutdown_keeps_the_last_ones() {
+    let (topic, glob) = fresh_topic("commits", 1).await;
+    let database = fresh_postgres().await;
+    let hub = Hub::start(
+        &glob,
+        &[
+            "--database-url",
+            &database,
+            "--request-rates",
+            "commit=1000000",
+        ],
+    )
+    .await;
+    let mut client = hub.connect(&token("alice", &[], &[&glob])).await;
+    let started = std::time::Instant::now();
+    let commit_all = async |client: &mut Client, offsets: std::ops::RangeInclusive<i64>| {
+        for offset in offsets.clone() {
+            client
+                .send(json!({"type": "commit", "topic": topic, "offsets": {"0": offset}}))
+                .await;
+        }
+        for _ in offsets {
+            assert_eq!(client.recv().await["type"], "committed");
+        }
+    };
+    commit_all(&mut client, 1..=1000).await;
+    hub.until_metric("wskafka_commits_total", 1000.0).await;
+    let metrics = hub.metrics().await;
+    let writes = metrics
+        .get("wskafka_commit_writes_total")
+        .copied()
+        .unwrap_or(0.0);
+    // One transaction a second at most, where one a commit would have been a thousand.
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        writes <= seconds.ceil() + 1.0,
+        "{writes} writes in {seconds:.1} s"
+    );
+
+    // Acknowledged, and at once the hub is stopped: they are in the database all the same.
+    commit_all(&mut client, 1001..=1200).await;
+    assert_eq!(hub.terminate().await, Some(0));
+    let store = wskafka::Store::connect(&database, 1).await.unwrap();
+    let stored = store.committed("alice", &topic, "").await.unwrap();
+    assert_eq!(stored, std::collections::BTreeMap::from([(0, 1200)]));
 }

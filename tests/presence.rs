@@ -336,6 +336,71 @@ async fn a_user_whose_network_stalls_leaves_the_room_on_every_hub() {
 }
 
 #[tokio::test]
+async fn subscription_churn_costs_the_roster_and_the_room_a_bounded_amount() {
+    let cluster = Cluster::new("churn").await;
+    let topic = cluster.topic.clone();
+    let roster = cluster.args[cluster
+        .args
+        .iter()
+        .position(|a| a == "--roster-topic")
+        .unwrap()
+        + 1]
+    .clone();
+    // Past the subscribe budget, to see what the coalescing alone bounds.
+    let (a, b) = tokio::join!(
+        cluster.hub_with(&["--request-rates", "subscribe=1000000"]),
+        cluster.hub()
+    );
+    let mut observer = b.connect(&cluster.token("observer", &["*"])).await;
+    enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
+    assert_eq!(observer.recv().await["user"], "observer");
+    // Asks who is there, and hears no joins or leaves.
+    let mut watcher = b.connect(&cluster.token("watcher", &["*"])).await;
+    let before = read_all(broker(), &roster).await.len();
+
+    let mut churner = a.connect(&cluster.token("churner", &["lobby"])).await;
+    let started = std::time::Instant::now();
+    let pairs = 1000;
+    for _ in 0..pairs {
+        churner
+            .send(json!({"type": "subscribe", "topic": topic, "key": "lobby"}))
+            .await;
+        churner
+            .send(json!({"type": "unsubscribe", "topic": topic, "key": "lobby"}))
+            .await;
+    }
+    // It ends in the room.
+    enter(&mut churner, &topic, "lobby", json!({})).await;
+    for _ in 0..2 * pairs {
+        churner.recv().await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    until_members(
+        &mut [&mut watcher],
+        &topic,
+        "lobby",
+        &["churner", "observer"],
+    )
+    .await;
+    // One roster record per second at most, against two thousand uncoalesced.
+    let written = read_all(broker(), &roster).await.len() - before;
+    let bound = seconds.ceil() as usize + 2;
+    assert!(
+        written <= bound,
+        "{written} roster records in {seconds:.1} s"
+    );
+    // The observer heard of it at most once per record.
+    let pong = observer.call(json!({"type": "ping", "id": "p"})).await;
+    let mut told = 0;
+    let mut frame = pong;
+    while frame["type"] != "pong" {
+        told += 1;
+        frame = observer.recv().await;
+    }
+    assert!(told <= bound, "{told} joins and leaves");
+}
+
+#[tokio::test]
 async fn a_private_rooms_roster_and_signals_are_closed_to_a_token_without_its_key() {
     let cluster = Cluster::new("closed").await;
     let hub = cluster.hub().await;

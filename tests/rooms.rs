@@ -310,7 +310,8 @@ fn assert_pages_cover(pages: &[Vec<(i32, i64)>], expected: &BTreeSet<(i32, i64)>
 
 #[tokio::test]
 async fn history_pages_back_through_a_sparse_room_to_its_oldest_record() {
-    let (topic, glob, hub) = rooms("history", 4, &[]).await;
+    // Paged as fast as an export would, past a chat page's budget.
+    let (topic, glob, hub) = rooms("history", 4, &["--request-rates", "history=1000"]).await;
     let room = "room-42";
     let other = |n: usize| format!("other-{}", n % 500);
     // 11,000 records, one in eleven the room's, from three producers: an rdkafka backend,
@@ -377,7 +378,18 @@ async fn history_pages_back_through_a_sparse_room_to_its_oldest_record() {
 
     // A hub that may read only 100 offsets per request cuts pages short, says so, and the
     // next request carries on: the same records, over more pages.
-    let tight = Hub::start(&glob, &["--keyed-topics", &glob, "--history-scan", "100"]).await;
+    let tight = Hub::start(
+        &glob,
+        &[
+            "--keyed-topics",
+            &glob,
+            "--history-scan",
+            "100",
+            "--request-rates",
+            "history=1000",
+        ],
+    )
+    .await;
     let mut reader = tight.connect(&token("reader", &[], &[&glob])).await;
     let (pages, partial) = page_back(&mut reader, &topic, Some(room)).await;
     assert!(partial > 0, "no page was cut short");
@@ -392,7 +404,7 @@ async fn history_pages_back_through_a_sparse_room_to_its_oldest_record() {
 async fn history_of_a_whole_topic_merges_its_partitions_newest_first() {
     let (topic, glob) = fresh_topic("whole", 3).await;
     let produced = produce_many(&topic, 400).await;
-    let hub = Hub::start(&glob, &[]).await;
+    let hub = Hub::start(&glob, &["--request-rates", "history=1000"]).await;
     let mut reader = hub.connect(&token("reader", &[], &[&glob])).await;
     let (pages, _) = page_back(&mut reader, &topic, None).await;
     let expected: BTreeSet<(i32, i64)> = produced.keys().copied().collect();
@@ -439,4 +451,51 @@ async fn history_before_a_subscription_meets_its_live_records_without_gap_or_rep
         .call(json!({"type": "history", "topic": topic, "key": "other", "before": "subscribed"}))
         .await;
     assert_eq!(orphan["code"], "bad_request", "{orphan}");
+}
+
+#[tokio::test]
+async fn one_socket_paging_history_cannot_hold_the_hubs_readers_from_others() {
+    let (topic, glob, hub) = rooms(
+        "fair",
+        1,
+        &[
+            "--max-concurrent-history",
+            "3",
+            "--request-rates",
+            "history=1000",
+        ],
+    )
+    .await;
+    produce_many(&topic, 2000).await;
+    let reader = token("reader", &[], &[&glob]);
+    let (mut greedy, mut other) = (hub.connect(&reader).await, hub.connect(&reader).await);
+    let page = |id: i64| json!({"type": "history", "id": id, "topic": topic, "limit": 50});
+    let asked = 12;
+    for id in 0..asked {
+        greedy.send(page(id)).await;
+    }
+    // Once its pages are being read (the first is back), the other socket asks for one.
+    assert_eq!(greedy.recv().await["type"], "history");
+    other.send(page(-1)).await;
+    // The greedy socket holds two of the three readers at a time, its pages waiting behind
+    // its own: the other socket's page comes before half of the greedy one's, where one pool
+    // served in order of asking would make it wait for the greedy one's other eleven.
+    let greedy_done = async {
+        let mut done = Vec::new();
+        for _ in 1..asked {
+            assert_eq!(greedy.recv().await["type"], "history");
+            done.push(std::time::Instant::now());
+        }
+        done[asked as usize / 2]
+    };
+    let other_done = async {
+        assert_eq!(other.recv().await["type"], "history");
+        std::time::Instant::now()
+    };
+    let (greedy_done, other_done) = tokio::join!(greedy_done, other_done);
+    assert!(
+        other_done < greedy_done,
+        "the other socket waited {:?} past half the greedy one's pages",
+        other_done - greedy_done
+    );
 }
