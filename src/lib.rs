@@ -17,6 +17,7 @@
 
 mod admin;
 mod auth;
+mod catalogue;
 mod clock;
 mod config;
 mod connection;
