@@ -298,7 +298,9 @@ mod tests {
         let (catalogue, _, calls) = counted(&["chat"]);
         assert_eq!(ask(&catalogue, "typo").await, "missing");
         let before = calls.load(Ordering::SeqCst);
-        for _ in 0..100 {
+        // Each past the gap, all within `MISSING_FOR` of the refresh that found it missing.
+        for _ in 0..9 {
+            tokio::time::sleep(MIN_GAP).await;
             assert_eq!(ask(&catalogue, "typo").await, "missing");
         }
         assert_eq!(calls.load(Ordering::SeqCst), before);
@@ -314,6 +316,16 @@ mod tests {
         let answers = futures_util::future::join_all(asked).await;
         assert!(answers.iter().all(|a| *a == "missing"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_answer_from_kafka_a_topic_is_neither_known_nor_missing() {
+        use rdkafka::types::RDKafkaErrorCode;
+
+        let down: Source =
+            Arc::new(|| Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown)));
+        let catalogue = Catalogue::with_source(down, Box::new(|_| false));
+        assert_eq!(ask(&catalogue, "chat").await, "unreachable");
     }
 
     #[tokio::test(start_paused = true)]
