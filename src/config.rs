@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::budget::{Kind, parse_rate};
 use crate::grant::{Grant, UserPattern};
 use crate::kafka_settings::{KafkaSettings, SettingsError, Sources};
-use crate::topic::{TopicPattern, any_matches};
+use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
 
 #[derive(Parser)]
 #[command(
@@ -47,9 +47,23 @@ pub struct ServeConfig {
     pub brokers: String,
 
     /// Topics exposed to clients, as comma-separated globs (`*`, `?`). Nothing outside them
-    /// can be published or subscribed, whatever a token grants.
+    /// can be published or subscribed, whatever a token grants; nor can Kafka's own topics
+    /// (every name starting with `__`) or the closed ones (`WSKAFKA_CLOSED_TOPICS`), whatever
+    /// a glob covers.
     #[arg(long, env = "WSKAFKA_TOPICS", value_delimiter = ',', required = true)]
     pub topics: Vec<TopicPattern>,
+
+    /// Topics closed as Kafka's own are, as comma-separated globs: never exposed, published,
+    /// subscribed, read for history or read by the hub's consumer, whatever `WSKAFKA_TOPICS`
+    /// and tokens say. The default closes Schema Registry's topic and Kafka Connect's default
+    /// ones (connector settings may hold credentials); a value replaces the default.
+    #[arg(
+        long,
+        env = "WSKAFKA_CLOSED_TOPICS",
+        value_delimiter = ',',
+        default_value = "_schemas,connect-configs,connect-offsets,connect-status"
+    )]
+    pub closed_topics: Vec<TopicPattern>,
 
     /// Exposed topics keyed by user id, as comma-separated globs: a subscriber receives only
     /// the records whose key is its token's `sub`, and publishing to them needs a token that
@@ -343,6 +357,19 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Whether `topic` is Kafka's own or closed by `WSKAFKA_CLOSED_TOPICS`: the hub never
+    /// touches it.
+    pub fn is_closed_topic(&self, topic: &str) -> bool {
+        is_kafka_internal(topic) || any_matches(&self.closed_topics, topic)
+    }
+
+    /// `is_closed_topic` as anchored regexes, for librdkafka's `topic.blacklist`.
+    pub fn closed_regexes(&self) -> Vec<String> {
+        std::iter::once("^__.*$".to_string())
+            .chain(self.closed_topics.iter().map(TopicPattern::regex))
+            .collect()
+    }
+
     /// Whether `topic` is keyed by user id (`WSKAFKA_USER_TOPICS`).
     pub fn is_user_topic(&self, topic: &str) -> bool {
         any_matches(&self.user_topics, topic)
@@ -535,6 +562,17 @@ mod tests {
             panic!("valid configuration refused")
         };
         assert_eq!(config.topics.len(), 2);
+        for closed in [
+            "__consumer_offsets",
+            "__transaction_state",
+            "__share_group_state",
+            "_schemas",
+            "connect-offsets",
+        ] {
+            assert!(config.is_closed_topic(closed), "{closed}");
+        }
+        assert!(!config.is_closed_topic("chat._schemas"));
+        assert!(!config.is_closed_topic("_internal-ish"));
         assert_eq!(config.kafka, ["a=1", "b=2"]);
     }
 }

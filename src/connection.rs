@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -27,6 +28,7 @@ use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::budget::{Budgets, Kind, Verdict};
+use crate::catalogue::Lookup;
 use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::history;
@@ -163,6 +165,7 @@ pub fn run(
             stop,
             presence,
             ended: DisconnectReason::Closed,
+            held: None,
             hub: hub.clone(),
             id,
             session,
@@ -312,7 +315,16 @@ struct Connection {
     presence: Option<OpenSession>,
     /// Why the connection ended, for its `disconnect` presence event.
     ended: DisconnectReason,
+    /// A request naming a topic the hub has to ask Kafka about first.
+    held: Option<Box<Held>>,
     _seat: Seat,
+}
+
+/// A request handled again once the hub's list of topics is refreshed. Nothing else is read
+/// from the socket meanwhile, so requests are still handled in the order they came.
+struct Held {
+    text: Box<str>,
+    refreshed: BoxFuture<'static, ()>,
 }
 
 /// What a request awaited in the background comes back as.
@@ -418,10 +430,19 @@ impl Connection {
                         self.on_live(record);
                     }
                 }
-                incoming = socket.next(), if in_flight.len() < max_in_flight => match incoming {
+                () = poll_fn(|cx| match &mut self.held {
+                    Some(held) => held.refreshed.poll_unpin(cx),
+                    None => Poll::Pending,
+                }), if self.held.is_some() => {
+                    let held = self.held.take().expect("a held request");
+                    if let Some(pending) = self.handle(&held.text, false) {
+                        in_flight.push(pending);
+                    }
+                }
+                incoming = socket.next(), if in_flight.len() < max_in_flight && self.held.is_none() => match incoming {
                     Some(Ok(Message::Text(text))) => {
                         self.hub.metrics.frame_received();
-                        if let Some(pending) = self.handle(&text) {
+                        if let Some(pending) = self.handle(&text, true) {
                             in_flight.push(pending);
                         }
                         if self.abusive {
@@ -564,14 +585,22 @@ impl Connection {
         self.reply(reply);
     }
 
-    fn handle(&mut self, text: &str) -> Option<Pending> {
+    /// `may_wait` is false for a request that was held until the hub's list of topics was
+    /// refreshed: it gets the answer that refresh gave.
+    fn handle(&mut self, text: &str, may_wait: bool) -> Option<Pending> {
         let max = self.hub.config.max_frame_bytes;
         let request = (text.len() <= max).then(|| protocol::parse(text));
         let kind = match &request {
             Some(Ok(request)) => request_kind(request),
             _ => Kind::Invalid,
         };
-        match self.budgets.spend(kind) {
+        // A held request spent its budget when it first came.
+        let verdict = if may_wait {
+            self.budgets.spend(kind)
+        } else {
+            Verdict::Go
+        };
+        match verdict {
             Verdict::Go => {}
             Verdict::Wait(wait) => {
                 let rate = self.hub.request_rates.get(kind).get();
@@ -600,7 +629,7 @@ impl Connection {
         match request {
             Err(bad) => self.reply(bad.into()),
             Ok(Request::Ping { id }) => self.reply(Reply::Pong { id }),
-            Ok(Request::Subscribe(subscribe)) => self.subscribe(subscribe),
+            Ok(Request::Subscribe(subscribe)) => self.subscribe(subscribe, text, may_wait),
             Ok(Request::Unsubscribe { id, topic, key }) => {
                 match key.as_deref() {
                     Some(key) => self.end_subscription(&topic, Some(key)),
@@ -617,8 +646,8 @@ impl Connection {
                 });
             }
             Ok(Request::Auth { id, token }) => return self.refresh(id, &token),
-            Ok(Request::Publish(publish)) => return self.publish(publish),
-            Ok(Request::History(history)) => return self.history(history),
+            Ok(Request::Publish(publish)) => return self.publish(publish, text, may_wait),
+            Ok(Request::History(history)) => return self.history(history, text, may_wait),
             Ok(Request::Presence {
                 id,
                 topic,
@@ -683,7 +712,31 @@ impl Connection {
         }
     }
 
-    fn publish(&mut self, publish: Publish<'_>) -> Option<Pending> {
+    /// Whether `topic` exists. When it does not, or the hub cannot tell, the request is
+    /// answered; when the hub has to ask Kafka first, the request (its `text`) is held until
+    /// it has.
+    fn exists(&mut self, id: &Option<RequestId>, topic: &str, text: &str, may_wait: bool) -> bool {
+        let (code, message) = match self.hub.topics.lookup(topic, may_wait) {
+            Lookup::Exists => return true,
+            Lookup::Missing => (
+                ErrorCode::UnknownTopic,
+                format!("topic {topic:?} does not exist (the hub creates no topics)"),
+            ),
+            Lookup::Unreachable => (
+                ErrorCode::Unavailable,
+                format!("cannot tell whether topic {topic:?} exists: Kafka does not answer"),
+            ),
+            Lookup::Refreshing(refreshed) => {
+                let text = text.into();
+                self.held = Some(Box::new(Held { text, refreshed }));
+                return false;
+            }
+        };
+        self.reply(Reply::error(id.clone(), code, message));
+        false
+    }
+
+    fn publish(&mut self, publish: Publish<'_>, text: &str, may_wait: bool) -> Option<Pending> {
         let Publish {
             id,
             topic,
@@ -692,6 +745,9 @@ impl Connection {
             payload,
         } = publish;
         self.authorize(&id, &topic, key.as_deref(), Action::Publish)?;
+        if !self.exists(&id, &topic, text, may_wait) {
+            return None;
+        }
         if let Some(name) = headers
             .keys()
             .find(|name| protocol::is_reserved_header(name))
@@ -742,7 +798,7 @@ impl Connection {
     }
 
     /// Reads a page of past records, off the socket's task.
-    fn history(&mut self, request: History<'_>) -> Option<Pending> {
+    fn history(&mut self, request: History<'_>, text: &str, may_wait: bool) -> Option<Pending> {
         let History {
             id,
             topic,
@@ -751,6 +807,9 @@ impl Connection {
             limit,
         } = request;
         let confined = self.authorize(&id, &topic, key.as_deref(), Action::History)?;
+        if !self.exists(&id, &topic, text, may_wait) {
+            return None;
+        }
         let most = self.hub.config.history_limit;
         let key = key.map(Cow::into_owned);
         let (before, unlisted) = match before {
@@ -800,7 +859,7 @@ impl Connection {
         }))
     }
 
-    fn subscribe(&mut self, request: Subscribe<'_>) {
+    fn subscribe(&mut self, request: Subscribe<'_>, text: &str, may_wait: bool) {
         let Subscribe {
             id,
             topic,
@@ -815,6 +874,9 @@ impl Connection {
         let Some(confined) = self.authorize(&id, &topic, key.as_deref(), Action::Subscribe) else {
             return;
         };
+        if !self.exists(&id, &topic, text, may_wait) {
+            return;
+        }
         let key = key.map(Cow::into_owned);
         let replaced = self.subscriptions.replaced_by(&topic, key.as_deref());
         let max = self.hub.config.max_subscriptions;

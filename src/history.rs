@@ -81,6 +81,7 @@ pub enum HistoryError {
 impl HistoryError {
     pub fn code(&self) -> ErrorCode {
         match self {
+            HistoryError::NoTopic(_) => ErrorCode::UnknownTopic,
             HistoryError::Crashed => ErrorCode::Internal,
             _ => ErrorCode::Unavailable,
         }

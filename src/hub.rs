@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Session, TokenId};
 use crate::budget::Rates;
+use crate::catalogue::Catalogue;
 use crate::commits::Commits;
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
@@ -39,6 +40,8 @@ pub struct Hub {
     pub auth: Authenticator,
     pub registry: Arc<Registry>,
     pub publisher: Publisher,
+    /// Which topics exist, checked before each publish, subscribe and history.
+    pub topics: Catalogue,
     pub live_positions: LivePositions,
     pub metrics: Metrics,
     pub replayer: Replayer,
@@ -169,7 +172,17 @@ impl IntoResponse for Refusal {
 }
 
 impl Hub {
+    /// The hub, with a catalogue of the topics its producer's cluster holds, kept fresh
+    /// until shutdown.
     pub fn new(parts: Parts) -> Hub {
+        let topics = Catalogue::new(&parts.config, parts.publisher.clone());
+        parts
+            .tasks
+            .spawn(topics.clone().keep_fresh(parts.shutdown.clone()));
+        Hub::with_topics(parts, topics)
+    }
+
+    fn with_topics(parts: Parts, topics: Catalogue) -> Hub {
         let Parts {
             config,
             auth,
@@ -201,6 +214,7 @@ impl Hub {
             auth,
             registry,
             publisher,
+            topics,
             live_positions,
             metrics,
             replayer,
@@ -447,7 +461,7 @@ pub(crate) const TEST_SECRET: &str = "a-secret-for-unit-tests-of-32-bytes";
 
 /// A hub for unit tests: its settings from `serve`'s flags, an in-memory SQLite database, a
 /// producer and a replayer pointed at a port where no broker listens (nothing in them
-/// connects before it is used), and no consumer.
+/// connects before it is used), no consumer, and one topic, `t.room`.
 #[cfg(test)]
 pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     use clap::Parser as _;
@@ -476,31 +490,35 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     let commits = Arc::new(Commits::new(store.clone()));
     let tasks = TaskTracker::new();
     let log = KafkaLog::default();
-    let hub = Arc::new(Hub::new(Parts {
-        auth: Authenticator::new(&config.jwt).unwrap(),
-        registry: Arc::default(),
-        publisher: Publisher::new(&config, "test", &log).unwrap(),
-        live_positions: LivePositions::default(),
-        consumer_ready: Arc::default(),
-        metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
-        replayer: Replayer::new(
-            &config,
-            "test",
-            commits.clone(),
-            Recent::new(config.recent_records),
-            tasks.clone(),
-            &log,
-        ),
-        history: HistoryReader::new(&config, "test", &log),
-        roster: None,
-        signals: Signals::new(&config, "test", &log).unwrap(),
-        store,
-        commits,
-        presence: None,
-        tasks,
-        shutdown: CancellationToken::new(),
-        config,
-    }));
+    let topics = crate::catalogue::Catalogue::fixed(&["t.room"]);
+    let hub = Arc::new(Hub::with_topics(
+        Parts {
+            auth: Authenticator::new(&config.jwt).unwrap(),
+            registry: Arc::default(),
+            publisher: Publisher::new(&config, "test", &log).unwrap(),
+            live_positions: LivePositions::default(),
+            consumer_ready: Arc::default(),
+            metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
+            replayer: Replayer::new(
+                &config,
+                "test",
+                commits.clone(),
+                Recent::new(config.recent_records),
+                tasks.clone(),
+                &log,
+            ),
+            history: HistoryReader::new(&config, "test", &log),
+            roster: None,
+            signals: Signals::new(&config, "test", &log).unwrap(),
+            store,
+            commits,
+            presence: None,
+            tasks,
+            shutdown: CancellationToken::new(),
+            config,
+        },
+        topics,
+    ));
     hub.set_database_ready(true);
     hub
 }

@@ -26,7 +26,7 @@ use crate::metrics;
 use crate::protocol::{self, ErrorCode, RecordView};
 use crate::recent::Recent;
 use crate::registry::{Delivery, RecordMeta, Registry};
-use crate::topic::{TopicPattern, any_matches};
+use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
 
 /// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -38,7 +38,11 @@ const METADATA_RETRY: Duration = Duration::from_secs(1);
 const OWN_TOPICS_RETRY: Duration = Duration::from_millis(100);
 
 /// The hub's own properties, then the operator's for `side` (see `KafkaSettings`): the one
-/// place every Kafka client of the hub is configured.
+/// place every Kafka client of the hub is configured. Two come after the operator's,
+/// because the hub promises them whatever librdkafka is told: no client asks the broker to
+/// create a topic (librdkafka's producer does by default, wherever the broker allows it),
+/// and none sees Kafka's own or the closed topics in metadata, so no pattern subscription
+/// or assignment can reach them.
 pub(crate) fn client_config(
     config: &ServeConfig,
     own: &[(&str, String)],
@@ -55,6 +59,8 @@ pub(crate) fn client_config(
     for (key, value) in config.kafka_settings.for_side(side) {
         client.set(key, value);
     }
+    client.set("allow.auto.create.topics", "false");
+    client.set("topic.blacklist", config.closed_regexes().join(","));
     client
 }
 
@@ -90,6 +96,9 @@ pub enum PublishError {
     TooLarge,
     #[error("Kafka refused the write to this topic: {0}")]
     Refused(RDKafkaErrorCode),
+    /// The topic went away after the hub last saw it.
+    #[error("the topic does not exist: {0}")]
+    UnknownTopic(RDKafkaErrorCode),
     #[error("the record could not be published: {0}")]
     Internal(String),
 }
@@ -100,6 +109,7 @@ impl PublishError {
             PublishError::Unavailable(_) => ErrorCode::Unavailable,
             PublishError::TooLarge => ErrorCode::TooLarge,
             PublishError::Refused(_) => ErrorCode::Forbidden,
+            PublishError::UnknownTopic(_) => ErrorCode::UnknownTopic,
             PublishError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -113,14 +123,15 @@ impl From<KafkaError> for PublishError {
             Some(code @ (C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed)) => {
                 PublishError::Refused(code)
             }
+            Some(code @ (C::UnknownTopic | C::UnknownTopicOrPartition)) => {
+                PublishError::UnknownTopic(code)
+            }
             Some(
                 code @ (C::QueueFull
                 | C::MessageTimedOut
                 | C::RequestTimedOut
                 | C::AllBrokersDown
                 | C::BrokerTransportFailure
-                | C::UnknownTopic
-                | C::UnknownTopicOrPartition
                 | C::UnknownPartition
                 | C::LeaderNotAvailable
                 | C::NotLeaderForPartition
@@ -240,6 +251,19 @@ impl Publisher {
             .client()
             .fetch_metadata(None, timeout)
             .map(drop)
+    }
+
+    /// Every topic in the cluster (a metadata request for all topics, which never creates
+    /// one); blocks until a broker answered.
+    pub fn topics(&self, timeout: Duration) -> Result<Vec<String>, KafkaError> {
+        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        let gone = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error() != Some(gone))
+            .map(|t| t.name().to_string())
+            .collect())
     }
 
     /// Blocks until every queued record is acknowledged or has failed.
@@ -397,6 +421,7 @@ impl Consumer {
         .create_with_context(context)?;
         let topics = Topics {
             exposed: config.topics.clone(),
+            closed: config.closed_topics.clone(),
             control: config.control_topic.clone(),
             signals: config.signal_topic.clone(),
         };
@@ -428,16 +453,22 @@ impl Consumer {
     }
 }
 
-/// What the consumer reads: the exposed topics, the control topic and the signal topic.
+/// What the consumer reads: the exposed topics but Kafka's own and the closed ones (which
+/// `client_config` hides from it), the control topic and the signal topic.
 struct Topics {
     exposed: Vec<TopicPattern>,
+    closed: Vec<TopicPattern>,
     control: String,
     signals: String,
 }
 
 impl Topics {
     fn matches(&self, topic: &str) -> bool {
-        topic == self.control || topic == self.signals || any_matches(&self.exposed, topic)
+        topic == self.control
+            || topic == self.signals
+            || (any_matches(&self.exposed, topic)
+                && !is_kafka_internal(topic)
+                && !any_matches(&self.closed, topic))
     }
 
     fn own_exist(&self, metadata: &rdkafka::metadata::Metadata) -> bool {

@@ -19,6 +19,7 @@
 mod admin;
 mod auth;
 mod budget;
+mod catalogue;
 mod clock;
 mod commits;
 mod config;

@@ -1,6 +1,14 @@
 //! What the hub counts, exposed at `/metrics` in Prometheus' format. Every name and label is
 //! defined here; the rest of the code records through these functions and `Metrics`' methods.
+//!
+//! Series labelled with a topic are kept here rather than in the exporter, which has no way
+//! to drop a series: a topic deleted from Kafka would otherwise stay in every scrape for as
+//! long as the hub runs. Only topics that exist get one (the hub checks before subscribing;
+//! the consumer reads nothing else), and `retain_topics` drops those that went away.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
@@ -40,7 +48,10 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        self.exporter.render()
+        let mut text = self.exporter.render();
+        let series = TOPIC_SERIES.lock().expect("topic series lock");
+        series.render(&mut text);
+        text
     }
 
     /// Drains the samples histograms buffer between scrapes; without it they pile up
@@ -86,12 +97,88 @@ pub fn connection_closed() {
     gauge!("wskafka_connections").decrement(1);
 }
 
-pub fn subscribed(topic: &str) {
-    gauge!("wskafka_subscriptions", "topic" => topic.to_string()).increment(1);
+/// Per topic: the subscriptions to it on this hub, and the consumer's lag per partition.
+/// Topic names are Kafka's (`[A-Za-z0-9._-]`): nothing in them needs escaping.
+static TOPIC_SERIES: Mutex<TopicSeries> = Mutex::new(TopicSeries(BTreeMap::new()));
+
+struct TopicSeries(BTreeMap<String, TopicCounts>);
+
+#[derive(Default)]
+struct TopicCounts {
+    subscriptions: u64,
+    lag: BTreeMap<i32, i64>,
 }
 
+impl TopicSeries {
+    fn subscribed(&mut self, topic: &str) {
+        self.0.entry(topic.to_string()).or_default().subscriptions += 1;
+    }
+
+    fn unsubscribed(&mut self, topic: &str) {
+        if let Some(counts) = self.0.get_mut(topic) {
+            counts.subscriptions = counts.subscriptions.saturating_sub(1);
+        }
+    }
+
+    fn lag(&mut self, topic: &str, partition: i32, lag: i64) {
+        if let Some(counts) = self.0.get_mut(topic) {
+            counts.lag.insert(partition, lag);
+            return;
+        }
+        let counts = self.0.entry(topic.to_string()).or_default();
+        counts.lag.insert(partition, lag);
+    }
+
+    fn render(&self, text: &mut String) {
+        let series = &self.0;
+        if !series.is_empty() {
+            text.push_str("# TYPE wskafka_subscriptions gauge\n");
+        }
+        for (topic, counts) in series {
+            let count = counts.subscriptions;
+            let _ = writeln!(text, "wskafka_subscriptions{{topic=\"{topic}\"}} {count}");
+        }
+        if series.values().any(|counts| !counts.lag.is_empty()) {
+            text.push_str("# TYPE wskafka_consumer_lag gauge\n");
+        }
+        for (topic, counts) in series {
+            for (partition, lag) in &counts.lag {
+                let _ = writeln!(
+                    text,
+                    "wskafka_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
+                );
+            }
+        }
+    }
+}
+
+/// A subscription to `topic`, which exists.
+pub fn subscribed(topic: &str) {
+    TOPIC_SERIES
+        .lock()
+        .expect("topic series lock")
+        .subscribed(topic);
+}
+
+/// The end of a subscription; a topic whose series was dropped meanwhile (it went away)
+/// does not get one again.
 pub fn unsubscribed(topic: &str) {
-    gauge!("wskafka_subscriptions", "topic" => topic.to_string()).decrement(1);
+    TOPIC_SERIES
+        .lock()
+        .expect("topic series lock")
+        .unsubscribed(topic);
+}
+
+/// Drops the series of every topic `exists` denies.
+pub fn retain_topics(exists: impl Fn(&str) -> bool) {
+    let mut series = TOPIC_SERIES.lock().expect("topic series lock");
+    series.0.retain(|topic, _| exists(topic));
+}
+
+/// Metadata requests made to learn which topics exist: `miss` when a request named a topic
+/// the hub did not know, `periodic` otherwise.
+pub fn topics_refreshed(cause: &'static str) {
+    counter!("wskafka_topic_refreshes_total", "cause" => cause).increment(1);
 }
 
 pub fn publish_failed(code: &'static str) {
@@ -170,8 +257,34 @@ pub fn jwks_fetched(url: &str, usable: bool) {
         .increment(1);
 }
 
-/// Records behind the partition's end, from librdkafka's statistics.
+/// Records behind the partition's end, from librdkafka's statistics of the partitions the
+/// consumer reads.
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
-    gauge!("wskafka_consumer_lag", "topic" => topic.to_string(), "partition" => partition.to_string())
-        .set(lag as f64);
+    let mut series = TOPIC_SERIES.lock().expect("topic series lock");
+    series.lag(topic, partition, lag);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_series_of_topics_that_went_away_are_dropped_and_not_revived() {
+        let mut series = TopicSeries(BTreeMap::new());
+        series.subscribed("kept");
+        series.subscribed("gone");
+        series.lag("gone", 0, 5);
+        series.lag("kept", 1, 7);
+        series.0.retain(|topic, _| topic != "gone");
+        series.unsubscribed("gone");
+        let mut text = String::new();
+        series.render(&mut text);
+        assert_eq!(
+            text,
+            "# TYPE wskafka_subscriptions gauge\n\
+             wskafka_subscriptions{topic=\"kept\"} 1\n\
+             # TYPE wskafka_consumer_lag gauge\n\
+             wskafka_consumer_lag{topic=\"kept\",partition=\"1\"} 7\n"
+        );
+    }
 }

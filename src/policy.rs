@@ -1,8 +1,8 @@
 //! Who may do what with which topic and key: the one decision behind publish, subscribe,
 //! history and commit.
 //!
-//! A topic is allowed when the hub exposes it (`WSKAFKA_TOPICS`) and the token grants the
-//! action on it (see `grant`): on the key the request names, or on every key when it names
+//! A topic is allowed when the hub exposes it (`WSKAFKA_TOPICS`), it is neither Kafka's own
+//! nor closed (`WSKAFKA_CLOSED_TOPICS`), and the token grants the action on it (see `grant`): on the key the request names, or on every key when it names
 //! none. The hub's own topics are never written by clients, and its control topic never
 //! read. A keyed topic (`WSKAFKA_KEYED_TOPICS`, and per-user topics) takes no publish
 //! without a key, since a key is what places a record in its room. On a per-user topic
@@ -39,6 +39,8 @@ impl Action {
 pub enum Denied {
     #[error("invalid topic name {0:?}")]
     InvalidTopic(String),
+    #[error("topic {0:?} is Kafka's own or closed to clients: the hub never serves it")]
+    Closed(String),
     #[error("not allowed to {} topic {topic:?}{}", action.verb(), key_text(key))]
     NotGranted {
         action: Action,
@@ -62,7 +64,9 @@ impl Denied {
     pub fn code(&self) -> ErrorCode {
         match self {
             Denied::InvalidTopic(_) | Denied::KeyRequired(_) => ErrorCode::BadRequest,
-            Denied::NotGranted { .. } | Denied::OthersKey(_) => ErrorCode::Forbidden,
+            Denied::Closed(_) | Denied::NotGranted { .. } | Denied::OthersKey(_) => {
+                ErrorCode::Forbidden
+            }
         }
     }
 }
@@ -79,6 +83,10 @@ pub fn authorize(
 ) -> Result<Option<String>, Denied> {
     if !is_valid_topic(topic) {
         return Err(Denied::InvalidTopic(topic.to_string()));
+    }
+    // Before anything else: no exposure or grant reaches these.
+    if config.is_closed_topic(topic) {
+        return Err(Denied::Closed(topic.to_string()));
     }
     let not_granted = || Denied::NotGranted {
         action,
@@ -235,6 +243,29 @@ mod tests {
             }
         }
         assert!(allows(&config, &everything, "presence", Action::Subscribe));
+    }
+
+    #[test]
+    fn kafkas_own_and_closed_topics_are_refused_whatever_exposure_and_grants_say() {
+        let config = config(&["--topics", "*", "--closed-topics", "_schemas,connect-*"]);
+        let everything = session(&["*"], &["*"]);
+        for topic in [
+            "__consumer_offsets",
+            "__transaction_state",
+            "__share_group_state",
+            "_schemas",
+            "connect-configs",
+        ] {
+            for action in [Action::Publish, Action::Subscribe, Action::History] {
+                assert_eq!(
+                    authorize(&config, &everything, topic, None, action),
+                    Err(Denied::Closed(topic.into())),
+                    "{topic} {action:?}"
+                );
+            }
+        }
+        assert!(allows(&config, &everything, "_internal", Action::Publish));
+        assert!(allows(&config, &everything, "chat", Action::Subscribe));
     }
 
     #[test]

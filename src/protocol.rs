@@ -494,6 +494,9 @@ pub enum ErrorCode {
     TooLarge,
     LimitExceeded,
     RateLimited,
+    /// The topic does not exist (the hub never creates one): retrying will not help until an
+    /// operator creates it.
+    UnknownTopic,
     Unavailable,
     Internal,
 }
@@ -645,6 +648,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UnknownTopic => "unknown_topic",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

@@ -237,7 +237,7 @@ pub enum ReplayError {
 impl ReplayError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            ReplayError::NoTopic(_) => ErrorCode::BadRequest,
+            ReplayError::NoTopic(_) => ErrorCode::UnknownTopic,
             ReplayError::OutOfRange(_)
             | ReplayError::Kafka(_)
             | ReplayError::Stalled

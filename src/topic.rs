@@ -55,6 +55,12 @@ impl TopicPattern {
         if self.is_literal() {
             return self.0.to_string();
         }
+        self.regex()
+    }
+
+    /// The anchored regex matching the same names, for librdkafka settings that take
+    /// nothing but regexes (`topic.blacklist`).
+    pub fn regex(&self) -> String {
         let mut regex = String::with_capacity(self.0.len() * 2 + 2);
         regex.push('^');
         for c in self.0.chars() {
@@ -111,6 +117,13 @@ impl fmt::Display for TopicPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Whether `topic` is one of Kafka's own (`__consumer_offsets`, `__transaction_state`,
+/// `__share_group_state`...): Kafka names every topic it marks internal with this prefix, and
+/// keeps the prefix for itself.
+pub fn is_kafka_internal(topic: &str) -> bool {
+    topic.starts_with("__")
 }
 
 /// True when any of `patterns` covers `topic`.
@@ -207,6 +220,7 @@ mod tests {
         assert_eq!(pat("notifications").kafka_subscription(), "notifications");
         assert_eq!(pat("chat.*").kafka_subscription(), "^chat\\..*$");
         assert_eq!(pat("room-?").kafka_subscription(), "^room-.$");
+        assert_eq!(pat("_schemas").regex(), "^_schemas$");
     }
 
     #[test]

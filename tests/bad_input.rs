@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -97,6 +99,9 @@ async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
     still_works(&mut client).await;
 
     // The subscription limit counts distinct topics.
+    for more in ["2", "3"] {
+        create_topic(&format!("{topic}{more}"), 1).await;
+    }
     client.subscribe(&topic).await;
     client.subscribe(&topic).await;
     client.subscribe(&format!("{topic}2")).await;
@@ -115,19 +120,82 @@ async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
     assert_eq!(message["payload"], json!({"still": "here"}));
 }
 
+/// `/metrics` as its series' names.
+async fn series(hub: &Hub) -> BTreeSet<String> {
+    hub.metrics().await.into_keys().collect()
+}
+
+async fn refreshes_on_a_miss(hub: &Hub) -> f64 {
+    let name = "wskafka_topic_refreshes_total{cause=\"miss\"}";
+    hub.metrics().await.get(name).copied().unwrap_or(0.0)
+}
+
 #[tokio::test]
-async fn a_publish_kafka_cannot_take_in_time_is_answered_unavailable() {
-    let prefix = unique("missing");
-    let glob = format!("{prefix}.*");
-    let hub = Hub::start(&glob, &["--publish-timeout", "1s"]).await;
-    let mut client = hub.connect(&token("alice", &[&glob], &[])).await;
-    // The broker creates no topic on demand (auto.create.topics.enable=false, as on most
-    // production clusters): there is no such topic.
-    let reply = client
-        .call(json!({"type": "publish", "id": "1", "topic": format!("{prefix}.nowhere"), "payload": 1}))
-        .await;
-    assert_error(&reply, "unavailable", Some("1"));
-    still_works(&mut client).await;
+async fn a_flood_of_requests_for_missing_topics_costs_few_metadata_requests_and_no_series() {
+    let (topic, glob) = fresh_topic("flood", 1).await;
+    let prefix = glob.trim_end_matches(".*");
+    // Past every budget of one socket (see tests/limits.rs): what the catalogue alone bounds.
+    let rates = "publish=1000000,subscribe=1000000,history=1000000";
+    let hub = Hub::start(&glob, &["--request-rates", rates]).await;
+    let grant = token("a", &[&glob], &[&glob]);
+    let mut bystander = hub.connect(&grant).await;
+    bystander.subscribe(&topic).await;
+    let publish = json!({"type": "publish", "topic": topic, "payload": 1});
+    bystander.publish_to_self(publish.clone()).await;
+    // The consumer's lag comes with librdkafka's statistics, every five seconds.
+    let lag = format!("wskafka_consumer_lag{{topic=\"{topic}\",partition=\"0\"}}");
+    eventually(&lag, || async { hub.metrics().await.contains_key(&lag) }).await;
+    let mut attacker = hub.connect(&grant).await;
+    let request = |n: usize| {
+        let topic = format!("{prefix}.missing{n}");
+        match n % 3 {
+            0 => json!({"type": "publish", "id": n, "topic": topic, "payload": 1}),
+            1 => json!({"type": "subscribe", "id": n, "topic": topic}),
+            _ => json!({"type": "history", "id": n, "topic": topic}),
+        }
+    };
+    // Every series a miss can make exists before the count starts.
+    for n in 0..3 {
+        let reply = attacker.call(request(n)).await;
+        assert_eq!(reply["code"], "unknown_topic", "{reply}");
+    }
+    let before = (series(&hub).await, refreshes_on_a_miss(&hub).await);
+    let started = std::time::Instant::now();
+
+    const REQUESTS: usize = 3000;
+    for n in 0..REQUESTS {
+        attacker.send(request(n)).await;
+    }
+    // Another socket is served meanwhile.
+    let (ack, _) = bystander.publish_to_self(publish).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    for n in 0..REQUESTS {
+        let reply = attacker.recv().await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["id"].as_u64()),
+            (Some("unknown_topic"), Some(n as u64)),
+            "{reply}"
+        );
+    }
+    let elapsed = started.elapsed();
+    let after = (series(&hub).await, refreshes_on_a_miss(&hub).await);
+    assert_eq!(after.0, before.0, "series came or went");
+    // The hub asks Kafka at most every 100 ms, however many names it is asked for and
+    // however slowly Kafka answers: a small fraction of the requests.
+    let refreshes = after.1 - before.1;
+    let bound = (elapsed.as_millis() / 100 + 2) as f64;
+    eprintln!(
+        "{REQUESTS} requests for missing topics in {elapsed:?}: {refreshes} metadata requests"
+    );
+    assert!(
+        refreshes <= bound,
+        "{refreshes} metadata requests in {elapsed:?}"
+    );
+    assert!(
+        refreshes <= (REQUESTS / 20) as f64,
+        "{refreshes} metadata requests"
+    );
+    still_works(&mut attacker).await;
 }
 
 #[tokio::test]

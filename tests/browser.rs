@@ -491,3 +491,39 @@ async fn pages_elsewhere_can_neither_revoke_nor_frame_while_the_admin_is_signed_
     }
     assert_eq!(browser.complaints("admin").await, Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_room_topic_that_does_not_exist_is_shown_to_the_user_and_not_asked_for_again() {
+    let prefix = unique("demo");
+    let (rooms, notes) = (format!("{prefix}.rooms"), format!("{prefix}.notes"));
+    create_topic(&notes, 1).await;
+    // The rooms' topic is exposed but nobody created it.
+    let hub = Demo::hub("127.0.0.1:0", &format!("{rooms},{notes}"), &rooms, &notes).await;
+    let mut browser = Browser::start().await;
+    let page = format!(
+        "http://{}/?user=erin&topic={rooms}&notifications={notes}",
+        hub.addr
+    );
+    browser.open("erin", &page).await;
+    browser.wait_text("erin", "#status", "open").await;
+    browser
+        .wait_text(
+            "erin",
+            "#problem",
+            &format!("topic {rooms:?} does not exist"),
+        )
+        .await;
+    browser
+        .wait_text("erin", "#problem", "ask an operator to create it")
+        .await;
+    let shown = json!({"cmd": "evaluate", "name": "erin",
+                       "script": "document.querySelector('#problem').checkVisibility()"});
+    assert_eq!(browser.run(shown).await, json!(true));
+    // The library gives up on each room at once: none is held to be asked for again.
+    let held = json!({"cmd": "evaluate", "name": "erin",
+                      "script": "[...window.wskafka.subscriptions.values()].map((s) => s.topic)"});
+    eventually("only the notifications subscription is held", async || {
+        browser.run(held.clone()).await == json!([notes])
+    })
+    .await;
+}

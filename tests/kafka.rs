@@ -1,5 +1,7 @@
 //! What a real Kafka log does under a subscription: records deleted before a client came
-//! back, transactions aborted and committed, a compacted topic and its tombstones.
+//! back, transactions aborted and committed, a compacted topic and its tombstones; topics
+//! that do not exist, on brokers that create topics on demand and brokers that do not; and
+//! Kafka's own topics, which the hub never serves.
 
 mod common;
 
@@ -268,4 +270,193 @@ async fn a_compacted_topic_delivers_tombstones_without_a_payload_and_replays_wha
     assert!(subscribed.get("lost").is_none(), "{subscribed}");
     let first_kept = *kept.keys().find(|(_, offset)| *offset >= 1).unwrap();
     assert_eq!(resumed.message().await.0, first_kept);
+}
+
+/// Publish, subscribe and history on a topic that does not exist, through a hub on
+/// `brokers`: each answered `unknown_topic`, naming the topic, before anything could come
+/// from Kafka (the publish timeout is past the test's patience), and no topic is created,
+/// neither by the requests nor by the hub's consumer following a literal exposed name.
+async fn missing_topics_are_refused_and_never_created(brokers: &str) {
+    let prefix = unique("missing");
+    let literal = unique("literal");
+    let hub = Hub::start(
+        &format!("{prefix}.*,{literal}"),
+        &["--brokers", brokers, "--publish-timeout", "60s"],
+    )
+    .await;
+    let glob = format!("{prefix}.*");
+    let mut client = hub
+        .connect(&token("alice", &[&glob, &literal], &[&glob, &literal]))
+        .await;
+    let nowhere = format!("{prefix}.nowhere");
+    for topic in [&nowhere, &literal] {
+        for (id, request) in [
+            (
+                "p",
+                json!({"type": "publish", "id": "p", "topic": topic, "payload": 1}),
+            ),
+            ("s", json!({"type": "subscribe", "id": "s", "topic": topic})),
+            ("h", json!({"type": "history", "id": "h", "topic": topic})),
+        ] {
+            let reply = client.call(request).await;
+            assert_eq!(
+                (
+                    reply["type"].as_str(),
+                    reply["code"].as_str(),
+                    reply["id"].as_str()
+                ),
+                (Some("error"), Some("unknown_topic"), Some(id)),
+                "{reply}"
+            );
+            let message = reply["message"].as_str().unwrap();
+            assert!(message.contains(&format!("{topic:?}")), "{message}");
+        }
+    }
+    assert_eq!(client.call(json!({"type": "ping"})).await["type"], "pong");
+    let topics = topic_names(brokers).await;
+    assert!(!topics.contains(&nowhere), "{nowhere} was created");
+    assert!(!topics.contains(&literal), "{literal} was created");
+}
+
+#[tokio::test]
+async fn a_missing_topic_is_refused_at_once_on_a_broker_that_creates_none() {
+    missing_topics_are_refused_and_never_created(broker()).await;
+}
+
+#[tokio::test]
+async fn a_missing_topic_is_refused_and_not_created_on_a_broker_that_creates_topics_on_demand() {
+    let mut spec = KafkaNode::single();
+    spec.settings
+        .push("auto.create.topics.enable=true".to_string());
+    let node = KafkaNode::start(&spec).await;
+    let brokers = node.addr();
+    // The broker does create topics on demand: a plain producer's record makes one.
+    let created = unique("on-demand");
+    produce(&producer_at(&brokers), &created, "k", b"1").await;
+    assert!(topic_names(&brokers).await.contains(&created));
+
+    missing_topics_are_refused_and_never_created(&brokers).await;
+}
+
+/// The topics of the assignment of the classic consumer protocol (KIP-429's `Assignment`:
+/// a version, then an array of topics, each a name and an array of partitions).
+fn assigned_topics(assignment: &[u8]) -> Vec<String> {
+    let mut at = 2;
+    let mut take = |n: usize| {
+        let bytes = &assignment[at..at + n];
+        at += n;
+        bytes
+    };
+    let count = i32::from_be_bytes(take(4).try_into().unwrap());
+    let mut topics = Vec::new();
+    for _ in 0..count.max(0) {
+        let len = i16::from_be_bytes(take(2).try_into().unwrap()) as usize;
+        topics.push(String::from_utf8(take(len).to_vec()).unwrap());
+        let partitions = i32::from_be_bytes(take(4).try_into().unwrap());
+        take(4 * partitions.max(0) as usize);
+    }
+    topics
+}
+
+#[tokio::test]
+async fn kafkas_own_topics_are_never_served_nor_read_whatever_the_exposure_and_grants() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+    // Both exist on the broker: groups have committed, and a transaction has begun.
+    let _transactions = transactional_producer();
+    let (topic, _) = fresh_topic("ordinary", 1).await;
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let hub = Hub::start("*", &["--instance-id", &instance]).await;
+    let mut client = hub.connect(&token("root", &["*"], &["*"])).await;
+    for internal in [
+        "__consumer_offsets",
+        "__transaction_state",
+        "__share_group_state",
+    ] {
+        for request in [
+            json!({"type": "subscribe", "id": 1, "topic": internal}),
+            json!({"type": "publish", "id": 1, "topic": internal, "payload": 1}),
+            json!({"type": "history", "id": 1, "topic": internal}),
+        ] {
+            let reply = client.call(request.clone()).await;
+            assert_eq!(
+                (reply["type"].as_str(), reply["code"].as_str()),
+                (Some("error"), Some("forbidden")),
+                "{request} got {reply}"
+            );
+        }
+    }
+    // An ordinary topic is still served.
+    client.subscribe(&topic).await;
+    let (ack, _) = client
+        .publish_to_self(json!({"type": "publish", "topic": topic, "payload": 1}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+
+    // The hub's consumer group reads the ordinary topic, and none of Kafka's own.
+    let group_prefix = format!("wskafka-{instance}-");
+    let brokers = broker().to_string();
+    let assigned = tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let groups = client.fetch_group_list(None, PATIENCE).unwrap();
+        let group = groups
+            .groups()
+            .iter()
+            .find(|g| g.name().starts_with(&group_prefix))
+            .expect("the hub's consumer group")
+            .name()
+            .to_string();
+        let described = client.fetch_group_list(Some(&group), PATIENCE).unwrap();
+        let members = described.groups()[0].members();
+        assert_eq!(members.len(), 1, "the hub is its group's only member");
+        assigned_topics(members[0].assignment().expect("an assignment"))
+    })
+    .await
+    .unwrap();
+    assert!(assigned.contains(&topic), "{assigned:?}");
+    let internal: Vec<&String> = assigned.iter().filter(|t| t.starts_with("__")).collect();
+    assert!(internal.is_empty(), "the hub's group reads {internal:?}");
+}
+
+#[tokio::test]
+async fn the_metrics_of_a_deleted_topic_go_with_it() {
+    let (topic, glob) = fresh_topic("deleted", 1).await;
+    let hub = Hub::start(&glob, &[]).await;
+    let mut client = hub.connect(&token("a", &[&glob], &[&glob])).await;
+    client.subscribe(&topic).await;
+    let (ack, _) = client
+        .publish_to_self(json!({"type": "publish", "topic": topic, "payload": 1}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    let ours = |series: &BTreeMap<String, f64>| {
+        series
+            .keys()
+            .filter(|name| name.contains(&topic))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    eventually("the topic's subscription and lag series", || async {
+        ours(&hub.metrics().await).len() == 2
+    })
+    .await;
+
+    admin(broker())
+        .delete_topics(
+            &[&topic],
+            &AdminOptions::new().operation_timeout(Some(PATIENCE)),
+        )
+        .await
+        .unwrap();
+    // The hub lists Kafka's topics every ten seconds.
+    eventually("no series of the deleted topic", || async {
+        ours(&hub.metrics().await).is_empty()
+    })
+    .await;
+    let reply = client
+        .call(json!({"type": "publish", "id": 1, "topic": topic, "payload": 2}))
+        .await;
+    assert_eq!(reply["code"], "unknown_topic", "{reply}");
 }

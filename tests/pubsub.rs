@@ -210,16 +210,28 @@ async fn unsubscribe_stops_delivery_to_that_socket_only() {
 }
 
 #[tokio::test]
-async fn a_topic_created_while_the_hub_runs_is_delivered_from_its_first_record() {
+async fn a_topic_created_while_the_hub_runs_is_served_within_a_second_from_its_first_record() {
     let prefix = unique("late");
     let glob = format!("{prefix}.*");
     create_topic(&format!("{prefix}.early"), 1).await;
     let hub = Hub::start(&glob, &[]).await;
-    let mut client = hub.connect(&token("c", &[], &[&glob])).await;
+    let mut client = hub.connect(&token("c", &[&glob], &[&glob])).await;
     let topic = format!("{prefix}.new");
-    client.subscribe(&topic).await;
+    let refused = client
+        .call(json!({"type": "subscribe", "id": 1, "topic": topic}))
+        .await;
+    assert_eq!(refused["code"], "unknown_topic", "{refused}");
 
     create_topic(&topic, 2).await;
+    // Asked for just before it existed: served once that answer is a second old (the
+    // protocol's promise), and `eventually` allows far more.
+    eventually("a subscribe to the new topic", async || {
+        let reply = client
+            .call(json!({"type": "subscribe", "id": 2, "topic": topic}))
+            .await;
+        reply["type"] == "subscribed"
+    })
+    .await;
     let position = produce(&producer(), &topic, "k", b"{\"first\":true}").await;
     let message = client.recv().await;
     assert_eq!(message["payload"], json!({"first": true}));
@@ -227,4 +239,13 @@ async fn a_topic_created_while_the_hub_runs_is_delivered_from_its_first_record()
         (message["partition"].as_i64(), message["offset"].as_i64()),
         (Some(position.0 as i64), Some(position.1))
     );
+
+    // A topic nobody asked for before it existed is served at once: the first request that
+    // names it makes the hub look again.
+    let fresh = format!("{prefix}.fresh");
+    create_topic(&fresh, 1).await;
+    let ack = client
+        .call(json!({"type": "publish", "id": 3, "topic": fresh, "payload": 2}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
 }

@@ -39,7 +39,7 @@ async function start(user) {
     $("status").dataset.state = e.detail;
     $("status").textContent = e.detail;
   });
-  client.addEventListener("error", (e) => console.warn("wskafka:", e.detail));
+  client.addEventListener("error", (e) => complain(e.detail));
 
   for (const room of first.rooms) {
     rooms.set(room, { messages: [], oldest: false, loading: null, members: new Set(), typists: new Typists() });
@@ -65,19 +65,21 @@ async function start(user) {
         // What was said before this page opened.
         await loadOlder(client, room);
       })
-      .catch((e) => console.warn(`wskafka: room ${room}:`, e));
+      .catch(complain);
   }
   // Unread notifications: everything after what this user last marked read, on any device.
-  client.subscribe(notificationsTopic, (m) => {
-    const li = document.createElement("li");
-    li.textContent = m.payload?.text ?? JSON.stringify(m.payload);
-    $("notifications").prepend(li);
-    unread += 1;
-    showUnread();
-  }, { from: "committed" });
+  client
+    .subscribe(notificationsTopic, (m) => {
+      const li = document.createElement("li");
+      li.textContent = m.payload?.text ?? JSON.stringify(m.payload);
+      $("notifications").prepend(li);
+      unread += 1;
+      showUnread();
+    }, { from: "committed" })
+    .catch(complain);
 
   $("bell").onclick = async () => {
-    await client.commit(notificationsTopic);
+    await client.commit(notificationsTopic).catch(complain);
     unread = 0;
     showUnread();
   };
@@ -85,7 +87,7 @@ async function start(user) {
     e.preventDefault();
     const text = $("text").value;
     $("text").value = "";
-    await client.publish(topic, { text }, { key: current });
+    await client.publish(topic, { text }, { key: current }).catch(complain);
   };
   const inRoom = (e) => e.detail.topic === topic && rooms.has(e.detail.key);
   client.addEventListener("join", (e) => {
@@ -112,6 +114,20 @@ async function start(user) {
   show(first.rooms[0]);
 }
 
+/**
+ * Shows what went wrong to the user: a topic that does not exist will not appear by asking
+ * again (the client library does not retry it), so the page says whom to ask.
+ */
+function complain(error) {
+  console.warn("wskafka:", error);
+  const text =
+    error?.code === "unknown_topic"
+      ? `${error.message}: ask an operator to create it.`
+      : `Something went wrong: ${error?.message ?? error}`;
+  $("problem").textContent = text;
+  $("problem").hidden = false;
+}
+
 /** Loads the page of messages just older than what the room shows, once at a time. */
 function loadOlder(client, room) {
   const state = rooms.get(room);
@@ -130,7 +146,7 @@ function loadOlder(client, room) {
         queueMicrotask(() => loadOlder(client, room));
       }
     })
-    .catch((e) => console.warn(`wskafka: history of ${room}:`, e))
+    .catch(complain)
     .finally(() => (state.loading = null));
   return state.loading;
 }

@@ -24,7 +24,12 @@
  *   random?: () => number}} Options
  */
 
-/** An `error` frame turned into an exception; `code` is the protocol's error code. */
+/**
+ * An `error` frame turned into an exception; `code` is the protocol's error code. Only
+ * `unavailable` subscribes are asked again by the client; `unknown_topic` (the topic does not
+ * exist, and the hub creates none) and every other refusal reject at once, for the
+ * application to show.
+ */
 export class WsKafkaError extends Error {
   /** @param {string} code @param {string} message @param {string} [topic] */
   constructor(code, message, topic) {
@@ -102,7 +107,8 @@ export class WsKafka extends EventTarget {
   /**
    * Subscribes `onMessage` to a topic, or with `key` to one room of it; resolves once the
    * hub confirmed. Returns a function that ends the subscription. A socket follows either a
-   * whole topic or rooms of it: subscribing to one replaces the other.
+   * whole topic or rooms of it: subscribing to one replaces the other. A topic that does not
+   * exist rejects with code `unknown_topic` and is not asked for again.
    * @param {string} topic @param {(message: Message) => void} onMessage
    * @param {{key?: string, from?: Start, filter?: Filter, presence?: boolean, signals?: boolean}} [options]
    *   `presence`: `join` and `leave` events for the room; `signals`: its `signal` events

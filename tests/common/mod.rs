@@ -381,6 +381,26 @@ pub async fn create_topic_with(
     }
 }
 
+/// Every topic the broker holds, from a metadata request for all topics (which, unlike one
+/// naming a topic, never makes a broker create it).
+pub async fn topic_names(brokers: &str) -> BTreeSet<String> {
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let metadata = consumer.fetch_metadata(None, PATIENCE).unwrap();
+        metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 pub fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -668,6 +688,9 @@ pub fn hub_command(listen: &str, topics: &str, extra: &[&str]) -> Command {
     let defaults = [
         ("--brokers", broker()),
         ("--jwt-leeway", "0s"),
+        // The tests' clients read only when a test asks for a frame, so they answer no ping
+        // meanwhile: heartbeats are off unless a test turns them on.
+        ("--ping-interval", "0s"),
         // A database of its own unless the test shares one.
         ("--database-url", &database),
     ];

@@ -136,6 +136,27 @@ test("a subscribe refused as unavailable is asked again and then succeeds", asyn
   client.close();
 });
 
+test("a topic that does not exist is refused once, not retried, for publish, subscribe and history", async () => {
+  const { client, socket } = await connected();
+  const subscribed = client.subscribe("typo", () => {});
+  const first = socket.last("subscribe");
+  socket.reply({ type: "error", id: first.id, code: "unknown_topic", message: 'topic "typo" does not exist' });
+  await assert.rejects(subscribed, (e) => e instanceof WsKafkaError && e.code === "unknown_topic");
+  const published = client.publish("typo", 1);
+  socket.reply({ type: "error", id: socket.last("publish").id, code: "unknown_topic", message: "no" });
+  await assert.rejects(published, (e) => e.code === "unknown_topic");
+  const page = client.history("typo");
+  socket.reply({ type: "error", id: socket.last("history").id, code: "unknown_topic", message: "no" });
+  await assert.rejects(page, (e) => e.code === "unknown_topic");
+  // Nothing is asked again, on this socket or the next.
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(socket.sent.filter((f) => f.type === "subscribe").length, 1);
+  socket.drop();
+  const again = await reconnected();
+  assert.deepEqual(again.sent.filter((f) => f.type !== "auth"), []);
+  client.close();
+});
+
 test("commit stores as far as the subscription delivered, and resolves once stored", async () => {
   const { client, socket } = await connected();
   const counts = [];
