@@ -13,8 +13,8 @@
 //! [`presence`] writes who connects and leaves to another.
 //!
 //! Each module depends only on modules that do not depend on it (`scripts/check-modules`
-//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`], [`clock`], [`logins`] and [`memory`] depend
-//! on none.
+//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`], [`clock`], [`logins`] and
+//! [`memory`] depend on none.
 
 mod admin;
 mod auth;

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServeConfig;
 use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka_log::KafkaLog;
+use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::recent::Recent;
@@ -317,6 +318,10 @@ impl Replayer {
         client.set("queued.max.messages.kbytes", (prefetch / 1024).to_string());
         client.set("fetch.max.bytes", prefetch.to_string());
         client.set("max.partition.fetch.bytes", prefetch.to_string());
+        // Defaults: the operator's consumer properties still win, as for the live consumer.
+        for (key, value) in config.kafka_settings.for_side(Side::Consumer) {
+            client.set(key, value);
+        }
         Replayer {
             client,
             permits: Arc::new(Semaphore::new(concurrent)),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::DropGuard;
 
+use crate::metrics;
 use crate::protocol::{Reply, RequestId};
 use crate::registry::{Delivery, Filter};
 use crate::replay::{Event, ReplayError, Report, Seam};
@@ -322,10 +323,17 @@ impl Subscriptions {
             write(&mut subscription.next, &record, out);
             return Ok(());
         }
-        self.stashed_bytes += record.cost();
+        let cost = record.cost();
+        self.stashed_bytes += cost;
         replay.stash.push_back(record);
         self.stashed += 1;
-        if self.stashed > self.stash_limit || self.stashed_bytes > self.stash_bytes {
+        if self.stashed_bytes > self.stash_bytes {
+            if self.stashed_bytes - cost <= self.stash_bytes {
+                metrics::lagged_for_bytes();
+            }
+            return Err(Lagging);
+        }
+        if self.stashed > self.stash_limit {
             return Err(Lagging);
         }
         Ok(())
