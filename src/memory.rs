@@ -24,6 +24,11 @@ pub struct Budget(u64);
 
 /// The smallest budget taken: below it the shares are too small to hold one large record.
 const MIN: u64 = 64 << 20;
+/// The largest `queued.max.messages.kbytes` librdkafka takes.
+const LIBRDKAFKA_KBYTES_MAX: usize = 2_097_151;
+/// A bound on `fetch.max.bytes` and `max.partition.fetch.bytes` within what librdkafka
+/// takes (about 2 GB and 1 GB): larger fetches gain nothing.
+const LIBRDKAFKA_FETCH_MAX: usize = 512 << 20;
 
 impl Budget {
     pub const DEFAULT: &'static str = "512MiB";
@@ -69,15 +74,23 @@ impl Budget {
         self.share(1, 32) / concurrent.max(1)
     }
 
+    /// What one replay's Kafka client may prefetch, and fetch at once: as much as its
+    /// window, but at least Kafka's largest record by default (1 MB), which a fetch must
+    /// take whole.
+    pub fn replay_prefetch(self, concurrent: usize) -> usize {
+        self.replay_window(concurrent)
+            .clamp(1 << 20, LIBRDKAFKA_FETCH_MAX)
+    }
+
     /// The live consumer's prefetch, in librdkafka's `queued.max.messages.kbytes` (KiB).
     /// Half of its share: a fetch in flight (`fetch.max.bytes`, a quarter) may overshoot it.
     pub fn prefetch_kbytes(self) -> usize {
-        self.share(1, 16) / 1024
+        (self.share(1, 16) / 1024).min(LIBRDKAFKA_KBYTES_MAX)
     }
 
     /// The live consumer's largest fetch response, `fetch.max.bytes`.
     pub fn fetch_bytes(self) -> usize {
-        self.share(1, 32)
+        self.share(1, 32).min(LIBRDKAFKA_FETCH_MAX)
     }
 }
 
@@ -185,6 +198,20 @@ mod tests {
         assert!(parts as u64 <= budget.bytes() * 7 / 8, "{parts}");
         assert_eq!(budget.send_queue(), 16 << 20);
         assert_eq!(budget.recent_record(), 3 << 20);
+    }
+
+    #[test]
+    fn kafka_properties_stay_within_what_librdkafka_takes_however_large_the_budget() {
+        let huge: Budget = "100000GiB".parse().unwrap();
+        assert_eq!(huge.prefetch_kbytes(), LIBRDKAFKA_KBYTES_MAX);
+        assert_eq!(huge.fetch_bytes(), LIBRDKAFKA_FETCH_MAX);
+        assert_eq!(huge.replay_prefetch(16), LIBRDKAFKA_FETCH_MAX);
+        let least: Budget = "64MiB".parse().unwrap();
+        assert_eq!(least.replay_prefetch(16), 1 << 20);
+        assert!(
+            least.fetch_bytes() >= 1_000_000,
+            "a fetch takes Kafka's largest record"
+        );
     }
 
     #[test]

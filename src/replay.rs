@@ -312,9 +312,8 @@ impl Replayer {
         let concurrent = config.max_concurrent_replays.get();
         let window = config.memory_budget.replay_window(concurrent);
         // librdkafka prefetches up to 64 MB and fetches up to 50 MB at once by default:
-        // 16 replays of large records would hold 1.8 GB before a socket saw any. A fetch
-        // must still take Kafka's largest record (1 MB by default).
-        let prefetch = window.max(1 << 20);
+        // 16 replays of large records would hold 1.8 GB before a socket saw any.
+        let prefetch = config.memory_budget.replay_prefetch(concurrent);
         client.set("queued.max.messages.kbytes", (prefetch / 1024).to_string());
         client.set("fetch.max.bytes", prefetch.to_string());
         client.set("max.partition.fetch.bytes", prefetch.to_string());

@@ -339,6 +339,28 @@ async fn history_pages_and_replays_of_large_records_stay_within_their_bytes() {
     assert!(grown < 64 * MIB, "resident memory grew {} MiB", grown / MIB);
 }
 
+#[tokio::test]
+async fn a_budget_larger_than_the_machine_is_warned_of_and_a_malformed_one_refused() {
+    let hub = Hub::start("budget.*", &["--memory-budget", "100000GiB"]).await;
+    let warned = |hub: &Hub| {
+        hub.log_lines().iter().any(|line| {
+            line.contains("WARN") && line.contains("WSKAFKA_MEMORY_BUDGET is more than")
+        })
+    };
+    assert!(warned(&hub), "no warning about a budget of 100000 GiB");
+    let fits = Hub::start("budget.*", &["--memory-budget", "128MiB"]).await;
+    assert!(!warned(&fits));
+
+    let (code, stderr) = run_to_exit(hub_command(
+        "127.0.0.1:0",
+        "budget.*",
+        &["--memory-budget", "12 parsecs"],
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("expected bytes such as 512MiB"), "{stderr}");
+}
+
 /// Not a test: the figures in BENCHMARKS.md ("Memory"), for builds of the hub named in
 /// `WSKAFKA_MEASURE` as `label=path,...` (the one built here when unset), in one run:
 /// resident memory over a burst of large records to sockets that stop reading, idle memory
