@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::budget::{Kind, parse_rate};
 use crate::grant::{Grant, UserPattern};
 use crate::kafka_settings::{KafkaSettings, SettingsError, Sources};
+use crate::memory::Budget;
 use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
 
 #[derive(Parser)]
@@ -208,11 +209,19 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
 
+    /// The memory the hub stays under, divided among the recent records, the send queues,
+    /// replays and `history` pages, and Kafka's prefetch as the README's "Memory" section
+    /// says (`512MiB`, `2GiB`, `800MB`, or bytes). Checked at start against the machine's
+    /// memory or the container's limit, with a warning when it does not fit.
+    #[arg(long, env = "WSKAFKA_MEMORY_BUDGET", default_value = Budget::DEFAULT)]
+    pub memory_budget: Budget,
+
     /// Records a connection may have waiting to be written before it counts as lagging and is
     /// closed (4429, after a `lagged` frame saying where to resume). Queued records are
     /// shared with every other socket, so a slot costs a pointer; the bound is there to absorb
     /// bursts (a Kafka fetch brings hundreds of records at once): with 1,024, sockets read at
-    /// a sustained 4,400 records/s were closed that Centrifugo's 1 MB queue kept.
+    /// a sustained 4,400 records/s were closed that Centrifugo's 1 MB queue kept. The
+    /// queue's bytes are bounded too, by its share of `WSKAFKA_MEMORY_BUDGET`.
     #[arg(long, env = "WSKAFKA_SEND_QUEUE", default_value_t = 4096)]
     pub send_queue: usize,
 
@@ -277,7 +286,8 @@ pub struct ServeConfig {
     /// hub (and for five minutes after the last one leaves). A socket resuming from within
     /// them, as every socket of a reconnect storm does, is served from memory; one resuming
     /// from further back is read from Kafka. Each costs a record's frame (its payload and
-    /// about 200 bytes); 0 keeps none.
+    /// about 200 bytes), and all of them together stay within their share of
+    /// `WSKAFKA_MEMORY_BUDGET`, the oldest dropped first; 0 keeps none.
     #[arg(long, env = "WSKAFKA_RECENT_RECORDS", default_value_t = 1_000)]
     pub recent_records: usize,
 

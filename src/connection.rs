@@ -40,7 +40,7 @@ use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
     self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, Start, Subscribe, close,
 };
-use crate::registry::{ConnId, Delivery, Extras, Filter, Subscriber};
+use crate::registry::{ConnId, Delivery, Extras, Filter, Queued, Subscriber};
 use crate::replay::{self, Report, Seam};
 use crate::roster::{Listing, Room, Roster};
 use crate::signal::Signal;
@@ -121,11 +121,13 @@ pub fn run(
         };
         span.record("sub", session.sub.as_str());
         let stop = Stop::default();
+        let queued = Arc::<Queued>::default();
         let info = ConnectionInfo {
             sub: session.sub.clone(),
             since: now_millis(),
             token: session.token.clone(),
             stop: stop.clone(),
+            queued: queued.clone(),
         };
         // Registered before the last revocation check: see `control` for why. Shutdown is
         // checked after it too: see `Hub::going_away`.
@@ -151,9 +153,13 @@ pub fn run(
         metrics::connection_opened();
         let (queue, mut frames) = mpsc::channel(hub.config.send_queue);
         let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
+        let stash_bytes = hub.config.memory_budget.send_queue();
         let mut connection = Connection {
             queue,
-            subscriptions: Subscriptions::new(hub.config.send_queue),
+            queued,
+            taken: 0,
+            replayed: Vec::new(),
+            subscriptions: Subscriptions::new(hub.config.send_queue, stash_bytes),
             budgets: Budgets::new(&hub.request_rates, &hub.rate_clock),
             abusive: false,
             share: Arc::new(Semaphore::new(SHARE)),
@@ -292,6 +298,14 @@ struct Connection {
     session: Session,
     /// This socket's queue, shared by all its subscriptions in the registry.
     queue: mpsc::Sender<Arc<Delivery>>,
+    /// The bytes of the records queued for it and not yet written.
+    queued: Arc<Queued>,
+    /// The bytes of the records taken from the queue this turn, no longer counted once the
+    /// turn's frames are written.
+    taken: usize,
+    /// Replayed records' room in their replay's window (see `replay::Window`), given back
+    /// once the turn's frames are written.
+    replayed: Vec<OwnedSemaphorePermit>,
     subscriptions: Subscriptions,
     /// What it may still ask, per request type (see `budget`).
     budgets: Budgets,
@@ -345,6 +359,8 @@ impl Drop for Connection {
         for (topic, _, filter) in self.subscriptions.iter() {
             leave(&self.hub, self.id, topic, filter);
         }
+        // Out of the registry, so nothing is counted for it any more.
+        self.hub.registry.written(&self.queued, self.queued.bytes());
         if let Some(roster) = &self.hub.roster {
             for user in &self.watching {
                 roster.unwatch(self.id, user);
@@ -427,6 +443,7 @@ impl Connection {
                 // queue's lock, and `recv_many` does that once.
                 1.. = frames.recv_many(&mut records, WRITE_BATCH) => {
                     for record in records.drain(..) {
+                        self.taken += record.cost();
                         self.on_live(record);
                     }
                 }
@@ -512,6 +529,10 @@ impl Connection {
             {
                 break Ending::Broken;
             }
+            self.hub
+                .registry
+                .written(&self.queued, std::mem::take(&mut self.taken));
+            self.replayed.clear();
         };
         tracing::debug!(?ending, "closing");
         self.ended = ending.disconnect_reason();
@@ -568,7 +589,8 @@ impl Connection {
         }
     }
 
-    fn on_report(&mut self, report: Report) {
+    fn on_report(&mut self, mut report: Report) {
+        self.replayed.extend(report.room.take());
         let Some(failed) = self.subscriptions.on_report(report, &mut self.out) else {
             return;
         };
@@ -898,6 +920,7 @@ impl Connection {
         });
         let subscriber = Subscriber {
             queue: self.queue.clone(),
+            queued: self.queued.clone(),
             stop: self.stop.clone(),
             filter: filter.clone(),
             extras: Extras { presence, signals },

@@ -11,10 +11,16 @@
 //! is read the same way and the pages merge them newest first by record timestamp (exact
 //! order exists within a partition only).
 //!
+//! A page's records are bounded in bytes too (`WSKAFKA_MEMORY_BUDGET`'s share, split among
+//! the concurrent pages): reading keeps the newest records that fit, and a page cut short
+//! by its bytes is `partial` the same way, its cursor past the records it left. One record
+//! is always kept, however large, so that every page moves back.
+//!
 //! Reads run on blocking threads with clients of their own, at most
 //! `WSKAFKA_MAX_CONCURRENT_HISTORY` at once: live delivery never waits for them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +104,10 @@ pub struct HistoryReader {
     idle: Arc<Mutex<Vec<BaseConsumer<KafkaLog>>>>,
     permits: Arc<Semaphore>,
     scan: i64,
+    /// The bytes of one page's records.
+    page_bytes: usize,
+    /// The bytes of the pages being read, for /metrics.
+    held: Arc<AtomicUsize>,
 }
 
 impl HistoryReader {
@@ -122,7 +132,16 @@ impl HistoryReader {
             idle: Arc::default(),
             permits: Arc::new(Semaphore::new(config.max_concurrent_history.get())),
             scan: i64::from(config.history_scan),
+            page_bytes: config
+                .memory_budget
+                .history_page(config.max_concurrent_history.get()),
+            held: Arc::default(),
         }
+    }
+
+    /// The bytes of the pages being read.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     pub async fn page(&self, query: Query) -> Result<Page, HistoryError> {
@@ -149,7 +168,13 @@ impl HistoryReader {
                 Some(consumer) => consumer,
                 None => reader.client.create_with_context(reader.log.clone())?,
             };
-            let page = read(&consumer, &query, reader.scan);
+            let page = read(
+                &consumer,
+                &query,
+                reader.scan,
+                reader.page_bytes,
+                &reader.held,
+            );
             // A client that failed may hold a broken assignment: let it go.
             if page.is_ok() {
                 reader.idle.lock().expect("history clients").push(consumer);
@@ -225,6 +250,8 @@ fn read(
     consumer: &BaseConsumer<KafkaLog>,
     query: &Query,
     budget: i64,
+    page_bytes: usize,
+    held: &AtomicUsize,
 ) -> Result<Page, HistoryError> {
     let topic = query.topic.as_str();
     let metadata = consumer.fetch_metadata(Some(topic), LOOKUP_TIMEOUT)?;
@@ -263,13 +290,60 @@ fn read(
             window: FIRST_WINDOW.max(2 * query.limit as i64),
         });
     }
-    let (cut, read) = scan_back(&mut scans, query.limit, budget, |partition, start, end| {
-        read_range(consumer, topic, partition, start, end, &filter)
-    })?;
-    Ok(Page {
+    let mut counted = 0;
+    let scanned = scan_back(
+        &mut scans,
+        query.limit,
+        budget,
+        page_bytes,
+        |partition, start, end, room| {
+            let kept = read_range(consumer, topic, partition, start, end, &filter, room);
+            if let Ok(kept) = &kept {
+                counted += kept.bytes;
+                held.fetch_add(kept.bytes, Ordering::Relaxed);
+            }
+            kept
+        },
+    );
+    let page = scanned.map(|(cut, read)| Page {
         read,
         ..assemble(scans, query.limit, cut)
-    })
+    });
+    held.fetch_sub(counted, Ordering::Relaxed);
+    page
+}
+
+/// The matches of a range read for a page, as many of the newest as fit its bytes.
+#[derive(Debug)]
+struct Kept {
+    found: VecDeque<Found>,
+    bytes: usize,
+    room: usize,
+    /// One past the newest match dropped for room: where the partition's reading stands.
+    from: Option<i64>,
+}
+
+impl Kept {
+    fn new(room: usize) -> Self {
+        Kept {
+            found: VecDeque::new(),
+            bytes: 0,
+            room,
+            from: None,
+        }
+    }
+
+    /// Keeps a match newer than those kept, dropping the oldest kept while they are over
+    /// the room (the newest stays, however large).
+    fn push(&mut self, found: Found) {
+        self.bytes += found.frame.len();
+        self.found.push_back(found);
+        while self.bytes > self.room && self.found.len() > 1 {
+            let dropped = self.found.pop_front().expect("more than one");
+            self.bytes -= dropped.frame.len();
+            self.from = Some(dropped.offset + 1);
+        }
+    }
 }
 
 /// Reads each partition backwards, a window at a time, until it has `limit` matches or
@@ -283,9 +357,11 @@ fn scan_back(
     scans: &mut [Scan],
     limit: usize,
     budget: i64,
-    mut read: impl FnMut(i32, i64, i64) -> Result<Vec<Found>, HistoryError>,
+    page_bytes: usize,
+    mut read: impl FnMut(i32, i64, i64, usize) -> Result<Kept, HistoryError>,
 ) -> Result<(bool, i64), HistoryError> {
     let mut left = budget;
+    let mut room = page_bytes;
     loop {
         let wanting: Vec<usize> = (0..scans.len())
             .filter(|&i| scans[i].found.len() < limit && scans[i].from > scans[i].low)
@@ -293,20 +369,27 @@ fn scan_back(
         if wanting.is_empty() {
             return Ok((false, budget - left));
         }
-        if left <= 0 {
+        if left <= 0 || room == 0 {
             return Ok((true, budget - left));
         }
         let share = (left / wanting.len() as i64).max(1);
+        let mut full = false;
         for i in wanting {
             let scan = &mut scans[i];
             let length = scan.window.min(share).min(scan.from - scan.low);
             let start = scan.from - length;
-            let mut older = read(scan.partition, start, scan.from)?;
+            let kept = read(scan.partition, start, scan.from, room)?;
+            room = room.saturating_sub(kept.bytes);
+            full |= kept.from.is_some();
+            let mut older: Vec<Found> = kept.found.into();
             older.append(&mut scan.found);
             scan.found = older;
-            scan.from = start;
+            scan.from = kept.from.unwrap_or(start);
             scan.window = scan.window.saturating_mul(2);
             left -= length;
+        }
+        if full {
+            return Ok((true, budget - left));
         }
     }
 }
@@ -319,13 +402,14 @@ fn read_range(
     start: i64,
     end: i64,
     filter: &Filter,
-) -> Result<Vec<Found>, HistoryError> {
+    room: usize,
+) -> Result<Kept, HistoryError> {
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(start))
         .expect("a fresh list takes any offset");
     consumer.assign(&assignment)?;
-    let mut found = Vec::new();
+    let mut found = Kept::new(room);
     let mut heard = Instant::now();
     loop {
         match consumer.poll(POLL_INTERVAL) {
@@ -491,6 +575,7 @@ mod tests {
         partitions: &[Vec<(i64, bool)>],
         limit: usize,
         budget: i64,
+        page_bytes: usize,
     ) -> Vec<Vec<(i32, i64)>> {
         let mut before: BTreeMap<i32, i64> = partitions
             .iter()
@@ -508,13 +593,20 @@ mod tests {
                     window: 2,
                 })
                 .collect();
-            let (cut, _) = scan_back(&mut scans, limit, budget, |p, start, end| {
-                let log = &partitions[p as usize];
-                Ok((start..end)
-                    .filter(|&o| log[o as usize].1)
-                    .map(|o| found(o, log[o as usize].0, p))
-                    .collect())
-            })
+            let (cut, _) = scan_back(
+                &mut scans,
+                limit,
+                budget,
+                page_bytes,
+                |p, start, end, room| {
+                    let log = &partitions[p as usize];
+                    let mut kept = Kept::new(room);
+                    for o in (start..end).filter(|&o| log[o as usize].1) {
+                        kept.push(found(o, log[o as usize].0, p));
+                    }
+                    Ok(kept)
+                },
+            )
             .unwrap();
             let page = assemble(scans, limit, cut);
             pages.push(positions(&page));
@@ -535,6 +627,7 @@ mod tests {
                 prop::collection::vec((0i64..50, prop::bool::weighted(0.3)), 0..60), 1..4),
             limit in 1usize..8,
             budget in 1i64..40,
+            page_bytes in prop_oneof![Just(usize::MAX), 1usize..40],
         ) {
             // Timestamps rise with offsets within a partition, as producers' clocks do.
             let partitions: Vec<Vec<(i64, bool)>> = partitions
@@ -544,7 +637,7 @@ mod tests {
                     log.into_iter().map(|(step, room)| { t += step; (t, room) }).collect()
                 })
                 .collect();
-            let pages = page_through(&partitions, limit, budget);
+            let pages = page_through(&partitions, limit, budget, page_bytes);
             let mut seen = BTreeSet::new();
             for page in &pages {
                 prop_assert!(page.len() <= limit);

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +28,8 @@ use crate::kafka::{LivePositions, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
 use crate::protocol::close;
-use crate::registry::{ConnId, Registry};
+use crate::recent::Recent;
+use crate::registry::{ConnId, Queued, Registry};
 use crate::replay::Replayer;
 use crate::roster::Roster;
 use crate::signal::Signals;
@@ -112,6 +114,9 @@ pub struct ConnectionInfo {
     /// Told when a revocation covers the socket's token, or the hub shuts down.
     #[serde(skip)]
     pub stop: Stop,
+    /// The bytes queued for it, for the largest queue in /metrics.
+    #[serde(skip)]
+    pub queued: Arc<Queued>,
 }
 
 /// Where a new socket stands with authentication.
@@ -172,6 +177,26 @@ impl IntoResponse for Refusal {
 }
 
 impl Hub {
+    /// Refreshes the bytes each part of the memory budget holds in /metrics, until the hub
+    /// stops.
+    pub async fn report_memory(self: Arc<Self>, recent: Recent) {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let largest = self.connections.iter().map(|c| c.queued.bytes()).max();
+            metrics::held(&metrics::Held {
+                recent: recent.bytes(),
+                send_queues: self.registry.queued_bytes(),
+                largest_send_queue: largest.unwrap_or(0),
+                replays: self.replayer.held(),
+                history: self.history.held(),
+            });
+        }
+    }
+
     /// The hub, with a catalogue of the topics its producer's cluster holds, kept fresh
     /// until shutdown.
     pub fn new(parts: Parts) -> Hub {
@@ -468,7 +493,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
 
     use crate::config::{Cli, Command};
     use crate::kafka_log::KafkaLog;
-    use crate::recent::Recent;
+    use crate::recent::Bounds;
 
     static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
     let defaults = [
@@ -503,7 +528,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
                 &config,
                 "test",
                 commits.clone(),
-                Recent::new(config.recent_records),
+                Recent::new(Bounds::new(config.recent_records, config.memory_budget)),
                 tasks.clone(),
                 &log,
             ),

@@ -415,6 +415,16 @@ impl Consumer {
                 ("partition.assignment.strategy", "cooperative-sticky".into()),
                 // For the consumer lag in /metrics, and the broker states `KafkaLog` reads.
                 ("statistics.interval.ms", "5000".into()),
+                // Prefetch within its share of the memory budget (see `memory`): by default
+                // librdkafka queues up to 64 MB and fetches up to 50 MB at once.
+                (
+                    "queued.max.messages.kbytes",
+                    config.memory_budget.prefetch_kbytes().to_string(),
+                ),
+                (
+                    "fetch.max.bytes",
+                    config.memory_budget.fetch_bytes().to_string(),
+                ),
             ],
             Side::Consumer,
         )

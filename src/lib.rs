@@ -13,8 +13,8 @@
 //! [`presence`] writes who connects and leaves to another.
 //!
 //! Each module depends only on modules that do not depend on it (`scripts/check-modules`
-//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`], [`clock`] and [`logins`] depend
-//! on none.
+//! checks): [`protocol`], [`topic`], [`metrics`], [`stop`], [`clock`], [`logins`] and
+//! [`memory`] depend on none.
 
 mod admin;
 mod auth;
@@ -35,6 +35,7 @@ mod kafka_log;
 mod kafka_settings;
 mod keys;
 mod logins;
+mod memory;
 mod metrics;
 mod policy;
 mod presence;

@@ -288,3 +288,27 @@ mod tests {
         );
     }
 }
+
+// What holds memory (see `memory`): bytes per part, and sockets ended for bytes.
+
+/// A socket's queued records passed its bytes (or the hub's), so it was told `lagged`.
+pub fn lagged_for_bytes() {
+    counter!("wskafka_lagged_for_bytes_total").increment(1);
+}
+
+/// The bytes each part holds now, refreshed every few seconds.
+pub struct Held {
+    pub recent: usize,
+    pub send_queues: usize,
+    pub largest_send_queue: usize,
+    pub replays: usize,
+    pub history: usize,
+}
+
+pub fn held(held: &Held) {
+    gauge!("wskafka_recent_bytes").set(held.recent as f64);
+    gauge!("wskafka_send_queue_bytes").set(held.send_queues as f64);
+    gauge!("wskafka_send_queue_largest_bytes").set(held.largest_send_queue as f64);
+    gauge!("wskafka_replay_bytes").set(held.replays as f64);
+    gauge!("wskafka_history_bytes").set(held.history as f64);
+}

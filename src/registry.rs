@@ -5,6 +5,9 @@
 //! (its connection task then closes it) instead of holding up the consumer or the socket
 //! next to it.
 //!
+//! Each queue is bounded twice: in frames, and in bytes (see `QueueBounds`), since a thousand
+//! records of 900 KB are 900 MB. A frame stays counted until the socket has written it.
+//!
 //! Filtering happens here, before anything is queued. Subscriptions with a key filter (which
 //! every subscription to a user-keyed topic has) are indexed by that key, so a record of a
 //! per-user topic with a hundred thousand subscribers costs one lookup, not a scan.
@@ -12,11 +15,13 @@
 use std::cell::LazyCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use crate::metrics;
 use crate::stop::Stop;
 
 pub type ConnId = u64;
@@ -39,6 +44,14 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// What holding it costs, in bytes: its frame, its key and topic, and itself.
+    pub fn cost(&self) -> usize {
+        size_of::<Delivery>()
+            + self.topic.len()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.frame.len()
+    }
+
     /// A frame for the subscriptions to `key` of `topic` (or all of it), outside the
     /// record stream.
     pub fn ephemeral(topic: &str, key: Option<&[u8]>, frame: String) -> Delivery {
@@ -107,11 +120,35 @@ impl Filter {
     }
 }
 
+/// The bytes (`Delivery::cost`) of the records queued for one socket and not yet written
+/// to it: taken from its queue, they count until the write is done.
+#[derive(Debug, Default)]
+pub struct Queued(AtomicUsize);
+
+impl Queued {
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How many bytes of records the send queues may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    /// One socket's.
+    pub socket: usize,
+    /// Every socket's together: past it, a socket holding more than half its own bound is
+    /// lagging, while one that keeps up (a frame or two queued) is not. Records shared by
+    /// several sockets count for each, so this overstates what they hold.
+    pub total: usize,
+}
+
 /// The delivery side of one subscription.
 #[derive(Clone)]
 pub struct Subscriber {
     /// The connection's queue, shared by all its subscriptions.
     pub queue: mpsc::Sender<Arc<Delivery>>,
+    /// The bytes in it, shared by all its subscriptions.
+    pub queued: Arc<Queued>,
     /// Told when the queue overflows.
     pub stop: Stop,
     /// Its key condition is also the index the subscriber is filed under.
@@ -131,12 +168,59 @@ impl TopicSubscribers {
     }
 }
 
-#[derive(Default)]
 pub struct Registry {
     topics: DashMap<Box<str>, TopicSubscribers>,
+    bounds: QueueBounds,
+    /// Every socket's `Queued` together.
+    queued: AtomicUsize,
+}
+
+impl Default for Registry {
+    /// Bounded in frames only.
+    fn default() -> Self {
+        Registry::new(QueueBounds {
+            socket: usize::MAX,
+            total: usize::MAX,
+        })
+    }
 }
 
 impl Registry {
+    pub fn new(bounds: QueueBounds) -> Self {
+        Registry {
+            topics: DashMap::new(),
+            bounds,
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Every socket's queued bytes together.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Counts `cost` more bytes queued for the socket, unless that takes it past its bounds.
+    /// A socket with nothing queued takes one record, however large: otherwise a record
+    /// over the bound could never be delivered.
+    fn admit(&self, queued: &Queued, cost: usize) -> bool {
+        let held = queued.0.fetch_add(cost, Ordering::AcqRel);
+        let total = self.queued.fetch_add(cost, Ordering::AcqRel) + cost;
+        let mine = held + cost;
+        let fits = mine <= self.bounds.socket
+            && (total <= self.bounds.total || mine <= self.bounds.socket / 2);
+        if held == 0 || fits {
+            return true;
+        }
+        self.written(queued, cost);
+        false
+    }
+
+    /// For the connection: `bytes` of its records are written, or dropped with it.
+    pub fn written(&self, queued: &Queued, bytes: usize) {
+        queued.0.fetch_sub(bytes, Ordering::AcqRel);
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     /// Files the connection under `topic`, replacing an earlier subscription of the same
     /// connection to the same topic with the same key filter.
     pub fn subscribe(&self, topic: &str, conn: ConnId, subscriber: Subscriber) {
@@ -205,11 +289,24 @@ impl Registry {
             if !subscriber.filter.headers.is_empty() && !subscriber.filter.matches(record) {
                 continue;
             }
+            // Closing already: whatever is queued now would be dropped unwritten.
+            if subscriber.stop.has_lagged() {
+                continue;
+            }
+            let cost = built.cost();
+            if !self.admit(&subscriber.queued, cost) {
+                metrics::lagged_for_bytes();
+                subscriber.stop.lagged();
+                continue;
+            }
             match subscriber.queue.try_send(Arc::clone(&built)) {
                 Ok(()) => queued += 1,
-                Err(TrySendError::Full(_)) => subscriber.stop.lagged(),
+                Err(TrySendError::Full(_)) => {
+                    self.written(&subscriber.queued, cost);
+                    subscriber.stop.lagged();
+                }
                 // The connection is gone; its own cleanup removes it from here.
-                Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Closed(_)) => self.written(&subscriber.queued, cost),
             }
         }
         queued
@@ -264,6 +361,7 @@ mod tests {
         let (queue, rx) = mpsc::channel(capacity);
         let subscriber = Subscriber {
             queue,
+            queued: Arc::default(),
             stop: Stop::default(),
             filter: Arc::new(filter),
             extras: Extras::default(),
@@ -424,6 +522,74 @@ mod tests {
     }
 
     #[test]
+    fn queued_bytes_lag_a_socket_past_its_bound_until_they_are_written() {
+        // Each test record costs the same; a socket may hold two and a half.
+        let cost = delivery(0).cost();
+        let registry = Registry::new(QueueBounds {
+            socket: cost * 5 / 2,
+            total: usize::MAX,
+        });
+        let (slow, _rx_slow) = subscriber(100);
+        let (fast, mut rx_fast) = subscriber(100);
+        let (slow_flag, fast_flag) = (slow.stop.clone(), fast.stop.clone());
+        let fast_queued = fast.queued.clone();
+        registry.subscribe("t", 1, slow);
+        registry.subscribe("t", 2, fast);
+
+        for offset in 0..10 {
+            registry.fan_out("t", &NO_META, || delivery(offset));
+            // The fast socket writes what it takes.
+            let written = offsets(&mut rx_fast).len() * cost;
+            registry.written(&fast_queued, written);
+        }
+        assert!(slow_flag.has_lagged(), "a third record is past its bytes");
+        assert!(!fast_flag.has_lagged());
+        assert_eq!(fast_queued.bytes(), 0);
+        // The slow socket's two records stay counted until it is gone.
+        assert_eq!(registry.queued_bytes(), 2 * cost);
+    }
+
+    #[test]
+    fn a_record_larger_than_the_bound_still_reaches_an_empty_queue() {
+        let registry = Registry::new(QueueBounds {
+            socket: 10,
+            total: 10,
+        });
+        let (reader, mut rx) = subscriber(4);
+        let flag = reader.stop.clone();
+        registry.subscribe("t", 1, reader);
+        assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 1);
+        assert!(!flag.has_lagged());
+        assert_eq!(offsets(&mut rx), [1]);
+        assert_eq!(registry.fan_out("t", &NO_META, || delivery(2)), 0);
+        assert!(flag.has_lagged(), "a second one is past the bound");
+    }
+
+    #[test]
+    fn past_the_total_only_sockets_holding_half_their_bound_lag() {
+        let cost = delivery(0).cost();
+        let registry = Registry::new(QueueBounds {
+            socket: cost * 10,
+            total: cost * 8,
+        });
+        let (hoarder, _rx_hoarder) = subscriber(100);
+        let hoarder_flag = hoarder.stop.clone();
+        registry.subscribe("t", 1, hoarder);
+        for offset in 0..8 {
+            registry.fan_out("t", &NO_META, || delivery(offset));
+        }
+        assert!(!hoarder_flag.has_lagged(), "within both bounds");
+        let (reader, _rx) = subscriber(100);
+        let reader_flag = reader.stop.clone();
+        registry.subscribe("t", 2, reader);
+        for offset in 8..10 {
+            registry.fan_out("t", &NO_META, || delivery(offset));
+        }
+        assert!(hoarder_flag.has_lagged(), "past the total, holding 9 of 10");
+        assert!(!reader_flag.has_lagged(), "holding 2 of 10");
+    }
+
+    #[test]
     fn closed_queues_are_skipped() {
         let registry = Registry::default();
         let (gone, rx) = subscriber(1);
@@ -514,6 +680,7 @@ mod tests {
                             };
                             let subscriber = Subscriber {
                                 queue: queues[&conn].0.clone(),
+                                queued: Arc::default(),
                                 stop: Stop::default(),
                                 filter: Arc::new(filter.clone()),
                                 extras: Extras::default(),

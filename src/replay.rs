@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +30,7 @@ use crate::commits::Commits;
 use crate::config::ServeConfig;
 use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka_log::KafkaLog;
+use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::recent::Recent;
@@ -67,6 +68,8 @@ pub struct Report {
     pub topic: Arc<str>,
     /// The key the subscription follows; none: the whole topic.
     pub key: Option<Arc<str>>,
+    /// A record's room in its replay's `Window`, to drop once the record is written.
+    pub room: Option<OwnedSemaphorePermit>,
     pub generation: u64,
     pub event: Event,
 }
@@ -92,6 +95,7 @@ impl Request {
         Box::new(Report {
             topic: self.topic.clone(),
             key: self.key.clone(),
+            room: None,
             generation: self.generation,
             event,
         })
@@ -107,6 +111,41 @@ impl Request {
             lost: plan.lost,
             waiting: counted.then_some(plan.waiting),
         }
+    }
+}
+
+/// The bytes of one replay's records on their way to its socket (sent, not yet written):
+/// a record takes room for its cost before it is sent, and the connection gives the room
+/// back once it has written the record. A slow socket's replay waits; Kafka's client
+/// prefetches no more than a window ahead either (see `Replayer::new`).
+#[derive(Clone)]
+struct Window {
+    room: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Window {
+    fn new(size: usize) -> Self {
+        let size = size.clamp(1, Semaphore::MAX_PERMITS);
+        Window {
+            room: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// Room for a record of `cost` bytes; one larger than the window takes all of it.
+    async fn take(&self, cost: usize) -> OwnedSemaphorePermit {
+        let wanted = u32::try_from(cost.min(self.size)).unwrap_or(u32::MAX);
+        self.room
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .expect("the window is never closed")
+    }
+
+    /// The bytes of records sent and not yet written.
+    fn held(&self) -> usize {
+        self.size - self.room.available_permits()
     }
 }
 
@@ -251,6 +290,10 @@ impl ReplayError {
 pub struct Replayer {
     client: ClientConfig,
     permits: Arc<Semaphore>,
+    /// Each replay's `Window`.
+    window: usize,
+    /// The windows of replays running, for the bytes they hold in /metrics.
+    windows: Arc<Mutex<Vec<Window>>>,
     max_records: i64,
     commits: Arc<Commits>,
     recent: Recent,
@@ -268,10 +311,24 @@ impl Replayer {
         tasks: TaskTracker,
         log: &KafkaLog,
     ) -> Self {
-        let client = reader_config(config, &format!("{group_id}-replay"));
+        let mut client = reader_config(config, &format!("{group_id}-replay"));
+        let concurrent = config.max_concurrent_replays.get();
+        let window = config.memory_budget.replay_window(concurrent);
+        // librdkafka prefetches up to 64 MB and fetches up to 50 MB at once by default:
+        // 16 replays of large records would hold 1.8 GB before a socket saw any.
+        let prefetch = config.memory_budget.replay_prefetch(concurrent);
+        client.set("queued.max.messages.kbytes", (prefetch / 1024).to_string());
+        client.set("fetch.max.bytes", prefetch.to_string());
+        client.set("max.partition.fetch.bytes", prefetch.to_string());
+        // Defaults: the operator's consumer properties still win, as for the live consumer.
+        for (key, value) in config.kafka_settings.for_side(Side::Consumer) {
+            client.set(key, value);
+        }
         Replayer {
             client,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_replays.get())),
+            permits: Arc::new(Semaphore::new(concurrent)),
+            window,
+            windows: Arc::default(),
             max_records: i64::from(config.max_replay),
             commits,
             recent,
@@ -287,7 +344,11 @@ impl Replayer {
         let (client, permits, max) = (self.client.clone(), self.permits.clone(), self.max_records);
         let log = self.log.clone();
         let (commits, recent) = (self.commits.clone(), self.recent.clone());
+        let window = Window::new(self.window);
+        let windows = self.windows.clone();
+        windows.lock().expect("replay windows").push(window.clone());
         self.tasks.spawn(async move {
+            let _forget = Forget(windows, window.room.clone());
             let sender = events.clone();
             if let Start::Committed(offsets) = &mut request.from {
                 let stored = commits
@@ -304,7 +365,7 @@ impl Replayer {
             let request = Arc::new(request);
             let served = tokio::select! {
                 _ = cancel.cancelled() => return,
-                served = from_recent(&recent, &request, max, &sender) => served,
+                served = from_recent(&recent, &request, max, &sender, &window) => served,
             };
             match served {
                 Ok(true) => return,
@@ -323,11 +384,25 @@ impl Replayer {
                     (share, hub)
                 } => permits,
             };
+            let runtime = tokio::runtime::Handle::current();
             let ran = tokio::task::spawn_blocking({
                 let request = request.clone();
                 move || {
                     let _permit = permit;
-                    let send = |event| events.blocking_send(request.report(event)).is_ok();
+                    let send = |event| {
+                        let mut report = request.report(event);
+                        if let Event::Record(record) = &report.event {
+                            let room = runtime.block_on(async {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => None,
+                                    room = window.take(record.cost()) => Some(room),
+                                }
+                            });
+                            let Some(room) = room else { return false };
+                            report.room = Some(room);
+                        }
+                        events.blocking_send(report).is_ok()
+                    };
                     if let Err(e) = replay(&client, &log, &request, max, &send, &cancel) {
                         send(Event::Failed(e));
                     }
@@ -341,6 +416,22 @@ impl Replayer {
             }
         });
         guard
+    }
+
+    /// The bytes of replayed records on their way to sockets.
+    pub fn held(&self) -> usize {
+        let windows = self.windows.lock().expect("replay windows");
+        windows.iter().map(Window::held).sum()
+    }
+}
+
+/// Takes a replay's window off the list when the replay ends.
+struct Forget(Arc<Mutex<Vec<Window>>>, Arc<Semaphore>);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let mut windows = self.0.lock().expect("replay windows");
+        windows.retain(|w| !Arc::ptr_eq(&w.room, &self.1));
     }
 }
 
@@ -429,6 +520,7 @@ async fn from_recent(
     request: &Request,
     max_records: i64,
     events: &mpsc::Sender<Box<Report>>,
+    window: &Window,
 ) -> Result<bool, ReplayError> {
     let (Start::Offsets(offsets) | Start::Committed(offsets)) = &request.from else {
         return Ok(false);
@@ -498,14 +590,13 @@ async fn from_recent(
                     key: record.key.as_deref(),
                     headers: &[],
                 };
-                if deliver
-                    && request.filter.matches(&meta)
-                    && events
-                        .send(request.report(Event::Record(record)))
-                        .await
-                        .is_err()
-                {
-                    return Ok(true);
+                if deliver && request.filter.matches(&meta) {
+                    let room = window.take(record.cost()).await;
+                    let mut report = request.report(Event::Record(record));
+                    report.room = Some(room);
+                    if events.send(report).await.is_err() {
+                        return Ok(true);
+                    }
                 }
                 if done {
                     finished = true;

@@ -37,13 +37,13 @@ use crate::kafka_log::KafkaLog;
 use crate::kafka_settings::SettingsError;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::recent::Recent;
-use crate::registry::Registry;
+use crate::recent::{Bounds, Recent};
+use crate::registry::{QueueBounds, Registry};
 use crate::replay::Replayer;
 use crate::roster::{Follower, Roster};
 use crate::signal::{self, Signals};
 use crate::store::{Store, StoreError, display_url};
-use crate::{admin, connection, web};
+use crate::{admin, connection, memory, web};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
@@ -149,6 +149,7 @@ pub async fn serve(
     }
     let auth = Authenticator::new(&config.jwt)?;
     ensure_descriptors(&config)?;
+    memory::check(config.memory_budget);
     let listener = listen(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -177,11 +178,14 @@ pub async fn serve(
         cause: config.kafka_settings.redact(&source.to_string()),
     };
     let kafka_log = KafkaLog::default();
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(QueueBounds {
+        socket: config.memory_budget.send_queue(),
+        total: config.memory_budget.send_queues(),
+    }));
     let publisher = Publisher::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
     let (control, control_records) = mpsc::unbounded_channel();
-    let recent = Recent::new(config.recent_records);
+    let recent = Recent::new(Bounds::new(config.recent_records, config.memory_budget));
     let sinks = Sinks {
         registry: registry.clone(),
         recent: recent.clone(),
@@ -206,7 +210,7 @@ pub async fn serve(
         &config,
         &group_id,
         commits.clone(),
-        recent,
+        recent.clone(),
         tasks.clone(),
         &kafka_log,
     );
@@ -265,6 +269,7 @@ pub async fn serve(
         let hub = hub.clone();
         async move { hub.metrics.upkeep(&hub.shutdown).await }
     });
+    hub.track(hub.clone().report_memory(recent));
     hub.track(apply_control(hub.clone(), control_records));
     hub.track({
         let hub = hub.clone();

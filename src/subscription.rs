@@ -19,6 +19,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::DropGuard;
 
+use crate::metrics;
 use crate::protocol::{Reply, RequestId};
 use crate::registry::{Delivery, Filter};
 use crate::replay::{Event, ReplayError, Report, Seam};
@@ -49,6 +50,10 @@ pub struct Subscriptions {
     stashed: usize,
     /// Held-back records past which the socket is lagging.
     stash_limit: usize,
+    /// The bytes of the live records held back (`Delivery::cost`).
+    stashed_bytes: usize,
+    /// Held-back bytes past which the socket is lagging.
+    stash_bytes: usize,
 }
 
 #[derive(Default)]
@@ -131,13 +136,15 @@ pub struct Failed {
 }
 
 impl Subscriptions {
-    pub fn new(stash_limit: usize) -> Self {
+    pub fn new(stash_limit: usize, stash_bytes: usize) -> Self {
         Subscriptions {
             by_topic: HashMap::new(),
             generation: 0,
             count: 0,
             stashed: 0,
             stash_limit,
+            stashed_bytes: 0,
+            stash_bytes,
         }
     }
 
@@ -272,6 +279,7 @@ impl Subscriptions {
         self.count -= 1;
         if let Some(replay) = subscription.replay {
             self.stashed -= replay.stash.len();
+            self.stashed_bytes -= replay.stash.iter().map(|r| r.cost()).sum::<usize>();
         }
     }
 
@@ -315,8 +323,16 @@ impl Subscriptions {
             write(&mut subscription.next, &record, out);
             return Ok(());
         }
+        let cost = record.cost();
+        self.stashed_bytes += cost;
         replay.stash.push_back(record);
         self.stashed += 1;
+        if self.stashed_bytes > self.stash_bytes {
+            if self.stashed_bytes - cost <= self.stash_bytes {
+                metrics::lagged_for_bytes();
+            }
+            return Err(Lagging);
+        }
         if self.stashed > self.stash_limit {
             return Err(Lagging);
         }
@@ -330,6 +346,7 @@ impl Subscriptions {
             key,
             generation,
             event,
+            ..
         } = report;
         let subscription = self
             .by_topic
@@ -361,7 +378,7 @@ impl Subscriptions {
             }
             Event::Record(record) => {
                 write(&mut subscription.next, &record, out);
-                0
+                (0, 0)
             }
             Event::Done(partition) => {
                 if let Some(replay) = &mut subscription.replay {
@@ -381,7 +398,8 @@ impl Subscriptions {
                 });
             }
         };
-        self.stashed -= released;
+        self.stashed -= released.0;
+        self.stashed_bytes -= released.1;
         None
     }
 
@@ -413,11 +431,12 @@ impl Subscriptions {
 
 impl Subscription {
     /// Writes the held live records of `partition`, or of every partition no longer
-    /// pending when `None`; returns how many left the stash.
-    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Outgoing>) -> usize {
+    /// pending when `None`; returns how many left the stash, and their bytes.
+    fn release(&mut self, partition: Option<i32>, out: &mut Vec<Outgoing>) -> (usize, usize) {
         let Some(replay) = &mut self.replay else {
-            return 0;
+            return (0, 0);
         };
+        let mut bytes = 0;
         let before = replay.stash.len();
         let next = &mut self.next;
         let pending = &replay.pending;
@@ -427,6 +446,7 @@ impl Subscription {
                 None => !pending.contains(&record.partition),
             };
             if release {
+                bytes += record.cost();
                 write(next, record, out);
             }
             !release
@@ -435,7 +455,7 @@ impl Subscription {
         if replay.started && replay.pending.is_empty() {
             self.replay = None;
         }
-        released
+        (released, bytes)
     }
 }
 
@@ -517,6 +537,7 @@ mod tests {
             self.reports.push_back(Report {
                 topic: TOPIC.into(),
                 key: None,
+                room: None,
                 generation: 1,
                 event,
             });
@@ -657,7 +678,7 @@ mod tests {
 
     #[test]
     fn rooms_of_one_topic_are_subscriptions_of_their_own() {
-        let mut subscriptions = Subscriptions::new(usize::MAX);
+        let mut subscriptions = Subscriptions::new(usize::MAX, usize::MAX);
         let filter = Arc::new(Filter::default());
         let live = BTreeMap::from([(0, 10)]);
         for room in ["a", "b"] {
@@ -742,7 +763,7 @@ mod tests {
                 .collect();
 
             let seam = Arc::new(Seam::new(live));
-            let mut subscriptions = Subscriptions::new(usize::MAX);
+            let mut subscriptions = Subscriptions::new(usize::MAX, usize::MAX);
             let generation = subscriptions.next_generation();
             subscriptions.insert_replaying(
                 TOPIC,

@@ -684,6 +684,11 @@ pub async fn fresh_postgres() -> String {
 /// a database and the test secret), each of which gives way to the same flag in `extra`;
 /// it logs at debug level unless the test sets `RUST_LOG` on the command.
 pub fn hub_command(listen: &str, topics: &str, extra: &[&str]) -> Command {
+    hub_command_of(env!("CARGO_BIN_EXE_wskafka"), listen, topics, extra)
+}
+
+/// The same, for another build of the hub (a measurement comparing builds).
+pub fn hub_command_of(binary: &str, listen: &str, topics: &str, extra: &[&str]) -> Command {
     let database = sqlite_url();
     let defaults = [
         ("--brokers", broker()),
@@ -705,7 +710,7 @@ pub fn hub_command(listen: &str, topics: &str, extra: &[&str]) -> Command {
         args.extend(["--jwt-secret", SECRET]);
     }
     args.extend(extra);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wskafka"));
+    let mut command = Command::new(binary);
     command
         .args(&args)
         .env("RUST_LOG", "debug,librdkafka=warn,rdkafka=warn");
@@ -793,6 +798,10 @@ impl Hub {
         })
         .await;
         started.elapsed()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id().expect("the hub is running")
     }
 
     /// Waits until `/metrics` shows `name` at `value`.
@@ -1050,6 +1059,14 @@ impl Hub {
 
 // ---------------------------------------------------------------------------------------
 // The client
+
+/// A process's resident memory, in bytes (Linux).
+pub fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
 
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
