@@ -286,6 +286,7 @@ async fn each_issuer_checks_its_own_tokens_with_its_audience_and_grant_rules() {
     let (provider, url) = Provider::start().await;
     let (users, services) = (Signer::rsa(RSA_A, "users"), Signer::ed("services"));
     let (topic, glob) = fresh_topic("issuers", 1).await;
+    ensure_topic("id.rooms").await;
     provider.publish("/users", &[&users], 3600);
     provider.publish("/services", &[&services], 3600);
     let config = format!(
@@ -402,6 +403,7 @@ async fn an_issuers_required_claims_are_required_on_every_path() {
 async fn tokens_shaped_like_each_providers_verify_with_the_documented_settings() {
     let (provider, url) = Provider::start().await;
     let key = Signer::rsa(RSA_A, "k");
+    ensure_topic("id.rooms").await;
     for path in ["/keycloak", "/auth0", "/cognito", "/entra", "/firebase"] {
         provider.publish(path, &[&key], 3600);
     }

@@ -356,6 +356,23 @@ pub async fn create_topic(name: &str, partitions: i32) {
     create_topic_with(broker(), name, partitions, 1, &[]).await;
 }
 
+/// Creates `name` with one partition unless it exists: for a fixed name that tests share
+/// (the hub serves no topic that does not exist).
+pub async fn ensure_topic(name: &str) {
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(PATIENCE));
+    for result in admin(broker())
+        .create_topics([&topic], &options)
+        .await
+        .unwrap()
+    {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, e)) => panic!("creating {topic}: {e}"),
+        }
+    }
+}
+
 /// Creates a topic with a replication factor and topic-level settings (`retention.ms`...).
 pub async fn create_topic_with(
     brokers: &str,
