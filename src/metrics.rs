@@ -264,6 +264,30 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     series.lag(topic, partition, lag);
 }
 
+// What holds memory (see `memory`): bytes per part, and sockets ended for bytes.
+
+/// A socket's queued records passed its bytes (or the hub's), so it was told `lagged`.
+pub fn lagged_for_bytes() {
+    counter!("wskafka_lagged_for_bytes_total").increment(1);
+}
+
+/// The bytes each part holds now, refreshed every few seconds.
+pub struct Held {
+    pub recent: usize,
+    pub send_queues: usize,
+    pub largest_send_queue: usize,
+    pub replays: usize,
+    pub history: usize,
+}
+
+pub fn held(held: &Held) {
+    gauge!("wskafka_recent_bytes").set(held.recent as f64);
+    gauge!("wskafka_send_queue_bytes").set(held.send_queues as f64);
+    gauge!("wskafka_send_queue_largest_bytes").set(held.largest_send_queue as f64);
+    gauge!("wskafka_replay_bytes").set(held.replays as f64);
+    gauge!("wskafka_history_bytes").set(held.history as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,28 +311,4 @@ mod tests {
              wskafka_consumer_lag{topic=\"kept\",partition=\"1\"} 7\n"
         );
     }
-}
-
-// What holds memory (see `memory`): bytes per part, and sockets ended for bytes.
-
-/// A socket's queued records passed its bytes (or the hub's), so it was told `lagged`.
-pub fn lagged_for_bytes() {
-    counter!("wskafka_lagged_for_bytes_total").increment(1);
-}
-
-/// The bytes each part holds now, refreshed every few seconds.
-pub struct Held {
-    pub recent: usize,
-    pub send_queues: usize,
-    pub largest_send_queue: usize,
-    pub replays: usize,
-    pub history: usize,
-}
-
-pub fn held(held: &Held) {
-    gauge!("wskafka_recent_bytes").set(held.recent as f64);
-    gauge!("wskafka_send_queue_bytes").set(held.send_queues as f64);
-    gauge!("wskafka_send_queue_largest_bytes").set(held.largest_send_queue as f64);
-    gauge!("wskafka_replay_bytes").set(held.replays as f64);
-    gauge!("wskafka_history_bytes").set(held.history as f64);
 }
