@@ -342,8 +342,16 @@ impl Registry {
                 Wants::Presence => subscriber.extras.presence,
                 Wants::Signals => subscriber.extras.signals,
             };
-            if asked {
-                let _ = subscriber.queue.try_send(Arc::clone(&built));
+            // Counted like a record, since the connection gives back what it takes; over
+            // the socket's bytes it is dropped, as on a full queue.
+            if !asked {
+                continue;
+            }
+            let cost = built.cost();
+            if self.admit(&subscriber.queued, cost)
+                && subscriber.queue.try_send(Arc::clone(&built)).is_err()
+            {
+                self.written(&subscriber.queued, cost);
             }
         }
     }
@@ -418,6 +426,27 @@ mod tests {
         });
         assert_eq!(count, 0);
         assert!(!built.get(), "a frame nobody wants is never built");
+    }
+
+    #[test]
+    fn frames_told_are_counted_as_records_are_so_what_a_socket_gives_back_adds_up() {
+        let registry = Registry::default();
+        let (mut member, mut rx) = filtered(4, key(b"lobby"));
+        member.extras.presence = true;
+        let queued = member.queued.clone();
+        registry.subscribe("chat.rooms", 1, member);
+        registry.fan_out("chat.rooms", &NO_META, || delivery(1));
+        registry.tell("chat.rooms", Some(b"lobby"), Wants::Presence, || {
+            Delivery::ephemeral("chat.rooms", Some(b"lobby"), "{}".into())
+        });
+        // What the connection does: give back the cost of each frame it took.
+        let mut taken = 0;
+        while let Ok(frame) = rx.try_recv() {
+            taken += frame.cost();
+        }
+        assert_eq!(registry.queued_bytes(), taken);
+        registry.written(&queued, taken);
+        assert_eq!(registry.queued_bytes(), 0);
     }
 
     #[test]
