@@ -20,9 +20,37 @@
  * @typedef {{messages: Message[], before: Record<string, number>, oldest: boolean,
  *   partial: boolean}} Page  a history page, oldest message first
  * @typedef {{min: number, max: number}} Backoff  delays in ms
- * @typedef {{token: TokenSource, backoff?: Backoff, WebSocket?: typeof WebSocket,
- *   random?: () => number}} Options
+ * @typedef {{interval: number, timeout: number}} Heartbeat  in ms: after `interval` with no
+ *   frame received the client sends `ping`; if nothing at all comes within `timeout` after
+ *   it, the connection counts as dead
+ * @typedef {"pending" | "acked" | "failed"} PublishStatus
+ * @typedef {Promise<Ack> & {id: number, status: PublishStatus, error?: WsKafkaError}} Publish
+ *   a publish's promise, with where it stands (`status`, and `error` once failed)
+ * @typedef {{token: TokenSource, backoff?: Backoff, heartbeat?: Heartbeat,
+ *   publishTimeout?: number, maxFrameBytes?: number, WebSocket?: typeof WebSocket,
+ *   random?: () => number, window?: EventTarget,
+ *   document?: EventTarget & {visibilityState?: string}}} Options
+ *   `window` and `document` (the page's, by default) give the `online` and
+ *   `visibilitychange` events that make the client reconnect at once
  */
+
+/** Reconnect delays: from 250 ms, doubling, capped at 10 s (with jitter: 5 to 10 s). */
+export const DEFAULT_BACKOFF = Object.freeze({ min: 250, max: 10_000 });
+/**
+ * Silence after which the client pings (15 s), and how long it then waits for any frame
+ * (5 s): a dead network is noticed within 20 s of the last frame received, sooner than the
+ * hub's own 35 s, so the page says "reconnecting" and resumes first.
+ */
+export const DEFAULT_HEARTBEAT = Object.freeze({ interval: 15_000, timeout: 5_000 });
+/**
+ * A publish without an answer after this long fails with code `timeout` (30 s): longer than
+ * the heartbeat's bound plus a reconnect, so a stall the heartbeat catches still delivers it,
+ * and longer than the hub's own wait on Kafka (`WSKAFKA_PUBLISH_TIMEOUT`, 10 s), which
+ * answers `unavailable` first.
+ */
+export const DEFAULT_PUBLISH_TIMEOUT = 30_000;
+/** The hub's default `WSKAFKA_MAX_FRAME_BYTES`: larger publishes are refused before sending. */
+export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 
 /**
  * An `error` frame turned into an exception; `code` is the protocol's error code. Only
@@ -31,12 +59,16 @@
  * application to show.
  */
 export class WsKafkaError extends Error {
-  /** @param {string} code @param {string} message @param {string} [topic] */
-  constructor(code, message, topic) {
+  /**
+   * @param {string} code @param {string} message @param {string} [topic]
+   * @param {number} [retryAfterMs] with `rate_limited`: when the request may be sent again
+   */
+  constructor(code, message, topic, retryAfterMs) {
     super(message);
     this.name = "WsKafkaError";
     this.code = code;
     this.topic = topic;
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -57,7 +89,13 @@ export function backoffDelay(attempt, backoff, random) {
  * `error` (detail: a WsKafkaError not tied to a request, such as an ended subscription),
  * `join` and `leave` (detail: {topic, key, user}, for subscriptions made with `presence`),
  * `signal` (detail: {topic, key, sender, payload}, for subscriptions made with `signals`),
- * `status` (detail: {user, online}, for users watched with `online`).
+ * `status` (detail: {user, online}, for users watched with `online`), `publish` (detail:
+ * {id, topic, key, payload, status, error}: a publish became `pending`, `acked` or `failed`).
+ *
+ * Liveness: browsers never show the hub's WebSocket pings to a page, so the client watches
+ * for itself (see `DEFAULT_HEARTBEAT`). It also reconnects at once on the browser's `online`
+ * event and when the page comes back to the foreground, instead of waiting out its backoff;
+ * a socket that looks open is first asked with a `ping`.
  */
 export class WsKafka extends EventTarget {
   /** @param {string} url  the hub's `ws(s)://…/ws` @param {Options} options */
@@ -65,14 +103,17 @@ export class WsKafka extends EventTarget {
     super();
     this.url = url;
     this.options = options;
-    this.backoff = options.backoff ?? { min: 250, max: 10_000 };
+    this.backoff = options.backoff ?? DEFAULT_BACKOFF;
+    this.heartbeat = options.heartbeat ?? DEFAULT_HEARTBEAT;
+    this.publishTimeout = options.publishTimeout ?? DEFAULT_PUBLISH_TIMEOUT;
+    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.random = options.random ?? Math.random;
     /** @type {ConnectionState} */
     this.state = "connecting";
     /** By `subscriptionId(topic, key)`. @type {Map<string, Subscription>} */
     this.subscriptions = new Map();
-    /** Publishes without an answer yet: id -> {frame, resolve, reject}. */
+    /** Publishes without an answer yet: id -> {frame, handle, resolve, reject, timer}. */
     this.publishes = new Map();
     /** Other requests waiting for their reply on the current socket: id -> handlers. */
     this.requests = new Map();
@@ -86,22 +127,67 @@ export class WsKafka extends EventTarget {
     this.watching = [];
     /** When each `typing()` last sent a signal, by room. */
     this.typed = new Map();
+    /** When the current socket last received a frame (ms since the epoch). */
+    this.heard = 0;
+    /** The heartbeat's timer: the next check for silence, or the wait for an answer. */
+    this.beat = null;
+    /** Whether a heartbeat `ping` is waiting for an answer. */
+    this.probing = false;
+    this.wake = () => this.revive();
+    this.onVisibility = () => {
+      if (this.document?.visibilityState !== "hidden") this.revive();
+    };
+    this.window = options.window ?? globalThis.window;
+    this.document = options.document ?? globalThis.document;
+    this.window?.addEventListener?.("online", this.wake);
+    this.document?.addEventListener?.("visibilitychange", this.onVisibility);
     this.connect();
   }
 
   /**
-   * Publishes one record; resolves with its position once Kafka has it.
+   * Publishes one record; resolves with its position once Kafka has it. Never dropped
+   * silently: the returned promise's `status` is `pending` until the hub answers (it is sent
+   * again after a reconnect), then `acked`, or `failed` with the promise rejected and
+   * `error.code` saying why: `too_large` (refused here, before sending, over
+   * `maxFrameBytes`), `rate_limited` (`error.retryAfterMs`), `forbidden`, `unknown_topic`,
+   * `unavailable`, `timeout` (no answer within `publishTimeout`; it may still have been
+   * stored) or `closed`. Each change is also a `publish` event.
    * @param {string} topic @param {unknown} payload
    * @param {{key?: string, headers?: Record<string, string>}} [options]
-   * @returns {Promise<Ack>}
+   * @returns {Publish}
    */
   publish(topic, payload, options = {}) {
     const id = this.nextId++;
     const frame = { type: "publish", id, topic, payload, ...options };
-    return new Promise((resolve, reject) => {
-      this.publishes.set(id, { frame, resolve, reject });
-      if (this.authenticated) this.send(frame);
-    });
+    /** @type {any} */
+    let settle;
+    const handle = /** @type {Publish} */ (
+      new Promise((resolve, reject) => (settle = { resolve, reject }))
+    );
+    handle.id = id;
+    handle.status = "pending";
+    const publish = { frame, handle, ...settle, timer: null };
+    const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
+    if (bytes > this.maxFrameBytes) {
+      const error = new WsKafkaError(
+        "too_large",
+        `the message is ${bytes} bytes; the hub takes at most ${this.maxFrameBytes}`,
+        topic,
+      );
+      // Failed at once, so a page can keep what the user typed.
+      this.settlePublish(publish, "failed", error);
+      return handle;
+    }
+    publish.timer = setTimeout(() => {
+      if (this.publishes.get(id) !== publish) return;
+      this.publishes.delete(id);
+      const error = new WsKafkaError("timeout", `no answer within ${this.publishTimeout} ms; it may still have been stored`, topic);
+      this.settlePublish(publish, "failed", error);
+    }, this.publishTimeout);
+    this.publishes.set(id, publish);
+    this.announce(publish);
+    if (this.authenticated) this.send(frame);
+    return handle;
   }
 
   /**
@@ -257,9 +343,13 @@ export class WsKafka extends EventTarget {
   close() {
     this.setState("closed");
     clearTimeout(this.timer);
+    clearTimeout(this.beat);
+    this.window?.removeEventListener?.("online", this.wake);
+    this.document?.removeEventListener?.("visibilitychange", this.onVisibility);
     this.socket?.close(1000);
     const closed = new WsKafkaError("closed", "the client was closed");
-    for (const { reject } of [...this.publishes.values(), ...this.requests.values()]) reject(closed);
+    for (const publish of this.publishes.values()) this.settlePublish(publish, "failed", closed);
+    for (const { reject } of this.requests.values()) reject(closed);
     for (const subscription of this.subscriptions.values()) subscription.confirmed.reject(closed);
     this.publishes.clear();
     this.requests.clear();
@@ -281,10 +371,14 @@ export class WsKafka extends EventTarget {
 
   connect() {
     if (this.state === "closed") return;
+    clearTimeout(this.timer);
     const socket = new this.WebSocket(this.url);
     this.socket = socket;
     this.authenticated = false;
     socket.onopen = async () => {
+      if (this.socket !== socket) return;
+      this.heard = Date.now();
+      this.listen();
       try {
         const token = await this.token();
         if (this.socket === socket) this.send({ type: "auth", id: "auth", token });
@@ -293,22 +387,111 @@ export class WsKafka extends EventTarget {
       }
     };
     socket.onmessage = (event) => {
-      if (this.socket === socket) this.receive(JSON.parse(event.data));
+      if (this.socket !== socket) return;
+      // Any frame at all shows the connection lives.
+      this.heard = Date.now();
+      if (this.probing) {
+        this.probing = false;
+        this.listen();
+      }
+      this.receive(JSON.parse(event.data));
     };
     socket.onclose = () => {
       if (this.socket !== socket) return;
-      this.socket = null;
-      this.authenticated = false;
-      // Replies to requests other than publishes will never come; publishes are resent.
-      for (const { reject } of this.requests.values()) {
-        reject(new WsKafkaError("disconnected", "the connection dropped"));
-      }
-      this.requests.clear();
+      this.lost();
       if (this.state === "closed") return;
-      this.setState("reconnecting");
       const delay = backoffDelay(this.attempt++, this.backoff, this.random);
       this.timer = setTimeout(() => this.connect(), delay);
     };
+  }
+
+  /** The current socket is gone (closed, or given up for dead): forget it. */
+  lost() {
+    this.socket = null;
+    this.authenticated = false;
+    this.probing = false;
+    clearTimeout(this.beat);
+    // Replies to requests other than publishes will never come; publishes are resent.
+    for (const { reject } of this.requests.values()) {
+      reject(new WsKafkaError("disconnected", "the connection dropped"));
+    }
+    this.requests.clear();
+    if (this.state !== "closed") this.setState("reconnecting");
+  }
+
+  /**
+   * Waits for the heartbeat's interval of silence, then pings. Checked against `heard`
+   * rather than restarted on every frame, so a busy socket costs no timer churn.
+   */
+  listen() {
+    clearTimeout(this.beat);
+    const quiet = Date.now() - this.heard;
+    this.beat = setTimeout(() => {
+      if (Date.now() - this.heard >= this.heartbeat.interval) this.probe();
+      else this.listen();
+    }, Math.max(0, this.heartbeat.interval - quiet));
+  }
+
+  /** Asks the hub for any answer; none within the heartbeat's timeout: the socket is dead. */
+  probe() {
+    if (this.probing || !this.socket) return;
+    clearTimeout(this.beat);
+    this.probing = true;
+    // The hub takes only `auth` before authentication; silence then counts all the same.
+    if (this.authenticated) this.send({ type: "ping", id: `ping-${this.nextId++}` });
+    this.beat = setTimeout(() => this.dead(), this.heartbeat.timeout);
+  }
+
+  /**
+   * Gives the socket up and connects again at once. The old socket is closed without
+   * waiting for its close handshake, which a dead network would hold up for minutes.
+   */
+  dead() {
+    const socket = this.socket;
+    if (!socket) return;
+    this.lost();
+    try {
+      socket.close(4000, "no answer to ping");
+    } catch {
+      // Nothing to do: it is forgotten already.
+    }
+    this.connect();
+  }
+
+  /**
+   * The network came back or the page came to the foreground: a socket waiting out its
+   * backoff (or still connecting) is replaced at once; one silent past the heartbeat's whole
+   * bound (its timers were throttled in the background) is dead; any other open socket is
+   * asked with a `ping`, and kept if anything answers.
+   */
+  revive() {
+    if (this.state === "closed") return;
+    if (!this.socket || !this.authenticated) {
+      if (this.socket) this.dead();
+      else this.connect();
+      return;
+    }
+    if (Date.now() - this.heard >= this.heartbeat.interval + this.heartbeat.timeout) this.dead();
+    else this.probe();
+  }
+
+  /** @param {any} publish @param {PublishStatus} status @param {WsKafkaError} [error] */
+  settlePublish(publish, status, error) {
+    clearTimeout(publish.timer);
+    publish.handle.status = status;
+    if (error) {
+      publish.handle.error = error;
+      publish.handle.catch(() => {});
+    }
+    this.announce(publish);
+    if (error) publish.reject(error);
+  }
+
+  /** A `publish` event with where the publish stands. @param {any} publish */
+  announce(publish) {
+    const { id, topic, key, payload } = publish.frame;
+    const { status, error } = publish.handle;
+    this.dispatchEvent(new CustomEvent("publish", { detail: { id, topic, key, payload, status, error } }));
   }
 
   /** @param {object} frame */
@@ -375,8 +558,10 @@ export class WsKafka extends EventTarget {
         return;
       case "ack": {
         const publish = this.publishes.get(frame.id);
+        if (!publish) return;
         this.publishes.delete(frame.id);
-        publish?.resolve(frame);
+        this.settlePublish(publish, "acked");
+        publish.resolve(frame);
         return;
       }
       case "error":
@@ -392,6 +577,7 @@ export class WsKafka extends EventTarget {
   opened() {
     this.authenticated = true;
     this.attempt = 0;
+    this.listen();
     this.setState("open");
     for (const subscription of this.subscriptions.values()) this.sendSubscribe(subscription);
     for (const { frame } of this.publishes.values()) this.send(frame);
@@ -413,17 +599,19 @@ export class WsKafka extends EventTarget {
 
   /** @param {any} frame */
   failed(frame) {
-    const error = new WsKafkaError(frame.code, frame.message, frame.topic);
+    const error = new WsKafkaError(frame.code, frame.message, frame.topic, frame.retry_after_ms);
     const publish = this.publishes.get(frame.id);
     if (publish) {
       this.publishes.delete(frame.id);
-      return publish.reject(error);
+      return this.settlePublish(publish, "failed", error);
     }
     const request = this.requests.get(frame.id);
     if (request) {
       this.requests.delete(frame.id);
       return request.reject(error);
     }
+    // A refused heartbeat ping (over its budget) still showed the connection lives.
+    if (String(frame.id).startsWith("ping-")) return;
     const ended = frame.topic && subscriptionId(frame.topic, frame.key ?? undefined);
     if (ended && this.subscriptions.has(ended)) {
       this.subscriptions.get(ended)?.confirmed.reject(error);

@@ -3,7 +3,7 @@
 // publishes, refreshing tokens. The browser tests (tests/browser.rs) run it for real.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { TYPING_FOR, Typists, WsKafka, WsKafkaError, backoffDelay } from "../wskafka.js";
+import { DEFAULT_BACKOFF, TYPING_FOR, Typists, WsKafka, WsKafkaError, backoffDelay } from "../wskafka.js";
 
 /** A socket whose every frame the test sees, and whose replies the test writes. */
 class ScriptedSocket {
@@ -23,7 +23,10 @@ class ScriptedSocket {
   }
   /** The next frame the client sends. */
   nextSent() { return new Promise((resolve) => (this.waiting = resolve)); }
-  close() { this.onclose?.(); }
+  close(code) {
+    this.closedWith = code;
+    this.onclose?.();
+  }
   reply(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
   drop() { this.onclose?.(); }
   last(type) { return this.sent.filter((f) => f.type === type).at(-1); }
@@ -182,6 +185,7 @@ test("commit stores as far as the subscription delivered, and resolves once stor
   const refused = client.commit("inbox", { 0: 1 });
   socket.reply({ type: "error", id: socket.last("commit").id, code: "unavailable", message: "retry" });
   await assert.rejects(refused, (e) => e instanceof WsKafkaError && e.code === "unavailable");
+  client.close();
 });
 
 test("rooms of one topic are subscriptions of their own, each resuming from its own offsets", async () => {
@@ -286,4 +290,143 @@ test("a typist shows until a while after their last signal, then by themselves n
   assert.deepEqual(typists.current(), ["bob"]);
   now = TYPING_FOR;
   assert.deepEqual(typists.current(), []);
+});
+
+test("the default backoff is capped at 10 s, as the README says", () => {
+  assert.equal(backoffDelay(100, DEFAULT_BACKOFF, () => 1), 10_000);
+  assert.equal(backoffDelay(100, DEFAULT_BACKOFF, () => 0), 5_000);
+});
+
+test("a socket that answers nothing after a heartbeat ping is given up and the client resumes on a new one", async () => {
+  const { client, socket } = await connected({ heartbeat: { interval: 5, timeout: 5 } });
+  const seen = [];
+  const subscribed = client.subscribe("chat", (m) => seen.push(m.offset));
+  socket.reply({ type: "subscribed", id: socket.last("subscribe").id, topic: "chat", partitions: { 0: 3 } });
+  await subscribed;
+  socket.reply({ type: "message", topic: "chat", partition: 0, offset: 3 });
+  const acked = client.publish("chat", { text: "during the stall" });
+
+  // A ping answered by any frame keeps the socket.
+  let ping = await socket.nextSent();
+  assert.equal(ping.type, "ping");
+  socket.reply({ type: "pong", id: ping.id });
+  ping = await socket.nextSent();
+  assert.equal(ping.type, "ping");
+  assert.equal(ScriptedSocket.all.length, 1, "an answered ping keeps the socket");
+
+  // This one gets no answer: the client closes the socket and connects again at once.
+  const states = [];
+  client.addEventListener("state", (e) => states.push(e.detail));
+  const again = await reconnected();
+  assert.equal(socket.closedWith, 4000);
+  assert.deepEqual(states, ["reconnecting", "open"]);
+  assert.deepEqual(again.last("subscribe").from, { offsets: { 0: 4 } });
+  const resent = again.last("publish");
+  assert.deepEqual(resent.payload, { text: "during the stall" });
+  again.reply({ type: "ack", id: resent.id, topic: "chat", partition: 0, offset: 4 });
+  assert.equal((await acked).offset, 4);
+  // Frames from the abandoned socket are ignored.
+  socket.reply({ type: "message", topic: "chat", partition: 0, offset: 9 });
+  assert.deepEqual(seen, [3]);
+  client.close();
+});
+
+/** An EventTarget standing in for the page's `window` or `document`. */
+function page() {
+  const target = new EventTarget();
+  target.visibilityState = "visible";
+  return target;
+}
+
+test("the `online` event reconnects at once instead of waiting out the backoff", async () => {
+  const window = page();
+  // A backoff of a minute: only the event can bring the reconnect in time.
+  const { client, socket } = await connected({ backoff: { min: 60_000, max: 60_000 }, window });
+  socket.drop();
+  assert.equal(client.state, "reconnecting");
+  const next = reconnected();
+  window.dispatchEvent(new Event("online"));
+  await next;
+  assert.equal(client.state, "open");
+  client.close();
+});
+
+test("coming back to the foreground reconnects a dropped socket, and probes an open one", async () => {
+  const document = page();
+  const { client, socket } = await connected({
+    backoff: { min: 60_000, max: 60_000 },
+    heartbeat: { interval: 60_000, timeout: 5 },
+    document,
+  });
+  // Open and recently heard: asked with a ping, and kept when it answers.
+  const ping = socket.nextSent();
+  document.dispatchEvent(new Event("visibilitychange"));
+  assert.equal((await ping).type, "ping");
+  socket.reply({ type: "pong", id: socket.last("ping").id });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(ScriptedSocket.all.length, 1);
+  // Open but answering nothing: replaced once the ping's timeout passes.
+  document.dispatchEvent(new Event("visibilitychange"));
+  let next = reconnected();
+  const second = await next;
+  assert.equal(socket.closedWith, 4000);
+  // Dropped and waiting out a minute's backoff: replaced at once.
+  second.drop();
+  next = reconnected();
+  document.dispatchEvent(new Event("visibilitychange"));
+  await next;
+  assert.equal(client.state, "open");
+  client.close();
+});
+
+test("a publish is pending until answered, then acked or failed with the hub's reason", async () => {
+  const { client, socket } = await connected();
+  const events = [];
+  client.addEventListener("publish", (e) => events.push([e.detail.id, e.detail.status, e.detail.error?.code]));
+  const ok = client.publish("chat", 1);
+  assert.equal(ok.status, "pending");
+  socket.reply({ type: "ack", id: ok.id, topic: "chat", partition: 0, offset: 1 });
+  await ok;
+  assert.equal(ok.status, "acked");
+
+  const limited = client.publish("chat", 2);
+  socket.reply({ type: "error", id: limited.id, code: "rate_limited", retry_after_ms: 200, message: "wait" });
+  await assert.rejects(limited, (e) => e instanceof WsKafkaError && e.code === "rate_limited" && e.retryAfterMs === 200);
+  assert.equal(limited.status, "failed");
+  assert.equal(limited.error.code, "rate_limited");
+  assert.deepEqual(events, [
+    [ok.id, "pending", undefined],
+    [ok.id, "acked", undefined],
+    [limited.id, "pending", undefined],
+    [limited.id, "failed", "rate_limited"],
+  ]);
+  client.close();
+});
+
+test("a publish with no answer within its bound fails as timed out and is not sent again", async () => {
+  const { client, socket } = await connected({ publishTimeout: 10 });
+  const sent = client.publish("chat", { text: "lost" });
+  assert.equal(sent.status, "pending");
+  await assert.rejects(sent, (e) => e instanceof WsKafkaError && e.code === "timeout");
+  assert.equal(sent.status, "failed");
+  socket.drop();
+  const again = await reconnected();
+  assert.equal(again.last("publish"), undefined);
+  // A late ack for it changes nothing.
+  again.reply({ type: "ack", id: sent.id, topic: "chat", partition: 0, offset: 1 });
+  assert.equal(sent.status, "failed");
+  client.close();
+});
+
+test("a publish over maxFrameBytes is refused before it is sent, with a clear error", async () => {
+  const { client, socket } = await connected({ maxFrameBytes: 200 });
+  const sent = client.publish("chat", { text: "é".repeat(100) });
+  assert.equal(sent.status, "failed");
+  assert.equal(sent.error.code, "too_large");
+  assert.match(sent.error.message, /the message is \d+ bytes; the hub takes at most 200/);
+  await assert.rejects(sent, (e) => e.code === "too_large");
+  const fits = client.publish("chat", { text: "e".repeat(100) });
+  assert.equal(fits.status, "pending");
+  assert.deepEqual(socket.sent.filter((f) => f.type === "publish").map((f) => f.id), [fits.id]);
+  client.close();
 });
