@@ -1,7 +1,9 @@
 // The demo page: chat rooms kept as the keys of one topic, a notification centre on a
 // per-user topic. A room opens with its last messages and loads older ones when scrolled to
 // its top; authors are the hub's verified senders, never what a payload claims. Each room
-// lists who is in it (on any hub) and who is typing.
+// lists who is in it (on any hub) and who is typing. The user's own messages show
+// "sending…" until the hub acknowledges them (they then appear in the room as everyone's
+// do), or "failed, retry" with the reason.
 // `?topic=t&notifications=n&user=name` override the defaults (the browser tests use them).
 import { Typists, WsKafka } from "/wskafka.js";
 
@@ -42,7 +44,7 @@ async function start(user) {
   client.addEventListener("error", (e) => complain(e.detail));
 
   for (const room of first.rooms) {
-    rooms.set(room, { messages: [], oldest: false, loading: null, members: new Set(), typists: new Typists() });
+    rooms.set(room, { messages: [], oldest: false, loading: null, members: new Set(), typists: new Typists(), outbox: [] });
     const button = document.createElement("button");
     button.textContent = `# ${room}`;
     button.dataset.room = room;
@@ -83,11 +85,11 @@ async function start(user) {
     unread = 0;
     showUnread();
   };
-  $("compose").onsubmit = async (e) => {
+  $("compose").onsubmit = (e) => {
     e.preventDefault();
     const text = $("text").value;
-    $("text").value = "";
-    await client.publish(topic, { text }, { key: current }).catch(complain);
+    // Refused before sending (too large): the text stays for the user to shorten.
+    if (send(client, current, text)) $("text").value = "";
   };
   const inRoom = (e) => e.detail.topic === topic && rooms.has(e.detail.key);
   client.addEventListener("join", (e) => {
@@ -115,6 +117,60 @@ async function start(user) {
 }
 
 /**
+ * Sends one of the user's messages and shows it below the room's as "sending…" until the hub
+ * acknowledges it (it then arrives in the room like anyone's), or "failed, retry" (the button
+ * sends it again) with the text put back in an empty input. Returns false, showing why, for
+ * a message refused before sending.
+ */
+function send(client, room, text) {
+  const sent = client.publish(topic, { text }, { key: room });
+  if (sent.status === "failed") {
+    complain(sent.error);
+    return false;
+  }
+  const outbox = rooms.get(room).outbox;
+  const entry = { text, li: document.createElement("li") };
+  outbox.push(entry);
+  entry.li.append(Object.assign(document.createElement("span"), { className: "body", textContent: text }));
+  const status = Object.assign(document.createElement("span"), { className: "status", textContent: "sending…" });
+  entry.li.append(status);
+  entry.li.dataset.status = "sending";
+  if (room === current) $("outbox").append(entry.li);
+  const remove = () => {
+    outbox.splice(outbox.indexOf(entry), 1);
+    entry.li.remove();
+  };
+  sent.then(remove, (error) => {
+    entry.li.dataset.status = "failed";
+    const retry = Object.assign(document.createElement("button"), { type: "button", textContent: "failed, retry" });
+    retry.title = reason(error);
+    retry.onclick = () => {
+      remove();
+      send(client, room, text);
+    };
+    status.replaceChildren(retry, ` ${reason(error)}`);
+    if (room === current && $("text").value === "") $("text").value = text;
+  });
+  return true;
+}
+
+/** Why a send failed, in the user's terms. */
+function reason(error) {
+  switch (error?.code) {
+    case "rate_limited":
+      return "too many messages at once";
+    case "timeout":
+      return "no answer from the server";
+    case "forbidden":
+      return "not allowed here";
+    case "unavailable":
+      return "the server could not store it";
+    default:
+      return error?.message ?? String(error);
+  }
+}
+
+/**
  * Shows what went wrong to the user: a topic that does not exist will not appear by asking
  * again (the client library does not retry it), so the page says whom to ask.
  */
@@ -123,7 +179,9 @@ function complain(error) {
   const text =
     error?.code === "unknown_topic"
       ? `${error.message}: ask an operator to create it.`
-      : `Something went wrong: ${error?.message ?? error}`;
+      : error?.code === "too_large"
+        ? `Not sent, too long: ${error.message}.`
+        : `Something went wrong: ${error?.message ?? error}`;
   $("problem").textContent = text;
   $("problem").hidden = false;
 }
@@ -189,6 +247,7 @@ function show(room) {
   list.replaceChildren(...rooms.get(room).messages.map(line));
   list.dataset.oldest = String(rooms.get(room).oldest);
   list.scrollTop = list.scrollHeight;
+  $("outbox").replaceChildren(...rooms.get(room).outbox.map((entry) => entry.li));
 }
 
 /** One message: its verified sender, its text, and when it was written. */
