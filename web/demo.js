@@ -4,7 +4,8 @@
 // lists who is in it (on any hub) and who is typing. The user's own messages show
 // "sending…" until the hub acknowledges them (they then appear in the room as everyone's
 // do), or "failed, retry" with the reason.
-// `?topic=t&notifications=n&user=name` override the defaults (the browser tests use them).
+// `?topic=t&notifications=n&user=name` override the defaults, and `heartbeat=interval,timeout`
+// (ms) the client's (the browser tests use them).
 import { Typists, WsKafka } from "/wskafka.js";
 
 const params = new URLSearchParams(location.search);
@@ -35,7 +36,9 @@ async function start(user) {
     return token;
   };
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-  const client = new WsKafka(url, { token });
+  const [interval, timeout] = (params.get("heartbeat") ?? "").split(",").map(Number);
+  const heartbeat = interval > 0 && timeout > 0 ? { interval, timeout } : undefined;
+  const client = new WsKafka(url, { token, heartbeat });
   window.wskafka = client;
   client.addEventListener("state", (e) => {
     $("status").dataset.state = e.detail;

@@ -375,10 +375,11 @@ export class WsKafka extends EventTarget {
     const socket = new this.WebSocket(this.url);
     this.socket = socket;
     this.authenticated = false;
+    // Silence is watched from the start: a connect or a login that hangs (the network died
+    // under it) is given up like an open socket that stopped answering.
+    this.heard = Date.now();
+    this.listen();
     socket.onopen = async () => {
-      if (this.socket !== socket) return;
-      this.heard = Date.now();
-      this.listen();
       try {
         const token = await this.token();
         if (this.socket === socket) this.send({ type: "auth", id: "auth", token });

@@ -9,12 +9,14 @@ import { DEFAULT_BACKOFF, TYPING_FOR, Typists, WsKafka, WsKafkaError, backoffDel
 class ScriptedSocket {
   static all = [];
   static waiting = [];
+  static hang = false;
   constructor(url) {
     this.url = url;
     this.sent = [];
     ScriptedSocket.all.push(this);
     ScriptedSocket.waiting.splice(0).forEach((resolve) => resolve(this));
-    queueMicrotask(() => this.onopen?.());
+    // A hanging socket never opens: a connect the network swallowed.
+    if (!ScriptedSocket.hang) queueMicrotask(() => this.onopen?.());
   }
   send(text) {
     const frame = JSON.parse(text);
@@ -428,5 +430,19 @@ test("a publish over maxFrameBytes is refused before it is sent, with a clear er
   const fits = client.publish("chat", { text: "e".repeat(100) });
   assert.equal(fits.status, "pending");
   assert.deepEqual(socket.sent.filter((f) => f.type === "publish").map((f) => f.id), [fits.id]);
+  client.close();
+});
+
+test("a connect that never opens is given up after the heartbeat's bound and tried again", async () => {
+  const { client, socket } = await connected({ heartbeat: { interval: 5, timeout: 5 } });
+  ScriptedSocket.hang = true;
+  const hung = new Promise((resolve) => ScriptedSocket.waiting.push(resolve));
+  socket.drop();
+  const first = await hung;
+  ScriptedSocket.hang = false;
+  const again = await reconnected();
+  assert.notEqual(again, first);
+  assert.equal(first.closedWith, 4000);
+  assert.equal(client.state, "open");
   client.close();
 });
