@@ -527,3 +527,61 @@ async fn a_room_topic_that_does_not_exist_is_shown_to_the_user_and_not_asked_for
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_page_behind_a_stalled_network_says_reconnecting_and_delivers_its_message_once() {
+    let demo = Demo::start().await;
+    let network = StallingProxy::start(demo.hub.addr).await;
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "bob").await;
+    // Alice's page and socket go through the proxy; her client pings after 1 s of silence
+    // and gives the socket up 1 s later (15 s and 5 s by default).
+    let page = demo
+        .page("alice")
+        .replace(&demo.hub.addr.to_string(), &network.addr.to_string());
+    browser
+        .open("alice", &format!("{page}&heartbeat=1000,1000"))
+        .await;
+    browser.wait_text("alice", "#status", "open").await;
+    browser.say("alice", "before").await;
+    browser.wait_text("bob", "#messages", "before").await;
+
+    // Packets stop, nothing closes: her page notices by itself and shows her message as
+    // not yet sent.
+    network.stall();
+    browser.wait_text("alice", "#status", "reconnecting").await;
+    browser.say("alice", "during the stall").await;
+    browser.wait_text("alice", "#outbox", "sending…").await;
+    network.resume();
+    browser.wait_text("alice", "#status", "open").await;
+    browser
+        .wait_text("bob", "#messages", "during the stall")
+        .await;
+    browser
+        .run(json!({"cmd": "wait_gone", "name": "alice", "selector": "#outbox", "text": "during the stall"}))
+        .await;
+    browser.say("bob", "after").await;
+    for user in ["alice", "bob"] {
+        browser.wait_text(user, "#messages", "after").await;
+        assert_eq!(
+            browser.texts(user, "#messages li .body").await,
+            ["alicebefore", "aliceduring the stall", "bobafter"],
+            "{user}: each message exactly once"
+        );
+    }
+
+    // A message over the hub's frame limit is refused before sending; the text stays.
+    let long = "x".repeat(70 * 1024);
+    browser.say("alice", &long).await;
+    browser
+        .wait_text("alice", "#problem", "Not sent, too long")
+        .await;
+    let kept = browser
+        .run(json!({"cmd": "evaluate", "name": "alice", "script": "document.querySelector('#text').value.length"}))
+        .await;
+    assert_eq!(kept, json!(70 * 1024));
+    assert_eq!(
+        browser.texts("alice", "#outbox li").await,
+        Vec::<String>::new()
+    );
+}
