@@ -16,10 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::store::{Store, StoreError};
-
-/// Whose positions, in which topic, under which key (`Store::commit`'s).
-type Owner = (String, String, String);
+use crate::store::{Owner, Store, StoreError, owner};
 
 pub struct Commits {
     store: Store,
@@ -41,9 +38,7 @@ impl Commits {
     pub fn record(&self, sub: &str, topic: &str, key: &str, offsets: &BTreeMap<i32, i64>) {
         metrics::commit_taken();
         let mut pending = self.pending.lock().expect("commits lock");
-        let held = pending
-            .entry((sub.to_string(), topic.to_string(), key.to_string()))
-            .or_default();
+        let held = pending.entry(owner(sub, topic, key)).or_default();
         merge(held, offsets);
     }
 
@@ -56,8 +51,12 @@ impl Commits {
         key: &str,
     ) -> Result<BTreeMap<i32, i64>, StoreError> {
         let mut positions = self.store.committed(sub, topic, key).await?;
-        let owner = (sub.to_string(), topic.to_string(), key.to_string());
-        if let Some(held) = self.pending.lock().expect("commits lock").get(&owner) {
+        if let Some(held) = self
+            .pending
+            .lock()
+            .expect("commits lock")
+            .get(&owner(sub, topic, key))
+        {
             merge(&mut positions, held);
         }
         Ok(positions)
@@ -90,19 +89,17 @@ impl Commits {
         })
     }
 
-    /// Writes every `interval`, and soon after a socket closes, until `stop`; then once more.
+    /// Writes every `interval`, and soon after a socket closes, until `stop`. The last
+    /// write is the server's, once every socket has closed.
     pub async fn run(&self, interval: Duration, stop: CancellationToken) {
         loop {
-            let stopping = tokio::select! {
-                _ = stop.cancelled() => true,
-                _ = tokio::time::sleep(interval) => false,
-                _ = self.soon.notified() => false,
-            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.soon.notified() => {}
+            }
             if let Err(e) = self.write().await {
                 tracing::warn!(error = %e, "cannot write read positions; kept to try again");
-            }
-            if stopping {
-                return;
             }
         }
     }

@@ -89,6 +89,13 @@ pub struct Store {
     url: String,
 }
 
+/// Whose read positions: the user, the topic and the key (`""` for the whole topic).
+pub type Owner = (String, String, String);
+
+pub fn owner(sub: &str, topic: &str, key: &str) -> Owner {
+    (sub.to_string(), topic.to_string(), key.to_string())
+}
+
 /// One partition's next offset, kept only when it moves forward.
 const COMMIT: &str = "INSERT INTO read_positions
        (sub, topic, record_key, kafka_partition, next_offset, updated_at)
@@ -161,15 +168,14 @@ impl Store {
         key: &str,
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(), StoreError> {
-        let owner = (sub.to_string(), topic.to_string(), key.to_string());
-        self.commit_many(&HashMap::from([(owner, offsets.clone())]))
+        self.commit_many(&HashMap::from([(owner(sub, topic, key), offsets.clone())]))
             .await
     }
 
     /// Several users' positions, in one transaction (see `commits`).
     pub async fn commit_many(
         &self,
-        positions: &HashMap<(String, String, String), BTreeMap<i32, i64>>,
+        positions: &HashMap<Owner, BTreeMap<i32, i64>>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;

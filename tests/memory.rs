@@ -173,17 +173,7 @@ async fn large_records_and_sockets_that_stop_reading_stay_within_the_budget() {
     let glob = format!("{prefix}.*");
     let flags = ["--memory-budget", BUDGET, "--write-timeout", "3s"];
     let hub = Hub::start(&glob, &flags).await;
-    let reader = token("reader", &[], &[&glob]);
-    let mut slow = Vec::new();
-    for topic in &topics {
-        for _ in 0..2 {
-            let mut client = hub.connect(&reader).await;
-            client.subscribe(topic).await;
-            slow.push(client);
-        }
-    }
-    let mut healthy = hub.connect(&reader).await;
-    healthy.subscribe(&topics[0]).await;
+    let (mut slow, mut healthy) = slow_and_healthy(&hub, &glob, &topics).await;
     let idle = resident_bytes(hub.pid());
     let peak = Peak::of(hub.pid());
 
@@ -339,6 +329,22 @@ async fn history_pages_and_replays_of_large_records_stay_within_their_bytes() {
     assert!(grown < 64 * MIB, "resident memory grew {} MiB", grown / MIB);
 }
 
+/// Two sockets on each topic that will stop reading, and one that reads the first topic.
+async fn slow_and_healthy(hub: &Hub, glob: &str, topics: &[String]) -> (Vec<Client>, Client) {
+    let reader = token("reader", &[], &[glob]);
+    let mut slow = Vec::new();
+    for topic in topics {
+        for _ in 0..2 {
+            let mut client = hub.connect(&reader).await;
+            client.subscribe(topic).await;
+            slow.push(client);
+        }
+    }
+    let mut healthy = hub.connect(&reader).await;
+    healthy.subscribe(&topics[0]).await;
+    (slow, healthy)
+}
+
 #[tokio::test]
 async fn a_budget_larger_than_the_machine_is_warned_of_and_a_malformed_one_refused() {
     let hub = Hub::start("budget.*", &["--memory-budget", "100000GiB"]).await;
@@ -403,17 +409,7 @@ async fn measure_burst(label: &str, binary: &str) {
     let _delete = Delete(topics.clone());
     let glob = format!("{prefix}.*");
     let hub = start(binary, &glob, &["--write-timeout", "3s"]).await;
-    let reader = token("reader", &[], &[&glob]);
-    let mut slow = Vec::new();
-    for topic in &topics {
-        for _ in 0..2 {
-            let mut client = hub.connect(&reader).await;
-            client.subscribe(topic).await;
-            slow.push(client);
-        }
-    }
-    let mut healthy = hub.connect(&reader).await;
-    healthy.subscribe(&topics[0]).await;
+    let (slow, mut healthy) = slow_and_healthy(&hub, &glob, &topics).await;
     let idle = resident_bytes(hub.pid());
     let peak = Peak::of(hub.pid());
     let count = 100;

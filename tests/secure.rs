@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use common::*;
 use serde_json::json;
 
@@ -151,10 +150,7 @@ fn make_certificates(dir: &Path) {
 const ADMIN_PASSWORD: &str = "admin-secret";
 
 async fn revoke(hub: &Hub, body: &str) -> u16 {
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-    );
+    let basic = basic("admin", ADMIN_PASSWORD);
     hub.request(
         "POST",
         "/admin/revocations",
