@@ -12,7 +12,7 @@
 //! `MISSING_FOR` without asking Kafka again. A topic created while the hub runs is therefore
 //! usable at once, or at worst `MISSING_FOR` plus `MIN_GAP` after someone last asked for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +37,8 @@ const MAX_MISSING: usize = 10_000;
 /// How long a refresh waits for Kafka's answer.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every topic in the cluster, or why Kafka did not say.
-type Source = Arc<dyn Fn() -> Result<Vec<String>, KafkaError> + Send + Sync>;
+/// Every topic in the cluster with its partition count, or why Kafka did not say.
+type Source = Arc<dyn Fn() -> Result<Vec<(String, usize)>, KafkaError> + Send + Sync>;
 
 /// What the hub knows about a topic.
 pub enum Lookup {
@@ -66,7 +66,8 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    topics: HashSet<Box<str>>,
+    /// With their partition counts.
+    topics: HashMap<Box<str>, usize>,
     /// When the latest refresh started; none has yet, when `None`.
     started: Option<Instant>,
     /// A refresh is scheduled or waiting for Kafka.
@@ -101,7 +102,7 @@ impl Catalogue {
     /// A catalogue that always lists `topics` (its refreshes answer at once).
     #[cfg(test)]
     pub fn fixed(topics: &[&str]) -> Catalogue {
-        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let topics: Vec<(String, usize)> = topics.iter().map(|t| (t.to_string(), 1)).collect();
         Catalogue::with_source(Arc::new(move || Ok(topics.clone())), Box::new(|_| false))
     }
 
@@ -110,7 +111,7 @@ impl Catalogue {
     pub fn lookup(&self, topic: &str, may_wait: bool) -> Lookup {
         let now = Instant::now();
         let mut state = self.inner.state.lock().expect("catalogue lock");
-        if state.topics.contains(topic) {
+        if state.topics.contains_key(topic) {
             return Lookup::Exists;
         }
         let known_missing = state
@@ -137,6 +138,12 @@ impl Catalogue {
         Lookup::Refreshing(Box::pin(async move {
             let _ = refreshed.changed().await;
         }))
+    }
+
+    /// How many partitions `topic` had at the latest refresh, when it was listed.
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        let state = self.inner.state.lock().expect("catalogue lock");
+        state.topics.get(topic).copied()
     }
 
     /// What the latest refresh said of `topic`, which it did not list.
@@ -187,13 +194,13 @@ impl Catalogue {
             state.running = false;
             match listed {
                 Ok(Ok(topics)) => {
-                    let topics: HashSet<Box<str>> = topics
+                    let topics: HashMap<Box<str>, usize> = topics
                         .into_iter()
-                        .filter(|topic| !(inner.is_closed)(topic))
-                        .map(Box::from)
+                        .filter(|(topic, _)| !(inner.is_closed)(topic))
+                        .map(|(topic, partitions)| (Box::from(topic), partitions))
                         .collect();
-                    state.missing.retain(|topic, _| !topics.contains(topic));
-                    metrics::retain_topics(|topic| topics.contains(topic));
+                    state.missing.retain(|topic, _| !topics.contains_key(topic));
+                    metrics::retain_topics(|topic| topics.contains_key(topic));
                     state.topics = topics;
                     state.failed = false;
                 }
@@ -240,7 +247,12 @@ mod tests {
             let (listed, calls) = (listed.clone(), calls.clone());
             Arc::new(move || {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Ok(listed.lock().unwrap().clone())
+                Ok(listed
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|t| (t.clone(), 1))
+                    .collect())
             })
         };
         let catalogue = Catalogue::with_source(source, Box::new(|t| t.starts_with("__")));

@@ -331,6 +331,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
 
+    /// How old a first attempt may be, by the client's clock, for a resend with its
+    /// `publish_id` to be looked up in Kafka; an older resend gets `retry_expired`. Each
+    /// partition searched is read from this far back (plus the landing bound), once for all
+    /// the resends it gets at a time.
+    #[arg(long, env = "WSKAFKA_PUBLISH_RETRY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub publish_retry_window: Duration,
+
     /// How long a client may take to send its request headers (the WebSocket handshake
     /// included) before the connection is dropped: slow-header (slowloris) clients hold
     /// nothing for long.

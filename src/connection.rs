@@ -21,9 +21,11 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, Stream};
 use futures_util::{SinkExt, StreamExt};
+use rdkafka::producer::DeliveryFuture;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::Session;
@@ -38,10 +40,12 @@ use crate::metrics::{self, Metrics};
 use crate::policy::{self, Action};
 use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
-    self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, Start, Subscribe, close,
+    self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, Retry, Start, Subscribe,
+    close,
 };
 use crate::registry::{ConnId, Delivery, Extras, Filter, Queued, Subscriber};
 use crate::replay::{self, Report, Seam};
+use crate::retries::{self, Outcome};
 use crate::roster::{Listing, Room, Roster};
 use crate::signal::Signal;
 use crate::stop::{Stop, StopReason};
@@ -172,6 +176,7 @@ pub fn run(
             presence,
             ended: DisconnectReason::Closed,
             held: None,
+            abandon: None,
             hub: hub.clone(),
             id,
             session,
@@ -331,6 +336,9 @@ struct Connection {
     ended: DisconnectReason,
     /// A request naming a topic the hub has to ask Kafka about first.
     held: Option<Box<Held>>,
+    /// Cancelled when the socket ends: resends still waiting are dropped unwritten. Made
+    /// at the first resend.
+    abandon: Option<CancellationToken>,
     _seat: Seat,
 }
 
@@ -349,6 +357,43 @@ enum Answer {
 }
 
 type Pending = BoxFuture<'static, Answer>;
+
+/// A resent publish, owned: it may wait for its earlier attempts before it is written.
+struct Resend {
+    topic: String,
+    key: Option<String>,
+    partition: i32,
+    headers: Vec<(String, String)>,
+    sender: String,
+    publish_id: String,
+    payload: Box<[u8]>,
+}
+
+/// The answer to a publish handed to Kafka: its `ack` once Kafka has it, or the error.
+async fn acked(
+    metrics: Metrics,
+    id: Option<RequestId>,
+    topic: String,
+    delivery: DeliveryFuture,
+) -> Answer {
+    let sent_at = std::time::Instant::now();
+    let ack_seconds = metrics.publish_ack();
+    Answer::Reply(match Publisher::delivered(delivery).await {
+        Ok(acked) => {
+            ack_seconds.record(sent_at.elapsed());
+            Reply::Ack {
+                id,
+                topic,
+                partition: acked.partition,
+                offset: acked.offset,
+            }
+        }
+        Err(e) => {
+            metrics::publish_failed(e.code().as_str());
+            Reply::error(id, e.code(), e.to_string())
+        }
+    })
+}
 
 impl Drop for Connection {
     fn drop(&mut self) {
@@ -536,6 +581,9 @@ impl Connection {
         };
         tracing::debug!(?ending, "closing");
         self.ended = ending.disconnect_reason();
+        if let Some(abandon) = &self.abandon {
+            abandon.cancel();
+        }
 
         // Every publish taken gets its answer while the socket can still carry it.
         let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
@@ -765,6 +813,8 @@ impl Connection {
             key,
             headers,
             payload,
+            publish_id,
+            retry,
         } = publish;
         self.authorize(&id, &topic, key.as_deref(), Action::Publish)?;
         if !self.exists(&id, &topic, text, may_wait) {
@@ -783,11 +833,48 @@ impl Connection {
             ));
             return None;
         }
+        // A record with an id goes to a partition every hub computes alike, where its
+        // resends look for it: its key's (as Kafka's partitioner places it), or the id's.
+        let partition = match &publish_id {
+            None => None,
+            Some(publish_id) => match self.hub.topics.partitions(&topic) {
+                Some(count) => Some(history::partition_for(
+                    key.as_deref().unwrap_or(publish_id).as_bytes(),
+                    count,
+                )),
+                None => {
+                    self.reply(Reply::error(
+                        id,
+                        ErrorCode::Unavailable,
+                        format!("the partitions of topic {topic:?} are not known yet: send again"),
+                    ));
+                    return None;
+                }
+            },
+        };
+        let sender = self.session.sub.as_str();
+        if let (Some(retry), Some(publish_id), Some(partition)) = (retry, &publish_id, partition) {
+            let record = Resend {
+                topic: topic.into_owned(),
+                key: key.map(Cow::into_owned),
+                partition,
+                headers: headers.into_iter().collect(),
+                sender: sender.to_string(),
+                publish_id: publish_id.to_string(),
+                payload: payload.get().as_bytes().into(),
+            };
+            return self.resend(id, record, retry);
+        }
+        let mut own = vec![(protocol::SENDER_HEADER, sender)];
+        if let Some(publish_id) = &publish_id {
+            own.push((protocol::PUBLISH_ID_HEADER, publish_id));
+        }
         let sent = self.hub.publisher.send(
             &topic,
             key.as_deref(),
+            partition,
             headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            Some(&self.session.sub),
+            &own,
             payload.get().as_bytes(),
         );
         let delivery = match sent {
@@ -797,25 +884,107 @@ impl Connection {
                 return None;
             }
         };
-        let topic = topic.into_owned();
-        let sent_at = std::time::Instant::now();
-        let ack_seconds = self.hub.metrics.publish_ack();
+        Some(Box::pin(acked(
+            self.hub.metrics.clone(),
+            id,
+            topic.into_owned(),
+            delivery,
+        )))
+    }
+
+    /// A publish sent again: answered with the record its earlier attempts wrote, or
+    /// written once none of them can land any more (see `retries`). It is dropped unwritten
+    /// if the socket ends first: the client then sends it again elsewhere.
+    fn resend(&mut self, id: Option<RequestId>, record: Resend, retry: Retry) -> Option<Pending> {
+        let retries = &self.hub.retries;
+        if retry.age > retries.window() {
+            metrics::publish_retry("expired");
+            self.reply(Reply::error(
+                id,
+                ErrorCode::RetryExpired,
+                format!(
+                    "the first attempt is {} s old; resends are looked up for {} s: publish it anew with a new publish_id if it is not there",
+                    retry.age.as_secs(),
+                    retries.window().as_secs()
+                ),
+            ));
+            return None;
+        }
+        let wait = retries.wait(retry.age, retry.attempt);
+        let abandoned = self.abandon.get_or_insert_default().clone();
+        let hub = self.hub.clone();
         Some(Box::pin(async move {
-            Answer::Reply(match Publisher::delivered(delivery).await {
-                Ok(acked) => {
-                    ack_seconds.record(sent_at.elapsed());
-                    Reply::Ack {
+            let started = std::time::Instant::now();
+            let print = retries::fingerprint(
+                record.key.as_deref().map(str::as_bytes),
+                &record.payload,
+                Some(record.sender.as_bytes()),
+            );
+            let found = tokio::select! {
+                found = hub.retries.find(&record.topic, record.partition, &record.publish_id, print, wait) => found,
+                () = abandoned.cancelled() => {
+                    metrics::publish_retry("abandoned");
+                    return Answer::Reply(Reply::error(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the hub is shutting down: send again",
+                    ));
+                }
+            };
+            metrics::publish_retry_wait(started.elapsed());
+            let Resend {
+                topic,
+                key,
+                partition,
+                headers,
+                sender,
+                publish_id,
+                payload,
+            } = record;
+            let delivery = match found {
+                Err(e) => {
+                    metrics::publish_retry("unavailable");
+                    return Answer::Reply(Reply::error(id, e.code(), e.to_string()));
+                }
+                Ok(Outcome::Found { offset }) => {
+                    metrics::publish_retry("found");
+                    return Answer::Reply(Reply::Ack {
                         id,
                         topic,
-                        partition: acked.partition,
-                        offset: acked.offset,
-                    }
+                        partition,
+                        offset,
+                    });
                 }
-                Err(e) => {
-                    metrics::publish_failed(e.code().as_str());
-                    Reply::error(id, e.code(), e.to_string())
+                Ok(Outcome::Conflict { offset }) => {
+                    metrics::publish_retry("conflict");
+                    return Answer::Reply(Reply::error(
+                        id,
+                        ErrorCode::IdConflict,
+                        format!(
+                            "publish_id {publish_id:?} names another record (partition {partition}, offset {offset}): a new record needs a new id"
+                        ),
+                    ));
                 }
-            })
+                Ok(Outcome::Absent) => {
+                    metrics::publish_retry("written");
+                    let own = [
+                        (protocol::SENDER_HEADER, sender.as_str()),
+                        (protocol::PUBLISH_ID_HEADER, publish_id.as_str()),
+                    ];
+                    hub.publisher.send(
+                        &topic,
+                        key.as_deref(),
+                        Some(partition),
+                        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        &own,
+                        &payload,
+                    )
+                }
+            };
+            match delivery {
+                Ok(delivery) => acked(hub.metrics.clone(), id, topic, delivery).await,
+                Err(e) => Answer::Reply(Reply::error(id, e.code(), e.to_string())),
+            }
         }))
     }
 

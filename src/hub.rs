@@ -31,6 +31,7 @@ use crate::protocol::close;
 use crate::recent::Recent;
 use crate::registry::{ConnId, Queued, Registry};
 use crate::replay::Replayer;
+use crate::retries::Retries;
 use crate::roster::Roster;
 use crate::signal::Signals;
 use crate::stop::Stop;
@@ -48,6 +49,8 @@ pub struct Hub {
     pub metrics: Metrics,
     pub replayer: Replayer,
     pub history: HistoryReader,
+    /// Finds resent publishes' earlier attempts (see `retries`).
+    pub retries: Retries,
     pub store: Store,
     /// Read positions taken and not yet written (see `commits`).
     pub commits: Arc<Commits>,
@@ -94,6 +97,7 @@ pub struct Parts {
     pub metrics: Metrics,
     pub replayer: Replayer,
     pub history: HistoryReader,
+    pub retries: Retries,
     pub store: Store,
     pub commits: Arc<Commits>,
     pub presence: Option<Presence>,
@@ -218,6 +222,7 @@ impl Hub {
             metrics,
             replayer,
             history,
+            retries,
             store,
             commits,
             presence,
@@ -244,6 +249,7 @@ impl Hub {
             metrics,
             replayer,
             history,
+            retries,
             store,
             commits,
             presence,
@@ -533,6 +539,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
                 &log,
             ),
             history: HistoryReader::new(&config, "test", &log),
+            retries: Retries::new(&config, "test", &log),
             roster: None,
             signals: Signals::new(&config, "test", &log).unwrap(),
             store,

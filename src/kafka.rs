@@ -184,23 +184,27 @@ impl Publisher {
     }
 
     /// Hands the record to librdkafka without waiting; the future resolves once Kafka has it.
-    /// `sender`, the user publishing through the hub, goes into `protocol::SENDER_HEADER`.
+    /// `own` are the hub's headers (`protocol::SENDER_HEADER` and the like), after the
+    /// client's; `partition`, when set, overrides the key's.
     pub fn send<'h>(
         &self,
         topic: &str,
         key: Option<&str>,
+        partition: Option<i32>,
         headers: impl ExactSizeIterator<Item = (&'h str, &'h str)>,
-        sender: Option<&'h str>,
+        own: &[(&'h str, &'h str)],
         payload: &[u8],
     ) -> Result<DeliveryFuture, PublishError> {
         let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
-        let count = headers.len() + usize::from(sender.is_some());
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        let count = headers.len() + own.len();
         if count > 0 {
-            let sender = sender.map(|sender| (protocol::SENDER_HEADER, sender));
-            let owned = headers.chain(sender).fold(
+            let owned = headers.chain(own.iter().copied()).fold(
                 OwnedHeaders::new_with_capacity(count),
                 |acc, (key, value)| {
                     acc.insert(Header {
@@ -223,7 +227,7 @@ impl Publisher {
         key: Option<&str>,
         payload: &[u8],
     ) -> Result<Acked, PublishError> {
-        Self::delivered(self.send(topic, key, std::iter::empty(), None, payload)?).await
+        Self::delivered(self.send(topic, key, None, std::iter::empty(), &[], payload)?).await
     }
 
     pub async fn delivered(delivery: DeliveryFuture) -> Result<Acked, PublishError> {
@@ -253,16 +257,16 @@ impl Publisher {
             .map(drop)
     }
 
-    /// Every topic in the cluster (a metadata request for all topics, which never creates
-    /// one); blocks until a broker answered.
-    pub fn topics(&self, timeout: Duration) -> Result<Vec<String>, KafkaError> {
+    /// Every topic in the cluster with its partition count (a metadata request for all
+    /// topics, which never creates one); blocks until a broker answered.
+    pub fn topics(&self, timeout: Duration) -> Result<Vec<(String, usize)>, KafkaError> {
         let metadata = self.producer.client().fetch_metadata(None, timeout)?;
         let gone = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
         Ok(metadata
             .topics()
             .iter()
             .filter(|t| t.error() != Some(gone))
-            .map(|t| t.name().to_string())
+            .map(|t| (t.name().to_string(), t.partitions().len()))
             .collect())
     }
 

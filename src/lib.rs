@@ -43,6 +43,7 @@ mod protocol;
 mod recent;
 mod registry;
 mod replay;
+mod retries;
 mod roster;
 mod server;
 mod signal;

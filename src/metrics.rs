@@ -185,6 +185,23 @@ pub fn publish_failed(code: &'static str) {
     counter!("wskafka_publish_errors_total", "code" => code).increment(1);
 }
 
+/// What became of a resent publish: `found` (answered with the record its earlier attempt
+/// wrote), `written`, `conflict`, `expired` or `unavailable`.
+pub fn publish_retry(outcome: &'static str) {
+    counter!("wskafka_publish_retries_total", "outcome" => outcome).increment(1);
+}
+
+/// Partitions being read for resent publishes.
+pub fn retry_readers(count: usize) {
+    gauge!("wskafka_retry_readers").set(count as f64);
+}
+
+/// How long a resent publish waited for its earlier attempts to be found or to be past
+/// landing.
+pub fn publish_retry_wait(waited: std::time::Duration) {
+    histogram!("wskafka_publish_retry_wait_seconds").record(waited.as_secs_f64());
+}
+
 pub fn lagged() {
     counter!("wskafka_lagged_closes_total").increment(1);
 }

@@ -125,8 +125,14 @@ impl Presence {
     ) -> Result<rdkafka::producer::DeliveryFuture, PublishError> {
         let payload = serde_json::to_vec(&event).expect("presence events always serialise");
         let headers = std::iter::empty();
-        self.publisher
-            .send(&self.topic, Some(&session.sub), headers, None, &payload)
+        self.publisher.send(
+            &self.topic,
+            Some(&session.sub),
+            None,
+            headers,
+            &[],
+            &payload,
+        )
     }
 
     /// A new session for `sub` on this hub: stored first, so that a crash from here on still
@@ -156,9 +162,14 @@ impl Presence {
         };
         let value = serde_json::to_vec(&state).expect("roster states always serialise");
         let headers = std::iter::empty();
-        let sent =
-            self.publisher
-                .send(&self.roster_topic, Some(&session.id), headers, None, &value);
+        let sent = self.publisher.send(
+            &self.roster_topic,
+            Some(&session.id),
+            None,
+            headers,
+            &[],
+            &value,
+        );
         if let Err(e) = sent {
             tracing::warn!(error = %e, "writing a socket's rooms to the roster failed");
         }

@@ -173,6 +173,52 @@ pub struct Publish<'a> {
     pub headers: HashMap<String, String>,
     /// The JSON value exactly as the client wrote it; it becomes the record value.
     pub payload: &'a RawValue,
+    /// The client's id for this record, the same on every attempt (see `retries`).
+    pub publish_id: Option<Cow<'a, str>>,
+    /// Set when this is not the first attempt.
+    pub retry: Option<Retry>,
+}
+
+/// What a client says of an earlier attempt of the same publish (see `retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// How long ago the client sent its first attempt, on its own clock.
+    pub age: Duration,
+    /// 1 for the first resend, 2 for the next, ...
+    pub attempt: u32,
+}
+
+/// The longest `publish_id` taken: a UUID is 36 characters.
+pub const MAX_PUBLISH_ID: usize = 64;
+
+/// A publish's `age_ms` and `attempt`, which only a publish with an id may carry.
+fn publish_retry(
+    has_id: bool,
+    age_ms: Option<u64>,
+    attempt: Option<u32>,
+) -> Result<Option<Retry>, String> {
+    match (has_id, age_ms, attempt) {
+        (_, None, None) => Ok(None),
+        (false, _, _) => Err(
+            "`age_ms` and `attempt` mark a resend: give the `publish_id` of the first attempt"
+                .into(),
+        ),
+        (true, None, Some(_)) => Err("missing field `age_ms`".into()),
+        (true, Some(_), Some(0)) => Err("`attempt` counts resends from 1".into()),
+        (true, Some(age), attempt) => Ok(Some(Retry {
+            age: Duration::from_millis(age),
+            attempt: attempt.unwrap_or(1),
+        })),
+    }
+}
+
+/// A publish id is 1 to `MAX_PUBLISH_ID` ASCII letters, digits or `-_.:`, so that it is the
+/// same bytes in JSON, in a Kafka header and in a log line.
+fn valid_publish_id(id: &str) -> bool {
+    (1..=MAX_PUBLISH_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// A request that could not be understood; answered with a `bad_request` error frame.
@@ -205,6 +251,10 @@ struct Envelope<'a> {
     after: Option<String>,
     users: Option<Vec<String>>,
     watch: Option<bool>,
+    #[serde(borrow)]
+    publish_id: Option<Cow<'a, str>>,
+    age_ms: Option<u64>,
+    attempt: Option<u32>,
 }
 
 /// `Option<&RawValue>` would read `"payload": null` as a missing field; a JSON `null` is a
@@ -230,6 +280,22 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
     let topic = envelope.topic;
     match kind.as_ref() {
         "publish" => Ok(Request::Publish(Publish {
+            retry: publish_retry(envelope.publish_id.is_some(), envelope.age_ms, envelope.attempt)
+                .map_err(|message| BadRequest {
+                    id: id.clone(),
+                    message,
+                })?,
+            publish_id: match envelope.publish_id {
+                Some(publish_id) if !valid_publish_id(&publish_id) => {
+                    return Err(BadRequest {
+                        id: id.clone(),
+                        message: format!(
+                            "`publish_id` must be 1 to {MAX_PUBLISH_ID} ASCII letters, digits or `-_.:`"
+                        ),
+                    });
+                }
+                publish_id => publish_id,
+            },
             topic: topic.ok_or_else(|| missing("topic"))?,
             payload: envelope
                 .payload
@@ -497,6 +563,10 @@ pub enum ErrorCode {
     /// The topic does not exist (the hub never creates one): retrying will not help until an
     /// operator creates it.
     UnknownTopic,
+    /// A resend whose `publish_id` names a record with another topic, key, payload or sender.
+    IdConflict,
+    /// A resend whose first attempt is older than the hub looks back for it.
+    RetryExpired,
     Unavailable,
     Internal,
 }
@@ -649,6 +719,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UnknownTopic => "unknown_topic",
+            ErrorCode::IdConflict => "id_conflict",
+            ErrorCode::RetryExpired => "retry_expired",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -726,6 +798,9 @@ pub struct RecordView<'a> {
 /// The header in which the hub names the user who published a record through it. Clients
 /// cannot set it; producers behind Kafka may, and are trusted.
 pub const SENDER_HEADER: &str = "wskafka-sender";
+
+/// The header carrying a publish's `publish_id`, so that any consumer can tell retries apart.
+pub const PUBLISH_ID_HEADER: &str = "wskafka-publish-id";
 
 /// Header names the hub writes or reads as its own begin with this, in any case. Kafka
 /// compares header names exactly, but consumers and bridges often do not (HTTP headers are
@@ -895,6 +970,48 @@ mod tests {
         assert_eq!(p.key.as_deref(), Some("alice"));
         assert_eq!(p.headers, HashMap::from([("h".into(), "v".into())]));
         assert_eq!(p.payload.get(), r#"{"text":"hi", "n": [1, 2]}"#);
+    }
+
+    #[test]
+    fn a_publish_id_and_a_resend_are_read_and_checked() {
+        let Request::Publish(p) = parse(
+            r#"{"type":"publish","topic":"t","payload":1,"publish_id":"4b1d-x_y.z:1","age_ms":2500,"attempt":2}"#,
+        )
+        .unwrap() else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.publish_id.as_deref(), Some("4b1d-x_y.z:1"));
+        assert_eq!(
+            p.retry,
+            Some(Retry {
+                age: Duration::from_millis(2500),
+                attempt: 2
+            })
+        );
+        let Request::Publish(p) =
+            parse(r#"{"type":"publish","topic":"t","payload":1,"publish_id":"a","age_ms":0}"#)
+                .unwrap()
+        else {
+            panic!("not a publish")
+        };
+        assert_eq!(
+            p.retry.map(|r| r.attempt),
+            Some(1),
+            "a resend's attempt is 1 by default"
+        );
+        let long = "x".repeat(MAX_PUBLISH_ID + 1);
+        for (text, expected) in [
+            (r#"{"type":"publish","id":1,"topic":"t","payload":1,"publish_id":""}"#.to_string(), "`publish_id` must be"),
+            (format!(r#"{{"type":"publish","id":1,"topic":"t","payload":1,"publish_id":"{long}"}}"#), "`publish_id` must be"),
+            (r#"{"type":"publish","id":1,"topic":"t","payload":1,"publish_id":"é"}"#.to_string(), "`publish_id` must be"),
+            (r#"{"type":"publish","id":1,"topic":"t","payload":1,"age_ms":5}"#.to_string(), "give the `publish_id`"),
+            (r#"{"type":"publish","id":1,"topic":"t","payload":1,"publish_id":"a","attempt":1}"#.to_string(), "missing field `age_ms`"),
+            (r#"{"type":"publish","id":1,"topic":"t","payload":1,"publish_id":"a","age_ms":1,"attempt":0}"#.to_string(), "from 1"),
+        ] {
+            let e = bad(&text);
+            assert_eq!(e.id, Some(RequestId::Number(1)), "{text}");
+            assert!(e.message.contains(expected), "{text}: {}", e.message);
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ use crate::presence::Presence;
 use crate::recent::{Bounds, Recent};
 use crate::registry::{QueueBounds, Registry};
 use crate::replay::Replayer;
+use crate::retries::Retries;
 use crate::roster::{Follower, Roster};
 use crate::signal::{self, Signals};
 use crate::store::{Store, StoreError, display_url};
@@ -215,6 +216,7 @@ pub async fn serve(
         &kafka_log,
     );
     let history = HistoryReader::new(&config, &group_id, &kafka_log);
+    let retries = Retries::new(&config, &group_id, &kafka_log);
     let signals = Signals::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
     let roster = config
         .presence_topic
@@ -254,6 +256,7 @@ pub async fn serve(
         metrics,
         replayer,
         history,
+        retries,
         store,
         commits,
         presence,

@@ -528,14 +528,14 @@ async fn a_room_topic_that_does_not_exist_is_shown_to_the_user_and_not_asked_for
     .await;
 }
 
-#[tokio::test]
-async fn a_page_behind_a_stalled_network_says_reconnecting_and_delivers_its_message_once() {
+/// The demo with Bob's page, and Alice's page whose page and socket go through a proxy
+/// that can stall; her client pings after 1 s of silence and gives the socket up 1 s later
+/// (15 s and 5 s by default).
+async fn alice_behind_a_proxy() -> (Demo, StallingProxy, Browser) {
     let demo = Demo::start().await;
     let network = StallingProxy::start(demo.hub.addr).await;
     let mut browser = Browser::start().await;
     demo.open(&mut browser, "bob").await;
-    // Alice's page and socket go through the proxy; her client pings after 1 s of silence
-    // and gives the socket up 1 s later (15 s and 5 s by default).
     let page = demo
         .page("alice")
         .replace(&demo.hub.addr.to_string(), &network.addr.to_string());
@@ -543,6 +543,41 @@ async fn a_page_behind_a_stalled_network_says_reconnecting_and_delivers_its_mess
         .open("alice", &format!("{page}&heartbeat=1000,1000"))
         .await;
     browser.wait_text("alice", "#status", "open").await;
+    (demo, network, browser)
+}
+
+#[tokio::test]
+async fn messages_whose_acks_were_lost_are_shown_once_in_every_window_after_the_reconnect() {
+    let (_demo, network, mut browser) = alice_behind_a_proxy().await;
+
+    // Her messages reach the hub and Kafka, but nothing comes back: no ack, no echo. Her page
+    // gives the socket up and, once the network is back, sends both again on a new one.
+    network.stall_replies();
+    browser.say("alice", "first of two").await;
+    browser.say("alice", "second of two").await;
+    browser.wait_text("bob", "#messages", "second of two").await;
+    browser.wait_text("alice", "#status", "reconnecting").await;
+    network.resume();
+    browser.wait_text("alice", "#status", "open").await;
+    for text in ["first of two", "second of two"] {
+        browser
+            .run(json!({"cmd": "wait_gone", "name": "alice", "selector": "#outbox", "text": text}))
+            .await;
+    }
+    browser.say("bob", "after").await;
+    for user in ["alice", "bob"] {
+        browser.wait_text(user, "#messages", "after").await;
+        assert_eq!(
+            browser.texts(user, "#messages li .body").await,
+            ["alicefirst of two", "alicesecond of two", "bobafter"],
+            "{user}: each message exactly once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_page_behind_a_stalled_network_says_reconnecting_and_delivers_its_message_once() {
+    let (_demo, network, mut browser) = alice_behind_a_proxy().await;
     browser.say("alice", "before").await;
     browser.wait_text("bob", "#messages", "before").await;
 

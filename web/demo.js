@@ -122,11 +122,12 @@ async function start(user) {
 /**
  * Sends one of the user's messages and shows it below the room's as "sending…" until the hub
  * acknowledges it (it then arrives in the room like anyone's), or "failed, retry" (the button
- * sends it again) with the text put back in an empty input. Returns false, showing why, for
- * a message refused before sending.
+ * sends it again under the same publish id, so a message that did get through is not posted
+ * twice) with the text put back in an empty input. Returns false, showing why, for a message
+ * refused before sending.
  */
-function send(client, room, text) {
-  const sent = client.publish(topic, { text }, { key: room });
+function send(client, room, text, publishId = undefined) {
+  const sent = client.publish(topic, { text }, { key: room, publishId });
   if (sent.status === "failed") {
     complain(sent.error);
     return false;
@@ -149,7 +150,7 @@ function send(client, room, text) {
     retry.title = reason(error);
     retry.onclick = () => {
       remove();
-      send(client, room, text);
+      send(client, room, text, sent.publishId);
     };
     status.replaceChildren(retry, ` ${reason(error)}`);
     if (room === current && $("text").value === "") $("text").value = text;

@@ -2,8 +2,9 @@
 //
 // It keeps what a dropped network must not lose: the next offset per partition of every
 // subscription (resubscribed with `from: {offsets}` after a reconnect, so nothing is missed
-// or repeated) and every publish not yet acknowledged (sent again after a reconnect; the
-// protocol says an unanswered publish may be resent). A subscription follows a whole topic
+// or repeated) and every publish not yet acknowledged (sent again after a reconnect with its
+// `publish_id` and age, which the hub answers from Kafka when the first attempt got there,
+// so nothing is written twice). A subscription follows a whole topic
 // or one key of it (a chat room); one socket follows any number of rooms.
 
 /**
@@ -24,8 +25,10 @@
  *   frame received the client sends `ping`; if nothing at all comes within `timeout` after
  *   it, the connection counts as dead
  * @typedef {"pending" | "acked" | "failed"} PublishStatus
- * @typedef {Promise<Ack> & {id: number, status: PublishStatus, error?: WsKafkaError}} Publish
- *   a publish's promise, with where it stands (`status`, and `error` once failed)
+ * @typedef {Promise<Ack> & {id: number, publishId: string, status: PublishStatus,
+ *   error?: WsKafkaError}} Publish
+ *   a publish's promise, with where it stands (`status`, and `error` once failed); its
+ *   `publishId` sent again as an option publishes the same record, never a second one
  * @typedef {{token: TokenSource, backoff?: Backoff, heartbeat?: Heartbeat,
  *   publishTimeout?: number, maxFrameBytes?: number, WebSocket?: typeof WebSocket,
  *   random?: () => number, window?: EventTarget,
@@ -43,12 +46,14 @@ export const DEFAULT_BACKOFF = Object.freeze({ min: 250, max: 10_000 });
  */
 export const DEFAULT_HEARTBEAT = Object.freeze({ interval: 15_000, timeout: 5_000 });
 /**
- * A publish without an answer after this long fails with code `timeout` (30 s): longer than
- * the heartbeat's bound plus a reconnect, so a stall the heartbeat catches still delivers it,
- * and longer than the hub's own wait on Kafka (`WSKAFKA_PUBLISH_TIMEOUT`, 10 s), which
- * answers `unavailable` first.
+ * A publish without an answer after this long fails with code `timeout` (60 s): longer than
+ * the heartbeat's bound plus a reconnect plus what a resend may wait at the hub for its first
+ * attempt to land (the hub's landing bound, 55 s after the first attempt with its defaults),
+ * so a stall the heartbeat catches still gets its answer.
  */
-export const DEFAULT_PUBLISH_TIMEOUT = 30_000;
+export const DEFAULT_PUBLISH_TIMEOUT = 60_000;
+/** First attempts remembered for resends under the same `publishId`. */
+const REMEMBERED_ATTEMPTS = 1000;
 /** The hub's default `WSKAFKA_MAX_FRAME_BYTES`: larger publishes are refused before sending. */
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 
@@ -115,6 +120,8 @@ export class WsKafka extends EventTarget {
     this.subscriptions = new Map();
     /** Publishes without an answer yet: id -> {frame, handle, resolve, reject, timer}. */
     this.publishes = new Map();
+    /** First attempts by `publish_id`: when each left, and how often it was sent again. */
+    this.attempts = new Map();
     /** Other requests waiting for their reply on the current socket: id -> handlers. */
     this.requests = new Map();
     this.nextId = 1;
@@ -151,20 +158,26 @@ export class WsKafka extends EventTarget {
    * `error.code` saying why: `too_large` (refused here, before sending, over
    * `maxFrameBytes`), `rate_limited` (`error.retryAfterMs`), `forbidden`, `unknown_topic`,
    * `unavailable`, `timeout` (no answer within `publishTimeout`; it may still have been
-   * stored) or `closed`. Each change is also a `publish` event.
+   * stored: publish it again with the same `publishId`, which never stores it twice) or
+   * `closed`. Each change is also a `publish` event.
+   *
+   * Every publish has a `publishId` (a random UUID unless given): the hub writes it in the
+   * record and answers a resend of it with the record already written, on any hub.
    * @param {string} topic @param {unknown} payload
-   * @param {{key?: string, headers?: Record<string, string>}} [options]
+   * @param {{key?: string, headers?: Record<string, string>, publishId?: string}} [options]
    * @returns {Publish}
    */
   publish(topic, payload, options = {}) {
     const id = this.nextId++;
-    const frame = { type: "publish", id, topic, payload, ...options };
+    const { publishId = crypto.randomUUID(), ...rest } = options;
+    const frame = { type: "publish", id, topic, payload, ...rest, publish_id: publishId };
     /** @type {any} */
     let settle;
     const handle = /** @type {Publish} */ (
       new Promise((resolve, reject) => (settle = { resolve, reject }))
     );
     handle.id = id;
+    handle.publishId = publishId;
     handle.status = "pending";
     const publish = { frame, handle, ...settle, timer: null };
     const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
@@ -186,8 +199,29 @@ export class WsKafka extends EventTarget {
     }, this.publishTimeout);
     this.publishes.set(id, publish);
     this.announce(publish);
-    if (this.authenticated) this.send(frame);
+    if (this.authenticated) this.sendPublish(frame);
     return handle;
+  }
+
+  /**
+   * Sends a publish: as a first attempt, or, when its `publish_id` was sent before, as a
+   * resend saying how long ago the first attempt left (on this page's clock) and which
+   * resend it is, so the hub can tell whether an earlier attempt may still land.
+   * @param {any} frame
+   */
+  sendPublish(frame) {
+    const now = performance.now();
+    const first = this.attempts.get(frame.publish_id);
+    if (!first) {
+      if (this.attempts.size >= REMEMBERED_ATTEMPTS) {
+        this.attempts.delete(this.attempts.keys().next().value);
+      }
+      this.attempts.set(frame.publish_id, { sentAt: now, resends: 0 });
+      this.send(frame);
+      return;
+    }
+    first.resends += 1;
+    this.send({ ...frame, age_ms: Math.round(now - first.sentAt), attempt: first.resends });
   }
 
   /**
@@ -581,7 +615,7 @@ export class WsKafka extends EventTarget {
     this.listen();
     this.setState("open");
     for (const subscription of this.subscriptions.values()) this.sendSubscribe(subscription);
-    for (const { frame } of this.publishes.values()) this.send(frame);
+    for (const { frame } of this.publishes.values()) this.sendPublish(frame);
     if (this.watching.length > 0) {
       this.online(this.watching, { watch: true }).catch((e) =>
         this.dispatchEvent(new CustomEvent("error", { detail: e })),

@@ -156,6 +156,26 @@ impl KafkaNode {
         watchdog.wait().expect("stopping the Kafka node");
     }
 
+    /// SIGSTOP: the broker holds every connection open and answers nothing, as a broker
+    /// in a long garbage-collection pause or behind a stalled network does.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after `pause`: it answers what it received meanwhile.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = std::fs::read_to_string(self.spec.dir.join("kafka.pid")).expect("the node's pid");
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), pid.trim()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.spec.port)
     }
@@ -1425,14 +1445,17 @@ impl Browser {
 /// like from either end.
 pub struct StallingProxy {
     pub addr: SocketAddr,
-    stalled: tokio::sync::watch::Sender<bool>,
+    /// Client to server, and server to client.
+    up: tokio::sync::watch::Sender<bool>,
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl StallingProxy {
     pub async fn start(target: SocketAddr) -> StallingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stalled, watch) = tokio::sync::watch::channel(false);
+        let (up, up_watch) = tokio::sync::watch::channel(false);
+        let (down, down_watch) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
@@ -1440,20 +1463,27 @@ impl StallingProxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(forward(client_read, server_write, watch.clone()));
-                tokio::spawn(forward(server_read, client_write, watch.clone()));
+                tokio::spawn(forward(client_read, server_write, up_watch.clone()));
+                tokio::spawn(forward(server_read, client_write, down_watch.clone()));
             }
         });
-        StallingProxy { addr, stalled }
+        StallingProxy { addr, up, down }
     }
 
     /// Stops passing bytes; what was sent meanwhile waits, as in a kernel's buffers.
     pub fn stall(&self) {
-        self.stalled.send_replace(true);
+        self.up.send_replace(true);
+        self.down.send_replace(true);
+    }
+
+    /// Stops passing bytes from the server only: requests arrive, their answers do not.
+    pub fn stall_replies(&self) {
+        self.down.send_replace(true);
     }
 
     pub fn resume(&self) {
-        self.stalled.send_replace(false);
+        self.up.send_replace(false);
+        self.down.send_replace(false);
     }
 
     pub fn url(&self, token: &str) -> String {

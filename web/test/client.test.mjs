@@ -93,19 +93,32 @@ test("a reconnect resubscribes from the next offset per partition and drops repe
   client.close();
 });
 
-test("an unanswered publish is sent again after a reconnect and resolves with its ack", async () => {
+test("an unanswered publish is sent again after a reconnect, as a resend of the same publish id, and resolves with its ack", async () => {
   const { client, socket } = await connected();
   const acked = client.publish("chat", { text: "hi" }, { key: "alice" });
   const first = socket.last("publish");
-  assert.deepEqual(first, { type: "publish", id: first.id, topic: "chat", payload: { text: "hi" }, key: "alice" });
+  assert.match(first.publish_id, /^[0-9a-f-]{36}$/);
+  assert.equal(acked.publishId, first.publish_id);
+  assert.deepEqual(first, {
+    type: "publish", id: first.id, topic: "chat", payload: { text: "hi" }, key: "alice", publish_id: first.publish_id,
+  });
   socket.drop();
   const again = await reconnected();
-  assert.deepEqual(again.last("publish"), first);
-  again.reply({ type: "ack", id: first.id, topic: "chat", partition: 0, offset: 7 });
+  const resent = again.last("publish");
+  assert.ok(resent.age_ms >= 0, JSON.stringify(resent));
+  assert.deepEqual(resent, { ...first, age_ms: resent.age_ms, attempt: 1 });
+  again.drop();
+  const third = await reconnected();
+  assert.equal(third.last("publish").attempt, 2);
+  assert.ok(third.last("publish").age_ms >= resent.age_ms);
+  third.reply({ type: "ack", id: first.id, topic: "chat", partition: 0, offset: 7 });
   assert.equal((await acked).offset, 7);
+  // Published again under its id (a user's "retry"), it is a resend too, never a new record.
+  client.publish("chat", { text: "hi" }, { key: "alice", publishId: acked.publishId });
+  assert.equal(third.last("publish").attempt, 3);
 
   const refused = client.publish("audit", 1);
-  again.reply({ type: "error", id: again.last("publish").id, code: "forbidden", message: "no" });
+  third.reply({ type: "error", id: third.last("publish").id, code: "forbidden", message: "no" });
   await assert.rejects(refused, (e) => e instanceof WsKafkaError && e.code === "forbidden");
   client.close();
 });
@@ -421,11 +434,11 @@ test("a publish with no answer within its bound fails as timed out and is not se
 });
 
 test("a publish over maxFrameBytes is refused before it is sent, with a clear error", async () => {
-  const { client, socket } = await connected({ maxFrameBytes: 200 });
+  const { client, socket } = await connected({ maxFrameBytes: 250 });
   const sent = client.publish("chat", { text: "é".repeat(100) });
   assert.equal(sent.status, "failed");
   assert.equal(sent.error.code, "too_large");
-  assert.match(sent.error.message, /the message is \d+ bytes; the hub takes at most 200/);
+  assert.match(sent.error.message, /the message is \d+ bytes; the hub takes at most 250/);
   await assert.rejects(sent, (e) => e.code === "too_large");
   const fits = client.publish("chat", { text: "e".repeat(100) });
   assert.equal(fits.status, "pending");
