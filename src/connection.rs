@@ -921,7 +921,7 @@ impl Connection {
                 Some(record.sender.as_bytes()),
             );
             let found = tokio::select! {
-                found = hub.retries.find(&record.topic, record.partition, &record.publish_id, print, wait) => found,
+                found = hub.retries.find(&record.topic, record.partition, &record.publish_id, print, retry.age, wait) => found,
                 () = abandoned.cancelled() => {
                     metrics::publish_retry("abandoned");
                     return Answer::Reply(Reply::error(

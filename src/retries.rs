@@ -17,9 +17,9 @@
 //! if the record has still not appeared, is it written.
 //!
 //! One reader per partition serves every resend of that partition at once, from where the
-//! oldest resend the hub accepts (`window`) could have been written: after a hub dies and
-//! thousands of clients resend to the others, each partition is read once, not once per
-//! resend.
+//! oldest of their first attempts could have been written (its age back, and `CLOCK_SKEW`),
+//! going back when a resend reaches further: after a hub dies and thousands of clients
+//! resend to the others, each partition is read once, not once per resend.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -43,7 +43,7 @@ use crate::protocol::{ErrorCode, PUBLISH_ID_HEADER, SENDER_HEADER};
 /// producer gave up on it.
 const LANDING_MARGIN: Duration = Duration::from_secs(10);
 /// How far apart the hubs' clocks may be: record timestamps are the writing hub's.
-const CLOCK_SKEW: Duration = Duration::from_secs(60);
+const CLOCK_SKEW: Duration = Duration::from_secs(10);
 /// Bound on each metadata or watermark round trip.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -111,6 +111,9 @@ type Partition = (Box<str>, i32);
 struct Waiter {
     publish_id: Box<str>,
     fingerprint: u64,
+    /// The earliest its earlier attempts can have been written, in ms since the epoch by
+    /// this hub's clock (the first attempt's age back, and the clock skew).
+    since: i64,
     /// When no earlier attempt can land any more.
     deadline: Instant,
     answer: oneshot::Sender<Result<Outcome, RetryError>>,
@@ -149,20 +152,23 @@ impl Retries {
         }
     }
 
-    /// Looks in `partition` of `topic` for the record `publish_id` names, until `wait` has
-    /// passed and the partition has been read up to its end as it then was.
+    /// Looks in `partition` of `topic` for the record `publish_id` names, written since its
+    /// first attempt left `age` ago, until `wait` has passed and the partition has been read
+    /// up to its end as it then was.
     pub async fn find(
         &self,
         topic: &str,
         partition: i32,
         publish_id: &str,
         fingerprint: u64,
+        age: Duration,
         wait: Duration,
     ) -> Result<Outcome, RetryError> {
         let (answer, answered) = oneshot::channel();
         let waiter = Waiter {
             publish_id: publish_id.into(),
             fingerprint,
+            since: now_millis() - (age + CLOCK_SKEW).as_millis() as i64,
             deadline: Instant::now() + wait,
             answer,
         };
@@ -223,45 +229,43 @@ fn read(
 ) -> Result<(), KafkaError> {
     let (topic, partition) = (&*key.0, key.1);
     let consumer: BaseConsumer<KafkaLog> = inner.client.create_with_context(inner.log.clone())?;
-    // From where the oldest first attempt the hub looks for could have been written.
-    let reach = inner.window + inner.landing + CLOCK_SKEW;
-    let since = now_millis() - reach.as_millis() as i64;
-    // The end before the search: a record written after it would be missed if the start
-    // were the end as found after the search.
-    let (_, end_before) = consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)?;
-    let mut times = TopicPartitionList::new();
-    times.add_partition_offset(topic, partition, Offset::Offset(since))?;
-    let starts = consumer.offsets_for_times(times, LOOKUP_TIMEOUT)?;
-    let start = match starts
-        .find_partition(topic, partition)
-        .map(|e| (e.offset(), e.error()))
-    {
-        Some((Offset::Offset(offset), Ok(()))) => offset.min(end_before),
-        // Nothing written since `since` when it looked: everything from the end before.
-        Some((Offset::End, Ok(()))) => end_before,
-        Some((_, Err(e))) => return Err(e),
-        _ => return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition)),
-    };
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-    consumer.assign(&assignment)?;
-    let mut position = start;
+    // Ids are kept until no resend the hub accepts can ask for them.
+    let memory = inner.window + CLOCK_SKEW;
+    // Read from the earliest start any waiter needs; one that needs an earlier start than
+    // the reading has made takes it back there.
+    let mut covered_from = i64::MAX;
+    let mut position = 0;
     // The partition's end, and when it was asked for: waiters past their deadline then are
     // answered once the reading gets there.
     let mut end: Option<(i64, Instant)> = None;
     let mut idle_since = Instant::now();
     loop {
-        ledger.take(waiters);
+        if let Some(since) = ledger.take(waiters)
+            && since < covered_from
+        {
+            let start = offset_since(&consumer, topic, partition, since)?;
+            if covered_from == i64::MAX {
+                let mut assignment = TopicPartitionList::new();
+                assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+                consumer.assign(&assignment)?;
+                position = start;
+            } else if start < position {
+                consumer.seek(topic, partition, Offset::Offset(start), LOOKUP_TIMEOUT)?;
+                position = start;
+            }
+            covered_from = since;
+        }
         if ledger.is_empty() {
             if idle_since.elapsed() >= IDLE {
                 // Under the lock, so that no waiter is sent to a reader that has left.
                 let mut readers = inner.readers.lock().expect("retry readers");
-                ledger.take(waiters);
-                if ledger.is_empty() {
+                if ledger.take(waiters).is_none() && ledger.is_empty() {
                     readers.remove(key);
                     metrics::retry_readers(readers.len());
                     return Ok(());
                 }
+                // One came meanwhile: its start is seen to on the next turn.
+                continue;
             }
         } else {
             idle_since = Instant::now();
@@ -302,11 +306,37 @@ fn read(
                         message.offset(),
                         print,
                         written,
-                        now_millis() - reach.as_millis() as i64,
+                        now_millis() - memory.as_millis() as i64,
                     );
                 }
             }
         }
+    }
+}
+
+/// The first offset of the partition written at or after `since` (ms since the epoch), or
+/// its end when none is yet.
+fn offset_since(
+    consumer: &BaseConsumer<KafkaLog>,
+    topic: &str,
+    partition: i32,
+    since: i64,
+) -> Result<i64, KafkaError> {
+    // The end before the search: a record written after it would be missed if the start
+    // were the end as found after the search.
+    let (_, end_before) = consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)?;
+    let mut times = TopicPartitionList::new();
+    times.add_partition_offset(topic, partition, Offset::Offset(since))?;
+    let starts = consumer.offsets_for_times(times, LOOKUP_TIMEOUT)?;
+    match starts
+        .find_partition(topic, partition)
+        .map(|e| (e.offset(), e.error()))
+    {
+        Some((Offset::Offset(offset), Ok(()))) => Ok(offset.min(end_before)),
+        // Nothing written since `since` when it looked: everything from the end before.
+        Some((Offset::End, Ok(()))) => Ok(end_before),
+        Some((_, Err(e))) => Err(e),
+        _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition)),
     }
 }
 
@@ -325,16 +355,29 @@ impl Ledger {
         self.waiting.is_empty()
     }
 
-    fn take(&mut self, waiters: &mpsc::Receiver<Waiter>) {
+    /// Takes the waiters sent meanwhile; returns the earliest start those left waiting need.
+    fn take(&mut self, waiters: &mpsc::Receiver<Waiter>) -> Option<i64> {
+        let mut earliest = None;
         while let Ok(waiter) = waiters.try_recv() {
-            self.add(waiter);
+            if let Some(since) = self.add(waiter) {
+                earliest = Some(earliest.map_or(since, |e: i64| e.min(since)));
+            }
         }
+        earliest
     }
 
-    fn add(&mut self, waiter: Waiter) {
+    /// Answers `waiter` from what was seen, or keeps it; returns its start when kept.
+    fn add(&mut self, waiter: Waiter) -> Option<i64> {
         match self.seen.get(&waiter.publish_id) {
-            Some(&(offset, print)) => answer(waiter, offset, print),
-            None => self.waiting.push(waiter),
+            Some(&(offset, print)) => {
+                answer(waiter, offset, print);
+                None
+            }
+            None => {
+                let since = waiter.since;
+                self.waiting.push(waiter);
+                Some(since)
+            }
         }
     }
 
@@ -405,6 +448,7 @@ mod tests {
     ) -> (Waiter, oneshot::Receiver<Result<Outcome, RetryError>>) {
         let (answer, answered) = oneshot::channel();
         let waiter = Waiter {
+            since: 0,
             publish_id: id.into(),
             fingerprint: print,
             deadline,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::Message as _;
-use rdkafka::message::{Headers as _, OwnedMessage};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 /// Short bounds, so that a resend whose first attempt never landed waits seconds, not a
@@ -90,9 +91,32 @@ async fn a_resend_is_checked_against_the_record_its_id_names() {
     let (topic, glob) = fresh_topic("once", 1).await;
     let hub = Hub::start(
         &glob,
-        &[&BOUNDS[..], &["--publish-retry-window", "1m"]].concat(),
+        &[&BOUNDS[..], &["--publish-retry-window", "2m"]].concat(),
     )
     .await;
+    // A first attempt with an old timestamp, written before anything else (by a hub whose
+    // clock is behind, say): the partition's reader starts after it, and the resend that
+    // reaches back to it at the end takes the reader back there.
+    let backdated = FutureRecord::to(&topic)
+        .key("room")
+        .payload(r#"{"text":"long ago"}"#)
+        .timestamp(now_millis() - 60_000)
+        .headers(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "wskafka-sender",
+                    value: Some("alice"),
+                })
+                .insert(Header {
+                    key: "wskafka-publish-id",
+                    value: Some("m0"),
+                }),
+        );
+    let delivery = producer()
+        .send(backdated, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+    let (partition, offset) = (delivery.partition, delivery.offset);
     let mut alice = hub.connect(&token("alice", &[&glob], &[&glob])).await;
     let first = publish(&topic, "m1", Some("room"), "hello");
     let sent = Instant::now();
@@ -110,7 +134,7 @@ async fn a_resend_is_checked_against_the_record_its_id_names() {
 
     // Older than the window: refused, nothing written.
     let mut stale = resend(first.clone(), sent, 1);
-    stale["age_ms"] = json!(61_000);
+    stale["age_ms"] = json!(121_000);
     let refused = alice.call(stale).await;
     assert_eq!(refused["code"], "retry_expired", "{refused}");
 
@@ -128,7 +152,13 @@ async fn a_resend_is_checked_against_the_record_its_id_names() {
     let again = alice.call(late).await;
     assert_eq!(position(&again), position(&written), "{again}");
 
+    let mut old = publish(&topic, "m0", Some("room"), "long ago");
+    old["age_ms"] = json!(65_000);
+    let found = alice.call(old).await;
+    assert_eq!(position(&found), (partition, offset), "{found}");
+
     let held = positions_by_id(&read_all(broker(), &topic).await);
+    assert_eq!(held["m0"], vec![(partition, offset)]);
     assert_eq!(held["m1"], vec![position(&ack)]);
     assert_eq!(held["m2"], vec![position(&written)]);
 
