@@ -1,0 +1,178 @@
+//! The benchmark harness and load generator behind `scripts/bench`.
+//!
+//! It starts an Apache Kafka broker (`scripts/kafka`), a release hub and the bare axum
+//! reference (`examples/bare_broadcast.rs`), then drives each scenario and prints figures.
+//! The hub and the bare server are pinned to core 0; `scripts/bench` pins this process to
+//! core 1, so the load never competes with the server it measures (the broker floats over
+//! both, and each scenario says how much of the machine it took).
+//!
+//! Every latency is taken against the record's intended send time, carried in its payload,
+//! so a stalled sender shows up as latency instead of hiding it. Hub and plain-Kafka figures
+//! come from the same run and the same records wherever possible, so their ratios hold on a
+//! noisy machine. A scenario during which this process used more than 90% of its core is
+//! flagged: its figures measure the load generator, not the hub.
+//!
+//! `scenarios/` holds one module per scenario; what they share: `servers` (starting the
+//! hub, the bare server and Centrifugo, and reading their metrics), `clients` (each
+//! server's protocol from the client's side), `kafka` (the broker and the plain Kafka
+//! clients), `records` (stamped payloads), `load` (bursts, paced runs, latency readers) and
+//! `report` (CPU, memory and latency figures).
+
+mod clients;
+mod kafka;
+mod load;
+mod records;
+mod report;
+mod scenarios;
+mod servers;
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use clap::Parser;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::kafka::Broker;
+use crate::report::{Usage, wait_quiet};
+use crate::scenarios::storm::STORM_TOPIC;
+use crate::servers::{CENTRIFUGO_TOPICS, Server, Servers, tempdir};
+
+type Socket = WebSocketStream<TcpStream>;
+
+#[derive(Parser)]
+struct Args {
+    /// Scenarios to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence"
+    )]
+    scenarios: Vec<String>,
+    /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it).
+    #[arg(long, env = "CENTRIFUGO")]
+    centrifugo: PathBuf,
+    /// Sockets held open by the idle scenario; the hub's cap is set to this many.
+    #[arg(long, default_value_t = 19_000)]
+    idle: usize,
+    /// Subscribers of the fan-out, latency and slow-consumer scenarios.
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: usize,
+    /// Records each server sends in the fan-out scenario, in bursts of `BURST`, over
+    /// `ROUNDS` rounds.
+    #[arg(long, default_value_t = 15_000)]
+    records: usize,
+    /// Publishing sockets in the ingest scenario, each with this many publishes in flight.
+    #[arg(long, default_value_t = 1_000)]
+    publishers: usize,
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Subscribers of the large room.
+    #[arg(long, default_value_t = 10_000)]
+    room: usize,
+    /// Length of the timed runs (paced fan-out, ingest, latency, slow consumers).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Records/s in the latency and slow-consumer scenarios. At the default, 40 records/s
+    /// to 1,000 subscribers, each record is mostly a write of its own to each socket; at
+    /// higher rates both servers write several per flush (600 records/s to 1,000 sockets
+    /// held here with 79% of the hub's core), so latency then includes that batching.
+    #[arg(long, default_value_t = 40.0)]
+    rate: f64,
+    /// Records/s to `--subscribers` in the paced fan-out run: 150 records/s to 1,000
+    /// sockets is the target's 150,000 deliveries/s.
+    #[arg(long, default_value_t = 150.0)]
+    paced_rate: f64,
+    /// Records/s in the one-subscriber latency run.
+    #[arg(long, default_value_t = 500.0)]
+    single_rate: f64,
+}
+
+/// The clock every timestamp in a payload is read from.
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_us() -> u64 {
+    START.elapsed().as_micros() as u64
+}
+
+const SECRET: &str = "bench-secret-never-for-production";
+
+const PAYLOAD_BYTES: usize = 100;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    LazyLock::force(&START);
+    let bin = std::env::current_exe().unwrap();
+    let examples = bin.parent().unwrap();
+    let work = tempdir();
+    let kafka = Broker::start(&work).await;
+    for (topic, partitions) in [
+        ("bench.idle", 1),
+        ("bench.fanout", 1),
+        ("bench.ingest", 3),
+        ("bench.latency", 1),
+        ("bench.room", 1),
+        ("bench.slow", 1),
+        ("bench.history", 4),
+        ("bench.rooms", 4),
+        (STORM_TOPIC, 1),
+        ("warmup", 1),
+    ] {
+        kafka.create_topic(topic, partitions).await;
+    }
+    for topic in CENTRIFUGO_TOPICS {
+        kafka.create_topic(topic, 1).await;
+    }
+    kafka.warm_up().await;
+    let hub_binary = examples.join("../wskafka");
+    let hub = Server::hub(&hub_binary, &kafka.addr, &work, args.idle, "hub", &[]).await;
+    let bare = Server::bare(&examples.join("bare_broadcast")).await;
+    let centrifugo = Server::centrifugo(&args.centrifugo, &kafka.addr, &work).await;
+    let servers = Servers {
+        hub,
+        bare,
+        centrifugo,
+    };
+    println!(
+        "machine: {} cores; hub, bare server and Centrifugo on core 0, load generator on core 1",
+        // Not available_parallelism: this process is pinned to one of them.
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+    );
+
+    for scenario in &args.scenarios {
+        println!("\n== {scenario}");
+        let broker = Usage::of(&kafka.pid);
+        let Servers {
+            hub,
+            bare,
+            centrifugo,
+        } = &servers;
+        match scenario.as_str() {
+            "idle" => scenarios::idle(&servers, args.idle).await,
+            "fanout" => scenarios::fanout(&servers, &kafka, &args).await,
+            "ingest" => scenarios::ingest(hub, bare, &kafka, &args).await,
+            "latency" => scenarios::latency(&servers, &kafka, &args).await,
+            "slow" => scenarios::slow(&servers, &kafka, &args).await,
+            "room" => scenarios::room(&servers, &kafka, args.room).await,
+            "storm" => scenarios::storm(&servers, &kafka, &args).await,
+            "history" => scenarios::history(hub, &kafka, &args).await,
+            "presence" => scenarios::presence(&hub_binary, &kafka, &work).await,
+            other => panic!("no scenario called {other}"),
+        }
+        println!(
+            "broker over the scenario: {:.0}% of a core (of 2), RSS {} MiB",
+            Usage::of(&kafka.pid).cpu_since(&broker) * 100.0,
+            Usage::of(&kafka.pid).rss_kib / 1024
+        );
+        hub.wait_idle().await;
+        centrifugo.wait_idle().await;
+        // The next scenario starts once the broker has settled what this one left it.
+        wait_quiet(&kafka.pid, 0.2).await;
+    }
+}

@@ -1,0 +1,21 @@
+//! One module per scenario, each named as `--scenarios` names it.
+
+pub mod fanout;
+pub mod history;
+pub mod idle;
+pub mod ingest;
+pub mod latency;
+pub mod presence;
+pub mod room;
+pub mod slow;
+pub mod storm;
+
+pub use fanout::fanout;
+pub use history::history;
+pub use idle::idle;
+pub use ingest::ingest;
+pub use latency::latency;
+pub use presence::presence;
+pub use room::room;
+pub use slow::slow;
+pub use storm::storm;
