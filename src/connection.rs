@@ -30,14 +30,14 @@ use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::budget::{Budgets, Kind, Verdict};
-use crate::catalogue::Lookup;
+use crate::kafka::Lookup;
 use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::history;
 use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::kafka::Publisher;
 use crate::metrics::{self, Metrics};
-use crate::policy::{self, Action};
+use crate::auth::policy::{self, Action};
 use crate::presence::{self, DisconnectReason};
 use crate::protocol::{
     self, Before, ErrorCode, History, Publish, Reply, Request, RequestId, Retry, Start, Subscribe,

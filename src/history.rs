@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ServeConfig;
 use crate::kafka::{frame_of, headers_of, reader_config};
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::metrics;
 use crate::protocol::ErrorCode;
 use crate::registry::{Filter, RecordMeta};

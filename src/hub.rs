@@ -18,12 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Session, TokenId};
 use crate::budget::Rates;
-use crate::catalogue::Catalogue;
-use crate::commits::Commits;
+use crate::kafka::Catalogue;
+use crate::store::commits::Commits;
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
 use crate::history::HistoryReader;
-use crate::issuers::Authenticator;
+use crate::auth::issuers::Authenticator;
 use crate::kafka::{LivePositions, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
@@ -498,7 +498,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     use clap::Parser as _;
 
     use crate::config::{Cli, Command};
-    use crate::kafka_log::KafkaLog;
+    use crate::kafka::KafkaLog;
     use crate::recent::Bounds;
 
     static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -521,7 +521,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     let commits = Arc::new(Commits::new(store.clone()));
     let tasks = TaskTracker::new();
     let log = KafkaLog::default();
-    let topics = crate::catalogue::Catalogue::fixed(&["t.room"]);
+    let topics = crate::kafka::Catalogue::fixed(&["t.room"]);
     let hub = Arc::new(Hub::with_topics(
         Parts {
             auth: Authenticator::new(&config.jwt).unwrap(),

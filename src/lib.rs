@@ -16,12 +16,9 @@
 //! checks): [`protocol`], [`topic`], [`metrics`], [`stop`], [`clock`], [`logins`] and
 //! [`memory`] depend on none.
 
-mod admin;
 mod auth;
 mod budget;
-mod catalogue;
 mod clock;
-mod commits;
 mod config;
 mod connection;
 mod control;
@@ -29,15 +26,10 @@ mod grant;
 mod heartbeat;
 mod history;
 mod hub;
-mod issuers;
 mod kafka;
-mod kafka_log;
 mod kafka_settings;
-mod keys;
-mod logins;
 mod memory;
 mod metrics;
-mod policy;
 mod presence;
 mod protocol;
 mod recent;
@@ -51,7 +43,6 @@ mod stop;
 mod store;
 mod subscription;
 mod topic;
-mod web;
 
 // What the binary, the tests, the benchmarks and the fuzz targets use.
 pub use auth::{Claims, Grants, check_secret, mint};

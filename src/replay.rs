@@ -26,10 +26,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::commits::Commits;
+use crate::store::commits::Commits;
 use crate::config::ServeConfig;
 use crate::kafka::{delivery_of, headers_of, reader_config};
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};

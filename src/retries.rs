@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use crate::clock::now_millis;
 use crate::config::ServeConfig;
 use crate::kafka::reader_config;
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::metrics;
 use crate::protocol::{ErrorCode, PUBLISH_ID_HEADER, SENDER_HEADER};
 

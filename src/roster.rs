@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::kafka::reader_config;
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::registry::{ConnId, Delivery, Registry, Wants};
 
 /// A room: a topic, and one key of it, or `None` for the topic as a whole (every user

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::config::ServeConfig;
 use crate::kafka::{PublishError, client_config};
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::registry::{Delivery, Registry, Wants};
 

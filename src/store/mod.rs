@@ -6,6 +6,9 @@
 //! database; on PostgreSQL, sqlx holds an advisory lock while migrating, so hubs starting
 //! together apply them once.
 
+pub(crate) mod commits;
+
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

@@ -18,10 +18,10 @@ use crate::auth::{Grants, mint};
 use crate::config::ServeConfig;
 use crate::grant::Grant;
 
-const CLIENT: &str = include_str!("../web/wskafka.js");
-const DEMO_PAGE: &str = include_str!("../web/index.html");
-const DEMO_SCRIPT: &str = include_str!("../web/demo.js");
-const DEMO_STYLE: &str = include_str!("../web/demo.css");
+const CLIENT: &str = include_str!("../../web/wskafka.js");
+const DEMO_PAGE: &str = include_str!("../../web/index.html");
+const DEMO_SCRIPT: &str = include_str!("../../web/demo.js");
+const DEMO_STYLE: &str = include_str!("../../web/demo.css");
 
 /// Demo tokens live briefly, so the demo exercises refreshing.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);

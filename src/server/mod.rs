@@ -1,6 +1,11 @@
 //! The HTTP side: routes, authentication before the upgrade (when the request carries a
 //! token), readiness, and the lifecycle from start to a graceful stop.
 
+pub(crate) mod admin;
+pub(crate) mod logins;
+pub(crate) mod web;
+
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -26,14 +31,14 @@ use tower_http::add_extension::AddExtension;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::commits::Commits;
+use crate::store::commits::Commits;
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
 use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Parts};
-use crate::issuers::{Authenticator, KeyError};
+use crate::auth::issuers::{Authenticator, KeyError};
 use crate::kafka::{self, Consumer, Publisher, Sinks};
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::kafka_settings::SettingsError;
 use crate::metrics::Metrics;
 use crate::presence::Presence;

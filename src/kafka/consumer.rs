@@ -1,5 +1,5 @@
-//! Kafka on both sides of the hub: the producer behind `publish`, and the one consumer per hub
-//! that feeds every record of the exposed topics into the registry.
+//! The one consumer per hub that feeds every record of the exposed topics into the registry,
+//! and where each partition's live stream starts (`LivePositions`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionL
 use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
-use crate::kafka_log::KafkaLog;
+use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{self, ErrorCode, RecordView};
@@ -28,299 +28,17 @@ use crate::recent::Recent;
 use crate::registry::{Delivery, RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
 
+use super::{client_config, delivery_of};
+
+
 /// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Bound on the ListOffsets round trip that pins where a fresh assignment starts.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const METADATA_RETRY: Duration = Duration::from_secs(1);
 /// How often the consumer looks for the hub's own topics while they are being created.
 const OWN_TOPICS_RETRY: Duration = Duration::from_millis(100);
 
-/// The hub's own properties, then the operator's for `side` (see `KafkaSettings`): the one
-/// place every Kafka client of the hub is configured. Two come after the operator's,
-/// because the hub promises them whatever librdkafka is told: no client asks the broker to
-/// create a topic (librdkafka's producer does by default, wherever the broker allows it),
-/// and none sees Kafka's own or the closed topics in metadata, so no pattern subscription
-/// or assignment can reach them.
-pub(crate) fn client_config(
-    config: &ServeConfig,
-    own: &[(&str, String)],
-    side: Side,
-) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.brokers);
-    // librdkafka waits up to 10 s between reconnects; a broker back from an outage would
-    // find publishes refused for that long after the hub is ready again.
-    client.set("reconnect.backoff.max.ms", "1000");
-    for (key, value) in own {
-        client.set(*key, value);
-    }
-    for (key, value) in config.kafka_settings.for_side(side) {
-        client.set(key, value);
-    }
-    client.set("allow.auto.create.topics", "false");
-    client.set("topic.blacklist", config.closed_regexes().join(","));
-    client
-}
-
-/// How long the signal topic keeps records: long enough for every hub to read them, not for
-/// anyone to replay them.
-pub const SIGNAL_RETENTION_MS: &str = "60000";
-
-/// A consumer that reads partitions it assigns itself, from offsets it names: replays and
-/// `history` pages.
-pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConfig {
-    client_config(
-        config,
-        &[
-            ("client.id", client_id.to_string()),
-            // Never used to join a group (partitions are assigned by hand), but required.
-            ("group.id", client_id.to_string()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.partition.eof", "true".into()),
-            // As the live stream reads (see `Consumer`).
-            ("isolation.level", "read_committed".into()),
-            // A start that retention deleted meanwhile is an error, never a silent jump.
-            ("auto.offset.reset", "error".into()),
-        ],
-        Side::Consumer,
-    )
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("Kafka could not take the record in time: {0}")]
-    Unavailable(RDKafkaErrorCode),
-    #[error("the record is larger than Kafka accepts")]
-    TooLarge,
-    #[error("Kafka refused the write to this topic: {0}")]
-    Refused(RDKafkaErrorCode),
-    /// The topic went away after the hub last saw it.
-    #[error("the topic does not exist: {0}")]
-    UnknownTopic(RDKafkaErrorCode),
-    #[error("the record could not be published: {0}")]
-    Internal(String),
-}
-
-impl PublishError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            PublishError::Unavailable(_) => ErrorCode::Unavailable,
-            PublishError::TooLarge => ErrorCode::TooLarge,
-            PublishError::Refused(_) => ErrorCode::Forbidden,
-            PublishError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-            PublishError::Internal(_) => ErrorCode::Internal,
-        }
-    }
-}
-
-impl From<KafkaError> for PublishError {
-    fn from(e: KafkaError) -> Self {
-        use RDKafkaErrorCode as C;
-        match e.rdkafka_error_code() {
-            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => PublishError::TooLarge,
-            Some(code @ (C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed)) => {
-                PublishError::Refused(code)
-            }
-            Some(code @ (C::UnknownTopic | C::UnknownTopicOrPartition)) => {
-                PublishError::UnknownTopic(code)
-            }
-            Some(
-                code @ (C::QueueFull
-                | C::MessageTimedOut
-                | C::RequestTimedOut
-                | C::AllBrokersDown
-                | C::BrokerTransportFailure
-                | C::UnknownPartition
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::NotEnoughReplicas
-                | C::NotEnoughReplicasAfterAppend),
-            ) => PublishError::Unavailable(code),
-            _ => PublishError::Internal(e.to_string()),
-        }
-    }
-}
-
-/// Where a publish landed.
-#[derive(Debug, Clone, Copy)]
-pub struct Acked {
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// The hub's producer; clones share it.
-#[derive(Clone)]
-pub struct Publisher {
-    producer: FutureProducer<KafkaLog>,
-}
-
-impl Publisher {
-    pub fn new(config: &ServeConfig, client_id: &str, log: &KafkaLog) -> Result<Self, KafkaError> {
-        let producer = client_config(
-            config,
-            &[
-                ("client.id", client_id.to_string()),
-                // An ack means the record is replicated and written once, even across retries.
-                ("enable.idempotence", "true".into()),
-                ("acks", "all".into()),
-                ("linger.ms", "5".into()),
-                // A key's partition as Kafka's Java clients place it (murmur2): a room's
-                // records stay in one partition, whoever produced them, and `history` reads
-                // only that partition. (librdkafka's default hashes keys with CRC32.)
-                ("partitioner", "murmur2_random".into()),
-                (
-                    "message.timeout.ms",
-                    config.publish_timeout.as_millis().to_string(),
-                ),
-                // Broker states, which tell `KafkaLog` when an outage ended.
-                ("statistics.interval.ms", "5000".into()),
-            ],
-            Side::Producer,
-        )
-        .create_with_context(log.clone())?;
-        Ok(Publisher { producer })
-    }
-
-    /// Hands the record to librdkafka without waiting; the future resolves once Kafka has it.
-    /// `own` are the hub's headers (`protocol::SENDER_HEADER` and the like), after the
-    /// client's; `partition`, when set, overrides the key's.
-    pub fn send<'h>(
-        &self,
-        topic: &str,
-        key: Option<&str>,
-        partition: Option<i32>,
-        headers: impl ExactSizeIterator<Item = (&'h str, &'h str)>,
-        own: &[(&'h str, &'h str)],
-        payload: &[u8],
-    ) -> Result<DeliveryFuture, PublishError> {
-        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(partition) = partition {
-            record = record.partition(partition);
-        }
-        let count = headers.len() + own.len();
-        if count > 0 {
-            let owned = headers.chain(own.iter().copied()).fold(
-                OwnedHeaders::new_with_capacity(count),
-                |acc, (key, value)| {
-                    acc.insert(Header {
-                        key,
-                        value: Some(value),
-                    })
-                },
-            );
-            record = record.headers(owned);
-        }
-        self.producer
-            .send_result(record)
-            .map_err(|(e, _)| PublishError::from(e))
-    }
-
-    /// Sends a record without headers and waits until Kafka has it.
-    pub async fn publish(
-        &self,
-        topic: &str,
-        key: Option<&str>,
-        payload: &[u8],
-    ) -> Result<Acked, PublishError> {
-        Self::delivered(self.send(topic, key, None, std::iter::empty(), &[], payload)?).await
-    }
-
-    pub async fn delivered(delivery: DeliveryFuture) -> Result<Acked, PublishError> {
-        match delivery.await {
-            Ok(Ok(d)) => Ok(Acked {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Ok(Err((e, _))) => Err(e.into()),
-            Err(_canceled) => Err(PublishError::Internal("the producer shut down".into())),
-        }
-    }
-
-    /// Deletes what `key` holds in a compacted topic: a record with no value.
-    pub fn tombstone(&self, topic: &str, key: &str) -> Result<DeliveryFuture, PublishError> {
-        let record = FutureRecord::<str, [u8]>::to(topic).key(key);
-        self.producer
-            .send_result(record)
-            .map_err(|(e, _)| PublishError::from(e))
-    }
-
-    /// Blocks until a broker answered a metadata request.
-    pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer
-            .client()
-            .fetch_metadata(None, timeout)
-            .map(drop)
-    }
-
-    /// Every topic in the cluster with its partition count (a metadata request for all
-    /// topics, which never creates one); blocks until a broker answered.
-    pub fn topics(&self, timeout: Duration) -> Result<Vec<(String, usize)>, KafkaError> {
-        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
-        let gone = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error() != Some(gone))
-            .map(|t| (t.name().to_string(), t.partitions().len()))
-            .collect())
-    }
-
-    /// Blocks until every queued record is acknowledged or has failed.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
-    }
-}
-
-/// Creates the topics the hub writes to itself, when missing, with the broker's default
-/// replication.
-pub async fn ensure_topics(
-    config: &ServeConfig,
-    log: &KafkaLog,
-    names: &[&str],
-) -> Result<(), KafkaError> {
-    let admin: AdminClient<KafkaLog> =
-        client_config(config, &[], Side::Admin).create_with_context(log.clone())?;
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|name| {
-            let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1));
-            // The roster keeps the latest state per socket; signals live a minute.
-            if *name == config.roster_topic {
-                topic
-                    .set("cleanup.policy", "compact")
-                    .set("segment.ms", "60000")
-                    .set("min.cleanable.dirty.ratio", "0.1")
-            } else if *name == config.signal_topic {
-                topic
-                    .set("retention.ms", SIGNAL_RETENTION_MS)
-                    .set("segment.ms", SIGNAL_RETENTION_MS)
-            } else {
-                topic
-            }
-        })
-        .collect();
-    // librdkafka's default request timeout is a minute: bounded here, so that a broker that
-    // does not answer (a TLS port spoken to in plaintext, say) is told of in seconds.
-    let options = AdminOptions::new()
-        .operation_timeout(Some(METADATA_TIMEOUT))
-        .request_timeout(Some(METADATA_TIMEOUT));
-    for result in admin.create_topics(&topics, &options).await? {
-        match result {
-            Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                tracing::debug!(topic, ?code, "cannot create the topic");
-                return Err(KafkaError::AdminOp(code));
-            }
-        }
-    }
-    Ok(())
-}
 
 /// Errors of a partition whose leader is being elected or not serving yet: gone in moments.
 fn leader_not_ready(error: &KafkaError) -> bool {
@@ -620,54 +338,6 @@ fn deliver(
     }
 }
 
-pub(crate) fn headers_of<'a>(message: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
-    message
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default()
-}
-
-/// The `message` frame of a record, `headers` being its headers (`headers_of`).
-pub(crate) fn frame_of(message: &BorrowedMessage<'_>, headers: &[(&str, Option<&[u8]>)]) -> String {
-    protocol::message_frame(&RecordView {
-        topic: message.topic(),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp: message.timestamp().to_millis(),
-        key: message.key(),
-        headers,
-        value: message.payload(),
-    })
-}
-
-pub(crate) fn delivery_of(
-    message: &BorrowedMessage<'_>,
-    headers: &[(&str, Option<&[u8]>)],
-) -> Delivery {
-    let frame = frame_of(message, headers);
-    Delivery {
-        topic: message.topic().into(),
-        key: message.key().map(Box::from),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp: message.timestamp().to_millis(),
-        frame: Utf8Bytes::from(frame),
-        ephemeral: false,
-    }
-}
-
-/// Decides where each assigned partition starts, which is what makes "every record appended
-/// after `subscribed`" hold:
-/// - a partition seen before starts right after its last delivered record, so a rebalance
-///   neither skips nor repeats anything;
-/// - a partition that existed when the hub started starts at its end, resolved with
-///   ListOffsets *before* the hub reports ready, so no record slips in between readiness
-///   and the position being known (as it can with a lazily resolved `auto.offset.reset`);
-/// - any other partition was created while the hub ran, so every record in it is new: it
-///   starts at its beginning.
-///
-/// It also keeps delivery monotonic: a record at or below a partition's last delivered
-/// offset is never delivered again.
 struct StartPositions {
     ready: Arc<AtomicBool>,
     positions: Arc<Mutex<Progress>>,

@@ -2,6 +2,11 @@
 //! refused, and the development tokens `wskafka token` mints. Which issuers and keys verify
 //! tokens is `issuers`' business.
 
+pub(crate) mod issuers;
+pub(crate) mod keys;
+pub(crate) mod policy;
+
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;

@@ -31,13 +31,13 @@ use subtle::ConstantTimeEq as _;
 use crate::clock::now_secs;
 use crate::control::{ControlMessage, Revocation};
 use crate::hub::{ConnectionInfo, Hub};
-use crate::logins::{Logins, Source};
+use crate::server::logins::{Logins, Source};
 use crate::metrics;
 use crate::registry::ConnId;
 
-const PAGE: &str = include_str!("../web/admin.html");
-const SCRIPT: &str = include_str!("../web/admin.js");
-const STYLE: &str = include_str!("../web/admin.css");
+const PAGE: &str = include_str!("../../web/admin.html");
+const SCRIPT: &str = include_str!("../../web/admin.js");
+const STYLE: &str = include_str!("../../web/admin.css");
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     let Some(password) = &hub.config.admin_password else {

@@ -1,0 +1,190 @@
+//! Kafka on both sides of the hub: how every client of the hub is configured, the hub's own
+//! topics, and the record views both sides share. The producer behind `publish` is in
+//! `producer`, the one consumer per hub that feeds every record of the exposed topics into
+//! the registry in `consumer`, librdkafka's log in `log`, and which topics exist in
+//! `catalogue`.
+
+mod catalogue;
+mod consumer;
+mod log;
+mod producer;
+
+pub use catalogue::{Catalogue, Lookup};
+pub use consumer::{Consumer, LivePositions, Sinks, Unresolved};
+pub use log::{KafkaLog, REPEAT_WINDOW};
+pub use producer::{Acked, PublishError, Publisher};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::config::ServeConfig;
+use crate::kafka::KafkaLog;
+use crate::kafka_settings::Side;
+use crate::metrics;
+use crate::protocol::{self, ErrorCode, RecordView};
+use crate::recent::Recent;
+use crate::registry::{Delivery, RecordMeta, Registry};
+use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The hub's own properties, then the operator's for `side` (see `KafkaSettings`): the one
+/// place every Kafka client of the hub is configured. Two come after the operator's,
+/// because the hub promises them whatever librdkafka is told: no client asks the broker to
+/// create a topic (librdkafka's producer does by default, wherever the broker allows it),
+/// and none sees Kafka's own or the closed topics in metadata, so no pattern subscription
+/// or assignment can reach them.
+pub(crate) fn client_config(
+    config: &ServeConfig,
+    own: &[(&str, String)],
+    side: Side,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    // librdkafka waits up to 10 s between reconnects; a broker back from an outage would
+    // find publishes refused for that long after the hub is ready again.
+    client.set("reconnect.backoff.max.ms", "1000");
+    for (key, value) in own {
+        client.set(*key, value);
+    }
+    for (key, value) in config.kafka_settings.for_side(side) {
+        client.set(key, value);
+    }
+    client.set("allow.auto.create.topics", "false");
+    client.set("topic.blacklist", config.closed_regexes().join(","));
+    client
+}
+
+/// How long the signal topic keeps records: long enough for every hub to read them, not for
+/// anyone to replay them.
+pub const SIGNAL_RETENTION_MS: &str = "60000";
+
+/// A consumer that reads partitions it assigns itself, from offsets it names: replays and
+/// `history` pages.
+pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConfig {
+    client_config(
+        config,
+        &[
+            ("client.id", client_id.to_string()),
+            // Never used to join a group (partitions are assigned by hand), but required.
+            ("group.id", client_id.to_string()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.partition.eof", "true".into()),
+            // As the live stream reads (see `Consumer`).
+            ("isolation.level", "read_committed".into()),
+            // A start that retention deleted meanwhile is an error, never a silent jump.
+            ("auto.offset.reset", "error".into()),
+        ],
+        Side::Consumer,
+    )
+}
+
+
+/// Creates the topics the hub writes to itself, when missing, with the broker's default
+/// replication.
+pub async fn ensure_topics(
+    config: &ServeConfig,
+    log: &KafkaLog,
+    names: &[&str],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<KafkaLog> =
+        client_config(config, &[], Side::Admin).create_with_context(log.clone())?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| {
+            let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1));
+            // The roster keeps the latest state per socket; signals live a minute.
+            if *name == config.roster_topic {
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("segment.ms", "60000")
+                    .set("min.cleanable.dirty.ratio", "0.1")
+            } else if *name == config.signal_topic {
+                topic
+                    .set("retention.ms", SIGNAL_RETENTION_MS)
+                    .set("segment.ms", SIGNAL_RETENTION_MS)
+            } else {
+                topic
+            }
+        })
+        .collect();
+    // librdkafka's default request timeout is a minute: bounded here, so that a broker that
+    // does not answer (a TLS port spoken to in plaintext, say) is told of in seconds.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::debug!(topic, ?code, "cannot create the topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+pub(crate) fn headers_of<'a>(message: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
+    message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default()
+}
+
+/// The `message` frame of a record, `headers` being its headers (`headers_of`).
+pub(crate) fn frame_of(message: &BorrowedMessage<'_>, headers: &[(&str, Option<&[u8]>)]) -> String {
+    protocol::message_frame(&RecordView {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key(),
+        headers,
+        value: message.payload(),
+    })
+}
+
+pub(crate) fn delivery_of(
+    message: &BorrowedMessage<'_>,
+    headers: &[(&str, Option<&[u8]>)],
+) -> Delivery {
+    let frame = frame_of(message, headers);
+    Delivery {
+        topic: message.topic().into(),
+        key: message.key().map(Box::from),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        frame: Utf8Bytes::from(frame),
+        ephemeral: false,
+    }
+}
+
+/// Decides where each assigned partition starts, which is what makes "every record appended
+/// after `subscribed`" hold:
+/// - a partition seen before starts right after its last delivered record, so a rebalance
+///   neither skips nor repeats anything;
+/// - a partition that existed when the hub started starts at its end, resolved with
+///   ListOffsets *before* the hub reports ready, so no record slips in between readiness
+///   and the position being known (as it can with a lazily resolved `auto.offset.reset`);
+/// - any other partition was created while the hub ran, so every record in it is new: it
+///   starts at its beginning.
+///
+/// It also keeps delivery monotonic: a record at or below a partition's last delivered
+/// offset is never delivered again.
