@@ -247,6 +247,57 @@ async fn a_flooding_socket_is_told_when_to_retry_then_closed_and_others_carry_on
 }
 
 #[tokio::test]
+async fn a_users_sockets_flooding_together_are_refused_at_the_users_budget_and_others_are_served() {
+    let hub = Hub::start("limits.*", &[]).await;
+    let mallory = token("mallory", &[], &[]);
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        sockets.push(hub.connect(&mallory).await);
+    }
+    let mut bob = hub.connect(&token("bob", &[], &[])).await;
+    // Ten pings from each of mallory's eight sockets, each within its own budget of ten:
+    // eighty against the forty (four sockets' worth) her sockets have together. Bob's ten
+    // come meanwhile.
+    for socket in &mut sockets {
+        for n in 0..10 {
+            socket.send(json!({"type": "ping", "id": n})).await;
+        }
+    }
+    for n in 0..10 {
+        bob.send(json!({"type": "ping", "id": n})).await;
+    }
+    for n in 0..10 {
+        assert_eq!(bob.recv().await, json!({"type": "pong", "id": n}));
+    }
+    let (mut served, mut limited) = (0, 0);
+    for socket in &mut sockets {
+        for _ in 0..10 {
+            let reply = socket.recv().await;
+            if reply["type"] == "pong" {
+                served += 1;
+                continue;
+            }
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            let message = reply["message"].as_str().unwrap();
+            assert!(
+                message
+                    .contains("more than 40 ping requests per second across this user's sockets"),
+                "{message}"
+            );
+            limited += 1;
+        }
+    }
+    // Her burst, give or take what refills while the pings are sent.
+    assert!((40..=48).contains(&served), "{served} of 80 served");
+    assert_eq!(served + limited, 80);
+    let metrics = hub.metrics().await;
+    assert_eq!(
+        metrics[r#"wskafka_requests_refused_total{type="ping"}"#],
+        f64::from(limited)
+    );
+}
+
+#[tokio::test]
 async fn commits_are_written_behind_and_a_clean_shutdown_keeps_the_last_ones() {
     let (topic, glob) = fresh_topic("commits", 1).await;
     let database = fresh_postgres().await;
