@@ -109,7 +109,7 @@ pub struct Subscribe<'a> {
     pub from: Start,
     /// The header values records must carry.
     pub headers: BTreeMap<String, String>,
-    /// `join` and `leave` frames of the room.
+    /// `presence_diff` frames of the room.
     pub presence: bool,
     /// Signals sent to the room.
     pub signals: bool,
