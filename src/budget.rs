@@ -7,6 +7,13 @@
 //! The defaults fit the busiest page the demo makes (a chat in a few rooms with history
 //! scrolled, typing, read marks, and a notification centre) with room to spare; each can be
 //! changed with `WSKAFKA_REQUEST_RATES` (`history=10,subscribe=40`, ...).
+//!
+//! A user may hold many sockets on a hub (`WSKAFKA_MAX_CONNECTIONS_PER_USER`, 32): each with
+//! a whole budget, they would multiply it. So a user's sockets together also spend from
+//! buckets of the user's, `USER_SHARE` times a socket's unless `WSKAFKA_USER_REQUEST_RATES`
+//! says otherwise: a few tabs and devices of one person are served as they would be alone,
+//! and thirty-two sockets get no more than four. They are made when a user's second socket
+//! opens (one socket never exceeds them) and forgotten with the user's last socket.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -85,6 +92,9 @@ impl Kind {
     }
 }
 
+/// How many sockets' budgets a user's sockets on a hub share, unless set.
+pub const USER_SHARE: u32 = 4;
+
 /// Refused requests a socket may send before it is closed: a burst, then a rate.
 const REFUSAL_BURST: u32 = 100;
 const REFUSALS_PER_SECOND: u32 = 10;
@@ -118,6 +128,19 @@ impl Rates {
         }
         rates
     }
+
+    /// A user's: `USER_SHARE` times each of a socket's `rates`, then `overrides`.
+    pub fn of_users(rates: &Rates, overrides: &[(Kind, NonZeroU32)]) -> Rates {
+        let mut users = Rates(
+            rates
+                .0
+                .map(|rate| rate.saturating_mul(USER_SHARE.try_into().expect("not zero"))),
+        );
+        for &(kind, rate) in overrides {
+            users.set(kind, rate);
+        }
+        users
+    }
 }
 
 /// One `TYPE=RATE` entry of `WSKAFKA_REQUEST_RATES`.
@@ -143,10 +166,18 @@ pub fn parse_rate(entry: &str) -> Result<(Kind, NonZeroU32), String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Go,
-    /// Refused: it may be sent again after this long.
-    Wait(Duration),
+    /// Refused: it may be sent again after this long. `user`: the user's budget refused it,
+    /// not the socket's.
+    Wait {
+        wait: Duration,
+        user: bool,
+    },
     /// Refused, and the socket has been refused too often: close it.
     Close,
+}
+
+fn bucket(rate: NonZeroU32, clock: &QuantaClock) -> DefaultDirectRateLimiter {
+    RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(rate), clock.clone())
 }
 
 /// One socket's buckets.
@@ -156,33 +187,48 @@ pub struct Budgets {
     clock: QuantaClock,
 }
 
+/// One user's buckets on this hub, which all of the user's sockets spend from too.
+pub struct UserBudgets {
+    each: [DefaultDirectRateLimiter; KINDS.len()],
+}
+
+impl UserBudgets {
+    pub fn new(rates: &Rates, clock: &QuantaClock) -> Self {
+        UserBudgets {
+            each: KINDS.map(|kind| bucket(rates.get(kind), clock)),
+        }
+    }
+}
+
 impl Budgets {
     pub fn new(rates: &Rates, clock: &QuantaClock) -> Self {
-        let bucket = |rate: NonZeroU32, burst: NonZeroU32| {
-            RateLimiter::direct_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
-                clock.clone(),
-            )
-        };
+        let refusals = Quota::per_second(NonZeroU32::new(REFUSALS_PER_SECOND).expect("not zero"))
+            .allow_burst(NonZeroU32::new(REFUSAL_BURST).expect("not zero"));
         Budgets {
-            each: KINDS.map(|kind| bucket(rates.get(kind), rates.get(kind))),
-            refusals: bucket(
-                NonZeroU32::new(REFUSALS_PER_SECOND).expect("not zero"),
-                NonZeroU32::new(REFUSAL_BURST).expect("not zero"),
-            ),
+            each: KINDS.map(|kind| bucket(rates.get(kind), clock)),
+            refusals: RateLimiter::direct_with_clock(refusals, clock.clone()),
             clock: clock.clone(),
         }
     }
 
-    pub fn spend(&self, kind: Kind) -> Verdict {
-        match self.each[kind as usize].check() {
-            Ok(()) => Verdict::Go,
-            Err(not_until) => {
-                if self.refusals.check().is_err() {
-                    return Verdict::Close;
-                }
-                Verdict::Wait(not_until.wait_time_from(self.clock.now()))
-            }
+    /// Spends one request of `kind` from the socket's bucket, then from its user's (when the
+    /// user has more sockets): a request the socket may not make costs the user nothing.
+    /// A refusal from either counts towards the socket's close.
+    pub fn spend(&self, kind: Kind, user: Option<&UserBudgets>) -> Verdict {
+        let refused = match self.each[kind as usize].check() {
+            Err(not_until) => (not_until, false),
+            Ok(()) => match user.map(|user| user.each[kind as usize].check()) {
+                None | Some(Ok(())) => return Verdict::Go,
+                Some(Err(not_until)) => (not_until, true),
+            },
+        };
+        if self.refusals.check().is_err() {
+            return Verdict::Close;
+        }
+        let (not_until, user) = refused;
+        Verdict::Wait {
+            wait: not_until.wait_time_from(self.clock.now()),
+            user,
         }
     }
 }
@@ -196,9 +242,9 @@ mod tests {
         let mut rates = Rates::default();
         rates.set(Kind::History, NonZeroU32::new(2).unwrap());
         let budgets = Budgets::new(&rates, &QuantaClock::default());
-        assert_eq!(budgets.spend(Kind::History), Verdict::Go);
-        assert_eq!(budgets.spend(Kind::History), Verdict::Go);
-        let Verdict::Wait(wait) = budgets.spend(Kind::History) else {
+        assert_eq!(budgets.spend(Kind::History, None), Verdict::Go);
+        assert_eq!(budgets.spend(Kind::History, None), Verdict::Go);
+        let Verdict::Wait { wait, user: false } = budgets.spend(Kind::History, None) else {
             panic!("a third history request in an instant goes")
         };
         assert!(
@@ -206,12 +252,54 @@ mod tests {
             "{wait:?}"
         );
         // Other types have budgets of their own.
-        assert_eq!(budgets.spend(Kind::Subscribe), Verdict::Go);
+        assert_eq!(budgets.spend(Kind::Subscribe, None), Verdict::Go);
         let refused = (0..200)
-            .take_while(|_| budgets.spend(Kind::History) != Verdict::Close)
+            .take_while(|_| budgets.spend(Kind::History, None) != Verdict::Close)
             .count();
         // The one refusal above, and `REFUSAL_BURST` less it here, give or take refills.
         assert!((98..=101).contains(&refused), "{refused}");
+    }
+
+    #[test]
+    fn a_users_sockets_together_spend_the_users_budget_and_another_user_keeps_theirs() {
+        let clock = QuantaClock::default();
+        let mut rates = Rates::default();
+        rates.set(Kind::History, NonZeroU32::new(2).unwrap());
+        let users = Rates::of_users(&rates, &[]);
+        assert_eq!(users.get(Kind::History).get(), 2 * USER_SHARE);
+        assert_eq!(users.get(Kind::Subscribe).get(), 20 * USER_SHARE);
+        let (alice, bob) = (
+            UserBudgets::new(&users, &clock),
+            UserBudgets::new(&users, &clock),
+        );
+        // Alice's sockets, each within its own budget, until hers runs out.
+        let sockets: Vec<Budgets> = (0..8).map(|_| Budgets::new(&rates, &clock)).collect();
+        let served = sockets
+            .iter()
+            .flat_map(|socket| [socket, socket])
+            .filter(|socket| socket.spend(Kind::History, Some(&alice)) == Verdict::Go)
+            .count();
+        assert_eq!(served as u32, 2 * USER_SHARE, "give or take refills");
+        let fresh = Budgets::new(&rates, &clock);
+        assert!(matches!(
+            fresh.spend(Kind::History, Some(&alice)),
+            Verdict::Wait { user: true, .. }
+        ));
+        // A socket over its own budget spends none of the user's.
+        let bobs = Budgets::new(&rates, &clock);
+        for _ in 0..2 {
+            assert_eq!(bobs.spend(Kind::History, Some(&bob)), Verdict::Go);
+        }
+        for _ in 0..10 {
+            assert!(matches!(
+                bobs.spend(Kind::History, Some(&bob)),
+                Verdict::Wait { user: false, .. }
+            ));
+        }
+        let other = Budgets::new(&rates, &clock);
+        for _ in 0..2 {
+            assert_eq!(other.spend(Kind::History, Some(&bob)), Verdict::Go);
+        }
     }
 
     #[test]

@@ -242,6 +242,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_REQUEST_RATES", value_delimiter = ',', value_parser = parse_rate)]
     pub request_rates: Vec<(Kind, NonZeroU32)>,
 
+    /// Requests of each type (publish and signal too) all the sockets of one user on this
+    /// hub may make together per second (with bursts of as many), as TYPE=RATE over the
+    /// defaults: four times a socket's, so that a user with many sockets does not multiply
+    /// the budget. Past it a request is refused with `rate_limited` as past a socket's.
+    #[arg(long, env = "WSKAFKA_USER_REQUEST_RATES", value_delimiter = ',', value_parser = parse_rate)]
+    pub user_request_rates: Vec<(Kind, NonZeroU32)>,
+
     /// Sockets one user (`sub`) may hold open on this hub; more are refused with HTTP 429.
     #[arg(long, env = "WSKAFKA_MAX_CONNECTIONS_PER_USER", default_value = "32")]
     pub max_connections_per_user: NonZeroUsize,

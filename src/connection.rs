@@ -666,17 +666,22 @@ impl Connection {
         };
         // A held request spent its budget when it first came.
         let verdict = if may_wait {
-            self.budgets.spend(kind)
+            let user = self.hub.user_budgets(&self.session.sub);
+            self.budgets.spend(kind, user.as_deref())
         } else {
             Verdict::Go
         };
         match verdict {
             Verdict::Go => {}
-            Verdict::Wait(wait) => {
-                let rate = self.hub.request_rates.get(kind).get();
+            Verdict::Wait { wait, user } => {
+                let (rates, whose) = match user {
+                    false => (&self.hub.request_rates, ""),
+                    true => (&self.hub.user_rates, " across this user's sockets"),
+                };
+                let rate = rates.get(kind).get();
                 metrics::request_refused(kind.name());
                 let id = protocol::peek_id(text);
-                self.reply(Reply::rate_limited(id, kind.name(), rate, wait));
+                self.reply(Reply::rate_limited(id, kind.name(), rate, whose, wait));
                 return None;
             }
             Verdict::Close => {

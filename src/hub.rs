@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Session, TokenId};
-use crate::budget::Rates;
+use crate::budget::{Rates, UserBudgets};
 use crate::kafka::Catalogue;
 use crate::store::commits::Commits;
 use crate::config::ServeConfig;
@@ -65,6 +65,8 @@ pub struct Hub {
     pub rate_clock: DefaultClock,
     /// What each socket may ask per request type (see `budget`).
     pub request_rates: Rates,
+    /// What all the sockets of one user may ask together.
+    pub user_rates: Rates,
     /// Revocations read from the control topic since start (see `control`).
     revocations: Revocations,
     consumer_ready: Arc<AtomicBool>,
@@ -76,8 +78,8 @@ pub struct Hub {
     /// waits for.
     tasks: TaskTracker,
     next_conn: AtomicU64,
-    /// Open sockets per user.
-    seats: DashMap<String, usize>,
+    /// Open sockets per user, and their budgets. Users with no socket are forgotten.
+    seats: DashMap<String, UserSeats>,
     /// Authenticated sockets, for the admin view and for revocations and shutdown to reach.
     connections: DashMap<ConnId, ConnectionInfo>,
     /// Sockets opened without a token that have not sent their `auth` frame yet.
@@ -231,15 +233,17 @@ impl Hub {
             tasks,
             shutdown,
         } = parts;
+        let request_rates = Rates::new(
+            config.publish_rate,
+            config.signal_rate,
+            &config.request_rates,
+        );
         Hub {
             awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
             open_sockets: Arc::new(Semaphore::new(config.max_connections)),
             rate_clock: DefaultClock::default(),
-            request_rates: Rates::new(
-                config.publish_rate,
-                config.signal_rate,
-                &config.request_rates,
-            ),
+            user_rates: Rates::of_users(&request_rates, &config.user_request_rates),
+            request_rates,
             config,
             auth,
             registry,
@@ -323,15 +327,27 @@ impl Hub {
 
     /// Counts a socket against its user's limit; `None` when the user is at the limit.
     fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
-        let mut held = self.seats.entry(sub.to_string()).or_insert(0);
-        if *held >= self.config.max_connections_per_user.get() {
+        let mut held = self.seats.entry(sub.to_string()).or_default();
+        if held.sockets >= self.config.max_connections_per_user.get() {
             return None;
         }
-        *held += 1;
+        held.sockets += 1;
+        // One socket never goes past its user's budget: made with the second.
+        if held.sockets == 2 && held.budgets.is_none() {
+            held.budgets = Some(Arc::new(UserBudgets::new(
+                &self.user_rates,
+                &self.rate_clock,
+            )));
+        }
         Some(Seat {
             hub: self.clone(),
             sub: sub.to_string(),
         })
+    }
+
+    /// The budgets `sub`'s sockets share, once the user has more than one socket here.
+    pub fn user_budgets(&self, sub: &str) -> Option<Arc<UserBudgets>> {
+        self.seats.get(sub)?.budgets.clone()
     }
 
     /// The tracker of the hub's tasks, which shutdown waits for.
@@ -470,6 +486,14 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// A user's sockets on this hub.
+#[derive(Default)]
+struct UserSeats {
+    sockets: usize,
+    /// What they may ask together (see `budget`).
+    budgets: Option<Arc<UserBudgets>>,
+}
+
 /// One socket's place in its user's count, given back when the connection ends (or when an
 /// upgrade never completes).
 pub struct Seat {
@@ -480,8 +504,8 @@ pub struct Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         self.hub.seats.remove_if_mut(&self.sub, |_, held| {
-            *held -= 1;
-            *held == 0
+            held.sockets -= 1;
+            held.sockets == 0
         });
     }
 }

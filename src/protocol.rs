@@ -109,7 +109,7 @@ pub struct Subscribe<'a> {
     pub from: Start,
     /// The header values records must carry.
     pub headers: BTreeMap<String, String>,
-    /// `join` and `leave` frames of the room.
+    /// `presence_diff` frames of the room.
     pub presence: bool,
     /// Signals sent to the room.
     pub signals: bool,
@@ -740,14 +740,21 @@ impl Reply {
     }
 
     /// `rate_limited`: the request was not served, and may be sent again after `wait`.
-    pub fn rate_limited(id: Option<RequestId>, what: &str, rate: u32, wait: Duration) -> Self {
+    /// `whose` says whose budget it was: the socket's (`""`) or its user's.
+    pub fn rate_limited(
+        id: Option<RequestId>,
+        what: &str,
+        rate: u32,
+        whose: &str,
+        wait: Duration,
+    ) -> Self {
         // Whole milliseconds, rounded up: a client that waits exactly this long gets through.
         let retry_after_ms = u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
         Reply::Error {
             id,
             code: ErrorCode::RateLimited,
             message: format!(
-                "more than {rate} {what} requests per second: this one was not served; retry after {retry_after_ms} ms"
+                "more than {rate} {what} requests per second{whose}: this one was not served; retry after {retry_after_ms} ms"
             ),
             topic: None,
             key: None,
@@ -1288,7 +1295,7 @@ mod tests {
             serde_json::from_str::<Value>(&err.to_json()).unwrap(),
             json!({"type":"error","code":"too_large","message":"too big"})
         );
-        let limited = Reply::rate_limited(None, "history", 5, Duration::from_micros(199_100));
+        let limited = Reply::rate_limited(None, "history", 5, "", Duration::from_micros(199_100));
         assert_eq!(
             serde_json::from_str::<Value>(&limited.to_json()).unwrap(),
             json!({"type":"error","code":"rate_limited","retry_after_ms":200,

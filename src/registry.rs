@@ -38,7 +38,7 @@ pub struct Delivery {
     /// Milliseconds since the epoch, when the record has a timestamp.
     pub timestamp: Option<i64>,
     pub frame: Utf8Bytes,
-    /// Not a record: a signal, a join or a leave, which has no position and is never
+    /// Not a record: a signal or a presence diff, which has no position and is never
     /// replayed.
     pub ephemeral: bool,
 }
@@ -70,7 +70,7 @@ impl Delivery {
 /// What a subscription asked for besides records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Extras {
-    /// `join` and `leave` frames of its room.
+    /// `presence_diff` frames of its room.
     pub presence: bool,
     /// Signals sent to its room.
     pub signals: bool,

@@ -13,12 +13,21 @@
 //! A room past `WSKAFKA_JOIN_LEAVE_LIMIT` members pushes no joins or leaves (each would be a
 //! frame to every member), and one past `WSKAFKA_ROSTER_LIMIT` keeps a count of
 //! subscriptions only, until it empties: large rooms answer with counts.
+//!
+//! Joins and leaves are told in batches: every `DIFF_INTERVAL`, one `presence_diff` frame
+//! per room that changed, with the users who are members now and were not at the last
+//! diff, and those who were and are not. A user who joined and left in between is in
+//! neither, so however fast clients churn, a member gets at most one frame per room per
+//! interval. `presence` lists a room as of its last diff, not as of the latest change:
+//! a listing and the diffs after it then add up to the roster exactly, whenever the
+//! listing was taken (a listing of the latest state, followed by a diff that cancelled a
+//! join it showed, would keep that user listed forever).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -66,22 +75,26 @@ pub struct SocketState {
     pub rooms: Vec<(String, Option<String>)>,
 }
 
-/// A change of the roster that sockets may be told about.
+/// How often joins and leaves are told (see the module's comment). Short enough that a
+/// join shows as soon as a person would look (a quarter of a second after the roster has
+/// it), long enough that a room whose members churn costs each member at most four frames a
+/// second, whatever the churn.
+pub const DIFF_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A user's first socket on any hub opened, or the last one closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Join {
-        room: Room,
-        user: Arc<str>,
-    },
-    Leave {
-        room: Room,
-        user: Arc<str>,
-    },
-    /// The user's first socket on any hub opened, or the last one closed.
-    Online {
-        user: Arc<str>,
-        online: bool,
-    },
+pub struct Status {
+    pub user: Arc<str>,
+    pub online: bool,
+}
+
+/// What changed in one room since its last diff: who is a member now and was not then, and
+/// who was and is not, each in order of user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diff {
+    pub room: Room,
+    pub joins: Vec<Arc<str>>,
+    pub leaves: Vec<Arc<str>>,
 }
 
 /// One room's members.
@@ -113,6 +126,9 @@ struct State {
     sockets: HashMap<String, (Arc<str>, Vec<Room>)>,
     rooms: HashMap<Room, Members>,
     online: HashMap<Arc<str>, u32>,
+    /// Per room, the users whose membership changed since its last diff, and whether each
+    /// was a member then.
+    changed: HashMap<Room, BTreeMap<Arc<str>, bool>>,
 }
 
 /// A socket's queue, for frames that belong to no subscription.
@@ -143,7 +159,7 @@ impl Roster {
         }
     }
 
-    /// `conn` is told of `user`'s status from now on (see `tell`).
+    /// `conn` is told of `user`'s status from now on (see `tell_statuses`).
     pub fn watch(&self, conn: ConnId, user: &str, queue: &Queue) {
         self.watchers
             .entry(user.into())
@@ -158,30 +174,39 @@ impl Roster {
         });
     }
 
-    /// Tells this hub's sockets what changed: joins and leaves to the subscriptions of the
-    /// room that asked for them, status changes to the sockets watching the user.
-    pub fn tell(&self, registry: &Registry, changes: Vec<Change>) {
-        for change in changes {
-            let (room, user, kind) = match change {
-                Change::Join { room, user } => (room, user, "join"),
-                Change::Leave { room, user } => (room, user, "leave"),
-                Change::Online { user, online } => {
-                    let Some(watching) = self.watchers.get(&user) else {
-                        continue;
-                    };
-                    let frame =
-                        serde_json::json!({"type": "status", "user": &*user, "online": online});
-                    let delivery = Arc::new(Delivery::ephemeral("", None, frame.to_string()));
-                    for queue in watching.values() {
-                        let _ = queue.try_send(delivery.clone());
-                    }
-                    continue;
-                }
+    /// Tells the sockets watching a user that it came online or went offline.
+    pub fn tell_statuses(&self, statuses: Vec<Status>) {
+        for Status { user, online } in statuses {
+            let Some(watching) = self.watchers.get(&user) else {
+                continue;
             };
+            let frame = serde_json::json!({"type": "status", "user": &*user, "online": online});
+            let delivery = Arc::new(Delivery::ephemeral("", None, frame.to_string()));
+            for queue in watching.values() {
+                let _ = queue.try_send(delivery.clone());
+            }
+        }
+    }
+
+    /// Tells each room's subscriptions that asked for presence what changed in it.
+    pub fn tell_diffs(&self, registry: &Registry, diffs: Vec<Diff>) {
+        for Diff {
+            room,
+            joins,
+            leaves,
+        } in diffs
+        {
             let key = room.key.as_deref().map(str::as_bytes);
             registry.tell(&room.topic, key, Wants::Presence, || {
-                let mut frame =
-                    serde_json::json!({"type": kind, "topic": &*room.topic, "user": &*user});
+                fn names(users: &[Arc<str>]) -> Vec<&str> {
+                    users.iter().map(|u| &**u).collect()
+                }
+                let mut frame = serde_json::json!({
+                    "type": "presence_diff",
+                    "topic": &*room.topic,
+                    "joins": names(&joins),
+                    "leaves": names(&leaves),
+                });
                 if let Some(key) = &room.key {
                     frame["key"] = serde_json::json!(&**key);
                 }
@@ -190,23 +215,60 @@ impl Roster {
         }
     }
 
+    /// What changed in each room since its last diff, which it is from now on. Rooms past
+    /// the push limit tell nothing.
+    pub fn diffs(&self) -> Vec<Diff> {
+        let mut roster = self.state.lock().expect("roster lock");
+        let State { rooms, changed, .. } = &mut *roster;
+        let mut diffs = Vec::new();
+        for (room, users) in changed.drain() {
+            let members = rooms.get(&room);
+            if members.is_some_and(|m| m.large.is_some() || m.users.len() > self.push_limit) {
+                continue;
+            }
+            let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+            for (user, was) in users {
+                let is = members.is_some_and(|m| m.users.contains_key(&user));
+                match (was, is) {
+                    (false, true) => joins.push(user),
+                    (true, false) => leaves.push(user),
+                    _ => {}
+                }
+            }
+            if !joins.is_empty() || !leaves.is_empty() {
+                diffs.push(Diff {
+                    room,
+                    joins,
+                    leaves,
+                });
+            }
+        }
+        diffs.sort_by(|a, b| a.room.cmp(&b.room));
+        diffs
+    }
+
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
 
+    /// The roster read so far is the one every hub holds: nobody was told of it, so the
+    /// first diff starts from here.
     pub fn set_caught_up(&self) {
+        self.state.lock().expect("roster lock").changed.clear();
         self.caught_up.store(true, Ordering::Release);
     }
 
     /// Applies one record of the roster topic: the socket's state, or `None` (a tombstone)
-    /// once it closed. Returns what changed for rooms and users.
-    pub fn apply(&self, socket: &str, state: Option<SocketState>) -> Vec<Change> {
+    /// once it closed. Returns the users who came online or went offline; joins and leaves
+    /// wait for the next diff.
+    pub fn apply(&self, socket: &str, state: Option<SocketState>) -> Vec<Status> {
         let mut changes = Vec::new();
         let mut roster = self.state.lock().expect("roster lock");
         let State {
             sockets,
             rooms,
             online,
+            changed,
         } = &mut *roster;
         let new = state.map(|state| {
             let user: Arc<str> = state.user.into();
@@ -224,25 +286,22 @@ impl Roster {
             Some(new) => sockets.insert(socket.to_string(), new.clone()),
             None => sockets.remove(socket),
         };
-        // Leaves first: a socket that moves rooms leaves one before it joins the other.
         if let Some((user, held)) = &old {
             for room in held {
-                self.leave(rooms, room, user, &mut changes);
+                self.leave(rooms, room, user, changed);
             }
         }
         if let Some((user, held)) = &new {
             for room in held {
-                self.join(rooms, room, user, &mut changes);
+                self.join(rooms, room, user, changed);
             }
         }
-        // Joins and leaves of the same user in the same room within one change cancel out.
-        cancel_out(&mut changes);
         match (old.as_ref().map(|(u, _)| u), new.as_ref().map(|(u, _)| u)) {
             (None, Some(user)) => {
                 let sockets = online.entry(user.clone()).or_default();
                 *sockets += 1;
                 if *sockets == 1 {
-                    changes.push(Change::Online {
+                    changes.push(Status {
                         user: user.clone(),
                         online: true,
                     });
@@ -253,7 +312,7 @@ impl Roster {
                     *sockets -= 1;
                     if *sockets == 0 {
                         online.remove(user);
-                        changes.push(Change::Online {
+                        changes.push(Status {
                             user: user.clone(),
                             online: false,
                         });
@@ -270,7 +329,7 @@ impl Roster {
         rooms: &mut HashMap<Room, Members>,
         room: &Room,
         user: &Arc<str>,
-        changes: &mut Vec<Change>,
+        changed: &mut HashMap<Room, BTreeMap<Arc<str>, bool>>,
     ) {
         let members = rooms.entry(room.clone()).or_default();
         if let Some(subscriptions) = &mut members.large {
@@ -287,12 +346,12 @@ impl Roster {
                 tracing::info!(topic = %room.topic, key = ?room.key, limit = self.limit, "a room grew past the roster limit: counting only");
                 return;
             }
-            if members.users.len() <= self.push_limit {
-                changes.push(Change::Join {
-                    room: room.clone(),
-                    user: user.clone(),
-                });
-            }
+            // Not a member at the last diff, unless they changed since.
+            changed
+                .entry(room.clone())
+                .or_default()
+                .entry(user.clone())
+                .or_insert(false);
         }
     }
 
@@ -301,7 +360,7 @@ impl Roster {
         rooms: &mut HashMap<Room, Members>,
         room: &Room,
         user: &Arc<str>,
-        changes: &mut Vec<Change>,
+        changed: &mut HashMap<Room, BTreeMap<Arc<str>, bool>>,
     ) {
         let Some(members) = rooms.get_mut(room) else {
             return;
@@ -316,12 +375,11 @@ impl Roster {
         if let Some(held) = members.users.get_mut(user) {
             *held -= 1;
             if *held == 0 {
-                if members.users.len() <= self.push_limit {
-                    changes.push(Change::Leave {
-                        room: room.clone(),
-                        user: user.clone(),
-                    });
-                }
+                changed
+                    .entry(room.clone())
+                    .or_default()
+                    .entry(user.clone())
+                    .or_insert(true);
                 members.users.remove(user);
             }
         }
@@ -330,38 +388,50 @@ impl Roster {
         }
     }
 
-    /// Up to `limit` members of `room` listed after `after`.
+    /// Up to `limit` members of `room` listed after `after`, as of the room's last diff (see
+    /// the module's comment).
     pub fn members(&self, room: &Room, after: Option<&str>, limit: usize) -> Listing {
         let roster = self.state.lock().expect("roster lock");
-        let Some(members) = roster.rooms.get(room) else {
-            return Listing::Members {
-                page: Vec::new(),
-                count: 0,
-                next: None,
-            };
-        };
-        if let Some(subscriptions) = members.large {
+        let members = roster.rooms.get(room);
+        if let Some(subscriptions) = members.and_then(|m| m.large) {
             return Listing::Large { subscriptions };
         }
-        let from = match after {
-            Some(after) => std::ops::Bound::Excluded(after),
-            None => std::ops::Bound::Unbounded,
+        let empty = BTreeMap::new();
+        let live = members.map_or(&empty, |m| &m.users);
+        let changed = roster.changed.get(room);
+        let was = |user: &Arc<str>| changed.and_then(|c| c.get(user)).copied();
+        let from = || match after {
+            Some(after) => (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded),
+            None => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
         };
-        let mut page: Vec<Arc<str>> = members
-            .users
-            .range::<str, _>((from, std::ops::Bound::Unbounded))
-            .map(|(user, _)| user.clone())
+        // Members now who were then, and those who left since the diff.
+        let mut page: Vec<Arc<str>> = live
+            .range::<str, _>(from())
+            .map(|(user, _)| user)
+            .filter(|user| was(user) != Some(false))
             .take(limit + 1)
+            .cloned()
             .collect();
+        let mut count = live.len();
+        if let Some(changed) = changed {
+            let gone = |user: &Arc<str>, was: bool| was && !live.contains_key(user);
+            let new = |user: &Arc<str>, was: bool| !was && live.contains_key(user);
+            count -= changed.iter().filter(|(u, w)| new(u, **w)).count();
+            count += changed.iter().filter(|(u, w)| gone(u, **w)).count();
+            page.extend(
+                changed
+                    .range::<str, _>(from())
+                    .filter(|(u, w)| gone(u, **w))
+                    .map(|(u, _)| u.clone()),
+            );
+            page.sort_unstable();
+            page.truncate(limit + 1);
+        }
         let next = (page.len() > limit).then(|| {
             page.truncate(limit);
             page.last().cloned().expect("a full page")
         });
-        Listing::Members {
-            page,
-            count: members.users.len(),
-            next,
-        }
+        Listing::Members { page, count, next }
     }
 
     /// Whether each of `users` has a socket open on any hub.
@@ -447,8 +517,17 @@ fn follow(
     if end == 0 {
         roster.set_caught_up();
     }
+    let mut next_diff = Instant::now() + DIFF_INTERVAL;
     while !stop.load(Ordering::Relaxed) {
-        let message = match consumer.poll(POLL_INTERVAL) {
+        let now = Instant::now();
+        if now >= next_diff {
+            if roster.is_caught_up() {
+                roster.tell_diffs(registry, roster.diffs());
+            }
+            next_diff = now + DIFF_INTERVAL;
+        }
+        let wait = POLL_INTERVAL.min(next_diff.saturating_duration_since(now));
+        let message = match consumer.poll(wait) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => {
                 // Compaction may have removed the records up to the end.
@@ -476,9 +555,9 @@ fn follow(
                 }
             },
         };
-        let changes = roster.apply(socket, state);
+        let statuses = roster.apply(socket, state);
         if roster.is_caught_up() {
-            roster.tell(registry, changes);
+            roster.tell_statuses(statuses);
         } else if message.offset() + 1 >= end {
             roster.set_caught_up();
             tracing::info!(records = end, "roster read");
@@ -486,29 +565,10 @@ fn follow(
     }
 }
 
-/// Drops a join and a leave of the same user and room from one change: the socket moved
-/// between keys of a topic it stays in as a whole, say.
-fn cancel_out(changes: &mut Vec<Change>) {
-    let mut i = 0;
-    while i < changes.len() {
-        let opposite = match &changes[i] {
-            Change::Leave { room, user } => changes.iter().skip(i + 1).position(
-                |c| matches!(c, Change::Join { room: r, user: u } if r == room && u == user),
-            ),
-            _ => None,
-        };
-        match opposite {
-            Some(at) => {
-                changes.remove(i + 1 + at);
-                changes.remove(i);
-            }
-            None => i += 1,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -531,46 +591,48 @@ mod tests {
         }
     }
 
+    fn diff(room: &Room, joins: &[&str], leaves: &[&str]) -> Diff {
+        let users = |users: &[&str]| users.iter().map(|u| Arc::from(*u)).collect();
+        Diff {
+            room: room.clone(),
+            joins: users(joins),
+            leaves: users(leaves),
+        }
+    }
+
+    fn status(user: &str, online: bool) -> Status {
+        Status {
+            user: user.into(),
+            online,
+        }
+    }
+
     #[test]
     fn a_user_with_two_sockets_is_one_member_and_leaves_with_the_last() {
         let roster = Roster::new(100, 100);
         let lobby = Room::new("rooms", Some("lobby"));
-        let changes = roster.apply("s1", state("alice", &[("rooms", Some("lobby"))]));
-        assert!(changes.contains(&Change::Join {
-            room: lobby.clone(),
-            user: "alice".into()
-        }));
-        assert!(changes.contains(&Change::Online {
-            user: "alice".into(),
-            online: true
-        }));
+        let whole = Room::new("rooms", None);
+        let statuses = roster.apply("s1", state("alice", &[("rooms", Some("lobby"))]));
+        assert_eq!(statuses, [status("alice", true)]);
+        assert_eq!(
+            roster.diffs(),
+            [diff(&whole, &["alice"], &[]), diff(&lobby, &["alice"], &[])]
+        );
         // Her phone: nothing changes for anyone.
         assert_eq!(
             roster.apply("s2", state("alice", &[("rooms", Some("lobby"))])),
             []
         );
+        assert_eq!(roster.diffs(), []);
         assert_eq!(names(&roster, &lobby), ["alice"]);
-        assert_eq!(names(&roster, &Room::new("rooms", None)), ["alice"]);
+        assert_eq!(names(&roster, &whole), ["alice"]);
         assert_eq!(roster.apply("s1", None), []);
-        let last = roster.apply("s2", None);
-        let alice: Arc<str> = "alice".into();
-        for expected in [
-            Change::Leave {
-                room: lobby.clone(),
-                user: alice.clone(),
-            },
-            Change::Leave {
-                room: Room::new("rooms", None),
-                user: alice.clone(),
-            },
-            Change::Online {
-                user: alice.clone(),
-                online: false,
-            },
-        ] {
-            assert!(last.contains(&expected), "{last:?}");
-        }
-        assert_eq!(last.len(), 3);
+        assert_eq!(roster.diffs(), []);
+        assert_eq!(roster.apply("s2", None), [status("alice", false)]);
+        assert_eq!(
+            roster.diffs(),
+            [diff(&whole, &[], &["alice"]), diff(&lobby, &[], &["alice"])]
+        );
         assert!(names(&roster, &lobby).is_empty());
     }
 
@@ -578,42 +640,73 @@ mod tests {
     fn moving_between_rooms_of_a_topic_leaves_one_joins_the_other_and_stays_in_the_topic() {
         let roster = Roster::new(100, 100);
         roster.apply("s", state("bob", &[("rooms", Some("a"))]));
-        let changes = roster.apply("s", state("bob", &[("rooms", Some("b"))]));
+        roster.diffs();
+        roster.apply("s", state("bob", &[("rooms", Some("b"))]));
         assert_eq!(
-            changes,
+            roster.diffs(),
             [
-                Change::Leave {
-                    room: Room::new("rooms", Some("a")),
-                    user: "bob".into()
-                },
-                Change::Join {
-                    room: Room::new("rooms", Some("b")),
-                    user: "bob".into()
-                },
+                diff(&Room::new("rooms", Some("a")), &[], &["bob"]),
+                diff(&Room::new("rooms", Some("b")), &["bob"], &[]),
             ]
         );
+    }
+
+    #[test]
+    fn churn_between_diffs_cancels_out_and_a_listing_is_as_of_the_last_diff() {
+        let roster = Roster::new(100, 100);
+        let lobby = Room::new("t", Some("lobby"));
+        let enter =
+            |socket: &str, user: &str| roster.apply(socket, state(user, &[("t", Some("lobby"))]));
+        let out = |socket: &str, user: &str| roster.apply(socket, state(user, &[]));
+        enter("a", "alice");
+        roster.diffs();
+        // Bob comes and goes, alice goes and comes back, a hundred times: nothing to tell.
+        for _ in 0..100 {
+            enter("b", "bob");
+            out("a", "alice");
+            out("b", "bob");
+            enter("a", "alice");
+        }
+        assert_eq!(names(&roster, &lobby), ["alice"]);
+        assert_eq!(roster.diffs(), []);
+        // Bob stays and alice leaves: listed as they were until the diff that tells it.
+        enter("b", "bob");
+        out("a", "alice");
+        let Listing::Members { page, count, next } = roster.members(&lobby, None, 1) else {
+            unreachable!()
+        };
+        assert_eq!((page, count, next), (vec![Arc::from("alice")], 1, None));
+        let whole = Room::new("t", None);
+        assert_eq!(
+            roster.diffs(),
+            [
+                diff(&whole, &["bob"], &["alice"]),
+                diff(&lobby, &["bob"], &["alice"])
+            ]
+        );
+        assert_eq!(names(&roster, &lobby), ["bob"]);
     }
 
     #[test]
     fn a_room_past_the_push_limit_lists_its_members_but_tells_no_joins() {
         let roster = Roster::new(100, 2);
         let room = Room::new("t", Some("r"));
-        let joins = |changes: Vec<Change>| {
-            changes
-                .iter()
-                .filter(|c| matches!(c, Change::Join { room: r, .. } if *r == room))
+        let told = |socket: &str, rooms: &[(&str, Option<&str>)]| {
+            roster.apply(
+                socket,
+                (!rooms.is_empty()).then(|| state(socket, rooms)).flatten(),
+            );
+            roster
+                .diffs()
+                .into_iter()
+                .filter(|d| d.room == room)
                 .count()
         };
-        assert_eq!(joins(roster.apply("a", state("a", &[("t", Some("r"))]))), 1);
-        assert_eq!(joins(roster.apply("b", state("b", &[("t", Some("r"))]))), 1);
-        assert_eq!(joins(roster.apply("c", state("c", &[("t", Some("r"))]))), 0);
+        assert_eq!(told("a", &[("t", Some("r"))]), 1);
+        assert_eq!(told("b", &[("t", Some("r"))]), 1);
+        assert_eq!(told("c", &[("t", Some("r"))]), 0);
         assert_eq!(names(&roster, &room), ["a", "b", "c"]);
-        let leaves = roster.apply("c", None);
-        assert!(
-            !leaves
-                .iter()
-                .any(|c| matches!(c, Change::Leave { room: r, .. } if *r == room))
-        );
+        assert_eq!(told("a", &[]), 1, "back within the limit");
     }
 
     #[test]
@@ -633,6 +726,7 @@ mod tests {
         for n in 0..5 {
             roster.apply(&format!("s{n}"), None);
         }
+        roster.diffs();
         assert!(
             names(&roster, &room).is_empty(),
             "an emptied room lists again"
@@ -642,6 +736,7 @@ mod tests {
         for user in ["d", "a", "c", "b"] {
             roster.apply(user, state(user, &[("t", None)]));
         }
+        roster.diffs();
         let room = Room::new("t", None);
         let Listing::Members { page, count, next } = roster.members(&room, None, 3) else {
             unreachable!()
@@ -654,18 +749,24 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever sockets come and go, the joins and leaves told add up to the roster: a
-        /// member is in the room exactly while its joins outnumber its leaves by one.
+        /// Whatever sockets come and go, and whenever diffs are taken: a member's view, a
+        /// listing taken at any point followed by the diffs after it, is the listing at
+        /// every point (both as of the last diff), and after a last diff the roster's truth.
         #[test]
-        fn joins_and_leaves_follow_the_roster_exactly(
-            steps in prop::collection::vec((0usize..6, prop::collection::vec(0usize..3, 0..3), any::<bool>()), 1..60),
+        fn a_listing_and_the_diffs_after_it_add_up_to_the_roster(
+            steps in prop::collection::vec((0usize..6, prop::collection::vec(0usize..3, 0..3), any::<bool>(), any::<bool>()), 1..60),
+            listed_at in 0usize..60,
         ) {
             let roster = Roster::new(1000, 1000);
             let users = ["ann", "ben", "cy"];
             let keys = ["x", "y", "z"];
-            let mut told: HashMap<Room, HashMap<Arc<str>, i32>> = HashMap::new();
+            let all = || keys.iter().map(|k| Room::new("t", Some(k))).chain([Room::new("t", None)]);
+            // One member who was there from the start, one who listed the rooms at `listed_at`.
+            let mut views: [HashMap<Room, BTreeSet<String>>; 2] = Default::default();
+            let mut sockets: HashMap<usize, (&str, Vec<usize>)> = HashMap::new();
             let mut online: HashMap<Arc<str>, bool> = HashMap::new();
-            for (socket, rooms, close) in steps {
+            let last = steps.len();
+            for (step, (socket, rooms, close, diff)) in steps.into_iter().enumerate() {
                 // A socket keeps its user for as long as it lives.
                 let user = users[socket % 3];
                 let state = (!close).then(|| SocketState {
@@ -673,27 +774,35 @@ mod tests {
                     instance: "h".into(),
                     rooms: rooms.iter().map(|&k| ("t".to_string(), Some(keys[k].to_string()))).collect(),
                 });
-                for change in roster.apply(&socket.to_string(), state) {
-                    match change {
-                        Change::Join { room, user } => *told.entry(room).or_default().entry(user).or_default() += 1,
-                        Change::Leave { room, user } => *told.entry(room).or_default().entry(user).or_default() -= 1,
-                        Change::Online { user, online: now } => {
-                            prop_assert_ne!(online.insert(user, now), Some(now), "told twice");
+                if close { sockets.remove(&socket); } else { sockets.insert(socket, (user, rooms)); }
+                for Status { user, online: now } in roster.apply(&socket.to_string(), state) {
+                    prop_assert_ne!(online.insert(user, now), Some(now), "told twice");
+                }
+                if step == listed_at.min(last - 1) {
+                    views[1] = all().map(|room| (room.clone(), names(&roster, &room).into_iter().collect())).collect();
+                }
+                if diff || step == last - 1 {
+                    for Diff { room, joins, leaves } in roster.diffs() {
+                        for view in &mut views {
+                            let members = view.entry(room.clone()).or_default();
+                            for user in &joins { members.insert(user.to_string()); }
+                            for user in &leaves { members.remove(&**user); }
                         }
                     }
                 }
-                for room in keys.iter().map(|k| Room::new("t", Some(k))).chain([Room::new("t", None)]) {
-                    let mut listed = names(&roster, &room);
-                    listed.sort();
-                    let mut from_changes: Vec<String> = told
-                        .get(&room)
-                        .into_iter()
-                        .flatten()
-                        .filter(|(_, n)| **n != 0)
-                        .map(|(u, n)| { assert_eq!(*n, 1, "{u} in {room:?}"); u.to_string() })
-                        .collect();
-                    from_changes.sort();
-                    prop_assert_eq!(listed, from_changes, "{:?}", room);
+                for room in all() {
+                    let listed: BTreeSet<String> = names(&roster, &room).into_iter().collect();
+                    prop_assert_eq!(&views[0].get(&room).cloned().unwrap_or_default(), &listed, "{:?}", room);
+                }
+            }
+            for room in all() {
+                let truth: BTreeSet<String> = sockets
+                    .values()
+                    .filter(|(_, rooms)| rooms.iter().any(|&k| room.key.is_none() || room.key.as_deref() == Some(keys[k])))
+                    .map(|(user, _)| user.to_string())
+                    .collect();
+                for view in &views {
+                    prop_assert_eq!(&view.get(&room).cloned().unwrap_or_default(), &truth, "{:?}", room);
                 }
             }
         }

@@ -352,6 +352,127 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
     drop(demo);
 }
 
+/// Counts, in a page, the frames its sockets receive and those that are `rate_limited`
+/// errors, whatever request they answer: run before the page's own scripts.
+const COUNT_REFUSALS: &str = r#"
+window.framesSeen = 0;
+window.refusals = [];
+const Native = window.WebSocket;
+window.WebSocket = class extends Native {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => {
+      window.framesSeen += 1;
+      const frame = JSON.parse(event.data);
+      if (frame.code === "rate_limited") window.refusals.push(frame);
+    });
+  }
+};
+"#;
+
+#[tokio::test]
+async fn the_demo_at_its_busiest_never_meets_a_limit_with_the_default_budgets() {
+    let demo = Demo::start().await;
+    // Five pages of history in the lobby, two in the random room.
+    for n in 0..250 {
+        say_from_kafka(&demo.rooms, "lobby", "kafka", &format!("lobby {n:03}")).await;
+    }
+    for n in 0..100 {
+        say_from_kafka(&demo.rooms, "random", "kafka", &format!("random {n:03}")).await;
+    }
+    let mut browser = Browser::start().await;
+    // Alice on her laptop and her phone at once (one user: her budget is shared), and bob.
+    let pages = ["alice", "alice-phone", "bob"];
+    for name in pages {
+        let user = name.split('-').next().unwrap();
+        browser
+            .run(json!({"cmd": "open", "name": name, "url": demo.page(user), "init": COUNT_REFUSALS}))
+            .await;
+    }
+    for name in pages {
+        browser.wait_text(name, "#status", "open").await;
+        browser.wait_count(name, "#messages li", 50).await;
+    }
+
+    // Alice scrolls the lobby back to its first message as fast as pages come, on both
+    // devices.
+    for name in ["alice", "alice-phone"] {
+        for shown in [100, 150, 200, 250] {
+            browser.scroll_top(name, "#messages").await;
+            browser.wait_count(name, "#messages li", shown).await;
+        }
+        browser.wait_text(name, "#messages", "lobby 000").await;
+    }
+    // She hops between her rooms, typing a little in each.
+    for round in 0..4 {
+        for room in ["random", "staff", "lobby"] {
+            browser
+                .click("alice", &format!("#rooms button[data-room={room}]"))
+                .await;
+            browser
+                .run(json!({"cmd": "fill", "name": "alice", "selector": "#text", "text": format!("hm {round}")}))
+                .await;
+        }
+    }
+    browser.wait_text("bob", "#typing", "alice is typing").await;
+    // The random room's older page, read on the way.
+    browser
+        .click("alice", "#rooms button[data-room=random]")
+        .await;
+    browser.scroll_top("alice", "#messages").await;
+    browser.wait_count("alice", "#messages li", 100).await;
+    // Back in the lobby, twenty messages as fast as she can type them.
+    browser
+        .click("alice", "#rooms button[data-room=lobby]")
+        .await;
+    for n in 0..20 {
+        browser.say("alice", &format!("quick {n:02}")).await;
+    }
+    browser.wait_text("bob", "#messages", "quick 19").await;
+    browser.wait_count("alice", "#outbox li", 0).await;
+    browser.wait_count("alice", "#messages li", 270).await;
+    // Notifications come in; she opens them again and again.
+    let producer = producer();
+    for n in 0..3 {
+        let note = json!({"text": format!("note {n}")}).to_string();
+        produce(&producer, &demo.notes, "alice", note.as_bytes()).await;
+    }
+    browser.wait_text("alice", "#unread", "3").await;
+    for _ in 0..5 {
+        browser.click("alice", "#bell").await;
+    }
+    browser.wait_text("alice", "#unread", "0").await;
+    browser.wait_text("alice", "#members", "bob").await;
+    browser.wait_text("bob", "#members", "alice").await;
+
+    // Nothing it did met a limit, and everything succeeded.
+    for name in pages {
+        let seen = browser
+            .run(json!({"cmd": "evaluate", "name": name, "script": "[window.framesSeen, window.refusals]"}))
+            .await;
+        assert!(
+            seen[0].as_u64().unwrap() > 10,
+            "{name} counted no frames: {seen}"
+        );
+        assert_eq!(seen[1], json!([]), "{name} was refused");
+        assert_eq!(
+            browser.complaints(name).await,
+            Vec::<String>::new(),
+            "{name}"
+        );
+        let problem = browser
+            .run(json!({"cmd": "evaluate", "name": name, "script": "document.getElementById('problem').hidden"}))
+            .await;
+        assert_eq!(problem, true, "{name} shows a problem");
+    }
+    let metrics = demo.hub.metrics().await;
+    let refused: Vec<_> = metrics
+        .iter()
+        .filter(|(name, value)| name.starts_with("wskafka_requests_refused_total") && **value > 0.0)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
 #[tokio::test]
 async fn the_admin_page_shows_live_connections_and_topics() {
     let demo = Demo::start().await;

@@ -247,6 +247,57 @@ async fn a_flooding_socket_is_told_when_to_retry_then_closed_and_others_carry_on
 }
 
 #[tokio::test]
+async fn a_users_sockets_flooding_together_are_refused_at_the_users_budget_and_others_are_served() {
+    let hub = Hub::start("limits.*", &[]).await;
+    let mallory = token("mallory", &[], &[]);
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        sockets.push(hub.connect(&mallory).await);
+    }
+    let mut bob = hub.connect(&token("bob", &[], &[])).await;
+    // Ten pings from each of mallory's eight sockets, each within its own budget of ten:
+    // eighty against the forty (four sockets' worth) her sockets have together. Bob's ten
+    // come meanwhile.
+    for socket in &mut sockets {
+        for n in 0..10 {
+            socket.send(json!({"type": "ping", "id": n})).await;
+        }
+    }
+    for n in 0..10 {
+        bob.send(json!({"type": "ping", "id": n})).await;
+    }
+    for n in 0..10 {
+        assert_eq!(bob.recv().await, json!({"type": "pong", "id": n}));
+    }
+    let (mut served, mut limited) = (0, 0);
+    for socket in &mut sockets {
+        for _ in 0..10 {
+            let reply = socket.recv().await;
+            if reply["type"] == "pong" {
+                served += 1;
+                continue;
+            }
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            let message = reply["message"].as_str().unwrap();
+            assert!(
+                message
+                    .contains("more than 40 ping requests per second across this user's sockets"),
+                "{message}"
+            );
+            limited += 1;
+        }
+    }
+    // Her burst, give or take what refills while the pings are sent.
+    assert!((40..=48).contains(&served), "{served} of 80 served");
+    assert_eq!(served + limited, 80);
+    let metrics = hub.metrics().await;
+    assert_eq!(
+        metrics[r#"wskafka_requests_refused_total{type="ping"}"#],
+        f64::from(limited)
+    );
+}
+
+#[tokio::test]
 async fn commits_are_written_behind_and_a_clean_shutdown_keeps_the_last_ones() {
     let (topic, glob) = fresh_topic("commits", 1).await;
     let database = fresh_postgres().await;
@@ -292,4 +343,149 @@ async fn commits_are_written_behind_and_a_clean_shutdown_keeps_the_last_ones() {
     let store = wskafka::Store::connect(&database, 1).await.unwrap();
     let stored = store.committed("alice", &topic, "").await.unwrap();
     assert_eq!(stored, std::collections::BTreeMap::from([(0, 1200)]));
+}
+
+/// Sends `count` requests (`request(n)`, ids `n`) without reading, then reads until the hub
+/// closes the socket: how many were served and how many refused `rate_limited`, and the
+/// close frame's code.
+async fn flood(
+    client: &mut Client,
+    count: u64,
+    request: impl Fn(u64) -> serde_json::Value,
+) -> (Vec<serde_json::Value>, usize, u16) {
+    for n in 0..count {
+        let mut frame = request(n);
+        frame["id"] = json!(n);
+        client.send(frame).await;
+    }
+    let (mut served, mut limited) = (Vec::new(), 0);
+    loop {
+        let next = tokio::time::timeout(PATIENCE, client.ws.next()).await;
+        match next.expect("the flooding socket was never closed") {
+            Some(Ok(Message::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["code"] == "rate_limited" {
+                    limited += 1;
+                } else {
+                    assert!(frame["type"] != "error", "{frame}");
+                    served.push(frame);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                break (
+                    served,
+                    limited,
+                    u16::from(frame.expect("a close frame").code),
+                );
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// The issue's table, each row with the default budgets: a socket that sends subscribes
+/// and unsubscribes, commits or history pages as fast as it can is served its burst, told
+/// to wait, then closed; what it cost the roster and the database is bounded; another user
+/// is served meanwhile.
+#[tokio::test]
+async fn floods_of_subscribes_commits_and_history_are_refused_then_closed_at_a_bounded_cost() {
+    let (topic, glob) = fresh_topic("floods", 1).await;
+    produce_many(&topic, 500).await;
+    let (roster, database) = (unique("roster"), sqlite_url());
+    let presence = unique("presence");
+    let hub = Hub::start(
+        &glob,
+        &[
+            "--keyed-topics",
+            &glob,
+            "--presence-topic",
+            &presence,
+            "--roster-topic",
+            &roster,
+            "--database-url",
+            &database,
+        ],
+    )
+    .await;
+    let grant = |user: &str| token(user, &[], &[&glob]);
+    let started = std::time::Instant::now();
+
+    // Subscribe and unsubscribe: 200 pairs.
+    let mut churner = hub.connect(&grant("churner")).await;
+    let (served, limited, code) = flood(&mut churner, 400, |n| {
+        let kind = if n % 2 == 0 {
+            "subscribe"
+        } else {
+            "unsubscribe"
+        };
+        json!({"type": kind, "topic": topic, "key": "lobby"})
+    })
+    .await;
+    assert_eq!(code, 1008);
+    assert!((20..=30).contains(&served.len()), "{} served", served.len());
+    assert!((95..=110).contains(&limited), "{limited} refused");
+    // Its roster record is written at most once a second: when it connected, its first
+    // subscribe, once a second after, and its tombstone.
+    let seconds = started.elapsed().as_secs_f64();
+    let written = read_all(broker(), &roster).await.len();
+    assert!(
+        written <= seconds.ceil() as usize + 3,
+        "{written} roster records in {seconds:.1} s"
+    );
+
+    // Commits: each acknowledged position is stored, in a bounded number of transactions.
+    let mut committer = hub.connect(&grant("committer")).await;
+    let (served, limited, code) = flood(
+        &mut committer,
+        400,
+        |n| json!({"type": "commit", "topic": topic, "offsets": {"0": n + 1}}),
+    )
+    .await;
+    assert_eq!(code, 1008);
+    assert!((10..=15).contains(&served.len()), "{} served", served.len());
+    assert!((95..=110).contains(&limited), "{limited} refused");
+    let last = served
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap() + 1)
+        .max()
+        .unwrap();
+    let store = wskafka::Store::connect(&database, 1).await.unwrap();
+    eventually("the last acknowledged position is stored", async || {
+        store.committed("committer", &topic, "").await.unwrap()
+            == std::collections::BTreeMap::from([(0, last as i64)])
+    })
+    .await;
+    let writes = hub.metrics().await["wskafka_commit_writes_total"];
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        writes <= seconds.ceil() + 1.0,
+        "{writes} transactions in {seconds:.1} s"
+    );
+
+    // History pages: another user's page is served meanwhile. How long it took, quiet and
+    // during the flood, is printed, not judged.
+    let mut other = hub.connect(&grant("other")).await;
+    let page = json!({"type": "history", "id": "o", "topic": topic, "limit": 50});
+    let quiet = std::time::Instant::now();
+    assert_eq!(other.call(page.clone()).await["type"], "history");
+    let quiet = quiet.elapsed();
+    let mut reader = hub.connect(&grant("reader")).await;
+    let flooding = flood(
+        &mut reader,
+        400,
+        |_| json!({"type": "history", "topic": topic, "limit": 50}),
+    );
+    let meanwhile = async {
+        let asked = std::time::Instant::now();
+        assert_eq!(other.call(page.clone()).await["type"], "history");
+        asked.elapsed()
+    };
+    let ((served, limited, code), meanwhile) = tokio::join!(flooding, meanwhile);
+    assert_eq!(code, 1008);
+    assert!((5..=10).contains(&served.len()), "{} served", served.len());
+    assert!((95..=110).contains(&limited), "{limited} refused");
+    eprintln!("another user's history page: {quiet:?} quiet, {meanwhile:?} during the flood");
+    let metrics = hub.metrics().await;
+    assert_eq!(metrics["wskafka_abusive_closes_total"], 3.0);
 }

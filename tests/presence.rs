@@ -97,11 +97,18 @@ async fn enter(client: &mut Client, topic: &str, room: &str, extras: Value) {
     assert_eq!(reply["type"], "subscribed", "{reply}");
 }
 
-/// The members of `room` as `hub` lists them.
+/// The members of `room` as `hub` lists them, asked as often as the socket's budget allows
+/// (`until_members` asks every 20 ms).
 async fn members(client: &mut Client, topic: &str, room: &str) -> BTreeSet<String> {
-    let reply = client
-        .call(json!({"type": "presence", "topic": topic, "key": room}))
-        .await;
+    let reply = loop {
+        let reply = client
+            .call(json!({"type": "presence", "topic": topic, "key": room}))
+            .await;
+        match reply["retry_after_ms"].as_u64() {
+            Some(wait) => tokio::time::sleep(Duration::from_millis(wait)).await,
+            None => break reply,
+        }
+    };
     assert_eq!(reply["type"], "presence", "{reply}");
     let listed: BTreeSet<String> = serde_json::from_value(reply["members"].clone()).unwrap();
     assert_eq!(reply["count"], listed.len(), "{reply}");
@@ -176,33 +183,27 @@ async fn joins_and_leaves_follow_the_roster_once_across_hubs_and_a_killed_hub_le
     let topic = cluster.topic.clone();
     let mut observer = a.connect(&cluster.token("observer", &["*"])).await;
     enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
-    let mut next = async || {
-        let frame = observer.recv().await;
-        (
-            frame["type"].as_str().unwrap().to_string(),
-            frame["user"].as_str().unwrap().to_string(),
-        )
-    };
+    let mut next = async || observer.presence_diff().await;
     // The observer's own join comes first.
-    assert_eq!(next().await, ("join".into(), "observer".into()));
+    assert_eq!(next().await, joined(&["observer"]));
 
     let carol = cluster.token("carol", &["lobby"]);
     let mut carol_b = b.connect(&carol).await;
     enter(&mut carol_b, &topic, "lobby", json!({})).await;
-    assert_eq!(next().await, ("join".into(), "carol".into()));
+    assert_eq!(next().await, joined(&["carol"]));
     // Her second socket, on the hub that will die: no second join.
     let mut carol_doomed = doomed.connect(&carol).await;
     enter(&mut carol_doomed, &topic, "lobby", json!({})).await;
     let mut dave = doomed.connect(&cluster.token("dave", &["lobby"])).await;
     enter(&mut dave, &topic, "lobby", json!({})).await;
-    assert_eq!(next().await, ("join".into(), "dave".into()));
+    assert_eq!(next().await, joined(&["dave"]));
 
     // SIGKILL: no socket of the dead hub says goodbye. Within the instance timeout another
     // hub writes them off: dave leaves, once; carol stays, on hub b.
     doomed.kill().await;
-    assert_eq!(next().await, ("leave".into(), "dave".into()));
+    assert_eq!(next().await, left(&["dave"]));
     drop(carol_b);
-    assert_eq!(next().await, ("leave".into(), "carol".into()));
+    assert_eq!(next().await, left(&["carol"]));
     // Nothing else came: a ping answered now is the next frame.
     let pong = observer.call(json!({"type": "ping", "id": "p"})).await;
     assert_eq!(pong["type"], "pong", "{pong}");
@@ -210,6 +211,16 @@ async fn joins_and_leaves_follow_the_roster_once_across_hubs_and_a_killed_hub_le
         members(&mut observer, &topic, "lobby").await,
         BTreeSet::from(["observer".to_string()])
     );
+}
+
+/// A `presence_diff` of joins only.
+fn joined(users: &[&str]) -> (Vec<String>, Vec<String>) {
+    (users.iter().map(|u| u.to_string()).collect(), Vec::new())
+}
+
+/// A `presence_diff` of leaves only.
+fn left(users: &[&str]) -> (Vec<String>, Vec<String>) {
+    (Vec::new(), users.iter().map(|u| u.to_string()).collect())
 }
 
 /// Time the roster takes from one hub's tombstone to another hub's `leave`: a Kafka round
@@ -241,9 +252,10 @@ async fn hubs_killed_at_any_point_of_their_heartbeat_leave_everywhere_within_the
     for observer in &mut observers {
         let mut joined = BTreeSet::new();
         while joined.len() < ids.len() {
-            let frame = observer.recv().await;
-            if frame["type"] == "join" && frame["user"] != "observer" {
-                assert!(joined.insert(frame["user"].as_str().unwrap().to_string()));
+            let (joins, leaves) = observer.presence_diff().await;
+            assert!(leaves.is_empty(), "{leaves:?}");
+            for user in joins.into_iter().filter(|u| u != "observer") {
+                assert!(joined.insert(user));
             }
         }
     }
@@ -271,11 +283,12 @@ async fn hubs_killed_at_any_point_of_their_heartbeat_leave_everywhere_within_the
     let watch = async |observer: &mut Client| {
         let mut left = BTreeMap::new();
         while left.len() < ids.len() {
-            let frame = observer.recv().await;
-            assert_eq!(frame["type"], "leave", "{frame}");
-            let user = frame["user"].as_str().unwrap().to_string();
-            let late = now_millis() - last_seen[&user];
-            assert!(left.insert(user, late).is_none(), "a second leave: {frame}");
+            let (joins, leaves) = observer.presence_diff().await;
+            assert!(joins.is_empty(), "{joins:?}");
+            for user in leaves {
+                let late = now_millis() - last_seen[&user];
+                assert!(left.insert(user, late).is_none(), "a second leave");
+            }
         }
         // Told once: a ping answered now is the next frame.
         let pong = observer.call(json!({"type": "ping", "id": "p"})).await;
@@ -303,7 +316,7 @@ async fn a_user_whose_network_stalls_leaves_the_room_on_every_hub() {
     let (a, b) = tokio::join!(cluster.hub_with(&heartbeat), cluster.hub());
     let mut observer = b.connect(&cluster.token("observer", &["*"])).await;
     enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
-    assert_eq!(observer.recv().await["user"], "observer");
+    assert_eq!(observer.presence_diff().await, joined(&["observer"]));
 
     // Alice's phone reaches hub a through a network that will stop passing packets.
     let network = StallingProxy::start(a.addr).await;
@@ -313,20 +326,11 @@ async fn a_user_whose_network_stalls_leaves_the_room_on_every_hub() {
             .unwrap();
     let mut alice = Client { ws };
     enter(&mut alice, &topic, "lobby", json!({})).await;
-    let joined = observer.recv().await;
-    assert_eq!(
-        (joined["type"].as_str(), joined["user"].as_str()),
-        (Some("join"), Some("alice"))
-    );
+    assert_eq!(observer.presence_diff().await, joined(&["alice"]));
 
     // Nothing closes: only the missing pong tells hub a, which lets her go everywhere.
     network.stall();
-    let left = observer.recv().await;
-    assert_eq!(
-        (left["type"].as_str(), left["user"].as_str()),
-        (Some("leave"), Some("alice")),
-        "{left}"
-    );
+    assert_eq!(observer.presence_diff().await, left(&["alice"]));
     assert_eq!(a.metrics().await["wskafka_unresponsive_closes_total"], 1.0);
     network.resume();
     // What reaches her once the network is back is the end of that socket.
@@ -353,7 +357,7 @@ async fn subscription_churn_costs_the_roster_and_the_room_a_bounded_amount() {
     );
     let mut observer = b.connect(&cluster.token("observer", &["*"])).await;
     enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
-    assert_eq!(observer.recv().await["user"], "observer");
+    assert_eq!(observer.presence_diff().await, joined(&["observer"]));
     // Asks who is there, and hears no joins or leaves.
     let mut watcher = b.connect(&cluster.token("watcher", &["*"])).await;
     let before = read_all(broker(), &roster).await.len();
@@ -398,6 +402,143 @@ async fn subscription_churn_costs_the_roster_and_the_room_a_bounded_amount() {
         frame = observer.recv().await;
     }
     assert!(told <= bound, "{told} joins and leaves");
+}
+
+/// The hub's documented interval between two `presence_diff` frames of a room.
+const DIFF_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Sends `request` (with `id`) until it is served, waiting as long as each `rate_limited`
+/// answer says: as fast as the socket's budget allows. Other frames (joins and leaves of
+/// the room) are skipped.
+async fn as_budget_allows(client: &mut Client, mut request: Value, id: u64) {
+    request["id"] = json!(id);
+    loop {
+        client.send(request.clone()).await;
+        let reply = loop {
+            let frame = client.recv().await;
+            if frame["id"] == id {
+                break frame;
+            }
+        };
+        if reply["code"] != "rate_limited" {
+            assert!(reply["type"] != "error", "{reply}");
+            return;
+        }
+        let wait = reply["retry_after_ms"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// Applies a `presence_diff` to a member's view of the room.
+fn apply(view: &mut BTreeSet<String>, (joins, leaves): (Vec<String>, Vec<String>)) {
+    for user in leaves {
+        view.remove(&user);
+    }
+    view.extend(joins);
+}
+
+#[tokio::test]
+async fn users_churning_a_room_as_fast_as_their_budgets_allow_cost_each_member_a_diff_per_interval()
+{
+    let cluster = Cluster::new("diffs").await;
+    let topic = cluster.topic.clone();
+    let (a, b) = tokio::join!(cluster.hub(), cluster.hub());
+    let mut observer = b.connect(&cluster.token("observer", &["*"])).await;
+    enter(&mut observer, &topic, "lobby", json!({"presence": true})).await;
+    assert_eq!(observer.presence_diff().await, joined(&["observer"]));
+    let mut view = BTreeSet::from(["observer".to_string()]);
+
+    // Sixteen users, a socket each on hub a with the default budgets, subscribe to the room
+    // and unsubscribe from it as fast as those allow, forty times; the even ones end in it.
+    let churners = 16;
+    let started = std::time::Instant::now();
+    let mut churning = tokio::task::JoinSet::new();
+    for n in 0..churners {
+        let mut client = a
+            .connect(&cluster.token(&format!("churner-{n:02}"), &["lobby"]))
+            .await;
+        let topic = topic.clone();
+        churning.spawn(async move {
+            let subscribe =
+                json!({"type": "subscribe", "topic": topic, "key": "lobby", "presence": true});
+            let unsubscribe = json!({"type": "unsubscribe", "topic": topic, "key": "lobby"});
+            let mut id = 0;
+            for _ in 0..40 {
+                as_budget_allows(&mut client, subscribe.clone(), id).await;
+                as_budget_allows(&mut client, unsubscribe.clone(), id + 1).await;
+                id += 2;
+            }
+            if n % 2 == 0 {
+                as_budget_allows(&mut client, subscribe, id).await;
+            }
+            client
+        });
+    }
+    // A member who comes in the middle of it (a second in: the churn takes three or more):
+    // the list it asks for and the diffs that follow add up to the room.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut late = b.connect(&cluster.token("late", &["*"])).await;
+    enter(&mut late, &topic, "lobby", json!({"presence": true})).await;
+    let mut late_view = BTreeSet::new();
+    late.send(json!({"type": "presence", "id": "p", "topic": topic, "key": "lobby"}))
+        .await;
+    loop {
+        let frame = late.recv().await;
+        if frame["type"] == "presence" {
+            let listed: Vec<String> = serde_json::from_value(frame["members"].clone()).unwrap();
+            assert!(frame["next"].is_null(), "{frame}");
+            late_view.extend(listed);
+            break;
+        }
+        assert_eq!(frame["type"], "presence_diff", "{frame}");
+        let users = |field: &str| serde_json::from_value(frame[field].clone()).unwrap();
+        apply(&mut late_view, (users("joins"), users("leaves")));
+    }
+
+    // What the observer hears until the churn is over and its view is the room's.
+    let mut truth: BTreeSet<String> = (0..churners)
+        .step_by(2)
+        .map(|n| format!("churner-{n:02}"))
+        .collect();
+    truth.extend(["observer".to_string(), "late".to_string()]);
+    let (mut diffs, mut changes) = (0, 0);
+    let mut clients = Vec::new();
+    let heard = async {
+        while !churning.is_empty() || view != truth {
+            tokio::select! {
+                Some(done) = churning.join_next(), if !churning.is_empty() => clients.push(done.unwrap()),
+                diff = observer.presence_diff() => {
+                    diffs += 1;
+                    changes += diff.0.len() + diff.1.len();
+                    apply(&mut view, diff);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), heard)
+        .await
+        .unwrap_or_else(|_| panic!("the observer's view stayed {view:?}, not {truth:?}"));
+    let seconds = started.elapsed().as_secs_f64();
+    let bound = (seconds / DIFF_INTERVAL.as_secs_f64()).ceil() as usize + 1;
+    eprintln!("{diffs} diffs carrying {changes} joins and leaves in {seconds:.1} s");
+    assert!(
+        diffs <= bound,
+        "{diffs} presence_diff frames in {seconds:.1} s: more than one per {DIFF_INTERVAL:?}"
+    );
+
+    // The late member's view ends in the same state, as does every hub's list.
+    let last = async {
+        while late_view != truth {
+            apply(&mut late_view, late.presence_diff().await);
+        }
+    };
+    tokio::time::timeout(PATIENCE, last)
+        .await
+        .unwrap_or_else(|_| panic!("the late member's view stayed {late_view:?}, not {truth:?}"));
+    let truth: Vec<&str> = truth.iter().map(String::as_str).collect();
+    let mut watcher = a.connect(&cluster.token("watcher", &["*"])).await;
+    until_members(&mut [&mut watcher, &mut observer], &topic, "lobby", &truth).await;
+    drop(clients);
 }
 
 #[tokio::test]

@@ -64,14 +64,18 @@ async function start(user) {
           showTyping();
         }
       }, { key: room, presence: true, signals: true })
-      .then(async () => {
-        // Who is here, then joins and leaves as they come (events below).
-        loadMembers(client, room);
-        // What was said before this page opened.
-        await loadOlder(client, room);
-      })
+      // What was said before this page opened.
+      .then(() => loadOlder(client, room))
       .catch(complain);
   }
+  // Who is here: listed each time a room's subscription starts (again, after a reconnect),
+  // then kept by the joins and leaves that follow (events below). The hub lists a room as
+  // of its last batch of joins and leaves, so the two add up whenever the list is taken.
+  client.addEventListener("subscribed", (e) => {
+    if (e.detail.topic !== topic || !rooms.has(e.detail.key)) return;
+    rooms.get(e.detail.key).members.clear();
+    loadMembers(client, e.detail.key).catch(complain);
+  });
   // Unread notifications: everything after what this user last marked read, on any device.
   client
     .subscribe(notificationsTopic, (m) => {

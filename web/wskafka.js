@@ -92,7 +92,9 @@ export function backoffDelay(attempt, backoff, random) {
  * A connection to a wskafka hub. Events (an EventTarget): `state` (detail: the new
  * ConnectionState), `lost` (detail: {topic, lost}: records a resume could not recover),
  * `error` (detail: a WsKafkaError not tied to a request, such as an ended subscription),
- * `join` and `leave` (detail: {topic, key, user}, for subscriptions made with `presence`),
+ * `presence_diff` (detail: {topic, key, joins, leaves}: who joined and who left a room since
+ * the last one, for subscriptions made with `presence`; the hub sends at most one per room
+ * every 250 ms), and for each user in it a `leave` or `join` event (detail: {topic, key, user}),
  * `signal` (detail: {topic, key, sender, payload}, for subscriptions made with `signals`),
  * `status` (detail: {user, online}, for users watched with `online`), `publish` (detail:
  * {id, topic, key, payload, status, error}: a publish became `pending`, `acked` or `failed`).
@@ -231,7 +233,8 @@ export class WsKafka extends EventTarget {
    * exist rejects with code `unknown_topic` and is not asked for again.
    * @param {string} topic @param {(message: Message) => void} onMessage
    * @param {{key?: string, from?: Start, filter?: Filter, presence?: boolean, signals?: boolean}} [options]
-   *   `presence`: `join` and `leave` events for the room; `signals`: its `signal` events
+   *   `presence`: `presence_diff` (and `join` and `leave`) events for the room; `signals`: its
+   *   `signal` events
    * @returns {Promise<() => void>}
    */
   subscribe(topic, onMessage, options = {}) {
@@ -582,8 +585,17 @@ export class WsKafka extends EventTarget {
       case "expiring":
         this.refresh();
         return;
-      case "join":
-      case "leave":
+      case "presence_diff": {
+        this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
+        const { topic, key } = frame;
+        for (const user of frame.leaves ?? []) {
+          this.dispatchEvent(new CustomEvent("leave", { detail: { topic, key, user } }));
+        }
+        for (const user of frame.joins ?? []) {
+          this.dispatchEvent(new CustomEvent("join", { detail: { topic, key, user } }));
+        }
+        return;
+      }
       case "signal":
       case "status":
         this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));

@@ -1202,6 +1202,16 @@ impl Client {
         }
     }
 
+    /// The next frame, which must be a `presence_diff`: its joins and leaves.
+    pub async fn presence_diff(&mut self) -> (Vec<String>, Vec<String>) {
+        let diff = self.recv().await;
+        assert_eq!(diff["type"], "presence_diff", "{diff}");
+        let users = |field: &str| -> Vec<String> {
+            serde_json::from_value(diff[field].clone()).expect("a list of user ids")
+        };
+        (users("joins"), users("leaves"))
+    }
+
     /// The next `message` frame, as (partition, offset) and the frame.
     pub async fn message(&mut self) -> ((i32, i64), Value) {
         let m = self.recv().await;

@@ -16,8 +16,9 @@ const timeout = Number(process.env.PATIENCE_MS ?? 20000);
 
 const commands = {
   // In a new context (another person), or with `beside`, in the context of that page (another
-  // tab of the same person, holding the same credentials).
-  async open({ name, url, credentials, beside }) {
+  // tab of the same person, holding the same credentials). `init`: a script run in the page
+  // before its own.
+  async open({ name, url, credentials, beside, init }) {
     const context = beside
       ? pages.get(beside).context()
       : await browser.newContext(credentials ? { httpCredentials: credentials } : {});
@@ -31,6 +32,7 @@ const commands = {
       process.stderr.write(`${name} page error: ${e}\n`);
       complaints.get(name).push(String(e));
     });
+    if (init) await page.addInitScript(init);
     await page.goto(url);
     pages.set(name, page);
   },

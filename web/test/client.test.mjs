@@ -265,15 +265,20 @@ test("presence and signal frames become events, and watched users are asked agai
   for (const type of ["join", "leave", "signal", "status"]) {
     client.addEventListener(type, (e) => seen.push([type, e.detail.user ?? e.detail.sender]));
   }
+  const diffs = [];
+  client.addEventListener("presence_diff", (e) => diffs.push(e.detail));
   const subscribed = client.subscribe("rooms", () => {}, { key: "lobby", presence: true, signals: true });
   const request = socket.last("subscribe");
   assert.equal(request.presence, true);
   assert.equal(request.signals, true);
   socket.reply({ type: "subscribed", id: request.id, topic: "rooms", key: "lobby", partitions: {} });
   await subscribed;
-  socket.reply({ type: "join", topic: "rooms", key: "lobby", user: "bob" });
+  const joined = { type: "presence_diff", topic: "rooms", key: "lobby", joins: ["bob", "cy"], leaves: [] };
+  socket.reply(joined);
   socket.reply({ type: "signal", topic: "rooms", key: "lobby", sender: "bob", payload: { typing: true } });
-  socket.reply({ type: "leave", topic: "rooms", key: "lobby", user: "bob" });
+  socket.reply({ type: "presence_diff", topic: "rooms", key: "lobby", joins: ["dee"], leaves: ["bob"] });
+  assert.deepEqual(diffs[0], joined);
+  assert.equal(diffs.length, 2);
 
   const asked = client.online(["bob"], { watch: true });
   const online = socket.last("online");
@@ -281,7 +286,14 @@ test("presence and signal frames become events, and watched users are asked agai
   socket.reply({ type: "online", id: online.id, users: { bob: false } });
   assert.deepEqual(await asked, { bob: false });
   socket.reply({ type: "status", user: "bob", online: true });
-  assert.deepEqual(seen, [["join", "bob"], ["signal", "bob"], ["leave", "bob"], ["status", "bob"]]);
+  assert.deepEqual(seen, [
+    ["join", "bob"],
+    ["join", "cy"],
+    ["signal", "bob"],
+    ["leave", "bob"],
+    ["join", "dee"],
+    ["status", "bob"],
+  ]);
 
   client.typing("rooms", { key: "lobby" });
   client.typing("rooms", { key: "lobby" });
