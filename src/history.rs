@@ -31,8 +31,8 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::config::ServeConfig;
-use crate::kafka::{frame_of, headers_of, reader_config};
 use crate::kafka::KafkaLog;
+use crate::kafka::{frame_of, headers_of, reader_config};
 use crate::metrics;
 use crate::protocol::ErrorCode;
 use crate::registry::{Filter, RecordMeta};

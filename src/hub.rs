@@ -16,25 +16,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::issuers::Authenticator;
 use crate::auth::{AuthError, Session, TokenId};
 use crate::budget::{Rates, UserBudgets};
-use crate::kafka::Catalogue;
-use crate::store::commits::Commits;
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
 use crate::history::HistoryReader;
-use crate::auth::issuers::Authenticator;
+use crate::kafka::Catalogue;
 use crate::kafka::{LivePositions, Publisher};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
+use crate::presence::roster::Roster;
+use crate::presence::signal::Signals;
 use crate::protocol::close;
 use crate::recent::Recent;
 use crate::registry::{ConnId, Queued, Registry};
 use crate::replay::Replayer;
 use crate::retries::Retries;
-use crate::roster::Roster;
-use crate::signal::Signals;
 use crate::stop::Stop;
+use crate::store::commits::Commits;
 use crate::store::{Store, StoreError};
 
 /// Shared by the HTTP handlers and every connection, behind one `Arc`.

@@ -26,16 +26,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::store::commits::Commits;
 use crate::config::ServeConfig;
-use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka::KafkaLog;
+use crate::kafka::{delivery_of, headers_of, reader_config};
 use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, LostReason, Start};
 use crate::recent::Recent;
 use crate::registry::{Delivery, Filter, RecordMeta};
 use crate::store::StoreError;
+use crate::store::commits::Commits;
 
 /// Bound on each metadata or ListOffsets round trip.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -34,8 +34,8 @@ use tokio::sync::oneshot;
 
 use crate::clock::now_millis;
 use crate::config::ServeConfig;
-use crate::kafka::reader_config;
 use crate::kafka::KafkaLog;
+use crate::kafka::reader_config;
 use crate::metrics;
 use crate::protocol::{ErrorCode, PUBLISH_ID_HEADER, SENDER_HEADER};
 

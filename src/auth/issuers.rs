@@ -21,10 +21,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::keys::{Jwks, JwksSettings, KeyMap, Missing, VerifyingKey, pick};
 use crate::auth::{AuthError, Grants, Session, ShortSecret, TokenId, check_secret};
 use crate::config::JwtConfig;
 use crate::grant::{Grant, UserPattern};
-use crate::auth::keys::{Jwks, JwksSettings, KeyMap, Missing, VerifyingKey, pick};
 
 /// Why the settings cannot verify tokens; the hub does not start with them.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,6 @@ pub(crate) mod issuers;
 pub(crate) mod keys;
 pub(crate) mod policy;
 
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;

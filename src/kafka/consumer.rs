@@ -7,38 +7,33 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::metrics;
-use crate::protocol::{self, ErrorCode, RecordView};
 use crate::recent::Recent;
-use crate::registry::{Delivery, RecordMeta, Registry};
+use crate::registry::{RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
 
-use super::{client_config, delivery_of};
-
+use super::{client_config, delivery_of, headers_of};
 
 /// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Bound on the ListOffsets round trip that pins where a fresh assignment starts.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const METADATA_RETRY: Duration = Duration::from_secs(1);
 /// How often the consumer looks for the hub's own topics while they are being created.
 const OWN_TOPICS_RETRY: Duration = Duration::from_millis(100);
-
 
 /// Errors of a partition whose leader is being elected or not serving yet: gone in moments.
 fn leader_not_ready(error: &KafkaError) -> bool {
@@ -338,6 +333,18 @@ fn deliver(
     }
 }
 
+/// Decides where each assigned partition starts, which is what makes "every record appended
+/// after `subscribed`" hold:
+/// - a partition seen before starts right after its last delivered record, so a rebalance
+///   neither skips nor repeats anything;
+/// - a partition that existed when the hub started starts at its end, resolved with
+///   ListOffsets *before* the hub reports ready, so no record slips in between readiness
+///   and the position being known (as it can with a lazily resolved `auto.offset.reset`);
+/// - any other partition was created while the hub ran, so every record in it is new: it
+///   starts at its beginning.
+///
+/// It also keeps delivery monotonic: a record at or below a partition's last delivered
+/// offset is never delivered again.
 struct StartPositions {
     ready: Arc<AtomicBool>,
     positions: Arc<Mutex<Progress>>,

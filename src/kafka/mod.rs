@@ -10,36 +10,22 @@ mod log;
 mod producer;
 
 pub use catalogue::{Catalogue, Lookup};
-pub use consumer::{Consumer, LivePositions, Sinks, Unresolved};
-pub use log::{KafkaLog, REPEAT_WINDOW};
-pub use producer::{Acked, PublishError, Publisher};
+pub use consumer::{Consumer, LivePositions, Sinks};
+pub use log::KafkaLog;
+pub use producer::{PublishError, Publisher};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::{ClientConfig, Message as _};
 
 use crate::config::ServeConfig;
-use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
-use crate::metrics;
-use crate::protocol::{self, ErrorCode, RecordView};
-use crate::recent::Recent;
-use crate::registry::{Delivery, RecordMeta, Registry};
-use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
+use crate::protocol::{self, RecordView};
+use crate::registry::Delivery;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,7 +79,6 @@ pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConf
         Side::Consumer,
     )
 }
-
 
 /// Creates the topics the hub writes to itself, when missing, with the broker's default
 /// replication.
@@ -175,16 +160,3 @@ pub(crate) fn delivery_of(
         ephemeral: false,
     }
 }
-
-/// Decides where each assigned partition starts, which is what makes "every record appended
-/// after `subscribed`" hold:
-/// - a partition seen before starts right after its last delivered record, so a rebalance
-///   neither skips nor repeats anything;
-/// - a partition that existed when the hub started starts at its end, resolved with
-///   ListOffsets *before* the hub reports ready, so no record slips in between readiness
-///   and the position being known (as it can with a lazily resolved `auto.offset.reset`);
-/// - any other partition was created while the hub ran, so every record in it is new: it
-///   starts at its beginning.
-///
-/// It also keeps delivery monotonic: a record at or below a partition's last delivered
-/// offset is never delivered again.

@@ -1,32 +1,17 @@
 //! The producer behind `publish`: idempotent, `acks=all`, keys placed as Kafka's Java
 //! clients place them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
-use crate::metrics;
-use crate::protocol::{self, ErrorCode, RecordView};
-use crate::recent::Recent;
-use crate::registry::{Delivery, RecordMeta, Registry};
-use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
+use crate::protocol::ErrorCode;
 
 use super::client_config;
 

@@ -31,9 +31,9 @@ use subtle::ConstantTimeEq as _;
 use crate::clock::now_secs;
 use crate::control::{ControlMessage, Revocation};
 use crate::hub::{ConnectionInfo, Hub};
-use crate::server::logins::{Logins, Source};
 use crate::metrics;
 use crate::registry::ConnId;
+use crate::server::logins::{Logins, Source};
 
 const PAGE: &str = include_str!("../../web/admin.html");
 const SCRIPT: &str = include_str!("../../web/admin.js");

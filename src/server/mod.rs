@@ -5,7 +5,6 @@ pub(crate) mod admin;
 pub(crate) mod logins;
 pub(crate) mod web;
 
-
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -31,25 +30,25 @@ use tower_http::add_extension::AddExtension;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::store::commits::Commits;
+use crate::auth::issuers::{Authenticator, KeyError};
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
 use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Parts};
-use crate::auth::issuers::{Authenticator, KeyError};
-use crate::kafka::{self, Consumer, Publisher, Sinks};
 use crate::kafka::KafkaLog;
+use crate::kafka::{self, Consumer, Publisher, Sinks};
 use crate::kafka_settings::SettingsError;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::presence::roster::{Follower, Roster};
+use crate::presence::signal::{self, Signals};
 use crate::recent::{Bounds, Recent};
 use crate::registry::{QueueBounds, Registry};
 use crate::replay::Replayer;
 use crate::retries::Retries;
-use crate::roster::{Follower, Roster};
-use crate::signal::{self, Signals};
+use crate::store::commits::Commits;
 use crate::store::{Store, StoreError, display_url};
-use crate::{admin, connection, memory, web};
+use crate::{connection, memory};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.

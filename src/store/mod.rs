@@ -8,7 +8,6 @@
 
 pub(crate) mod commits;
 
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

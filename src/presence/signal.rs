@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::ServeConfig;
-use crate::kafka::{PublishError, client_config};
 use crate::kafka::KafkaLog;
+use crate::kafka::{PublishError, client_config};
 use crate::kafka_settings::Side;
 use crate::registry::{Delivery, Registry, Wants};
 

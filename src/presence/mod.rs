@@ -8,6 +8,9 @@
 //! their `disconnect` (reason `instance_lost`) from whichever hub sees them first. Delivery
 //! is at least once: consumers drop repeats by `connection`.
 
+pub(crate) mod roster;
+pub(crate) mod signal;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::now_millis;
 use crate::kafka::{PublishError, Publisher};
-use crate::roster::SocketState;
+use crate::presence::roster::SocketState;
 use crate::store::{OpenSession, Store, StoreError};
 
 pub struct Presence {

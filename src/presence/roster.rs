@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
-use crate::kafka::reader_config;
 use crate::kafka::KafkaLog;
+use crate::kafka::reader_config;
 use crate::registry::{ConnId, Delivery, Registry, Wants};
 
 /// A room: a topic, and one key of it, or `None` for the topic as a whole (every user

@@ -1,0 +1,923 @@
+//! One task per socket: it reads requests, writes replies and records, and ends the
+//! connection for the reasons `docs/protocol.md` lists, each with its close code.
+//!
+//! Publishes are not awaited one by one: each becomes a future in `in_flight`, answered when
+//! Kafka acknowledges it, so a client can pipeline. When the hub stops, the loop stops
+//! reading but still answers every publish it took before closing with 1001.
+//!
+//! Every subscription remembers the next offset it delivers per partition. That one map
+//! drops what was already delivered (at a replay's seam, or after a resubscribe), and it is
+//! what `lagged` hands to a client that fell behind, so its next connection resumes exactly.
+
+mod auth;
+mod history;
+mod presence;
+mod publish;
+mod requests;
+mod subscribe;
+
+use self::auth::first_frame_auth;
+use self::presence::RosterWrites;
+use self::subscribe::leave;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Sink, Stream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::Session;
+use crate::budget::Budgets;
+use crate::clock::{instant_at, now_millis, unix_millis};
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
+use crate::metrics::{self, Metrics};
+use crate::presence::DisconnectReason;
+use crate::protocol::{BadRequest, ErrorCode, Reply, RequestId, close};
+use crate::registry::{ConnId, Delivery, Queued};
+use crate::replay::Report;
+use crate::stop::{Stop, StopReason};
+use crate::store::OpenSession;
+use crate::subscription::{Failed, Outgoing, Subscriptions};
+
+/// Frames taken from a queue before one flush: many frames per syscall under load.
+pub const WRITE_BATCH: usize = 64;
+/// How long to wait for the client's reply to our close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// History pages and Kafka replays one socket may have running at once, each also taking one
+/// of the hub's (`WSKAFKA_MAX_CONCURRENT_HISTORY`, `WSKAFKA_MAX_CONCURRENT_REPLAYS`): the
+/// rest wait their turn behind this socket's own, never in front of other sockets'.
+const SHARE: usize = 2;
+/// Replay records a connection holds before the replay waits for it.
+const REPLAY_QUEUE: usize = 64;
+/// What a connection talks over: axum's `WebSocket`, or in tests a pair of channels (as in
+/// axum's `testing-websockets` example).
+pub trait Socket:
+    Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send
+{
+}
+
+impl<S> Socket for S where
+    S: Sink<Message, Error = axum::Error>
+        + Stream<Item = Result<Message, axum::Error>>
+        + Unpin
+        + Send
+{
+}
+
+/// Serves one socket until it ends; `open` is its permit under the hub's cap on sockets.
+///
+/// Not an `async fn`: those keep their arguments twice in the future, once as arguments and
+/// once as locals, and this future lives as long as the socket.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
+    hub: Arc<Hub>,
+    mut socket: impl Socket,
+    admission: Admission,
+    open: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _open = open;
+        let id = hub.next_conn_id();
+        let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
+        let authenticated = match admission {
+            Admission::Admitted(session, seat) => Ok((session, seat)),
+            // The permit is given back once the first frame is handled, whatever it was.
+            Admission::Awaiting(_permit) => {
+                first_frame_auth(&hub, &mut socket)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        let (session, seat) = match authenticated {
+            Ok(pair) => pair,
+            Err((code, reason)) => {
+                tracing::debug!(parent: &span, code, reason, "refused the socket");
+                return refuse(&mut socket, code, Utf8Bytes::from(reason)).await;
+            }
+        };
+        span.record("sub", session.sub.as_str());
+        let stop = Stop::default();
+        let queued = Arc::<Queued>::default();
+        let info = ConnectionInfo {
+            sub: session.sub.clone(),
+            since: now_millis(),
+            token: session.token.clone(),
+            stop: stop.clone(),
+            queued: queued.clone(),
+        };
+        // Registered before the last revocation check: see `control` for why. Shutdown is
+        // checked after it too: see `Hub::going_away`.
+        let _registration = hub.register(id, info);
+        if hub.shutdown.is_cancelled() {
+            stop.going_away();
+        }
+        if hub.revoked_since_start(&session.sub, &session.token) {
+            let reason = Utf8Bytes::from_static("token revoked");
+            return refuse(&mut socket, close::AUTH_FAILED, reason).await;
+        }
+        let presence = match &hub.presence {
+            None => None,
+            Some(presence) => match presence.connected(&session.sub).await {
+                Ok(open) => Some(open),
+                Err(e) => {
+                    tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
+                    let reason = Utf8Bytes::from_static("try again shortly");
+                    return refuse(&mut socket, close::INTERNAL, reason).await;
+                }
+            },
+        };
+        metrics::connection_opened();
+        let (queue, mut frames) = mpsc::channel(hub.config.send_queue);
+        let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
+        let stash_bytes = hub.config.memory_budget.send_queue();
+        let mut connection = Connection {
+            queue,
+            queued,
+            taken: 0,
+            replayed: Vec::new(),
+            subscriptions: Subscriptions::new(hub.config.send_queue, stash_bytes),
+            budgets: Budgets::new(&hub.request_rates, &hub.rate_clock),
+            abusive: false,
+            share: Arc::new(Semaphore::new(SHARE)),
+            committed_any: false,
+            roster: RosterWrites::default(),
+            watching: Vec::new(),
+            replays,
+            out: Vec::new(),
+            stop,
+            presence,
+            ended: DisconnectReason::Closed,
+            held: None,
+            abandon: None,
+            hub: hub.clone(),
+            id,
+            session,
+            _seat: seat,
+        };
+        connection
+            .serve(&mut socket, &mut frames, &mut replay_events)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Ends a socket before it is served.
+async fn refuse(socket: &mut impl Socket, code: u16, reason: Utf8Bytes) {
+    let frame = CloseFrame { code, reason };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// Why a connection ended, and so which close frame it gets.
+#[derive(Debug)]
+enum Ending {
+    ClientClosed,
+    Broken,
+    GoingAway,
+    TokenExpired,
+    Revoked,
+    Lagged,
+    Unresponsive,
+    Abusive,
+}
+
+impl From<StopReason> for Ending {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::GoingAway => Ending::GoingAway,
+            StopReason::Revoked => Ending::Revoked,
+            StopReason::Lagged => Ending::Lagged,
+        }
+    }
+}
+
+impl Ending {
+    fn disconnect_reason(&self) -> DisconnectReason {
+        match self {
+            Ending::ClientClosed => DisconnectReason::Closed,
+            Ending::Broken => DisconnectReason::Broken,
+            Ending::GoingAway => DisconnectReason::GoingAway,
+            Ending::TokenExpired => DisconnectReason::TokenExpired,
+            Ending::Revoked => DisconnectReason::Revoked,
+            Ending::Lagged => DisconnectReason::Lagged,
+            Ending::Unresponsive => DisconnectReason::Unresponsive,
+            Ending::Abusive => DisconnectReason::PolicyViolation,
+        }
+    }
+
+    fn close_frame(&self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Ending::ClientClosed | Ending::Broken => return None,
+            Ending::GoingAway => (close::GOING_AWAY, "going away"),
+            Ending::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
+            Ending::Revoked => (close::AUTH_FAILED, "token revoked"),
+            Ending::Lagged => (close::LAGGED, "lagged"),
+            Ending::Unresponsive => (close::UNRESPONSIVE, "no answer to ping"),
+            Ending::Abusive => (close::POLICY_VIOLATION, "too many requests"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })
+    }
+}
+
+struct Connection {
+    hub: Arc<Hub>,
+    id: ConnId,
+    session: Session,
+    /// This socket's queue, shared by all its subscriptions in the registry.
+    queue: mpsc::Sender<Arc<Delivery>>,
+    /// The bytes of the records queued for it and not yet written.
+    queued: Arc<Queued>,
+    /// The bytes of the records taken from the queue this turn, no longer counted once the
+    /// turn's frames are written.
+    taken: usize,
+    /// Replayed records' room in their replay's window (see `replay::Window`), given back
+    /// once the turn's frames are written.
+    replayed: Vec<OwnedSemaphorePermit>,
+    subscriptions: Subscriptions,
+    /// What it may still ask, per request type (see `budget`).
+    budgets: Budgets,
+    /// It went on past its budget after being told to wait: closed with 1008.
+    abusive: bool,
+    /// How many of the hub's history readers and Kafka replays it may hold at once.
+    share: Arc<Semaphore>,
+    /// It committed read positions, which its close asks to be written at once.
+    committed_any: bool,
+    /// What the roster was last told of its rooms, and when.
+    roster: RosterWrites,
+    /// Users whose online status this socket is told of.
+    watching: Vec<String>,
+    /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
+    /// cost every socket 3.8 KB whether or not it ever replays.
+    replays: mpsc::Sender<Box<Report>>,
+    /// Frames to write at the end of this turn of the loop.
+    out: Vec<Outgoing>,
+    stop: Stop,
+    /// The session behind presence events, when they are on.
+    presence: Option<OpenSession>,
+    /// Why the connection ended, for its `disconnect` presence event.
+    ended: DisconnectReason,
+    /// A request naming a topic the hub has to ask Kafka about first.
+    held: Option<Box<Held>>,
+    /// Cancelled when the socket ends: resends still waiting are dropped unwritten. Made
+    /// at the first resend.
+    abandon: Option<CancellationToken>,
+    _seat: Seat,
+}
+
+/// A request handled again once the hub's list of topics is refreshed. Nothing else is read
+/// from the socket meanwhile, so requests are still handled in the order they came.
+struct Held {
+    text: Box<str>,
+    refreshed: BoxFuture<'static, ()>,
+}
+
+/// What a request awaited in the background comes back as.
+enum Answer {
+    Reply(Reply),
+    /// A refreshed token that verified and is not revoked.
+    Refreshed(Option<RequestId>, Session),
+}
+
+type Pending = BoxFuture<'static, Answer>;
+
+/// What a request's handler comes back with; a refusal is its `Err`, written by `handle`
+/// (see `requests`) like any answer.
+enum Answered {
+    /// The answer, at once.
+    Now(Reply),
+    /// Work whose answer comes later, off the socket's task (a publish, a history page).
+    Later(Pending),
+    /// Nothing to say now: a replay says `subscribed` once it starts, a signal is answered
+    /// only when refused, a held request once the topics are known.
+    Nothing,
+}
+
+type Handled = Result<Answered, Refused>;
+
+/// A request refused: the `error` frame that answers it.
+struct Refused {
+    id: Option<RequestId>,
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refused {
+    fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refused {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refused> for Reply {
+    fn from(Refused { id, code, message }: Refused) -> Reply {
+        Reply::error(id, code, message)
+    }
+}
+
+impl From<BadRequest> for Refused {
+    fn from(BadRequest { id, message }: BadRequest) -> Refused {
+        Refused::new(id, ErrorCode::BadRequest, message)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        metrics::connection_closed();
+        if self.committed_any {
+            self.hub.commits.write_soon();
+        }
+        for (topic, _, filter) in self.subscriptions.iter() {
+            leave(&self.hub, self.id, topic, filter);
+        }
+        // Out of the registry, so nothing is counted for it any more.
+        self.hub.registry.written(&self.queued, self.queued.bytes());
+        if let Some(roster) = &self.hub.roster {
+            for user in &self.watching {
+                roster.unwatch(self.id, user);
+            }
+        }
+        if let (Some(presence), Some(open)) = (&self.hub.presence, self.presence.take()) {
+            let mut topics: Vec<&str> = self.subscriptions.iter().map(|(t, _, _)| t).collect();
+            topics.sort_unstable();
+            topics.dedup();
+            presence.disconnected(open, &topics, self.ended);
+        }
+    }
+}
+
+impl Connection {
+    /// Everything it works on is borrowed from `run`, so that a connection's state is held
+    /// once rather than copied into each nested future: at tens of thousands of sockets,
+    /// every byte of it counts.
+    async fn serve(
+        &mut self,
+        socket: &mut impl Socket,
+        frames: &mut mpsc::Receiver<Arc<Delivery>>,
+        replay_events: &mut mpsc::Receiver<Box<Report>>,
+    ) {
+        tracing::debug!("connected");
+        let write_timeout = self.hub.config.write_timeout;
+        let max_in_flight = self.hub.config.max_in_flight;
+        let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut records = Vec::new();
+        let expiry = tokio::time::sleep_until(instant_at(self.session.expires_at));
+        let warning = tokio::time::sleep_until(self.warn_at());
+        let config = &self.hub.config;
+        let mut heartbeat = Heartbeat::new(
+            self.id,
+            config.ping_interval,
+            config.pong_timeout,
+            Instant::now(),
+        );
+        // Never polled without a heartbeat.
+        let beat = tokio::time::sleep_until(
+            heartbeat
+                .as_ref()
+                .map_or_else(Instant::now, Heartbeat::deadline),
+        );
+        tokio::pin!(expiry, warning, beat);
+        let mut warned = false;
+        let mut expires_at = self.session.expires_at;
+
+        let ending = loop {
+            tokio::select! {
+                biased;
+                reason = poll_fn(|cx| self.stop.poll_stopped(cx)) => break reason.into(),
+                _ = &mut expiry => break Ending::TokenExpired,
+                _ = &mut warning, if !warned => {
+                    warned = true;
+                    let expires_at = unix_millis(self.session.expires_at);
+                    self.reply(Reply::Expiring { expires_at });
+                }
+                // Not polled while empty: that poll would only register a waker, per record.
+                Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.answer(answer);
+                    // Acks come from Kafka in batches: the ones already there share this
+                    // write. (The next turn's `select!` registers the real waker again.)
+                    while let Some(Some(answer)) = in_flight.next().now_or_never() {
+                        self.answer(answer);
+                    }
+                }
+                // Only while a replay task holds a sender or left events behind: polling an
+                // empty channel costs a waker registration, on every record.
+                Some(event) = replay_events.recv(),
+                    if self.replays.strong_count() > 1 || !replay_events.is_empty() =>
+                {
+                    self.on_report(*event);
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(event) = replay_events.try_recv() else { break };
+                        self.on_report(*event);
+                    }
+                }
+                // One call for many records: each receive gives its slot back under the
+                // queue's lock, and `recv_many` does that once.
+                1.. = frames.recv_many(&mut records, WRITE_BATCH) => {
+                    for record in records.drain(..) {
+                        self.taken += record.cost();
+                        self.on_live(record);
+                    }
+                }
+                () = poll_fn(|cx| match &mut self.held {
+                    Some(held) => held.refreshed.poll_unpin(cx),
+                    None => Poll::Pending,
+                }), if self.held.is_some() => {
+                    let held = self.held.take().expect("a held request");
+                    if let Some(pending) = self.handle(&held.text, false) {
+                        in_flight.push(pending);
+                    }
+                }
+                incoming = socket.next(), if in_flight.len() < max_in_flight && self.held.is_none() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        self.hub.metrics.frame_received();
+                        if let Some(pending) = self.handle(&text, true) {
+                            in_flight.push(pending);
+                        }
+                        if self.abusive {
+                            metrics::abusive();
+                            break Ending::Abusive;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        self.hub.metrics.frame_received();
+                        self.reply(Reply::error(
+                            None,
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported: send JSON text frames",
+                        ));
+                    }
+                    Some(Ok(Message::Pong(_))) => {
+                        if let Some(heartbeat) = heartbeat.as_mut()
+                            && let Some(round_trip) = heartbeat.pong(Instant::now())
+                        {
+                            metrics::ping_round_trip(round_trip);
+                            beat.as_mut().reset(heartbeat.deadline());
+                        }
+                    }
+                    Some(Ok(Message::Ping(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break Ending::ClientClosed,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "socket read failed");
+                        break Ending::Broken;
+                    }
+                },
+                _ = tokio::time::sleep_until(self.roster.due.unwrap_or_else(Instant::now)),
+                    if self.roster.due.is_some() =>
+                {
+                    self.write_rooms(Instant::now());
+                }
+                // Last, and only while the socket is read: a pong already received wins over
+                // the deadline, and a socket held back by publishes in flight is not judged.
+                _ = &mut beat, if heartbeat.is_some() && in_flight.len() < max_in_flight => {
+                    let Some(heartbeat) = heartbeat.as_mut() else { unreachable!() };
+                    match heartbeat.due(Instant::now()) {
+                        Beat::Unresponsive => {
+                            metrics::unresponsive();
+                            break Ending::Unresponsive;
+                        }
+                        Beat::Ping => {
+                            let ping = socket.send(Message::Ping(Default::default()));
+                            if !matches!(tokio::time::timeout(write_timeout, ping).await, Ok(Ok(()))) {
+                                break Ending::Broken;
+                            }
+                        }
+                    }
+                    beat.as_mut().reset(heartbeat.deadline());
+                }
+            }
+            if self.session.expires_at != expires_at {
+                expires_at = self.session.expires_at;
+                expiry.as_mut().reset(instant_at(expires_at));
+                warning.as_mut().reset(self.warn_at());
+                warned = false;
+            }
+            if self.stop.has_lagged() {
+                break Ending::Lagged;
+            }
+            if write_all(socket, &mut self.out, &self.hub.metrics, write_timeout)
+                .await
+                .is_err()
+            {
+                break Ending::Broken;
+            }
+            self.hub
+                .registry
+                .written(&self.queued, std::mem::take(&mut self.taken));
+            self.replayed.clear();
+        };
+        tracing::debug!(?ending, "closing");
+        self.ended = ending.disconnect_reason();
+        if let Some(abandon) = &self.abandon {
+            abandon.cancel();
+        }
+
+        // Every publish taken gets its answer while the socket can still carry it.
+        let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
+        if matches!(ending, Ending::Lagged) {
+            metrics::lagged();
+            // After what was already taken off the queue (and counted in the positions);
+            // what is still queued is dropped, and the positions say where it starts.
+            self.reply(self.subscriptions.lagged());
+        }
+        while let Some(answer) = in_flight.next().await {
+            self.answer(answer);
+        }
+        if writable {
+            let _ = write_all(socket, &mut self.out, &self.hub.metrics, write_timeout).await;
+        }
+        if let Some(frame) = ending.close_frame() {
+            let _ =
+                tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
+            // Wait for the client's close frame so the TCP connection ends cleanly.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                while let Some(Ok(_)) = socket.next().await {}
+            })
+            .await;
+        } else {
+            // Flushes tungstenite's reply to a client's close frame.
+            let _ = tokio::time::timeout(write_timeout, socket.close()).await;
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.out.push(reply.into());
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Reply(reply) => self.reply(reply),
+            Answer::Refreshed(id, session) => self.refreshed(id, session),
+        }
+    }
+
+    fn warn_at(&self) -> tokio::time::Instant {
+        let warning = self.hub.config.expiry_warning;
+        instant_at(self.session.expires_at)
+            .checked_sub(warning)
+            .unwrap_or_else(tokio::time::Instant::now)
+    }
+
+    fn on_live(&mut self, record: Arc<Delivery>) {
+        if self.subscriptions.on_live(record, &mut self.out).is_err() {
+            self.stop.lagged();
+        }
+    }
+
+    fn on_report(&mut self, mut report: Report) {
+        self.replayed.extend(report.room.take());
+        let Some(failed) = self.subscriptions.on_report(report, &mut self.out) else {
+            return;
+        };
+        let Failed {
+            topic,
+            key,
+            id,
+            filter,
+            error,
+        } = failed;
+        tracing::warn!(%topic, %error, "replay failed");
+        self.left(&topic, key.as_deref(), &filter);
+        let reply = Reply::ended(id, &topic, key.as_deref(), error.code(), error.to_string());
+        self.reply(reply);
+    }
+}
+
+/// A socket that cannot take a write in time is as good as gone.
+struct WriteFailed;
+
+/// Counted as sent when the write starts, so a client that has a frame knows it is counted.
+async fn write_all(
+    socket: &mut impl Socket,
+    out: &mut Vec<Outgoing>,
+    metrics: &Metrics,
+    timeout: Duration,
+) -> Result<(), WriteFailed> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let frames = std::mem::take(out);
+    metrics.frames_sent(frames.len());
+    if let Some(oldest) = frames.iter().filter_map(|f| f.timestamp).min() {
+        metrics.delivered(now_millis() - oldest);
+    }
+    let batch = async {
+        for Outgoing { frame, .. } in frames {
+            socket.feed(Message::Text(frame)).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(timeout, batch).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(WriteFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The socket task driven through channels, as axum's `testing-websockets` example does:
+    //! no network, no broker. What needs Kafka's answers is in `tests/`.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+    use super::*;
+    use crate::auth::{Grants, mint};
+    use crate::{clock, hub};
+
+    /// The hub's end of a socket whose other end the test holds.
+    struct Pipe {
+        from_client: UnboundedReceiver<Result<Message, axum::Error>>,
+        to_client: UnboundedSender<Message>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, axum::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = axum::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            self.to_client.send(message).map_err(axum::Error::new)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The test's end.
+    struct Client {
+        to_hub: Option<UnboundedSender<Result<Message, axum::Error>>>,
+        from_hub: UnboundedReceiver<Message>,
+    }
+
+    impl Client {
+        fn send(&self, frame: Value) {
+            let text = Message::Text(frame.to_string().into());
+            self.to_hub.as_ref().unwrap().send(Ok(text)).unwrap();
+        }
+
+        /// The next frame but pings, which are answered, as WebSocket libraries do.
+        async fn next(&mut self) -> Message {
+            loop {
+                let message = tokio::time::timeout(Duration::from_secs(10), self.from_hub.recv())
+                    .await
+                    .expect("a frame from the hub in time")
+                    .expect("the hub's end is open");
+                match message {
+                    Message::Ping(payload) => {
+                        let pong = Ok(Message::Pong(payload));
+                        self.to_hub.as_ref().unwrap().send(pong).unwrap();
+                    }
+                    message => return message,
+                }
+            }
+        }
+
+        async fn recv(&mut self) -> Value {
+            match self.next().await {
+                Message::Text(text) => serde_json::from_str(&text).unwrap(),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+
+        async fn call(&mut self, frame: Value) -> Value {
+            self.send(frame);
+            self.recv().await
+        }
+
+        /// The close frame the hub sends, skipping anything before it; the client then
+        /// closes its side.
+        async fn closed(&mut self) -> (u16, String) {
+            loop {
+                if let Message::Close(Some(frame)) = self.next().await {
+                    self.to_hub = None;
+                    return (frame.code, frame.reason.to_string());
+                }
+            }
+        }
+    }
+
+    fn token(sub: &str, subscribe: &[&str], ttl: Duration) -> String {
+        let parse = |globs: &[&str]| globs.iter().map(|g| g.parse().unwrap()).collect();
+        let grants = Grants {
+            publish: parse(&["t.*"]),
+            subscribe: parse(subscribe),
+            history: Vec::new(),
+            online: Vec::new(),
+        };
+        mint(hub::TEST_SECRET, sub, grants, ttl)
+    }
+
+    /// Opens a socket as the upgrade does, with `token` admitted or, without one, awaiting
+    /// its `auth` frame.
+    async fn connect(hub: &Arc<Hub>, token: Option<&str>) -> Client {
+        let (to_hub, from_client) = unbounded_channel();
+        let (to_client, from_hub) = unbounded_channel();
+        let admission = match token {
+            Some(token) => {
+                let (session, seat) = hub.admit(token).await.unwrap();
+                Admission::Admitted(session, seat)
+            }
+            None => Admission::Awaiting(hub.await_auth().unwrap()),
+        };
+        let socket = Pipe {
+            from_client,
+            to_client,
+        };
+        tokio::spawn(run(
+            hub.clone(),
+            socket,
+            admission,
+            hub.open_socket().unwrap(),
+        ));
+        Client {
+            to_hub: Some(to_hub),
+            from_hub,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn malformed_frames_get_errors_and_the_socket_carries_on() {
+        let hub = hub::for_tests(&[]).await;
+        let mut client = connect(&hub, Some(&token("alice", &["t.*"], HOUR))).await;
+        client.send(json!("not an object"));
+        assert_eq!(client.recv().await["code"], "bad_request");
+        let reply = client
+            .call(json!({"type": "subscribe", "id": 7, "topic": "elsewhere"}))
+            .await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["id"].as_i64()),
+            (Some("forbidden"), Some(7))
+        );
+        client
+            .to_hub
+            .as_ref()
+            .unwrap()
+            .send(Ok(Message::Binary(vec![1, 2].into())))
+            .unwrap();
+        assert_eq!(client.recv().await["code"], "bad_request");
+        assert_eq!(
+            client.call(json!({"type": "ping", "id": "p"})).await,
+            json!({"type": "pong", "id": "p"})
+        );
+    }
+
+    #[tokio::test]
+    async fn publishes_past_the_rate_are_refused_without_reaching_kafka() {
+        let hub = hub::for_tests(&["--publish-rate", "2"]).await;
+        let mut client = connect(&hub, Some(&token("alice", &[], HOUR))).await;
+        // The first two go to the producer, whose broker never answers within the test.
+        for id in 0..3 {
+            client.send(json!({"type": "publish", "id": id, "topic": "t.room", "payload": 1}));
+        }
+        let refused = client.recv().await;
+        assert_eq!(
+            (refused["code"].as_str(), refused["id"].as_i64()),
+            (Some("rate_limited"), Some(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_moves_the_expiry_and_ends_what_the_new_token_no_longer_allows() {
+        let hub = hub::for_tests(&[]).await;
+        let mut client = connect(&hub, Some(&token("alice", &["t.*"], HOUR))).await;
+        let subscribed = client
+            .call(json!({"type": "subscribe", "topic": "t.room"}))
+            .await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+
+        let other_user = client
+            .call(json!({"type": "auth", "id": 1, "token": token("bob", &["t.*"], HOUR)}))
+            .await;
+        assert_eq!(other_user["code"], "forbidden", "{other_user}");
+        let forged = client
+            .call(json!({"type": "auth", "id": 2, "token": "e30.e30.e30"}))
+            .await;
+        assert_eq!(forged["code"], "unauthorized", "{forged}");
+
+        let narrower = token("alice", &["t.other"], 2 * HOUR);
+        client.send(json!({"type": "auth", "id": 3, "token": narrower}));
+        let ended = client.recv().await;
+        assert_eq!(
+            (ended["type"].as_str(), ended["topic"].as_str()),
+            (Some("error"), Some("t.room")),
+            "{ended}"
+        );
+        let authenticated = client.recv().await;
+        assert_eq!(authenticated["type"], "authenticated");
+        let expires_at = authenticated["expires_at"].as_i64().unwrap();
+        assert!(
+            expires_at > clock::now_millis() + HOUR.as_millis() as i64,
+            "{authenticated}"
+        );
+    }
+
+    /// Waits out a token of two seconds (its `exp` has a resolution of one).
+    #[tokio::test]
+    async fn a_token_running_out_warns_then_closes_4401() {
+        let hub = hub::for_tests(&["--expiry-warning", "1s"]).await;
+        let mut client = connect(&hub, Some(&token("alice", &[], Duration::from_secs(2)))).await;
+        assert_eq!(client.recv().await["type"], "expiring");
+        assert_eq!(
+            client.closed().await,
+            (close::TOKEN_EXPIRED, "token expired".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_closes_4403_and_shutdown_closes_the_others_1001() {
+        let hub = hub::for_tests(&[]).await;
+        let mut alice = connect(&hub, Some(&token("alice", &[], HOUR))).await;
+        let mut bob = connect(&hub, Some(&token("bob", &[], HOUR))).await;
+        // Both are listed (and in reach of revocations) once they answer.
+        alice.call(json!({"type": "ping"})).await;
+        bob.call(json!({"type": "ping"})).await;
+        hub.apply_revocation(&crate::control::Revocation::Sub {
+            sub: "alice".into(),
+            before: clock::now_secs(),
+        });
+        assert_eq!(
+            alice.closed().await,
+            (close::AUTH_FAILED, "token revoked".into())
+        );
+        hub.going_away();
+        assert_eq!(bob.closed().await, (close::GOING_AWAY, "going away".into()));
+    }
+
+    #[tokio::test]
+    async fn a_socket_without_a_token_must_authenticate_with_its_first_frame() {
+        let hub = hub::for_tests(&["--auth-timeout", "200ms"]).await;
+        let mut silent = connect(&hub, None).await;
+        assert_eq!(
+            silent.closed().await,
+            (close::AUTH_FAILED, "no auth frame in time".into())
+        );
+
+        let mut rude = connect(&hub, None).await;
+        rude.send(json!({"type": "ping"}));
+        assert_eq!(
+            rude.closed().await,
+            (close::AUTH_FAILED, "expected an auth frame".into())
+        );
+
+        let mut polite = connect(&hub, None).await;
+        let reply = polite
+            .call(json!({"type": "auth", "id": "a", "token": token("alice", &[], HOUR)}))
+            .await;
+        assert_eq!(
+            (reply["type"].as_str(), reply["sub"].as_str()),
+            (Some("authenticated"), Some("alice"))
+        );
+        assert_eq!(polite.call(json!({"type": "ping"})).await["type"], "pong");
+    }
+
+    #[tokio::test]
+    async fn the_per_user_limit_closes_a_first_frame_login_4409() {
+        let hub = hub::for_tests(&["--max-connections-per-user", "1"]).await;
+        let alice = token("alice", &[], HOUR);
+        let mut first = connect(&hub, Some(&alice)).await;
+        first.call(json!({"type": "ping"})).await;
+        let mut second = connect(&hub, None).await;
+        second.send(json!({"type": "auth", "token": alice}));
+        assert_eq!(
+            second.closed().await,
+            (
+                close::TOO_MANY_CONNECTIONS,
+                "too many connections for this user".into()
+            )
+        );
+    }
+}

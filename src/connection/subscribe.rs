@@ -1,0 +1,194 @@
+//! `subscribe`, `unsubscribe` and `commit`: a socket's place in the registry, the replay
+//! that catches a subscription up, and the user's read positions.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::auth::policy::Action;
+use crate::hub::Hub;
+use crate::metrics;
+use crate::presence;
+use crate::protocol::{ErrorCode, Reply, RequestId, Start, Subscribe};
+use crate::registry::{ConnId, Extras, Filter, Subscriber};
+use crate::replay::{self, Seam};
+
+use super::requests::Known;
+use super::{Answered, Connection, Handled, Refused};
+
+impl Connection {
+    pub(super) fn subscribe(
+        &mut self,
+        request: Subscribe<'_>,
+        text: &str,
+        may_wait: bool,
+    ) -> Handled {
+        let Subscribe {
+            id,
+            topic,
+            key,
+            from,
+            headers,
+            presence,
+            signals,
+        } = request;
+        // The subscription is the one asked for (a whole per-user topic, say); its filter
+        // holds the key it is confined to (that user's).
+        let confined = self.authorize(&id, &topic, key.as_deref(), Action::Subscribe)?;
+        if let Known::Held = self.exists(&id, &topic, text, may_wait)? {
+            return Ok(Answered::Nothing);
+        }
+        let key = key.map(Cow::into_owned);
+        let replaced = self.subscriptions.replaced_by(&topic, key.as_deref());
+        let max = self.hub.config.max_subscriptions;
+        if self.subscriptions.count() - replaced.len() >= max {
+            return Err(Refused::new(
+                id,
+                ErrorCode::LimitExceeded,
+                format!("a connection may hold at most {max} subscriptions"),
+            ));
+        }
+        // A new subscription replaces the same one (a new start or filter), and a key
+        // replaces the whole topic, or the whole topic every key.
+        for held in replaced {
+            self.end_subscription(&topic, held.as_deref());
+        }
+        let filter = Arc::new(Filter {
+            key: confined.map(|k| k.into_bytes().into_boxed_slice()),
+            headers: headers.into_iter().collect(),
+        });
+        let subscriber = Subscriber {
+            queue: self.queue.clone(),
+            queued: self.queued.clone(),
+            stop: self.stop.clone(),
+            filter: filter.clone(),
+            extras: Extras { presence, signals },
+        };
+        // Join first, then read the live position: every record at or past it reaches us.
+        self.hub.registry.subscribe(&topic, self.id, subscriber);
+        let (live, resolved) = self.hub.live_positions.of(&topic);
+        if from == Start::Latest {
+            self.subscriptions
+                .insert_live(&topic, key.as_deref(), filter, live.clone());
+            self.joined(&topic, key.as_deref());
+            return Ok(Answered::Now(Reply::Subscribed {
+                id,
+                topic: topic.into_owned(),
+                key,
+                partitions: live,
+                lost: BTreeMap::new(),
+                waiting: None,
+            }));
+        }
+        if resolved.is_err() {
+            self.hub
+                .registry
+                .unsubscribe(&topic, self.id, filter.key.as_deref());
+            return Err(Refused::new(
+                id,
+                ErrorCode::Unavailable,
+                "the hub is still finding where this topic's live stream starts: retry shortly",
+            ));
+        }
+        let generation = self.subscriptions.next_generation();
+        let seam = Arc::new(Seam::new(live));
+        let stop = self.hub.replayer.spawn(
+            replay::Request {
+                topic: topic.as_ref().into(),
+                key: key.as_deref().map(Arc::from),
+                generation,
+                from,
+                user: self.session.sub.clone(),
+                positions_key: positions_key(&self.hub, &topic, key.as_deref()).to_string(),
+                seam: seam.clone(),
+                filter: filter.clone(),
+                share: self.share.clone(),
+            },
+            self.replays.clone(),
+        );
+        self.subscriptions.insert_replaying(
+            &topic,
+            key.as_deref(),
+            generation,
+            filter,
+            id,
+            seam,
+            stop,
+        );
+        self.joined(&topic, key.as_deref());
+        // The replay answers `subscribed` once it knows where it starts.
+        Ok(Answered::Nothing)
+    }
+
+    /// Ends the subscription to `key` of `topic`, or without a key every subscription to it.
+    pub(super) fn unsubscribe(
+        &mut self,
+        id: Option<RequestId>,
+        topic: Cow<'_, str>,
+        key: Option<Cow<'_, str>>,
+    ) -> Answered {
+        match key.as_deref() {
+            Some(key) => self.end_subscription(&topic, Some(key)),
+            None => {
+                for held in self.subscriptions.replaced_by(&topic, None) {
+                    self.end_subscription(&topic, held.as_deref());
+                }
+            }
+        }
+        Answered::Now(Reply::Unsubscribed {
+            id,
+            topic: topic.into_owned(),
+            key: key.map(Cow::into_owned),
+        })
+    }
+
+    /// Stores the user's read positions; they only move forward.
+    pub(super) fn commit(
+        &mut self,
+        id: Option<RequestId>,
+        topic: &str,
+        key: Option<&str>,
+        offsets: BTreeMap<i32, i64>,
+    ) -> Handled {
+        self.authorize(&id, topic, key, Action::Subscribe)?;
+        let positions_key = positions_key(&self.hub, topic, key);
+        // Written behind (see `commits`): what `committed` promises is in the protocol.
+        self.hub
+            .commits
+            .record(&self.session.sub, topic, positions_key, &offsets);
+        self.committed_any = true;
+        Ok(Answered::Now(Reply::Committed {
+            id,
+            topic: topic.to_string(),
+            key: key.map(str::to_string),
+        }))
+    }
+
+    pub(super) fn end_subscription(&mut self, topic: &str, key: Option<&str>) {
+        if let Some(filter) = self.subscriptions.remove(topic, key) {
+            self.left(topic, key, &filter);
+        }
+    }
+
+    /// What an ended subscription leaves behind: its place in the registry, its count,
+    /// presence's record of it.
+    pub(super) fn left(&mut self, topic: &str, key: Option<&str>, filter: &Filter) {
+        leave(&self.hub, self.id, topic, filter);
+        self.tell_presence(presence::Kind::Unsubscribe, topic, key);
+    }
+}
+
+/// Under which key the user's read positions of a subscription are stored: a room's own, or
+/// on a whole topic and on a per-user topic (whose one key is the user's) `""`.
+fn positions_key<'k>(hub: &Hub, topic: &str, key: Option<&'k str>) -> &'k str {
+    if hub.config.is_user_topic(topic) {
+        return "";
+    }
+    key.unwrap_or("")
+}
+
+/// Takes an ended subscription out of the registry and the metrics.
+pub(super) fn leave(hub: &Hub, id: ConnId, topic: &str, filter: &Filter) {
+    metrics::unsubscribed(topic);
+    hub.registry.unsubscribe(topic, id, filter.key.as_deref());
+}
