@@ -34,19 +34,165 @@ pub enum Command {
 
 #[derive(Args, Clone)]
 pub struct ServeConfig {
-    /// Address to serve HTTP and WebSocket on.
-    #[arg(long, env = "WSKAFKA_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-
     /// Log lines as text (for people) or JSON objects (for log pipelines). Tokens and payloads
     /// are never logged either way.
     #[arg(long, env = "WSKAFKA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    #[command(flatten)]
+    pub jwt: JwtConfig,
+
+    #[command(flatten)]
+    pub server: ServerConfig,
+
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    #[command(flatten)]
+    pub topics: TopicsConfig,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub presence: PresenceConfig,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+}
+
+/// The listener, the sockets it serves, and the pages it serves.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "HTTP and sockets")]
+pub struct ServerConfig {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "WSKAFKA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Browser origins allowed to open a socket, comma-separated (`https://app.example.com`);
+    /// others get HTTP 403. Requests without an Origin header (non-browser clients) are not
+    /// affected. Unset: any origin.
+    #[arg(long, env = "WSKAFKA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// How long a client may take to send its request headers (the WebSocket handshake
+    /// included) before the connection is dropped: slow-header (slowloris) clients hold
+    /// nothing for long.
+    #[arg(long, env = "WSKAFKA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a socket may refuse to take a write before it is dropped.
+    #[arg(long, env = "WSKAFKA_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// How long a socket opened without a token has to send its `auth` frame.
+    #[arg(long, env = "WSKAFKA_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// How long before a token runs out the hub sends `expiring`, so the client can refresh.
+    #[arg(long, env = "WSKAFKA_EXPIRY_WARNING", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub expiry_warning: Duration,
+
+    /// How often the hub pings each socket (a WebSocket ping, which browsers answer on their
+    /// own), spread over the interval; `0s` turns heartbeats off. 25 s, as Centrifugo's:
+    /// under the 30 to 60 s after which proxies, load balancers and NATs commonly drop an
+    /// idle flow, so the pings also keep such flows open.
+    #[arg(long, env = "WSKAFKA_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long a ping may go unanswered before the socket is closed (4408) and its seat,
+    /// subscriptions and presence released: long enough for a phone on a slow network, as
+    /// Centrifugo's 8 s and Socket.IO's 20 s are.
+    #[arg(long, env = "WSKAFKA_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for sockets to finish their in-flight publishes.
+    #[arg(long, env = "WSKAFKA_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Password for the admin view at `/admin` (user `admin`, HTTP Basic authentication;
+    /// serve the hub over HTTPS). Unset: no admin view.
+    #[arg(long, env = "WSKAFKA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Origins besides the hub's own from which the admin view may change state,
+    /// comma-separated (`https://admin.example.com`): for an admin view that a proxy serves
+    /// under another host name than the one the hub sees. Requests that change state from
+    /// any other browser origin get HTTP 403.
+    #[arg(long, env = "WSKAFKA_ADMIN_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub admin_origins: Vec<String>,
+
+    /// DEVELOPMENT ONLY: serve the demo page at `/` and `/dev/token`, which mints a token
+    /// for any user name it is given. Never enable this where strangers can reach the hub.
+    #[arg(long, env = "WSKAFKA_DEMO")]
+    pub demo: bool,
+}
+
+/// The cluster, how every client of the hub talks to it, and publishing.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaConfig {
     /// Kafka bootstrap servers.
     #[arg(long, env = "WSKAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
 
+    /// A file of librdkafka properties in Kafka's own format (`key=value` lines, as Kafka's
+    /// tools take with `--command-config`), for every Kafka client of the hub. Values are
+    /// taken as written, commas and spaces included: the place for passwords, and a file a
+    /// secret store can mount.
+    #[arg(long, env = "WSKAFKA_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
+
+    /// A librdkafka property for every Kafka client of the hub, as KEY=VALUE; repeat the
+    /// flag, or separate with commas in the variable (so no value here can hold a comma).
+    /// Applied after the properties file and the hub's own defaults, so it can override them.
+    #[arg(
+        short = 'X',
+        long = "kafka",
+        env = "WSKAFKA_KAFKA",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub properties: Vec<String>,
+
+    /// A librdkafka property for the producers only (`linger.ms`, ...).
+    #[arg(
+        long,
+        env = "WSKAFKA_KAFKA_PRODUCER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_producer: Vec<String>,
+
+    /// A librdkafka property for the consumers only (`fetch.wait.max.ms`, ...).
+    #[arg(
+        long,
+        env = "WSKAFKA_KAFKA_CONSUMER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_consumer: Vec<String>,
+
+    /// The properties above, gathered at start (see `kafka_settings`).
+    #[arg(skip)]
+    pub kafka_settings: KafkaSettings,
+
+    /// How long Kafka may take to acknowledge a publish before the client gets `unavailable`.
+    #[arg(long, env = "WSKAFKA_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// How old a first attempt may be, by the client's clock, for a resend with its
+    /// `publish_id` to be looked up in Kafka; an older resend gets `retry_expired`. Each
+    /// partition searched is read from this far back (plus the landing bound), once for all
+    /// the resends it gets at a time.
+    #[arg(long, env = "WSKAFKA_PUBLISH_RETRY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub publish_retry_window: Duration,
+}
+
+/// Which topics clients see, and how.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Topics")]
+pub struct TopicsConfig {
     /// Topics exposed to clients, as comma-separated globs (`*`, `?`). Nothing outside them
     /// can be published or subscribed, whatever a token grants; nor can Kafka's own topics
     /// (every name starting with `__`) or the closed ones (`WSKAFKA_CLOSED_TOPICS`), whatever
@@ -78,16 +224,16 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_KEYED_TOPICS", value_delimiter = ',')]
     pub keyed_topics: Vec<TopicPattern>,
 
-    #[command(flatten)]
-    pub jwt: JwtConfig,
+    /// Kafka topic over which hubs tell each other about revoked tokens; created (one
+    /// partition) when missing. Clients can never publish or subscribe to it.
+    #[arg(long, env = "WSKAFKA_CONTROL_TOPIC", default_value = "wskafka.control")]
+    pub control_topic: String,
+}
 
-    /// Identifies this hub in logs and presence events, and starts its client ids and
-    /// consumer group (`wskafka-<instance id>-<per run>`). Random when unset.
-    /// Give each hub a stable, unique one when presence events are on: a restarted hub then
-    /// writes the `disconnect` events its previous run could not at once.
-    #[arg(long, env = "WSKAFKA_INSTANCE_ID")]
-    pub instance_id: Option<String>,
-
+/// Read positions, revocations and sessions.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Database")]
+pub struct DatabaseConfig {
     /// Where durable state lives (read positions, revocations, open sessions): a SQLite file
     /// for a single hub, or `postgres://...` shared by several hubs.
     #[arg(
@@ -114,10 +260,24 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_DATABASE_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub database_wait: Duration,
 
-    /// Kafka topic over which hubs tell each other about revoked tokens; created (one
-    /// partition) when missing. Clients can never publish or subscribe to it.
-    #[arg(long, env = "WSKAFKA_CONTROL_TOPIC", default_value = "wskafka.control")]
-    pub control_topic: String,
+    /// How often read positions taken from `commit`s are written to the database (and when a
+    /// socket closes, and at shutdown): a database transaction per interval per hub, however
+    /// often clients commit. A crash loses at most this long's positions, which only means a
+    /// few messages shown as unread again.
+    #[arg(long, env = "WSKAFKA_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+}
+
+/// Presence events, the roster of rooms, signals.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Presence")]
+pub struct PresenceConfig {
+    /// Identifies this hub in logs and presence events, and starts its client ids and
+    /// consumer group (`wskafka-<instance id>-<per run>`). Random when unset.
+    /// Give each hub a stable, unique one when presence events are on: a restarted hub then
+    /// writes the `disconnect` events its previous run could not at once.
+    #[arg(long, env = "WSKAFKA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     /// Kafka topic that receives a presence event when a socket connects, subscribes,
     /// unsubscribes or disconnects, keyed by user id; created (one partition) when missing.
@@ -162,48 +322,12 @@ pub struct ServeConfig {
     /// and another hub writes the `disconnect` events of its sockets.
     #[arg(long, env = "WSKAFKA_INSTANCE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub instance_timeout: Duration,
+}
 
-    /// A file of librdkafka properties in Kafka's own format (`key=value` lines, as Kafka's
-    /// tools take with `--command-config`), for every Kafka client of the hub. Values are
-    /// taken as written, commas and spaces included: the place for passwords, and a file a
-    /// secret store can mount.
-    #[arg(long, env = "WSKAFKA_KAFKA_CONFIG")]
-    pub kafka_config: Option<PathBuf>,
-
-    /// A librdkafka property for every Kafka client of the hub, as KEY=VALUE; repeat the
-    /// flag, or separate with commas in the variable (so no value here can hold a comma).
-    /// Applied after the properties file and the hub's own defaults, so it can override them.
-    #[arg(
-        short = 'X',
-        long = "kafka",
-        env = "WSKAFKA_KAFKA",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub kafka: Vec<String>,
-
-    /// A librdkafka property for the producers only (`linger.ms`, ...).
-    #[arg(
-        long,
-        env = "WSKAFKA_KAFKA_PRODUCER",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub kafka_producer: Vec<String>,
-
-    /// A librdkafka property for the consumers only (`fetch.wait.max.ms`, ...).
-    #[arg(
-        long,
-        env = "WSKAFKA_KAFKA_CONSUMER",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub kafka_consumer: Vec<String>,
-
-    /// The properties above, gathered at start (see `kafka_settings`).
-    #[arg(skip)]
-    pub kafka_settings: KafkaSettings,
-
+/// What sockets, users and requests may hold and ask.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitsConfig {
     /// Largest text frame a client may send, in bytes. Larger frames are refused with a
     /// `too_large` error; frames over four times this close the socket (1009).
     #[arg(long, env = "WSKAFKA_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -253,12 +377,6 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_MAX_CONNECTIONS_PER_USER", default_value = "32")]
     pub max_connections_per_user: NonZeroUsize,
 
-    /// Browser origins allowed to open a socket, comma-separated (`https://app.example.com`);
-    /// others get HTTP 403. Requests without an Origin header (non-browser clients) are not
-    /// affected. Unset: any origin.
-    #[arg(long, env = "WSKAFKA_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Vec<String>,
-
     /// Publishes one connection may have awaiting Kafka's acknowledgement; past it the hub
     /// stops reading from that socket until acknowledgements come back.
     #[arg(long, env = "WSKAFKA_MAX_IN_FLIGHT", default_value_t = 256)]
@@ -298,10 +416,6 @@ pub struct ServeConfig {
     #[arg(long, env = "WSKAFKA_RECENT_RECORDS", default_value_t = 1_000)]
     pub recent_records: usize,
 
-    /// How long a socket opened without a token has to send its `auth` frame.
-    #[arg(long, env = "WSKAFKA_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub auth_timeout: Duration,
-
     /// Sockets the hub holds open at once; more get HTTP 503, which a load balancer can take
     /// as the cue to try another hub. Keep it below the process's descriptor limit
     /// (`ulimit -n`), or accepts fail with no answer at all.
@@ -312,109 +426,47 @@ pub struct ServeConfig {
     /// the hub; more get HTTP 503.
     #[arg(long, env = "WSKAFKA_MAX_AWAITING_AUTH", default_value_t = 1024)]
     pub max_awaiting_auth: usize,
-
-    /// Password for the admin view at `/admin` (user `admin`, HTTP Basic authentication;
-    /// serve the hub over HTTPS). Unset: no admin view.
-    #[arg(long, env = "WSKAFKA_ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_password: Option<String>,
-
-    /// Origins besides the hub's own from which the admin view may change state,
-    /// comma-separated (`https://admin.example.com`): for an admin view that a proxy serves
-    /// under another host name than the one the hub sees. Requests that change state from
-    /// any other browser origin get HTTP 403.
-    #[arg(long, env = "WSKAFKA_ADMIN_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
-    pub admin_origins: Vec<String>,
-
-    /// DEVELOPMENT ONLY: serve the demo page at `/` and `/dev/token`, which mints a token
-    /// for any user name it is given. Never enable this where strangers can reach the hub.
-    #[arg(long, env = "WSKAFKA_DEMO")]
-    pub demo: bool,
-
-    /// How long before a token runs out the hub sends `expiring`, so the client can refresh.
-    #[arg(long, env = "WSKAFKA_EXPIRY_WARNING", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub expiry_warning: Duration,
-
-    /// How long Kafka may take to acknowledge a publish before the client gets `unavailable`.
-    #[arg(long, env = "WSKAFKA_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub publish_timeout: Duration,
-
-    /// How old a first attempt may be, by the client's clock, for a resend with its
-    /// `publish_id` to be looked up in Kafka; an older resend gets `retry_expired`. Each
-    /// partition searched is read from this far back (plus the landing bound), once for all
-    /// the resends it gets at a time.
-    #[arg(long, env = "WSKAFKA_PUBLISH_RETRY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub publish_retry_window: Duration,
-
-    /// How long a client may take to send its request headers (the WebSocket handshake
-    /// included) before the connection is dropped: slow-header (slowloris) clients hold
-    /// nothing for long.
-    #[arg(long, env = "WSKAFKA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Duration,
-
-    /// How long a socket may refuse to take a write before it is dropped.
-    #[arg(long, env = "WSKAFKA_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub write_timeout: Duration,
-
-    /// How often read positions taken from `commit`s are written to the database (and when a
-    /// socket closes, and at shutdown): a database transaction per interval per hub, however
-    /// often clients commit. A crash loses at most this long's positions, which only means a
-    /// few messages shown as unread again.
-    #[arg(long, env = "WSKAFKA_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub commit_interval: Duration,
-
-    /// How often the hub pings each socket (a WebSocket ping, which browsers answer on their
-    /// own), spread over the interval; `0s` turns heartbeats off. 25 s, as Centrifugo's:
-    /// under the 30 to 60 s after which proxies, load balancers and NATs commonly drop an
-    /// idle flow, so the pings also keep such flows open.
-    #[arg(long, env = "WSKAFKA_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
-    pub ping_interval: Duration,
-
-    /// How long a ping may go unanswered before the socket is closed (4408) and its seat,
-    /// subscriptions and presence released: long enough for a phone on a slow network, as
-    /// Centrifugo's 8 s and Socket.IO's 20 s are.
-    #[arg(long, env = "WSKAFKA_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub pong_timeout: Duration,
-
-    /// On SIGTERM/SIGINT, how long to wait for sockets to finish their in-flight publishes.
-    #[arg(long, env = "WSKAFKA_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_timeout: Duration,
 }
 
 impl ServeConfig {
     /// Whether `topic` is Kafka's own or closed by `WSKAFKA_CLOSED_TOPICS`: the hub never
     /// touches it.
     pub fn is_closed_topic(&self, topic: &str) -> bool {
-        is_kafka_internal(topic) || any_matches(&self.closed_topics, topic)
+        is_kafka_internal(topic) || any_matches(&self.topics.closed_topics, topic)
     }
 
     /// `is_closed_topic` as anchored regexes, for librdkafka's `topic.blacklist`.
     pub fn closed_regexes(&self) -> Vec<String> {
         std::iter::once("^__.*$".to_string())
-            .chain(self.closed_topics.iter().map(TopicPattern::regex))
+            .chain(self.topics.closed_topics.iter().map(TopicPattern::regex))
             .collect()
     }
 
     /// Whether `topic` is keyed by user id (`WSKAFKA_USER_TOPICS`).
     pub fn is_user_topic(&self, topic: &str) -> bool {
-        any_matches(&self.user_topics, topic)
+        any_matches(&self.topics.user_topics, topic)
     }
 
     /// Whether records of `topic` must carry a key: a room (`WSKAFKA_KEYED_TOPICS`) or a user.
     pub fn is_keyed_topic(&self, topic: &str) -> bool {
-        any_matches(&self.keyed_topics, topic) || self.is_user_topic(topic)
+        any_matches(&self.topics.keyed_topics, topic) || self.is_user_topic(topic)
     }
 
     /// The topics the hub writes itself.
     pub fn own_topics(&self) -> Vec<&str> {
         let roster = self
+            .presence
             .presence_topic
             .is_some()
-            .then_some(self.roster_topic.as_str());
-        [self.control_topic.as_str(), self.signal_topic.as_str()]
-            .into_iter()
-            .chain(self.presence_topic.as_deref())
-            .chain(roster)
-            .collect()
+            .then_some(self.presence.roster_topic.as_str());
+        [
+            self.topics.control_topic.as_str(),
+            self.presence.signal_topic.as_str(),
+        ]
+        .into_iter()
+        .chain(self.presence.presence_topic.as_deref())
+        .chain(roster)
+        .collect()
     }
 
     /// The hub's own topics, which clients can never publish to; the control topic cannot be
@@ -425,7 +477,7 @@ impl ServeConfig {
 
     /// The hub's own topics that clients can never read either: all but presence events.
     pub fn is_hidden_topic(&self, topic: &str) -> bool {
-        self.is_internal_topic(topic) && self.presence_topic.as_deref() != Some(topic)
+        self.is_internal_topic(topic) && self.presence.presence_topic.as_deref() != Some(topic)
     }
 }
 
@@ -503,11 +555,11 @@ impl ServeConfig {
     /// Gathers the Kafka properties from the file and the flags, once, before any client
     /// is made.
     pub fn load_kafka_settings(&mut self) -> Result<(), SettingsError> {
-        self.kafka_settings = KafkaSettings::load(&Sources {
-            file: self.kafka_config.as_deref(),
-            common: &self.kafka,
-            producer: &self.kafka_producer,
-            consumer: &self.kafka_consumer,
+        self.kafka.kafka_settings = KafkaSettings::load(&Sources {
+            file: self.kafka.kafka_config.as_deref(),
+            common: &self.kafka.properties,
+            producer: &self.kafka.kafka_producer,
+            consumer: &self.kafka.kafka_consumer,
         })?;
         Ok(())
     }
@@ -585,7 +637,7 @@ mod tests {
         else {
             panic!("valid configuration refused")
         };
-        assert_eq!(config.topics.len(), 2);
+        assert_eq!(config.topics.topics.len(), 2);
         for closed in [
             "__consumer_offsets",
             "__transaction_state",
@@ -597,6 +649,6 @@ mod tests {
         }
         assert!(!config.is_closed_topic("chat._schemas"));
         assert!(!config.is_closed_topic("_internal-ish"));
-        assert_eq!(config.kafka, ["a=1", "b=2"]);
+        assert_eq!(config.kafka.properties, ["a=1", "b=2"]);
     }
 }

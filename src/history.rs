@@ -130,11 +130,12 @@ impl HistoryReader {
             client,
             log: log.clone(),
             idle: Arc::default(),
-            permits: Arc::new(Semaphore::new(config.max_concurrent_history.get())),
-            scan: i64::from(config.history_scan),
+            permits: Arc::new(Semaphore::new(config.limits.max_concurrent_history.get())),
+            scan: i64::from(config.limits.history_scan),
             page_bytes: config
+                .limits
                 .memory_budget
-                .history_page(config.max_concurrent_history.get()),
+                .history_page(config.limits.max_concurrent_history.get()),
             held: Arc::default(),
         }
     }

@@ -234,15 +234,15 @@ impl Hub {
             shutdown,
         } = parts;
         let request_rates = Rates::new(
-            config.publish_rate,
-            config.signal_rate,
-            &config.request_rates,
+            config.limits.publish_rate,
+            config.presence.signal_rate,
+            &config.limits.request_rates,
         );
         Hub {
-            awaiting_auth: Arc::new(Semaphore::new(config.max_awaiting_auth)),
-            open_sockets: Arc::new(Semaphore::new(config.max_connections)),
+            awaiting_auth: Arc::new(Semaphore::new(config.limits.max_awaiting_auth)),
+            open_sockets: Arc::new(Semaphore::new(config.limits.max_connections)),
             rate_clock: DefaultClock::default(),
-            user_rates: Rates::of_users(&request_rates, &config.user_request_rates),
+            user_rates: Rates::of_users(&request_rates, &config.limits.user_request_rates),
             request_rates,
             config,
             auth,
@@ -328,7 +328,7 @@ impl Hub {
     /// Counts a socket against its user's limit; `None` when the user is at the limit.
     fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
         let mut held = self.seats.entry(sub.to_string()).or_default();
-        if held.sockets >= self.config.max_connections_per_user.get() {
+        if held.sockets >= self.config.limits.max_connections_per_user.get() {
             return None;
         }
         held.sockets += 1;
@@ -558,7 +558,10 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
                 &config,
                 "test",
                 commits.clone(),
-                Recent::new(Bounds::new(config.recent_records, config.memory_budget)),
+                Recent::new(Bounds::new(
+                    config.limits.recent_records,
+                    config.limits.memory_budget,
+                )),
                 tasks.clone(),
                 &log,
             ),

@@ -312,16 +312,16 @@ impl Replayer {
         log: &KafkaLog,
     ) -> Self {
         let mut client = reader_config(config, &format!("{group_id}-replay"));
-        let concurrent = config.max_concurrent_replays.get();
-        let window = config.memory_budget.replay_window(concurrent);
+        let concurrent = config.limits.max_concurrent_replays.get();
+        let window = config.limits.memory_budget.replay_window(concurrent);
         // librdkafka prefetches up to 64 MB and fetches up to 50 MB at once by default:
         // 16 replays of large records would hold 1.8 GB before a socket saw any.
-        let prefetch = config.memory_budget.replay_prefetch(concurrent);
+        let prefetch = config.limits.memory_budget.replay_prefetch(concurrent);
         client.set("queued.max.messages.kbytes", (prefetch / 1024).to_string());
         client.set("fetch.max.bytes", prefetch.to_string());
         client.set("max.partition.fetch.bytes", prefetch.to_string());
         // Defaults: the operator's consumer properties still win, as for the live consumer.
-        for (key, value) in config.kafka_settings.for_side(Side::Consumer) {
+        for (key, value) in config.kafka.kafka_settings.for_side(Side::Consumer) {
             client.set(key, value);
         }
         Replayer {
@@ -329,7 +329,7 @@ impl Replayer {
             permits: Arc::new(Semaphore::new(concurrent)),
             window,
             windows: Arc::default(),
-            max_records: i64::from(config.max_replay),
+            max_records: i64::from(config.limits.max_replay),
             commits,
             recent,
             tasks,

@@ -133,7 +133,7 @@ impl Retries {
                 log: log.clone(),
                 readers: Mutex::default(),
                 landing: landing(config),
-                window: config.publish_retry_window,
+                window: config.kafka.publish_retry_window,
             }),
         }
     }
@@ -216,7 +216,10 @@ impl Retries {
 /// `ping_interval + pong_timeout + publish_timeout + LANDING_MARGIN`: how long after a client
 /// sent an attempt it may still land (see the module's comment).
 pub fn landing(config: &ServeConfig) -> Duration {
-    config.ping_interval + config.pong_timeout + config.publish_timeout + LANDING_MARGIN
+    config.server.ping_interval
+        + config.server.pong_timeout
+        + config.kafka.publish_timeout
+        + LANDING_MARGIN
 }
 
 /// Reads the partition for its waiters until none has been left for `IDLE`, and then leaves

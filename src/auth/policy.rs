@@ -97,7 +97,7 @@ pub fn authorize(
         Action::Publish => config.is_internal_topic(topic),
         Action::Subscribe | Action::History => config.is_hidden_topic(topic),
     };
-    if internal || !any_matches(&config.topics, topic) {
+    if internal || !any_matches(&config.topics.topics, topic) {
         return Err(not_granted());
     }
     let sub = session.sub.as_str();

@@ -23,7 +23,7 @@ pub(super) async fn first_frame_auth(
     let refused = |reason: String| (close::AUTH_FAILED, reason);
     let first = tokio::select! {
         _ = hub.shutdown.cancelled() => return Err((close::GOING_AWAY, "going away".into())),
-        first = tokio::time::timeout(hub.config.auth_timeout, socket.next()) => first,
+        first = tokio::time::timeout(hub.config.server.auth_timeout, socket.next()) => first,
     };
     let text = match first {
         Err(_) => {

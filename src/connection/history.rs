@@ -27,7 +27,7 @@ impl Connection {
         if let Known::Held = self.exists(&id, &topic, text, may_wait)? {
             return Ok(Answered::Nothing);
         }
-        let most = self.hub.config.history_limit;
+        let most = self.hub.config.limits.history_limit;
         let key = key.map(Cow::into_owned);
         let (before, unlisted) = match before {
             Before::End => (BTreeMap::new(), None),

@@ -137,15 +137,15 @@ pub fn run(
             },
         };
         metrics::connection_opened();
-        let (queue, mut frames) = mpsc::channel(hub.config.send_queue);
+        let (queue, mut frames) = mpsc::channel(hub.config.limits.send_queue);
         let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
-        let stash_bytes = hub.config.memory_budget.send_queue();
+        let stash_bytes = hub.config.limits.memory_budget.send_queue();
         let mut connection = Connection {
             queue,
             queued,
             taken: 0,
             replayed: Vec::new(),
-            subscriptions: Subscriptions::new(hub.config.send_queue, stash_bytes),
+            subscriptions: Subscriptions::new(hub.config.limits.send_queue, stash_bytes),
             budgets: Budgets::new(&hub.request_rates, &hub.rate_clock),
             abusive: false,
             share: Arc::new(Semaphore::new(SHARE)),
@@ -371,8 +371,8 @@ impl Connection {
         replay_events: &mut mpsc::Receiver<Box<Report>>,
     ) {
         tracing::debug!("connected");
-        let write_timeout = self.hub.config.write_timeout;
-        let max_in_flight = self.hub.config.max_in_flight;
+        let write_timeout = self.hub.config.server.write_timeout;
+        let max_in_flight = self.hub.config.limits.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut records = Vec::new();
         let expiry = tokio::time::sleep_until(instant_at(self.session.expires_at));
@@ -380,8 +380,8 @@ impl Connection {
         let config = &self.hub.config;
         let mut heartbeat = Heartbeat::new(
             self.id,
-            config.ping_interval,
-            config.pong_timeout,
+            config.server.ping_interval,
+            config.server.pong_timeout,
             Instant::now(),
         );
         // Never polled without a heartbeat.
@@ -565,7 +565,7 @@ impl Connection {
     }
 
     fn warn_at(&self) -> tokio::time::Instant {
-        let warning = self.hub.config.expiry_warning;
+        let warning = self.hub.config.server.expiry_warning;
         instant_at(self.session.expires_at)
             .checked_sub(warning)
             .unwrap_or_else(tokio::time::Instant::now)

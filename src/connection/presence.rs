@@ -116,7 +116,7 @@ impl Connection {
         Self::caught_up(&id, &roster)?;
         let room = Room::new(topic, key);
         let (members, count, next) =
-            match roster.members(&room, after, self.hub.config.presence_page) {
+            match roster.members(&room, after, self.hub.config.presence.presence_page) {
                 Listing::Members { page, count, next } => (
                     Some(page.iter().map(|u| u.to_string()).collect()),
                     count as u64,

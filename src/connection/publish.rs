@@ -237,7 +237,7 @@ impl Connection {
         payload: &RawValue,
     ) -> Handled {
         self.authorize(&id, topic, key, Action::Publish)?;
-        let max = self.hub.config.max_signal_bytes;
+        let max = self.hub.config.presence.max_signal_bytes;
         if payload.get().len() > max {
             return Err(Refused::new(
                 id,

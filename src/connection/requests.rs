@@ -21,7 +21,7 @@ impl Connection {
     /// `may_wait` is false for a request that was held until the hub's list of topics was
     /// refreshed: it gets the answer that refresh gave.
     pub(super) fn handle(&mut self, text: &str, may_wait: bool) -> Option<Pending> {
-        let max = self.hub.config.max_frame_bytes;
+        let max = self.hub.config.limits.max_frame_bytes;
         let request = (text.len() <= max).then(|| protocol::parse(text));
         let kind = match &request {
             Some(Ok(request)) => request_kind(request),

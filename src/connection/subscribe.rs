@@ -40,7 +40,7 @@ impl Connection {
         }
         let key = key.map(Cow::into_owned);
         let replaced = self.subscriptions.replaced_by(&topic, key.as_deref());
-        let max = self.hub.config.max_subscriptions;
+        let max = self.hub.config.limits.max_subscriptions;
         if self.subscriptions.count() - replaced.len() >= max {
             return Err(Refused::new(
                 id,

@@ -136,21 +136,21 @@ impl Consumer {
                 // librdkafka queues up to 64 MB and fetches up to 50 MB at once.
                 (
                     "queued.max.messages.kbytes",
-                    config.memory_budget.prefetch_kbytes().to_string(),
+                    config.limits.memory_budget.prefetch_kbytes().to_string(),
                 ),
                 (
                     "fetch.max.bytes",
-                    config.memory_budget.fetch_bytes().to_string(),
+                    config.limits.memory_budget.fetch_bytes().to_string(),
                 ),
             ],
             Side::Consumer,
         )
         .create_with_context(context)?;
         let topics = Topics {
-            exposed: config.topics.clone(),
-            closed: config.closed_topics.clone(),
-            control: config.control_topic.clone(),
-            signals: config.signal_topic.clone(),
+            exposed: config.topics.topics.clone(),
+            closed: config.topics.closed_topics.clone(),
+            control: config.topics.control_topic.clone(),
+            signals: config.presence.signal_topic.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()

@@ -41,14 +41,14 @@ pub(crate) fn client_config(
     side: Side,
 ) -> ClientConfig {
     let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.brokers);
+    client.set("bootstrap.servers", &config.kafka.brokers);
     // librdkafka waits up to 10 s between reconnects; a broker back from an outage would
     // find publishes refused for that long after the hub is ready again.
     client.set("reconnect.backoff.max.ms", "1000");
     for (key, value) in own {
         client.set(*key, value);
     }
-    for (key, value) in config.kafka_settings.for_side(side) {
+    for (key, value) in config.kafka.kafka_settings.for_side(side) {
         client.set(key, value);
     }
     client.set("allow.auto.create.topics", "false");
@@ -94,12 +94,12 @@ pub async fn ensure_topics(
         .map(|name| {
             let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1));
             // The roster keeps the latest state per socket; signals live a minute.
-            if *name == config.roster_topic {
+            if *name == config.presence.roster_topic {
                 topic
                     .set("cleanup.policy", "compact")
                     .set("segment.ms", "60000")
                     .set("min.cleanable.dirty.ratio", "0.1")
-            } else if *name == config.signal_topic {
+            } else if *name == config.presence.signal_topic {
                 topic
                     .set("retention.ms", SIGNAL_RETENTION_MS)
                     .set("segment.ms", SIGNAL_RETENTION_MS)

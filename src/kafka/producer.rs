@@ -99,7 +99,7 @@ impl Publisher {
                 ("partitioner", "murmur2_random".into()),
                 (
                     "message.timeout.ms",
-                    config.publish_timeout.as_millis().to_string(),
+                    config.kafka.publish_timeout.as_millis().to_string(),
                 ),
                 // Broker states, which tell `KafkaLog` when an outage ended.
                 ("statistics.interval.ms", "5000".into()),

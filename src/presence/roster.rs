@@ -467,7 +467,7 @@ impl Follower {
         let consumer: BaseConsumer<KafkaLog> =
             reader_config(config, &format!("{client_id}-roster"))
                 .create_with_context(log.clone())?;
-        let topic = config.roster_topic.clone();
+        let topic = config.presence.roster_topic.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("roster".into())

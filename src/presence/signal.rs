@@ -88,7 +88,7 @@ impl Signals {
         .create_with_context(log.clone())?;
         Ok(Signals {
             producer,
-            topic: config.signal_topic.clone(),
+            topic: config.presence.signal_topic.clone(),
         })
     }
 

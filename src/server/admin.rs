@@ -40,7 +40,7 @@ const SCRIPT: &str = include_str!("../../web/admin.js");
 const STYLE: &str = include_str!("../../web/admin.css");
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
-    let Some(password) = &hub.config.admin_password else {
+    let Some(password) = &hub.config.server.admin_password else {
         return Router::new();
     };
     let gate = Gate {
@@ -62,7 +62,7 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
         // Matched routes only: `layer` would also wrap the fallback, answering 401 for every
         // unknown path. The last added runs first: the password, then where it came from.
         .route_layer(middleware::from_fn_with_state(
-            Arc::new(hub.config.admin_origins.clone()),
+            Arc::new(hub.config.server.admin_origins.clone()),
             refuse_cross_site,
         ))
         .route_layer(middleware::from_fn_with_state(
@@ -248,7 +248,7 @@ async fn revoke(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> Respons
         revoke: revocation.clone(),
     })
     .expect("control messages always serialise");
-    let topic = &hub.config.control_topic;
+    let topic = &hub.config.topics.control_topic;
     if let Err(e) = hub.publisher.publish(topic, None, &message).await {
         tracing::error!(error = %e, "cannot tell the other hubs about a revocation");
         return (

@@ -118,13 +118,13 @@ const RESERVED_DESCRIPTORS: u64 = 256;
 /// limit allows), or says why the cap cannot be kept: past the limit, accepts fail with no
 /// answer at all, where the cap would have answered 503.
 fn ensure_descriptors(config: &ServeConfig) -> Result<(), StartError> {
-    let needed = config.max_connections as u64
-        + u64::from(config.database_max_connections)
+    let needed = config.limits.max_connections as u64
+        + u64::from(config.database.database_max_connections)
         + RESERVED_DESCRIPTORS;
     let limit = rlimit::increase_nofile_limit(needed).map_err(StartError::DescriptorLimit)?;
     if limit < needed {
         return Err(StartError::Descriptors {
-            max_connections: config.max_connections,
+            max_connections: config.limits.max_connections,
             needed,
             limit,
         });
@@ -147,19 +147,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     config.load_kafka_settings()?;
-    if config.demo {
+    if config.server.demo {
         tracing::warn!(
             "demo mode: /dev/token mints a token for anyone who asks; never enable it in production"
         );
     }
     let auth = Authenticator::new(&config.jwt)?;
     ensure_descriptors(&config)?;
-    memory::check(config.memory_budget);
-    let listener = listen(config.listen).map_err(|source| StartError::Listen {
-        addr: config.listen,
+    memory::check(config.limits.memory_budget);
+    let listener = listen(config.server.listen).map_err(|source| StartError::Listen {
+        addr: config.server.listen,
         source,
     })?;
     let instance_id = config
+        .presence
         .instance_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -167,30 +168,33 @@ pub async fn serve(
     // expire the dead run's membership (session.timeout.ms) before it gets partitions.
     let group_id = format!("wskafka-{instance_id}-{}", uuid::Uuid::new_v4().simple());
     let metrics = Metrics::install()?;
-    let database_url = display_url(&config.database_url);
+    let database_url = display_url(&config.database.database_url);
     let database = |source| StartError::Database {
         url: database_url.clone(),
         source,
     };
     let store = Store::open(
-        &config.database_url,
-        config.database_max_connections,
-        config.database_timeout,
+        &config.database.database_url,
+        config.database.database_max_connections,
+        config.database.database_timeout,
     )
     .map_err(database)?;
     let kafka_client = |source: KafkaError| StartError::Kafka {
-        brokers: config.brokers.clone(),
-        cause: config.kafka_settings.redact(&source.to_string()),
+        brokers: config.kafka.brokers.clone(),
+        cause: config.kafka.kafka_settings.redact(&source.to_string()),
     };
     let kafka_log = KafkaLog::default();
     let registry = Arc::new(Registry::new(QueueBounds {
-        socket: config.memory_budget.send_queue(),
-        total: config.memory_budget.send_queues(),
+        socket: config.limits.memory_budget.send_queue(),
+        total: config.limits.memory_budget.send_queues(),
     }));
     let publisher = Publisher::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
     let (control, control_records) = mpsc::unbounded_channel();
-    let recent = Recent::new(Bounds::new(config.recent_records, config.memory_budget));
+    let recent = Recent::new(Bounds::new(
+        config.limits.recent_records,
+        config.limits.memory_budget,
+    ));
     let sinks = Sinks {
         registry: registry.clone(),
         recent: recent.clone(),
@@ -222,10 +226,12 @@ pub async fn serve(
     let history = HistoryReader::new(&config, &group_id, &kafka_log);
     let retries = Retries::new(&config, &group_id, &kafka_log);
     let signals = Signals::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
-    let roster = config
-        .presence_topic
-        .is_some()
-        .then(|| Roster::new(config.roster_limit, config.join_leave_limit));
+    let roster = config.presence.presence_topic.is_some().then(|| {
+        Roster::new(
+            config.presence.roster_limit,
+            config.presence.join_leave_limit,
+        )
+    });
     let follower = match &roster {
         Some(roster) => Some(
             Follower::start(
@@ -239,12 +245,12 @@ pub async fn serve(
         ),
         None => None,
     };
-    let presence = config.presence_topic.clone().map(|topic| {
+    let presence = config.presence.presence_topic.clone().map(|topic| {
         Presence::new(
             topic,
-            config.roster_topic.clone(),
+            config.presence.roster_topic.clone(),
             instance_id.clone(),
-            config.instance_timeout,
+            config.presence.instance_timeout,
             store.clone(),
             publisher.clone(),
             tasks.clone(),
@@ -281,7 +287,7 @@ pub async fn serve(
     hub.track({
         let hub = hub.clone();
         async move {
-            let interval = hub.config.commit_interval;
+            let interval = hub.config.database.commit_interval;
             hub.commits.run(interval, hub.shutdown.clone()).await
         }
     });
@@ -289,17 +295,17 @@ pub async fn serve(
     hub.track(watch_database(hub.clone(), fatal));
 
     let addr = listener.local_addr().map_err(StartError::Serve)?;
-    tracing::info!(instance = %instance_id, topics = ?hub.config.topics, "listening on http://{addr}");
+    tracing::info!(instance = %instance_id, topics = ?hub.config.topics.topics, "listening on http://{addr}");
     let stopping = hub.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
         stopping.going_away();
     });
-    let header_timeout = hub.config.header_read_timeout;
+    let header_timeout = hub.config.server.header_read_timeout;
     serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
 
-    let timeout = hub.config.shutdown_timeout;
+    let timeout = hub.config.server.shutdown_timeout;
     hub.finish_tasks(timeout).await;
     // The sockets are closed: the last positions they committed go in before the store
     // closes.
@@ -408,7 +414,7 @@ async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
                         Ok(())
                     }
                     Err(e) => {
-                        let cause = hub.config.kafka_settings.redact(&e.to_string());
+                        let cause = hub.config.kafka.kafka_settings.redact(&e.to_string());
                         if told.as_ref() != Some(&cause) {
                             tracing::warn!(
                                 error = %cause,
@@ -426,7 +432,9 @@ async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
         };
         let was = hub.set_kafka_reachable(outcome.is_ok());
         match outcome {
-            Ok(()) if !was => tracing::info!(brokers = %hub.config.brokers, "Kafka is reachable"),
+            Ok(()) if !was => {
+                tracing::info!(brokers = %hub.config.kafka.brokers, "Kafka is reachable")
+            }
             // Which broker does not answer, and why, `KafkaLog` says once.
             Err(e) if was => tracing::warn!(error = %e, "Kafka is not reachable: not ready"),
             Err(e) => tracing::debug!(error = %e, "Kafka is still not reachable"),
@@ -444,8 +452,8 @@ async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
 /// `WSKAFKA_DATABASE_WAIT`, or answers with an error that waiting cannot mend, stops the
 /// hub: the error goes to `fatal`.
 async fn watch_database(hub: Arc<Hub>, fatal: oneshot::Sender<StoreError>) {
-    let url = display_url(&hub.config.database_url);
-    let wait = hub.config.database_wait;
+    let url = display_url(&hub.config.database.database_url);
+    let wait = hub.config.database.database_wait;
     let started = tokio::time::Instant::now();
     let mut waited = false;
     loop {
@@ -615,7 +623,7 @@ async fn websocket(
 ) -> Response {
     // A page on another site must not reach the hub with a token it obtained.
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &hub.config.allowed_origins;
+        let allowed = &hub.config.server.allowed_origins;
         if !allowed.is_empty() && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
             tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -657,7 +665,7 @@ async fn websocket(
     if hub.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let hard_limit = hub.config.max_frame_bytes.saturating_mul(4);
+    let hard_limit = hub.config.limits.max_frame_bytes.saturating_mul(4);
 
     upgrade
         .read_buffer_size(READ_BUFFER)

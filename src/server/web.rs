@@ -45,11 +45,11 @@ struct DemoTokens {
 
 impl DemoTokens {
     fn new(config: &ServeConfig) -> DemoTokens {
-        let keyed = !config.keyed_topics.is_empty();
+        let keyed = !config.topics.keyed_topics.is_empty();
         let grants = |rooms: &[&str]| {
             let mut publish = Vec::new();
             let mut subscribe = Vec::new();
-            for topic in &config.topics {
+            for topic in &config.topics.topics {
                 let name = topic.as_str();
                 if !topic.is_literal() {
                     if !keyed {
@@ -89,7 +89,7 @@ impl DemoTokens {
 
 pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<S> {
     let router = Router::new().route("/wskafka.js", get(|| async { javascript(CLIENT) }));
-    if !config.demo {
+    if !config.server.demo {
         return router;
     }
     router
