@@ -47,7 +47,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,once"
     )]
     scenarios: Vec<String>,
     /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it).
@@ -118,6 +118,7 @@ async fn main() {
         ("bench.history", 4),
         ("bench.rooms", 4),
         (STORM_TOPIC, 1),
+        (scenarios::once::ONCE_TOPIC, 4),
         ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
@@ -163,6 +164,7 @@ async fn main() {
             "storm" => scenarios::storm(&servers, &kafka, &args).await,
             "history" => scenarios::history(hub, &kafka, &args).await,
             "presence" => scenarios::presence(&hub_binary, &kafka, &work).await,
+            "once" => scenarios::once(hub, &args).await,
             other => panic!("no scenario called {other}"),
         }
         println!(
