@@ -202,8 +202,12 @@ async fn main() {
         bare,
         centrifugo,
     };
+    let beside = match servers.centrifugo {
+        Some(_) => "hub, bare server and Centrifugo",
+        None => "hub and bare server",
+    };
     println!(
-        "machine: {} cores; hub, bare server and Centrifugo on core 0, load generator on core 1",
+        "machine: {} cores; {beside} on core 0, load generator on core 1",
         // Not available_parallelism: this process is pinned to one of them.
         std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()

@@ -49,7 +49,8 @@ pub async fn heartbeat(binary: &Path, kafka: &Broker, work: &Path, args: &Args) 
             let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
             let name = format!("heartbeat-{count}-{label}");
             let hub = Server::hub(binary, &kafka.addr, work, count, &name, &settings).await;
-            let idle = idle_cost(&hub, count, window, label == "on", work).await;
+            let pinging = (label == "on").then_some(interval);
+            let idle = idle_cost(&hub, count, window, pinging, work).await;
             measured.push(idle);
         }
         let (on, off) = (&measured[0], &measured[1]);
@@ -105,12 +106,12 @@ struct Idle {
 }
 
 /// `count` reading sockets on `hub`, then its CPU over `window` and its memory; with
-/// heartbeats, how the pings spread over the window.
+/// heartbeats (every `pinging` seconds), how the pings spread over the window.
 async fn idle_cost(
     hub: &Server,
     count: usize,
     window: Duration,
-    pinging: bool,
+    pinging: Option<u64>,
     work: &Path,
 ) -> Idle {
     wait_quiet(&hub.pid, 0.02).await;
@@ -122,8 +123,8 @@ async fn idle_cost(
     wait_quiet(&hub.pid, 0.05).await;
     let closed = hub.metric("wskafka_unresponsive_closes_total").await;
     let capture = match pinging {
-        true => Capture::start(hub, 0x89, work).await,
-        false => None,
+        Some(_) => Capture::start(hub, 0x89, work).await,
+        None => None,
     };
     let (client, start) = (Usage::of_self(), hub.usage());
     let from = now_us();
@@ -146,7 +147,7 @@ async fn idle_cost(
         .collect();
     println!(
         "heartbeats {}: {count} sockets (opened in {:.1} s), RSS {} -> {} KiB ({kib_per_socket:.2} KiB per socket); over {:.0} s hub CPU {:.3} s ({:.2}% of a core), {} pings answered ({:.0}/s), {} sockets closed unresponsive",
-        if pinging { "on" } else { "off" },
+        if pinging.is_some() { "on" } else { "off" },
         opened_in.as_secs_f64(),
         before.rss_kib,
         after.rss_kib,
@@ -158,7 +159,9 @@ async fn idle_cost(
         hub.metric("wskafka_unresponsive_closes_total").await - closed
     );
     report_client(&client);
-    if pinging && !pings.is_empty() {
+    if let Some(interval) = pinging
+        && !pings.is_empty()
+    {
         let evenly = pings.len() as f64 * BUSIEST_WINDOW_US as f64 / (to - from) as f64;
         let mut random = uniform_times(pings.len(), from, to);
         let random = busiest(&mut random, BUSIEST_WINDOW_US);
@@ -167,10 +170,38 @@ async fn idle_cost(
                 .into_iter()
                 .filter(|at| (from..to).contains(at))
                 .collect();
+            let most = busiest(&mut sent, BUSIEST_WINDOW_US);
             println!(
-                "  pings the hub sent (tcpdump, the kernel's time): {}; the busiest 10 ms held {} (spread evenly: {evenly:.1}; at random times, the same number: {random})",
+                "  pings the hub sent (tcpdump, the kernel's time): {}; the busiest 10 ms held {most} (spread evenly: {evenly:.1}; at random times, the same number: {random})",
                 sent.len(),
-                busiest(&mut sent, BUSIEST_WINDOW_US)
+            );
+            // A hub held off the CPU sends nothing, then every ping that fell due meanwhile;
+            // each socket's next ping is due an interval after its last one was sent, so
+            // whether such a clump comes back an interval later tells a passing stall from
+            // a lasting one.
+            let within = |from: u64| {
+                sent.partition_point(|&t| t < from + BUSIEST_WINDOW_US)
+                    - sent.partition_point(|&t| t < from)
+            };
+            let start = sent
+                .iter()
+                .copied()
+                .find(|&at| within(at) == most)
+                .unwrap_or(0);
+            let longest = sent.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+            let interval_us = interval * 1_000_000;
+            let later = match start + interval_us + BUSIEST_WINDOW_US < to {
+                // From 2 ms earlier: a clump drifts by the time each ping takes to send.
+                true => within(start + interval_us - 2_000).to_string(),
+                false => "past the window".to_string(),
+            };
+            let bins = (to - from).div_ceil(BUSIEST_WINDOW_US);
+            let crowded = (0..bins)
+                .filter(|bin| within(from + bin * BUSIEST_WINDOW_US) as f64 > 2.0 * evenly)
+                .count();
+            println!(
+                "  the same 10 ms an interval later (from 2 ms before): {later}; the longest silence between two pings: {:.1} ms; 10 ms windows holding more than twice the even number: {crowded} of {bins}",
+                longest as f64 / 1e3
             );
         }
         println!(
