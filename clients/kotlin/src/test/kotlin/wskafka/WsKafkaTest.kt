@@ -93,6 +93,33 @@ class WsKafkaTest {
     }
 
     @Test
+    fun publishesWaitingWhenTheirHubDiesAreStoredOnceThroughTheOther() = runBlocking {
+        val topic = unique("kt-once")
+        createTopic(topic, 2)
+        // Short bounds, so that a resend whose first attempt may still land waits seconds.
+        val bounds = listOf("--ping-interval", "0s", "--pong-timeout", "1s", "--publish-timeout", "3s", "--publish-rate", "10000")
+        val first = Hub(topic, bounds)
+        Hub(topic, bounds).use { second ->
+            val client = WsKafka(listOf(first.url, second.url), { token("alice", listOf(topic)) },
+                WsKafka.Options(backoffMinMs = 50, backoffMaxMs = 200))
+            eventually("open") { client.state.value == ConnectionState.OPEN }
+            val acks = (0 until 200).map { i ->
+                async(Dispatchers.Default) { client.publish(topic, buildJsonObject { put("seq", i) }, key = "k${i % 5}") }
+            }
+            eventually("some acked") { acks.count { it.isCompleted } >= 10 }
+            first.kill()
+            val done = acks.awaitAll()
+            val inKafka = readAll(topic, 2)
+            assertEquals((0 until 200).map { """{"seq":$it}""" }.sorted(), inKafka.values.sorted(), "each publish stored once")
+            done.forEachIndexed { i, ack ->
+                assertEquals("""{"seq":$i}""", inKafka[ack.partition to ack.offset], "ack $i names its record")
+            }
+            client.close()
+        }
+        first.close()
+    }
+
+    @Test
     fun theTokenIsRefreshedBeforeItExpiresWithoutDroppingTheSocket() = runBlocking {
         val topic = unique("kt-token")
         createTopic(topic, 1)
