@@ -19,7 +19,7 @@ import org.apache.kafka.clients.producer.ProducerRecord
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
-import java.util.Collections
+import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.atomic.AtomicInteger
 
 /** The Kotlin client against real hubs and the real broker. */
@@ -28,7 +28,8 @@ class WsKafkaTest {
 
     /** Collects a subscription into a list, in the background, until cancelled. */
     private fun CoroutineScope.collect(flow: kotlinx.coroutines.flow.Flow<Message>): Pair<MutableList<Message>, kotlinx.coroutines.Job> {
-        val seen = Collections.synchronizedList(ArrayList<Message>())
+        // Safe to read while the collector adds (iterating a snapshot).
+        val seen = CopyOnWriteArrayList<Message>()
         val job = launch(Dispatchers.Default) { flow.collect { seen.add(it) } }
         return seen to job
     }
@@ -120,6 +121,33 @@ class WsKafkaTest {
     }
 
     @Test
+    fun aSocketClosedAsLaggedResumesWithEveryRecordOnce() = runBlocking {
+        val topic = unique("kt-lagged")
+        createTopic(topic, 1)
+        // A send queue of 8 records: one Kafka fetch of a burst overflows it.
+        Hub(topic, listOf("--send-queue", "8")).use { hub ->
+            val client = WsKafka(hub.url, { token("alice", listOf(topic)) },
+                WsKafka.Options(backoffMinMs = 50, backoffMaxMs = 200))
+            val lagged = async(Dispatchers.Default) { client.events.filterIsInstance<Event.Lagged>().first() }
+            val (seen, job) = collect(client.subscribe(topic))
+            producer().use { kafka ->
+                eventually("subscribed") {
+                    kafka.send(ProducerRecord(topic, "k", """{"seq":-1}""")).get()
+                    seen.isNotEmpty()
+                }
+                for (i in 0 until 3000) kafka.send(ProducerRecord(topic, "k", """{"seq":$i}"""))
+                kafka.flush()
+            }
+            patiently { lagged.await() }
+            eventually("all 3000") { seen.count { seq(it) >= 0 } >= 3000 }
+            val records = seen.filter { seq(it) >= 0 }
+            assertEquals((0 until 3000).toList(), records.map(::seq), "every record once, in order")
+            job.cancelAndJoin()
+            client.close()
+        }
+    }
+
+    @Test
     fun theTokenIsRefreshedBeforeItExpiresWithoutDroppingTheSocket() = runBlocking {
         val topic = unique("kt-token")
         createTopic(topic, 1)
@@ -129,7 +157,7 @@ class WsKafkaTest {
                 tokens.incrementAndGet()
                 token("alice", listOf(topic), ttlSeconds = 3)
             })
-            val states = Collections.synchronizedList(ArrayList<ConnectionState>())
+            val states = CopyOnWriteArrayList<ConnectionState>()
             val watcher = launch(Dispatchers.Default) { client.state.collect { states.add(it) } }
             // Each token lives 3 s and is warned of 2 s before: three tokens span 5 s and more.
             eventually("three tokens") { tokens.get() >= 3 }
