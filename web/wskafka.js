@@ -838,7 +838,10 @@ class Subscription {
  * @typedef {{type: "presence", id?: string | number, topic: string, key?: string,
  *   members?: string[], count: number, next?: string, large?: boolean}} PresenceReplyFrame
  * @typedef {{type: "online", id?: string | number, users: Record<string, boolean>}} OnlineReplyFrame
- * @typedef {{type: "join" | "leave", topic: string, key?: string, user: string}} MembershipFrame
+ * @typedef {{type: "presence_diff", topic: string, key?: string, joins: string[],
+ *   leaves: string[]}} PresenceDiffFrame  who joined and who left a room in one interval
+ * @typedef {{topic: string, key?: string, user: string}} Membership  one user's join or
+ *   leave, from a `presence_diff`
  * @typedef {{type: "signal", topic: string, key?: string, sender: string,
  *   payload: unknown}} SignalReceivedFrame
  * @typedef {{type: "status", user: string, online: boolean}} StatusFrame
@@ -850,14 +853,15 @@ class Subscription {
  *   topic?: string, key?: string, retry_after_ms?: number}} ErrorFrame
  * @typedef {Message | Ack | SubscribedFrame | UnsubscribedFrame | PongFrame
  *   | AuthenticatedFrame | ExpiringFrame | CommittedFrame | LaggedFrame | HistoryReplyFrame
- *   | PresenceReplyFrame | OnlineReplyFrame | MembershipFrame | SignalReceivedFrame
+ *   | PresenceReplyFrame | OnlineReplyFrame | PresenceDiffFrame | SignalReceivedFrame
  *   | StatusFrame | ErrorFrame} HubFrame  every frame the hub sends
  *
  * @typedef {{id: number, topic: string, key?: string, payload: unknown,
  *   status: PublishStatus, error?: WsKafkaError}} PublishEvent
  * @typedef {{state: ConnectionState, lost: {topic: string, key?: string,
- *   lost: Record<string, LostRange>}, error: WsKafkaError, join: MembershipFrame,
- *   leave: MembershipFrame, signal: SignalReceivedFrame, status: StatusFrame,
+ *   lost: Record<string, LostRange>}, error: WsKafkaError,
+ *   presence_diff: PresenceDiffFrame, join: Membership, leave: Membership,
+ *   signal: SignalReceivedFrame, status: StatusFrame,
  *   publish: PublishEvent, subscribed: SubscribedFrame}} WsKafkaEventMap
  *   each event's `detail`, by event name
  */
