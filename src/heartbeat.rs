@@ -26,6 +26,8 @@ pub struct Heartbeat {
     timeout: Duration,
     /// When the unanswered ping was sent.
     awaiting: Option<Instant>,
+    /// When that ping was due: the next one is due an interval later.
+    due: Instant,
     deadline: Instant,
 }
 
@@ -35,11 +37,13 @@ impl Heartbeat {
         if interval.is_zero() {
             return None;
         }
+        let first = now + phase(id, interval);
         Some(Heartbeat {
             interval,
             timeout,
             awaiting: None,
-            deadline: now + phase(id, interval),
+            due: first,
+            deadline: first,
         })
     }
 
@@ -53,15 +57,18 @@ impl Heartbeat {
             return Beat::Unresponsive;
         }
         self.awaiting = Some(now);
+        self.due = self.deadline;
         self.deadline = now + self.timeout;
         Beat::Ping
     }
 
     /// A pong came; returns the round trip when it answers the ping in flight. The next ping
-    /// goes an interval after the last one, whatever the round trip.
+    /// is due an interval after the last one was due, whatever the round trip and however
+    /// late a busy hub sent it: pings that a stall bunched together return to their places in
+    /// the interval instead of staying bunched.
     pub fn pong(&mut self, now: Instant) -> Option<Duration> {
         let sent = self.awaiting.take()?;
-        self.deadline = sent + self.interval;
+        self.deadline = self.due + self.interval;
         Some(now - sent)
     }
 }
@@ -97,6 +104,18 @@ mod tests {
         assert_eq!(beat.due(second), Beat::Ping);
         assert_eq!(beat.due(second + TIMEOUT), Beat::Unresponsive);
         assert!(Heartbeat::new(1, Duration::ZERO, TIMEOUT, start).is_none());
+    }
+
+    #[test]
+    fn a_ping_sent_late_keeps_the_sockets_place_in_the_interval() {
+        let start = Instant::now();
+        let mut beat = Heartbeat::new(3, INTERVAL, TIMEOUT, start).unwrap();
+        let due = beat.deadline();
+        // The hub was busy: the ping went out 700 ms after it was due.
+        let late = due + Duration::from_millis(700);
+        assert_eq!(beat.due(late), Beat::Ping);
+        beat.pong(late + Duration::from_millis(5));
+        assert_eq!(beat.deadline(), due + INTERVAL);
     }
 
     #[test]

@@ -703,7 +703,11 @@ export class Typists {
   }
 }
 
-/** A promise with its resolvers, settled once. */
+/**
+ * A promise with its resolvers, settled once.
+ * @returns {{promise: Promise<unknown>, resolve: (value?: unknown) => void,
+ *   reject: (reason?: unknown) => void}}
+ */
 function deferred() {
   /** @type {any} */
   let resolve, reject;
@@ -722,7 +726,7 @@ class Subscription {
   /**
    * @param {string} topic @param {string | undefined} key
    * @param {(message: Message) => void} onMessage
-   * @param {{from?: Start, filter?: Filter}} options
+   * @param {SubscribeOptions} options
    */
   constructor(topic, key, onMessage, options) {
     this.topic = topic;
@@ -789,3 +793,75 @@ class Subscription {
     this.onMessage(message);
   }
 }
+
+// -- the protocol's frames and the client's events, as types (docs/protocol.md) --------
+
+/**
+ * @typedef {{key?: string, from?: Start, filter?: Filter, presence?: boolean,
+ *   signals?: boolean}} SubscribeOptions  the options of `subscribe`
+ * @typedef {{type: "publish", id?: string | number, topic: string, payload: unknown,
+ *   key?: string, headers?: Record<string, string>, publish_id?: string, age_ms?: number,
+ *   attempt?: number}} PublishFrame
+ * @typedef {{type: "subscribe", id?: string | number, topic: string, key?: string,
+ *   from?: Start, filter?: {headers?: Record<string, string>}, presence?: boolean,
+ *   signals?: boolean}} SubscribeFrame
+ * @typedef {{type: "presence", id?: string | number, topic: string, key?: string,
+ *   after?: string}} PresenceFrame
+ * @typedef {{type: "online", id?: string | number, users: string[], watch?: boolean}} OnlineFrame
+ * @typedef {{type: "signal", id?: string | number, topic: string, key?: string,
+ *   payload: unknown}} SignalFrame
+ * @typedef {{type: "unsubscribe", id?: string | number, topic: string, key?: string}} UnsubscribeFrame
+ * @typedef {{type: "history", id?: string | number, topic: string, key?: string,
+ *   before?: Record<string, number> | "subscribed", limit?: number}} HistoryFrame
+ * @typedef {{type: "ping", id?: string | number}} PingFrame
+ * @typedef {{type: "auth", id?: string | number, token: string}} AuthFrame
+ * @typedef {{type: "commit", id?: string | number, topic: string, key?: string,
+ *   offsets: Record<string, number>}} CommitFrame
+ * @typedef {PublishFrame | SubscribeFrame | PresenceFrame | OnlineFrame | SignalFrame
+ *   | UnsubscribeFrame | HistoryFrame | PingFrame | AuthFrame | CommitFrame} ClientFrame
+ *   every frame a client sends
+ *
+ * @typedef {{from: number, to: number, reason: "retention" | "replay_limit" | string}} LostRange
+ *   offsets `from` up to `to` (excluded) that a subscription asked for and will not get
+ * @typedef {{type: "subscribed", id?: string | number, topic: string, key?: string,
+ *   partitions: Record<string, number>, lost?: Record<string, LostRange>,
+ *   waiting?: number}} SubscribedFrame
+ * @typedef {{type: "unsubscribed", id?: string | number, topic: string}} UnsubscribedFrame
+ * @typedef {{type: "pong", id?: string | number}} PongFrame
+ * @typedef {{type: "authenticated", id?: string | number, sub: string,
+ *   expires_at: number}} AuthenticatedFrame
+ * @typedef {{type: "expiring", expires_at: number}} ExpiringFrame
+ * @typedef {{type: "committed", id?: string | number, topic: string}} CommittedFrame
+ * @typedef {{type: "lagged", topics?: Record<string, Record<string, number>>,
+ *   keys?: Record<string, Record<string, Record<string, number>>>}} LaggedFrame
+ * @typedef {{type: "history", id?: string | number} & Page} HistoryReplyFrame
+ * @typedef {{type: "presence", id?: string | number, topic: string, key?: string,
+ *   members?: string[], count: number, next?: string, large?: boolean}} PresenceReplyFrame
+ * @typedef {{type: "online", id?: string | number, users: Record<string, boolean>}} OnlineReplyFrame
+ * @typedef {{type: "presence_diff", topic: string, key?: string, joins: string[],
+ *   leaves: string[]}} PresenceDiffFrame  who joined and who left a room in one interval
+ * @typedef {{topic: string, key?: string, user: string}} Membership  one user's join or
+ *   leave, from a `presence_diff`
+ * @typedef {{type: "signal", topic: string, key?: string, sender: string,
+ *   payload: unknown}} SignalReceivedFrame
+ * @typedef {{type: "status", user: string, online: boolean}} StatusFrame
+ * @typedef {"unauthorized" | "bad_request" | "forbidden" | "too_large" | "limit_exceeded"
+ *   | "rate_limited" | "id_conflict" | "retry_expired" | "unknown_topic" | "unavailable"
+ *   | "internal"} ErrorCode  the hub's error codes; the client adds `timeout`, `closed`,
+ *   `disconnected`, `replaced` and `not_subscribed`
+ * @typedef {{type: "error", id?: string | number, code: ErrorCode, message: string,
+ *   topic?: string, key?: string, retry_after_ms?: number}} ErrorFrame
+ * @typedef {Message | Ack | SubscribedFrame | UnsubscribedFrame | PongFrame
+ *   | AuthenticatedFrame | ExpiringFrame | CommittedFrame | LaggedFrame | HistoryReplyFrame
+ *   | PresenceReplyFrame | OnlineReplyFrame | PresenceDiffFrame | SignalReceivedFrame
+ *   | StatusFrame | ErrorFrame} HubFrame  every frame the hub sends
+ *
+ * @typedef {{id: number, topic: string, key?: string, payload: unknown,
+ *   status: PublishStatus, error?: WsKafkaError}} PublishEvent
+ * @typedef {{state: ConnectionState, lost: {topic: string, key?: string,
+ *   lost: Record<string, LostRange>}, error: WsKafkaError,
+ *   presence_diff: PresenceDiffFrame, join: Membership, leave: Membership,
+ *   signal: SignalReceivedFrame, status: StatusFrame,
+ *   publish: PublishEvent, subscribed: SubscribedFrame}} WsKafkaEventMap
+ *   each event's `detail`, by event name
+ */

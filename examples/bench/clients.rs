@@ -98,12 +98,17 @@ pub async fn publish_loop(
     window: usize,
     barrier: Arc<Barrier>,
     deadline: tokio::time::Instant,
+    publish_ids: Option<usize>,
 ) -> (u64, u64) {
     barrier.wait().await;
     let (mut sent, mut acks, mut errors) = (0usize, 0, 0);
     let frame = |n: usize| {
+        // With ids, as the browser client sends them: unique per socket and publish.
+        let id = publish_ids.map_or(String::new(), |socket| {
+            format!(r#","publish_id":"{socket:08x}-0000-4000-8000-{n:012x}""#)
+        });
         Message::text(format!(
-            r#"{{"type":"publish","id":{n},"topic":"bench.ingest","payload":{}}}"#,
+            r#"{{"type":"publish","id":{n},"topic":"bench.ingest"{id},"payload":{}}}"#,
             payload(now_us(), n)
         ))
     };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
@@ -150,6 +150,28 @@ impl Broker {
             config.set(*key, *value);
         }
         config.create().unwrap()
+    }
+
+    /// Records written to `topic` so far: the sum of its partitions' end offsets.
+    pub async fn end_offsets(&self, topic: &str) -> i64 {
+        let consumer: BaseConsumer = self.config().create().unwrap();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+            metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p.id(), timeout)
+                        .unwrap()
+                        .1
+                })
+                .sum()
+        })
+        .await
+        .unwrap()
     }
 
     /// A consumer with the hub's fetch settings that reads what the hub's consumer reads (every

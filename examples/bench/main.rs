@@ -36,8 +36,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::kafka::Broker;
 use crate::report::{Usage, wait_quiet};
+use crate::scenarios::flood::{FLOOD_HISTORY_TOPIC, FLOOD_TOPIC};
+use crate::scenarios::limits::LIMITS_TOPICS;
 use crate::scenarios::storm::STORM_TOPIC;
-use crate::servers::{CENTRIFUGO_TOPICS, Server, Servers, tempdir};
+use crate::servers::{CENTRIFUGO_TOPICS, Server, Servers, WITH_CENTRIFUGO, tempdir};
 
 type Socket = WebSocketStream<TcpStream>;
 
@@ -47,12 +49,13 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once"
     )]
     scenarios: Vec<String>,
-    /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it).
+    /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it); needed
+    /// by the scenarios that compare with it (idle, fanout, latency, room, slow, storm).
     #[arg(long, env = "CENTRIFUGO")]
-    centrifugo: PathBuf,
+    centrifugo: Option<PathBuf>,
     /// Sockets held open by the idle scenario; the hub's cap is set to this many.
     #[arg(long, default_value_t = 19_000)]
     idle: usize,
@@ -87,6 +90,52 @@ struct Args {
     /// Records/s in the one-subscriber latency run.
     #[arg(long, default_value_t = 500.0)]
     single_rate: f64,
+    /// Socket counts of the heartbeat scenario, each held by a hub with heartbeats and then
+    /// by one without. The descriptor limit (`ulimit -Hn`) bounds them: a socket is a
+    /// descriptor in this process and one in the hub.
+    #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,19000")]
+    heartbeat_sockets: Vec<usize>,
+    /// Seconds over which the heartbeat scenario takes each idle hub's CPU: several ping
+    /// intervals.
+    #[arg(long, default_value_t = 75)]
+    heartbeat_window: u64,
+    /// Ping interval and pong timeout of the heartbeat scenario, in seconds (the hub's
+    /// defaults).
+    #[arg(long, default_value_t = 25)]
+    ping_interval: u64,
+    #[arg(long, default_value_t = 10)]
+    pong_timeout: u64,
+    /// Sockets whose network stalls at once in the heartbeat scenario.
+    #[arg(long, default_value_t = 5_000)]
+    stalled: usize,
+    /// Hub builds the flood scenario measures one after the other, as LABEL=BINARY
+    /// (`before=/tmp/wskafka-before,after=target/release/wskafka`); the hub of this tree by
+    /// default.
+    #[arg(long, value_delimiter = ',', value_parser = parse_build)]
+    builds: Vec<(String, PathBuf)>,
+    /// Requests a flooding socket keeps awaiting their reply.
+    #[arg(long, default_value_t = 64)]
+    flood_window: usize,
+    /// The PostgreSQL server the flood scenario's hubs write read positions to (each in a
+    /// database of its own, dropped at the end), where its transactions are counted.
+    #[arg(
+        long,
+        env = "WSKAFKA_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    postgres: String,
+}
+
+/// One `LABEL=BINARY` of `--builds`.
+fn parse_build(entry: &str) -> Result<(String, PathBuf), String> {
+    let (label, binary) = entry
+        .split_once('=')
+        .ok_or_else(|| format!("{entry:?} is not LABEL=BINARY"))?;
+    let binary = PathBuf::from(binary);
+    if !binary.is_file() {
+        return Err(format!("{} is not a file", binary.display()));
+    }
+    Ok((label.to_string(), binary))
 }
 
 /// The clock every timestamp in a payload is read from.
@@ -118,6 +167,11 @@ async fn main() {
         ("bench.history", 4),
         ("bench.rooms", 4),
         (STORM_TOPIC, 1),
+        (FLOOD_TOPIC, 1),
+        (FLOOD_HISTORY_TOPIC, 4),
+        (LIMITS_TOPICS[0], 1),
+        (LIMITS_TOPICS[1], 1),
+        (scenarios::once::ONCE_TOPIC, 4),
         ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
@@ -127,16 +181,34 @@ async fn main() {
     }
     kafka.warm_up().await;
     let hub_binary = examples.join("../wskafka");
+    let builds = match args.builds.as_slice() {
+        [] => vec![("hub".to_string(), hub_binary.clone())],
+        given => given.to_vec(),
+    };
     let hub = Server::hub(&hub_binary, &kafka.addr, &work, args.idle, "hub", &[]).await;
     let bare = Server::bare(&examples.join("bare_broadcast")).await;
-    let centrifugo = Server::centrifugo(&args.centrifugo, &kafka.addr, &work).await;
+    let centrifugo = match &args.centrifugo {
+        _ if !args
+            .scenarios
+            .iter()
+            .any(|s| WITH_CENTRIFUGO.contains(&s.as_str())) =>
+        {
+            None
+        }
+        Some(binary) => Some(Server::centrifugo(binary, &kafka.addr, &work).await),
+        None => panic!("--centrifugo (or CENTRIFUGO) is needed by {WITH_CENTRIFUGO:?}"),
+    };
     let servers = Servers {
         hub,
         bare,
         centrifugo,
     };
+    let beside = match servers.centrifugo {
+        Some(_) => "hub, bare server and Centrifugo",
+        None => "hub and bare server",
+    };
     println!(
-        "machine: {} cores; hub, bare server and Centrifugo on core 0, load generator on core 1",
+        "machine: {} cores; {beside} on core 0, load generator on core 1",
         // Not available_parallelism: this process is pinned to one of them.
         std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
@@ -163,6 +235,10 @@ async fn main() {
             "storm" => scenarios::storm(&servers, &kafka, &args).await,
             "history" => scenarios::history(hub, &kafka, &args).await,
             "presence" => scenarios::presence(&hub_binary, &kafka, &work).await,
+            "heartbeat" => scenarios::heartbeat(&hub_binary, &kafka, &work, &args).await,
+            "flood" => scenarios::flood(&builds, &kafka, &work, &args).await,
+            "limits" => scenarios::limits(&hub_binary, &kafka, &work, &args).await,
+            "once" => scenarios::once(hub, &args).await,
             other => panic!("no scenario called {other}"),
         }
         println!(
@@ -171,7 +247,9 @@ async fn main() {
             Usage::of(&kafka.pid).rss_kib / 1024
         );
         hub.wait_idle().await;
-        centrifugo.wait_idle().await;
+        if let Some(centrifugo) = centrifugo {
+            centrifugo.wait_idle().await;
+        }
         // The next scenario starts once the broker has settled what this one left it.
         wait_quiet(&kafka.pid, 0.2).await;
     }

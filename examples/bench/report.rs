@@ -101,3 +101,14 @@ pub fn report_client(since: &Usage) -> f64 {
     println!("  load generator CPU {:.0}%{flag}", share * 100.0);
     share
 }
+
+/// "m, the median of rounds a, b, c".
+pub fn median_of(mut ratios: Vec<f64>) -> String {
+    let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "{:.2}, the median of rounds {}",
+        ratios[ratios.len() / 2],
+        rounds.join(", ")
+    )
+}

@@ -18,8 +18,20 @@ use crate::scenarios::storm::STORM_TOPIC;
 pub struct Servers {
     pub hub: Server,
     pub bare: Server,
-    pub centrifugo: Server,
+    /// Started only when a scenario of the run compares with it.
+    pub centrifugo: Option<Server>,
 }
+
+impl Servers {
+    pub fn centrifugo(&self) -> &Server {
+        self.centrifugo
+            .as_ref()
+            .expect("Centrifugo is started for the scenarios that compare with it")
+    }
+}
+
+/// The scenarios that measure Centrifugo beside the hub.
+pub const WITH_CENTRIFUGO: [&str; 6] = ["idle", "fanout", "latency", "room", "slow", "storm"];
 
 pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wskafka-bench-{}", std::process::id()));
@@ -118,7 +130,8 @@ impl Route {
 }
 
 impl Server {
-    /// A hub named `name` (its database and log), with `extra` settings.
+    /// A hub named `name` (its database and log), with `extra` settings, each of which
+    /// replaces the bench's own setting of the same flag.
     pub async fn hub(
         binary: &Path,
         brokers: &str,
@@ -133,37 +146,40 @@ impl Server {
             work.join(format!("{name}.db")).display()
         );
         let cap = cap.to_string();
-        let mut args = vec![
-            "serve",
-            "--listen",
-            &addr,
-            "--brokers",
-            brokers,
-            "--topics",
-            "bench.*",
-            "--database-url",
-            &database,
-            "--max-connections",
-            &cap,
-            "--max-connections-per-user",
-            "1000000",
-            "--publish-rate",
-            "1000000",
-            "--keyed-topics",
-            HISTORY_TOPIC,
+        let defaults = [
+            ("--listen", addr.as_str()),
+            ("--brokers", brokers),
+            ("--topics", "bench.*"),
+            ("--database-url", &database),
+            ("--max-connections", &cap),
+            ("--max-connections-per-user", "1000000"),
+            ("--publish-rate", "1000000"),
+            ("--keyed-topics", HISTORY_TOPIC),
         ];
+        let mut args = vec!["serve"];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
         args.extend(extra);
-        let process = Process::spawn("0", binary, &args, Some(&work.join(format!("{name}.log"))));
-        let server = Server {
+        let log = work.join(format!("{name}.log"));
+        let mut process = Process::spawn("0", binary, &args, Some(&log));
+        while Server::get_from(&addr, "/readyz").await.0 != 200 {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                panic!(
+                    "the hub {name} ended at start ({status}); see {}",
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Server {
             pid: process.0.id().to_string(),
             addr,
             kind: Kind::Hub,
             _process: process,
-        };
-        while server.get("/readyz").await.0 != 200 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        server
     }
 
     pub async fn bare(binary: &Path) -> Server {
@@ -265,7 +281,12 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut stream) = TcpStream::connect(&self.addr).await else {
+        Server::get_from(&self.addr, path).await
+    }
+
+    /// An HTTP/1.0 GET of `path` from `addr`: (status, body), status 0 when nothing answered.
+    async fn get_from(addr: &str, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
             return (0, String::new());
         };
         let request = format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n");

@@ -8,7 +8,7 @@ use crate::clients::spawn_counters;
 use crate::kafka::Broker;
 use crate::load::{BURST, ROUNDS, burst_rate, kafka_burst, paced_bare, timed_run};
 use crate::records::{message_frame, payload};
-use crate::report::print_latency;
+use crate::report::{median_of, print_latency};
 use crate::servers::Servers;
 use crate::{Args, now_us};
 
@@ -16,11 +16,7 @@ use crate::{Args, now_us};
 /// burst sent as fast as possible and the next one only once every socket had the last:
 /// the figure is how fast a server empties full queues onto many sockets.
 pub async fn fanout(servers: &Servers, kafka: &Broker, args: &Args) {
-    let Servers {
-        hub,
-        bare,
-        centrifugo,
-    } = servers;
+    let (hub, bare, centrifugo) = (&servers.hub, &servers.bare, servers.centrifugo());
     let n = args.subscribers;
     let bursts = args.records.div_ceil(BURST * ROUNDS);
     let topic = "bench.fanout";
@@ -115,15 +111,4 @@ pub async fn fanout(servers: &Servers, kafka: &Broker, args: &Args) {
         "paced fan-out, deliveries per CPU-second: hub / Centrifugo = {:.2} (target: >= 2)",
         per_cpu_second[0] / per_cpu_second[1]
     );
-}
-
-/// "m, the median of rounds a, b, c".
-pub fn median_of(mut ratios: Vec<f64>) -> String {
-    let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    ratios.sort_by(f64::total_cmp);
-    format!(
-        "{:.2}, the median of rounds {}",
-        ratios[ratios.len() / 2],
-        rounds.join(", ")
-    )
 }

@@ -7,7 +7,7 @@ use crate::report::{Usage, report_client};
 use crate::servers::{Server, Servers};
 
 pub async fn idle(servers: &Servers, count: usize) {
-    let (hub, centrifugo) = (&servers.hub, &servers.centrifugo);
+    let (hub, centrifugo) = (&servers.hub, servers.centrifugo());
     let per_socket = async |server: &Server| {
         let before = server.usage();
         let client = Usage::of_self();

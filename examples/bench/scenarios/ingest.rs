@@ -43,8 +43,8 @@ pub async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     let plain_cpu = report_client(&client);
     let _ = permits.acquire_many(in_flight as u32).await;
 
-    let (rate, hub_cpu) = publish_run(hub, args).await;
-    let (bare_rate, bare_cpu) = publish_run(bare, args).await;
+    let (rate, hub_cpu) = publish_run(hub, args, false).await;
+    let (bare_rate, bare_cpu) = publish_run(bare, args, false).await;
     // What each publish costs a core holds whichever side limits the rate. The plain
     // producer's figure includes the load generator's own work, so Kafka's share is at most
     // that. A server paying the bare server's share and Kafka's on one core reaches at most
@@ -68,9 +68,10 @@ pub async fn ingest(hub: &Server, bare: &Server, kafka: &Broker, args: &Args) {
     );
 }
 
-/// Publishes from `--publishers` sockets, `--window` in flight each, for `--seconds`;
-/// returns the answered publishes per second and the server's share of its core.
-pub async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
+/// Publishes from `--publishers` sockets, `--window` in flight each, for `--seconds`, each
+/// with a `publish_id` when `publish_ids`; returns the answered publishes per second and the
+/// server's share of its core.
+pub async fn publish_run(server: &Server, args: &Args, publish_ids: bool) -> (f64, f64) {
     let duration = Duration::from_secs(args.seconds);
     let sockets = server.sockets(args.publishers).await;
     let (client, before) = (Usage::of_self(), server.usage());
@@ -78,7 +79,17 @@ pub async fn publish_run(server: &Server, args: &Args) -> (f64, f64) {
     let deadline = tokio::time::Instant::now() + duration;
     let tasks: Vec<_> = sockets
         .into_iter()
-        .map(|socket| tokio::spawn(publish_loop(socket, args.window, barrier.clone(), deadline)))
+        .enumerate()
+        .map(|(i, socket)| {
+            let ids = publish_ids.then_some(i);
+            tokio::spawn(publish_loop(
+                socket,
+                args.window,
+                barrier.clone(),
+                deadline,
+                ids,
+            ))
+        })
         .collect();
     let (mut acks, mut errors) = (0, 0);
     for task in tasks {

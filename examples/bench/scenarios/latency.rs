@@ -12,11 +12,7 @@ use crate::servers::{Server, Servers};
 /// `--subscribers`: first at fixed rates, the same for every server, then at half of each
 /// server's own saturation rate, and both at half of the lower one.
 pub async fn latency(servers: &Servers, kafka: &Broker, args: &Args) {
-    let Servers {
-        hub,
-        bare,
-        centrifugo,
-    } = servers;
+    let (hub, bare, centrifugo) = (&servers.hub, &servers.bare, servers.centrifugo());
     let topic = "bench.latency";
     let rate = args.single_rate;
     println!("{rate:.1} records/s to one subscriber");

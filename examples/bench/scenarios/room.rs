@@ -18,11 +18,7 @@ use crate::{Socket, now_us};
 /// One record at a time to `size` subscribers, first through the bare server, then through
 /// the hub; the figure is how long the last subscriber waits for each record.
 pub async fn room(servers: &Servers, kafka: &Broker, size: usize) {
-    let Servers {
-        hub,
-        bare,
-        centrifugo,
-    } = servers;
+    let (hub, bare, centrifugo) = (&servers.hub, &servers.bare, servers.centrifugo());
     let topic = "bench.room";
     let readers = bare.sockets(size).await;
     let mut publisher = bare.open(&bare.ws_url("publisher")).await;

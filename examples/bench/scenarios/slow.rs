@@ -14,7 +14,7 @@ pub async fn slow(servers: &Servers, kafka: &Broker, args: &Args) {
         args.subscribers
     );
     let mut p99 = Vec::new();
-    for server in [&servers.hub, &servers.centrifugo] {
+    for server in [&servers.hub, servers.centrifugo()] {
         let name = server.label();
         let topic = "bench.slow";
         let clean = timed_run(server, kafka, topic, args, rate, args.subscribers, 0).await;

@@ -31,7 +31,7 @@ pub async fn storm(servers: &Servers, kafka: &Broker, args: &Args) {
         args.seconds as f64 / 3.0
     );
     let mut slowest = Vec::new();
-    for server in [&servers.hub, &servers.centrifugo] {
+    for server in [&servers.hub, servers.centrifugo()] {
         let producer = kafka.producer(&[]);
         let route = server.route(STORM_TOPIC);
         let mut sockets: Vec<Storm> = stream::iter(0..n)
