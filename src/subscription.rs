@@ -488,7 +488,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::Start;
-    use crate::replay::plan;
+    use crate::replay::seam::plan;
 
     const TOPIC: &str = "t";
 

@@ -15,25 +15,31 @@
 //! short-lived Kafka client of its own, on a blocking thread, with no consumer group; the
 //! shared consumer never waits for it. A semaphore bounds how many of those run at once.
 
+mod reader;
+pub(crate) mod seam;
+
+use self::reader::{from_recent, replay};
+pub(crate) use self::seam::Plan;
+pub use seam::Seam;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
-use crate::kafka::{delivery_of, headers_of, reader_config};
+use crate::kafka::reader_config;
 use crate::kafka_settings::Side;
 use crate::metrics;
-use crate::protocol::{ErrorCode, Lost, LostReason, Start};
+use crate::protocol::{ErrorCode, Lost, Start};
 use crate::recent::Recent;
-use crate::registry::{Delivery, Filter, RecordMeta};
+use crate::registry::{Delivery, Filter};
 use crate::store::StoreError;
 use crate::store::commits::Commits;
 
@@ -146,112 +152,6 @@ impl Window {
     /// The bytes of records sent and not yet written.
     fn held(&self) -> usize {
         self.size - self.room.available_permits()
-    }
-}
-
-/// Where a replay hands a subscription over to the live stream, decided per partition by
-/// the replay (which reads Kafka) and the connection (which receives live records) under one
-/// lock, so that no record falls between them.
-///
-/// Until the replay has planned, and then for each partition it still replays, a live
-/// record is the replay's to deliver: the connection drops it and the replay's end moves
-/// past it. The replay finishes a partition once it has read up to that end; from then on
-/// the partition's live records are delivered (held only until the connection has written
-/// the replay's last records, which are already on their way).
-#[derive(Debug)]
-pub struct Seam(Mutex<SeamState>);
-
-#[derive(Debug)]
-struct SeamState {
-    /// The live stream's position per partition when the subscription joined.
-    live: BTreeMap<i32, i64>,
-    /// Per partition, one past the newest live record dropped for the replay.
-    dropped: BTreeMap<i32, i64>,
-    /// `None` until the replay has planned; then the partitions it still replays, each with
-    /// the end it planned.
-    replaying: Option<BTreeMap<i32, i64>>,
-}
-
-impl Seam {
-    pub fn new(live: BTreeMap<i32, i64>) -> Self {
-        Seam(Mutex::new(SeamState {
-            live,
-            dropped: BTreeMap::new(),
-            replaying: None,
-        }))
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, SeamState> {
-        self.0.lock().expect("seam lock")
-    }
-
-    /// For the connection: whether the live record at `offset` is left to the replay, which
-    /// then delivers it.
-    pub fn leave_to_replay(&self, partition: i32, offset: i64) -> bool {
-        let mut state = self.state();
-        if state
-            .replaying
-            .as_ref()
-            .is_some_and(|replaying| !replaying.contains_key(&partition))
-        {
-            return false;
-        }
-        let end = state.dropped.entry(partition).or_insert(offset + 1);
-        *end = (*end).max(offset + 1);
-        true
-    }
-
-    /// Plans with what the live stream has left to the replay so far; from here on only the
-    /// planned partitions take live records.
-    pub(crate) fn plan(
-        &self,
-        plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Plan,
-    ) -> Plan {
-        self.try_plan(|live, dropped| Some(plan(live, dropped)))
-            .expect("a plan was made")
-    }
-
-    /// As `plan`, but a `None` from `plan` leaves the seam as it was, for another plan.
-    fn try_plan(
-        &self,
-        plan: impl FnOnce(&BTreeMap<i32, i64>, &BTreeMap<i32, i64>) -> Option<Plan>,
-    ) -> Option<Plan> {
-        let mut state = self.state();
-        let plan = plan(&state.live, &state.dropped)?;
-        state.replaying = Some(plan.ranges.iter().map(|(&p, &(_, end))| (p, end)).collect());
-        Some(plan)
-    }
-
-    /// For the replay, which read the record at `offset`: whether to deliver it, and whether
-    /// that finishes the partition.
-    pub(crate) fn replayed(&self, partition: i32, offset: i64) -> (bool, bool) {
-        let mut state = self.state();
-        let dropped = state.dropped.get(&partition).copied();
-        let replaying = state.replaying.as_mut().expect("planned");
-        let Some(&planned) = replaying.get(&partition) else {
-            return (false, false);
-        };
-        let end = dropped.map_or(planned, |d| d.max(planned));
-        let finished = offset + 1 >= end;
-        if finished {
-            replaying.remove(&partition);
-        }
-        (offset < end, finished)
-    }
-
-    /// For the replay, which reached the end of the partition having read up to `read`
-    /// (the next offset it would read): whether that finishes the partition. The planned end
-    /// is behind it (the partition reached it before the replay began reading); a live
-    /// record dropped since may not be.
-    pub(crate) fn reached_end(&self, partition: i32, read: i64) -> bool {
-        let mut state = self.state();
-        let dropped = state.dropped.get(&partition).copied();
-        let replaying = state.replaying.as_mut().expect("planned");
-        let finished = replaying.contains_key(&partition) && dropped.is_none_or(|end| end <= read);
-        if finished {
-            replaying.remove(&partition);
-        }
-        finished
     }
 }
 
@@ -435,334 +335,11 @@ impl Drop for Forget {
     }
 }
 
-/// Where each partition starts, which offsets are lost, and which ranges to replay.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub starts: BTreeMap<i32, i64>,
-    pub lost: BTreeMap<i32, Lost>,
-    /// `[start, end)` per partition.
-    pub ranges: BTreeMap<i32, (i64, i64)>,
-    /// Records Kafka holds from the requested start up to the live stream, whether or not
-    /// the replay limit lets them all through.
-    pub waiting: u64,
-}
-
-/// `watermarks` holds each partition's (low, high); `by_time` the first offset at or after
-/// the requested timestamp, for partitions that have one; `live` where the live stream stood
-/// when the subscription joined, and `dropped` one past the newest live record left to the
-/// replay since (see [`Seam`]).
-pub(crate) fn plan(
-    from: &Start,
-    watermarks: &BTreeMap<i32, (i64, i64)>,
-    by_time: &BTreeMap<i32, i64>,
-    live: &BTreeMap<i32, i64>,
-    dropped: &BTreeMap<i32, i64>,
-    max_records: i64,
-) -> Plan {
-    let mut plan = Plan::default();
-    for (&partition, &(low, high)) in watermarks {
-        let live = live.get(&partition).copied();
-        // Where the live stream takes over: every record from there on reaches the socket.
-        let seam = match (live, dropped.get(&partition).copied()) {
-            (Some(live), Some(dropped)) => Some(live.max(dropped)),
-            (live, dropped) => live.or(dropped),
-        };
-        let requested = match from {
-            Start::Latest => live.unwrap_or(high),
-            Start::Earliest => low,
-            // No record at or after the timestamp when Kafka was asked: only what was
-            // appended since is new enough.
-            Start::Timestamp(_) => by_time.get(&partition).copied().unwrap_or(high),
-            // A partition the client does not know was created after it last looked, so all
-            // of it is new to the client.
-            Start::Offsets(offsets) => offsets.get(&partition).copied().unwrap_or(low),
-            Start::Committed(offsets) => offsets
-                .get(&partition)
-                .copied()
-                .unwrap_or(live.unwrap_or(high)),
-        };
-        let end = seam.unwrap_or(high);
-        plan.waiting += u64::try_from(end - requested.max(low)).unwrap_or(0);
-        let mut start = requested;
-        let mut reason = None;
-        if start < low {
-            start = low;
-            reason = Some(LostReason::Retention);
-        }
-        if let Some(seam) = seam
-            && start < seam
-        {
-            if seam - start > max_records {
-                start = seam - max_records;
-                reason = Some(LostReason::ReplayLimit);
-            }
-            plan.ranges.insert(partition, (start, seam));
-        }
-        if let Some(reason) = reason {
-            let lost = Lost {
-                from: requested,
-                to: start,
-                reason,
-            };
-            plan.lost.insert(partition, lost);
-        }
-        plan.starts.insert(partition, start);
-    }
-    plan
-}
-
-/// Serves the replay from the hub's recent records when they hold every record it needs:
-/// true once done, false (having sent nothing) when they do not. Only a start at given
-/// offsets qualifies (a resume, or the stored positions), and only without header
-/// conditions, which the recent records do not keep what to check against.
-async fn from_recent(
-    recent: &Recent,
-    request: &Request,
-    max_records: i64,
-    events: &mpsc::Sender<Box<Report>>,
-    window: &Window,
-) -> Result<bool, ReplayError> {
-    let (Start::Offsets(offsets) | Start::Committed(offsets)) = &request.from else {
-        return Ok(false);
-    };
-    if !request.filter.headers.is_empty() {
-        return Ok(false);
-    }
-    let topic = &*request.topic;
-    let plan = request.seam.try_plan(|live, dropped| {
-        // A partition the client does not name starts at its oldest record for `offsets`,
-        // which only Kafka knows.
-        if matches!(request.from, Start::Offsets(_))
-            && live.keys().any(|p| !offsets.contains_key(p))
-        {
-            return None;
-        }
-        // What the plan reads of Kafka's watermarks: nothing older than the client asks
-        // for is looked at, and the live position is the end.
-        let mut watermarks: BTreeMap<i32, (i64, i64)> = offsets
-            .iter()
-            .map(|(&p, &requested)| (p, (requested, live.get(&p).copied().unwrap_or(requested))))
-            .collect();
-        for (&p, &live) in live {
-            watermarks.entry(p).or_insert((live, live));
-        }
-        let plan = plan(
-            &request.from,
-            &watermarks,
-            &BTreeMap::new(),
-            live,
-            dropped,
-            max_records,
-        );
-        let held = |(&p, &(start, end)): (&i32, &(i64, i64))| {
-            recent
-                .since(topic, p, start)
-                .is_some_and(|found| found.next >= end)
-        };
-        plan.ranges.iter().all(held).then_some(plan)
-    });
-    let Some(plan) = plan else {
-        return Ok(false);
-    };
-    metrics::replay("recent");
-    tracing::debug!(topic, ?plan, "replay planned from recent records");
-    let ranges = plan.ranges.clone();
-    if events
-        .send(request.report(request.started(plan)))
-        .await
-        .is_err()
-    {
-        return Ok(true);
-    }
-    for (&partition, &(start, _)) in &ranges {
-        let mut read = start;
-        // Records the connection left to the replay after the plan are recent ones too
-        // (the consumer keeps each record before it fans it out), so each round reads
-        // what came since, until the seam says the partition is done.
-        loop {
-            let found = recent
-                .since(topic, partition, read)
-                .ok_or(ReplayError::Overtaken)?;
-            let mut finished = false;
-            for record in found.records {
-                let (deliver, done) = request.seam.replayed(partition, record.offset);
-                let meta = RecordMeta {
-                    key: record.key.as_deref(),
-                    headers: &[],
-                };
-                if deliver && request.filter.matches(&meta) {
-                    let room = window.take(record.cost()).await;
-                    let mut report = request.report(Event::Record(record));
-                    report.room = Some(room);
-                    if events.send(report).await.is_err() {
-                        return Ok(true);
-                    }
-                }
-                if done {
-                    finished = true;
-                    break;
-                }
-            }
-            read = found.next;
-            if finished || request.seam.reached_end(partition, read) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        if events
-            .send(request.report(Event::Done(partition)))
-            .await
-            .is_err()
-        {
-            return Ok(true);
-        }
-    }
-    Ok(true)
-}
-
-fn replay(
-    client: &ClientConfig,
-    log: &KafkaLog,
-    request: &Request,
-    max_records: i64,
-    send: &dyn Fn(Event) -> bool,
-    cancel: &CancellationToken,
-) -> Result<(), ReplayError> {
-    let topic = &*request.topic;
-    let consumer: BaseConsumer<KafkaLog> = client
-        .create_with_context(log.clone())
-        .map_err(ReplayError::Kafka)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
-        .map_err(ReplayError::Kafka)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ReplayError::NoTopic(topic.to_string()));
-    }
-    let mut watermarks = BTreeMap::new();
-    for &partition in &partitions {
-        let marks = consumer
-            .fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)
-            .map_err(ReplayError::Kafka)?;
-        watermarks.insert(partition, marks);
-    }
-    let mut by_time = BTreeMap::new();
-    if let Start::Timestamp(ms) = request.from {
-        let mut wanted = TopicPartitionList::new();
-        for &partition in &partitions {
-            wanted
-                .add_partition_offset(topic, partition, Offset::Offset(ms))
-                .expect("a fresh list takes any offset");
-        }
-        let found = consumer
-            .offsets_for_times(wanted, LOOKUP_TIMEOUT)
-            .map_err(ReplayError::Kafka)?;
-        for elem in found.elements() {
-            if let Offset::Offset(offset) = elem.offset() {
-                by_time.insert(elem.partition(), offset);
-            }
-        }
-    }
-    let plan = request.seam.plan(|live, dropped| {
-        plan(
-            &request.from,
-            &watermarks,
-            &by_time,
-            live,
-            dropped,
-            max_records,
-        )
-    });
-    tracing::debug!(topic, ?watermarks, ?by_time, ?plan, "replay planned");
-    // Per partition still replayed, the next offset to read.
-    let mut pending: BTreeMap<i32, i64> = plan
-        .ranges
-        .iter()
-        .map(|(p, (start, _))| (*p, *start))
-        .collect();
-    if !send(request.started(plan)) || pending.is_empty() {
-        return Ok(());
-    }
-
-    let mut assignment = TopicPartitionList::new();
-    for (&partition, &start) in &pending {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(start))
-            .expect("a fresh list takes any offset");
-    }
-    consumer.assign(&assignment).map_err(ReplayError::Kafka)?;
-    let mut heard = Instant::now();
-    let done = |pending: &mut BTreeMap<i32, i64>, partition: i32| {
-        pending.remove(&partition);
-        let mut paused = TopicPartitionList::new();
-        paused.add_partition(topic, partition);
-        let _ = consumer.pause(&paused);
-        send(Event::Done(partition))
-    };
-    while !pending.is_empty() {
-        if cancel.is_cancelled() {
-            return Ok(());
-        }
-        if heard.elapsed() > STALL_TIMEOUT {
-            return Err(ReplayError::Stalled);
-        }
-        match consumer.poll(POLL_INTERVAL) {
-            None => {}
-            Some(Ok(message)) => {
-                heard = Instant::now();
-                let (partition, offset) = (message.partition(), message.offset());
-                let Some(read) = pending.get_mut(&partition) else {
-                    continue;
-                };
-                *read = offset + 1;
-                let (deliver, finished) = request.seam.replayed(partition, offset);
-                if deliver {
-                    let headers = headers_of(&message);
-                    let meta = RecordMeta {
-                        key: message.key(),
-                        headers: &headers,
-                    };
-                    if request.filter.matches(&meta) {
-                        let record = Arc::new(delivery_of(&message, &headers));
-                        if !send(Event::Record(record)) {
-                            return Ok(());
-                        }
-                    }
-                }
-                if finished && !done(&mut pending, partition) {
-                    return Ok(());
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                heard = Instant::now();
-                if let Some(&read) = pending.get(&partition)
-                    && request.seam.reached_end(partition, read)
-                    && !done(&mut pending, partition)
-                {
-                    return Ok(());
-                }
-            }
-            Some(Err(
-                e @ KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-                ),
-            )) => {
-                return Err(ReplayError::OutOfRange(e));
-            }
-            Some(Err(e)) => tracing::warn!(topic, error = %e, "replay consumer error"),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::LostReason;
+    use crate::replay::seam::plan;
 
     fn marks(m: &[(i32, i64, i64)]) -> BTreeMap<i32, (i64, i64)> {
         m.iter().map(|&(p, low, high)| (p, (low, high))).collect()
