@@ -347,13 +347,30 @@ impl Registry {
             if !asked {
                 continue;
             }
-            let cost = built.cost();
-            if self.admit(&subscriber.queued, cost)
-                && subscriber.queue.try_send(Arc::clone(&built)).is_err()
-            {
-                self.written(&subscriber.queued, cost);
-            }
+            self.offer(&subscriber.queue, &subscriber.queued, &built);
         }
+    }
+
+    /// Offers a frame outside the record stream to one socket, counted in its bytes like a
+    /// record, since the connection gives back the bytes of whatever it takes from its queue;
+    /// over the socket's bytes, or on a full queue, it is dropped. Whatever sends into a
+    /// socket's queue goes through here or `fan_out`: a frame sent uncounted would be given
+    /// back all the same, and the hub's count of queued bytes would wrap below zero.
+    pub fn offer(
+        &self,
+        queue: &mpsc::Sender<Arc<Delivery>>,
+        queued: &Queued,
+        delivery: &Arc<Delivery>,
+    ) -> bool {
+        let cost = delivery.cost();
+        if !self.admit(queued, cost) {
+            return false;
+        }
+        if queue.try_send(Arc::clone(delivery)).is_err() {
+            self.written(queued, cost);
+            return false;
+        }
+        true
     }
 }
 

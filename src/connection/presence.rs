@@ -160,7 +160,7 @@ impl Connection {
                 roster.unwatch(self.id, &user);
             }
             for user in &users {
-                roster.watch(self.id, user, &self.queue);
+                roster.watch(self.id, user, &self.queue, &self.queued);
             }
             self.watching.clone_from(&users);
         }

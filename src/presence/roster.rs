@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka::reader_config;
-use crate::registry::{ConnId, Delivery, Registry, Wants};
+use crate::registry::{ConnId, Delivery, Queued, Registry, Wants};
 
 /// A room: a topic, and one key of it, or `None` for the topic as a whole (every user
 /// following any of its keys, or all of it).
@@ -145,7 +145,7 @@ pub struct Roster {
     /// cost as many frames as the room has members.
     push_limit: usize,
     /// Per user, the sockets of this hub told when the user comes online or goes offline.
-    watchers: Arc<DashMap<Arc<str>, HashMap<ConnId, Queue>>>,
+    watchers: Arc<DashMap<Arc<str>, HashMap<ConnId, (Queue, Arc<Queued>)>>>,
 }
 
 impl Roster {
@@ -160,11 +160,11 @@ impl Roster {
     }
 
     /// `conn` is told of `user`'s status from now on (see `tell_statuses`).
-    pub fn watch(&self, conn: ConnId, user: &str, queue: &Queue) {
+    pub fn watch(&self, conn: ConnId, user: &str, queue: &Queue, queued: &Arc<Queued>) {
         self.watchers
             .entry(user.into())
             .or_default()
-            .insert(conn, queue.clone());
+            .insert(conn, (queue.clone(), queued.clone()));
     }
 
     pub fn unwatch(&self, conn: ConnId, user: &str) {
@@ -175,15 +175,15 @@ impl Roster {
     }
 
     /// Tells the sockets watching a user that it came online or went offline.
-    pub fn tell_statuses(&self, statuses: Vec<Status>) {
+    pub fn tell_statuses(&self, registry: &Registry, statuses: Vec<Status>) {
         for Status { user, online } in statuses {
             let Some(watching) = self.watchers.get(&user) else {
                 continue;
             };
             let frame = serde_json::json!({"type": "status", "user": &*user, "online": online});
             let delivery = Arc::new(Delivery::ephemeral("", None, frame.to_string()));
-            for queue in watching.values() {
-                let _ = queue.try_send(delivery.clone());
+            for (queue, queued) in watching.values() {
+                registry.offer(queue, queued, &delivery);
             }
         }
     }
@@ -557,7 +557,7 @@ fn follow(
         };
         let statuses = roster.apply(socket, state);
         if roster.is_caught_up() {
-            roster.tell_statuses(statuses);
+            roster.tell_statuses(registry, statuses);
         } else if message.offset() + 1 >= end {
             roster.set_caught_up();
             tracing::info!(records = end, "roster read");
@@ -572,6 +572,31 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::registry::QueueBounds;
+
+    #[test]
+    fn a_status_frame_is_counted_in_the_sockets_bytes_like_any_it_gives_back() {
+        let registry = Registry::new(QueueBounds {
+            socket: 1 << 20,
+            total: 1 << 30,
+        });
+        let roster = Roster::new(100, 100);
+        let (queue, mut frames) = mpsc::channel(8);
+        let queued = Arc::new(Queued::default());
+        roster.watch(1, "alice", &queue, &queued);
+        let statuses = vec![Status {
+            user: "alice".into(),
+            online: true,
+        }];
+        roster.tell_statuses(&registry, statuses);
+        let frame = frames.try_recv().expect("a status frame");
+        assert_eq!(registry.queued_bytes(), frame.cost());
+        // What the connection does once it wrote the frame: the count is back to none, not
+        // wrapped below zero.
+        registry.written(&queued, frame.cost());
+        assert_eq!(registry.queued_bytes(), 0);
+        assert_eq!(queued.bytes(), 0);
+    }
 
     fn state(user: &str, rooms: &[(&str, Option<&str>)]) -> Option<SocketState> {
         Some(SocketState {

@@ -4,9 +4,7 @@
 //! shared by her devices, a hub restart in the middle of a conversation, and the admin view
 //! against a page of another site that the signed-in admin opens.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,10 +1,8 @@
 //! Bad input gets a clear error frame, and the connection (and every other) keeps working.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

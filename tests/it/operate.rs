@@ -1,11 +1,9 @@
 //! What operators read and use: `/metrics` after a scripted session, the JSON logs, and the
 //! admin view and API with what keeps them to their operator.
 
-mod common;
-
 use std::net::IpAddr;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 #[tokio::test]

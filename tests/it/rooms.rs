@@ -3,11 +3,9 @@
 //! room whose records are sparse among other rooms', some written by Kafka's own Java
 //! client. Real Kafka, the real hub, an independent rdkafka consumer.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use crate::common::*;
 use rdkafka::Message as _;
 use rdkafka::message::Headers as _;
 use rdkafka::producer::FutureRecord;

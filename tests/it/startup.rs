@@ -2,9 +2,7 @@
 //! cannot work: the real binary, a real Kafka node started (and killed) by the test, the
 //! real PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -55,7 +53,7 @@ fn running_the_hub_installs_only_what_running_takes() {
         assert!(test.contains(&step.to_string()), "{step}: {test:?}");
     }
     // And scripts/run asks for that plan.
-    let run_script = include_str!("../scripts/run");
+    let run_script = include_str!("../../scripts/run");
     assert!(
         run_script
             .lines()

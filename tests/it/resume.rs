@@ -1,11 +1,9 @@
 //! Subscriptions that start in the past: resuming after a drop, `earliest` and `timestamp`
 //! replays, the replay bound, and a lagging socket told where to resume.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 

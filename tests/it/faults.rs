@@ -1,11 +1,9 @@
 //! Faults: storms of sockets that come and go, and a broker that goes away under load.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::Message as _;
 use serde_json::json;
 

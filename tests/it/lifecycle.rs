@@ -1,8 +1,6 @@
 //! Start, readiness, slow sockets and graceful shutdown.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
 

@@ -1,8 +1,6 @@
 //! Per-connection and per-user limits, each answered with a clear error or HTTP status.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;

@@ -4,14 +4,12 @@
 //! budget is shared). Scaled to a small budget so that a few hundred records of 900 KB, far
 //! more than it holds, stay quick to produce.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

@@ -1,10 +1,8 @@
 //! Authentication before the upgrade, authorization per topic, expiry on live sockets.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -12,12 +10,12 @@ const RS256_PUBLIC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/rs256-public.pem"
 );
-const RS256_PRIVATE: &[u8] = include_bytes!("fixtures/rs256-private.pem");
+const RS256_PRIVATE: &[u8] = include_bytes!("../fixtures/rs256-private.pem");
 const ES256_PUBLIC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/es256-public.pem"
 );
-const ES256_PRIVATE: &[u8] = include_bytes!("fixtures/es256-private.pem");
+const ES256_PRIVATE: &[u8] = include_bytes!("../fixtures/es256-private.pem");
 
 fn claims(sub: &str, exp: u64) -> Value {
     json!({"sub": sub, "exp": exp, "wskafka": {"publish": ["*"], "subscribe": ["*"]}})

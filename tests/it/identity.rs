@@ -3,10 +3,9 @@
 //! own audiences and grant rules, tokens shaped like Keycloak's, Auth0's, Cognito's, Entra
 //! ID's and Firebase's, and the attacks a JWKS invites.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -14,16 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::*;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const RSA_A: &[u8] = include_bytes!("fixtures/rs256-private.pem");
-const RSA_A_PUBLIC: &[u8] = include_bytes!("fixtures/rs256-public.pem");
-const RSA_B: &[u8] = include_bytes!("fixtures/rs256-b-private.pem");
-const EC: &[u8] = include_bytes!("fixtures/es256-private.pem");
-const ED: &[u8] = include_bytes!("fixtures/ed25519-private.pem");
+const RSA_A: &[u8] = include_bytes!("../fixtures/rs256-private.pem");
+const RSA_A_PUBLIC: &[u8] = include_bytes!("../fixtures/rs256-public.pem");
+const RSA_B: &[u8] = include_bytes!("../fixtures/rs256-b-private.pem");
+const EC: &[u8] = include_bytes!("../fixtures/es256-private.pem");
+const ED: &[u8] = include_bytes!("../fixtures/ed25519-private.pem");
 
 /// A signing key of the test's provider.
 struct Signer {
@@ -595,7 +593,7 @@ async fn static_keys_rotate_with_sighup_and_a_broken_file_keeps_the_old_ones() {
     std::fs::write(dir.join("a.pem"), RSA_A_PUBLIC).unwrap();
     std::fs::write(
         dir.join("b.pem"),
-        include_bytes!("fixtures/ed25519-public.pem"),
+        include_bytes!("../fixtures/ed25519-public.pem"),
     )
     .unwrap();
     let iss = "https://static.test";

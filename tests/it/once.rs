@@ -2,12 +2,10 @@
 //! after a lost ack, a hub killed or a broker that held the first attempt, is written once
 //! and answered with the one record's position.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::Message as _;
 use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;

@@ -6,11 +6,9 @@
 //! counts unread notifications from the stored read position, and ends its subscription
 //! when the room unmounts.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::json;

@@ -3,11 +3,9 @@
 //! that do not exist, on brokers that create topics on demand and brokers that do not; and
 //! Kafka's own topics, which the hub never serves.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use rdkafka::admin::AdminOptions;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};

@@ -1,11 +1,9 @@
 //! Publish and consume-back through the real hub and a real broker.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use rdkafka::Message as _;
 use rdkafka::message::Headers as _;
 use serde_json::{Value, json};

@@ -2,12 +2,10 @@
 //! leaves pushed in the roster's order, a dead hub's members leaving once, online status,
 //! and ephemeral signals. Three real hubs, real Kafka, real PostgreSQL.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// What every hub of one test shares: its topics, database and settings.

@@ -1,8 +1,6 @@
 //! Per-user topics and subscribe-time filters: what a subscriber must never receive.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

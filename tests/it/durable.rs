@@ -1,12 +1,10 @@
 //! Durable state against real databases (SQLite files, PostgreSQL at 127.0.0.1:5432) and
 //! the real broker: read positions, migrations, revocation across hubs, presence events.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use rdkafka::Message as _;
 use serde_json::{Value, json};
 use wskafka::Store;

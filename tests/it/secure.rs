@@ -2,11 +2,9 @@
 //! certificate from a private CA, made by the test. Two real hubs against a real broker, the
 //! settings in a properties file or per side, a wrong password, and what the logs show.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// A password as managed services hand out, with what a comma-separated setting cannot hold.
@@ -245,14 +243,14 @@ async fn two_hubs_work_over_tls_and_scram_with_a_password_that_holds_a_comma_a_s
     let (position, live) = bob.message().await;
     assert_eq!(
         (position, live["sender"].as_str()),
-        (common::position(&ack), Some("alice"))
+        (crate::common::position(&ack), Some("alice"))
     );
 
     // Replay and history read over TLS too.
     let mut carol = b.connect(&grant("carol")).await;
     let replayed = carol.call(room(json!({"from": "earliest"}))).await;
     assert_eq!(replayed["type"], "subscribed", "{replayed}");
-    assert_eq!(carol.message().await.0, common::position(&ack));
+    assert_eq!(carol.message().await.0, crate::common::position(&ack));
     let history = alice
         .call(json!({"type": "history", "id": "h", "topic": topic, "key": "lobby", "limit": 10}))
         .await;
@@ -295,11 +293,11 @@ async fn two_hubs_work_over_tls_and_scram_with_a_password_that_holds_a_comma_a_s
             (Some("ack"), Some(n)),
             "{ack}"
         );
-        missed.push(common::position(&ack));
+        missed.push(crate::common::position(&ack));
     }
     let b = Hub::start(&glob, &args).await;
     let mut carol = b.connect(&grant("carol")).await;
-    let (partition, offset) = common::position(&live);
+    let (partition, offset) = crate::common::position(&live);
     let resumed = carol
         .call(room(
             json!({"from": {"offsets": {partition.to_string(): offset + 1}}}),
@@ -366,7 +364,10 @@ async fn settings_given_per_side_reach_every_client_the_admin_client_too() {
     let (ack, message) = alice
         .publish_to_self(json!({"type": "publish", "topic": topic, "payload": 1}))
         .await;
-    assert_eq!(common::position(&ack), common::position(&message));
+    assert_eq!(
+        crate::common::position(&ack),
+        crate::common::position(&message)
+    );
 }
 
 #[tokio::test]
