@@ -133,6 +133,8 @@ struct State {
 
 /// A socket's queue, for frames that belong to no subscription.
 type Queue = mpsc::Sender<Arc<Delivery>>;
+/// A socket watching a user: its queue, and the bytes queued in it.
+type Watcher = (Queue, Arc<Queued>);
 
 /// The roster of every room; clones share it.
 #[derive(Clone)]
@@ -145,7 +147,7 @@ pub struct Roster {
     /// cost as many frames as the room has members.
     push_limit: usize,
     /// Per user, the sockets of this hub told when the user comes online or goes offline.
-    watchers: Arc<DashMap<Arc<str>, HashMap<ConnId, (Queue, Arc<Queued>)>>>,
+    watchers: Arc<DashMap<Arc<str>, HashMap<ConnId, Watcher>>>,
 }
 
 impl Roster {
