@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::extract::ws::CloseFrame;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
@@ -144,8 +145,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn close_frame(&self) -> (u16, String) {
-        match self {
+    /// How a socket that authenticates with its first frame is closed for it.
+    pub fn close_frame(&self) -> CloseFrame {
+        let (code, reason) = match self {
             Refusal::Token(e) => (close::AUTH_FAILED, e.to_string()),
             Refusal::Revoked => (close::AUTH_FAILED, "token revoked".into()),
             Refusal::Unavailable => (close::INTERNAL, "try again shortly".into()),
@@ -153,6 +155,10 @@ impl Refusal {
                 close::TOO_MANY_CONNECTIONS,
                 "too many connections for this user".into(),
             ),
+        };
+        CloseFrame {
+            code,
+            reason: reason.into(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::auth::Session;
@@ -19,28 +19,33 @@ use super::{Answer, Answered, Connection, Socket};
 pub(super) async fn first_frame_auth(
     hub: &Arc<Hub>,
     socket: &mut impl Socket,
-) -> Result<(Session, Seat), (u16, String)> {
-    let refused = |reason: String| (close::AUTH_FAILED, reason);
+) -> Result<(Session, Seat), CloseFrame> {
+    let refused = |reason: &'static str| CloseFrame {
+        code: close::AUTH_FAILED,
+        reason: reason.into(),
+    };
     let first = tokio::select! {
-        _ = hub.shutdown.cancelled() => return Err((close::GOING_AWAY, "going away".into())),
+        _ = hub.shutdown.cancelled() => {
+            return Err(CloseFrame { code: close::GOING_AWAY, reason: "going away".into() });
+        }
         first = tokio::time::timeout(hub.config.server.auth_timeout, socket.next()) => first,
     };
     let text = match first {
         Err(_) => {
             metrics::auth_failed("timeout");
-            return Err(refused("no auth frame in time".into()));
+            return Err(refused("no auth frame in time"));
         }
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(_) => {
             metrics::auth_failed("no_auth_frame");
-            return Err(refused("expected an auth frame".into()));
+            return Err(refused("expected an auth frame"));
         }
     };
     let (id, token) = match protocol::parse(&text) {
         Ok(Request::Auth { id, token }) => (id, token),
         _ => {
             metrics::auth_failed("no_auth_frame");
-            return Err(refused("expected an auth frame".into()));
+            return Err(refused("expected an auth frame"));
         }
     };
     let (session, seat) = hub
@@ -51,7 +56,7 @@ pub(super) async fn first_frame_auth(
     socket
         .send(Message::Text(reply.to_json().into()))
         .await
-        .map_err(|_| refused("socket closed".into()))?;
+        .map_err(|_| refused("socket closed"))?;
     Ok((session, seat))
 }
 

@@ -100,9 +100,9 @@ pub fn run(
         };
         let (session, seat) = match authenticated {
             Ok(pair) => pair,
-            Err((code, reason)) => {
-                tracing::debug!(parent: &span, code, reason, "refused the socket");
-                return refuse(&mut socket, code, Utf8Bytes::from(reason)).await;
+            Err(frame) => {
+                tracing::debug!(parent: &span, frame.code, reason = %frame.reason, "refused the socket");
+                return refuse(&mut socket, frame).await;
             }
         };
         span.record("sub", session.sub.as_str());
@@ -123,7 +123,14 @@ pub fn run(
         }
         if hub.revoked_since_start(&session.sub, &session.token) {
             let reason = Utf8Bytes::from_static("token revoked");
-            return refuse(&mut socket, close::AUTH_FAILED, reason).await;
+            return refuse(
+                &mut socket,
+                CloseFrame {
+                    code: close::AUTH_FAILED,
+                    reason,
+                },
+            )
+            .await;
         }
         let presence = match &hub.presence {
             None => None,
@@ -132,7 +139,14 @@ pub fn run(
                 Err(e) => {
                     tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
                     let reason = Utf8Bytes::from_static("try again shortly");
-                    return refuse(&mut socket, close::INTERNAL, reason).await;
+                    return refuse(
+                        &mut socket,
+                        CloseFrame {
+                            code: close::INTERNAL,
+                            reason,
+                        },
+                    )
+                    .await;
                 }
             },
         };
@@ -172,8 +186,7 @@ pub fn run(
 }
 
 /// Ends a socket before it is served.
-async fn refuse(socket: &mut impl Socket, code: u16, reason: Utf8Bytes) {
-    let frame = CloseFrame { code, reason };
+async fn refuse(socket: &mut impl Socket, frame: CloseFrame) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
