@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka::reader_config;
+use crate::protocol;
 use crate::registry::{ConnId, Delivery, Queued, Registry, Wants};
 
 /// A room: a topic, and one key of it, or `None` for the topic as a whole (every user
@@ -182,8 +183,8 @@ impl Roster {
             let Some(watching) = self.watchers.get(&user) else {
                 continue;
             };
-            let frame = serde_json::json!({"type": "status", "user": &*user, "online": online});
-            let delivery = Arc::new(Delivery::ephemeral("", None, frame.to_string()));
+            let frame = protocol::status_frame(&user, online);
+            let delivery = Arc::new(Delivery::ephemeral("", None, frame));
             for (queue, queued) in watching.values() {
                 registry.offer(queue, queued, &delivery);
             }
@@ -203,16 +204,13 @@ impl Roster {
                 fn names(users: &[Arc<str>]) -> Vec<&str> {
                     users.iter().map(|u| &**u).collect()
                 }
-                let mut frame = serde_json::json!({
-                    "type": "presence_diff",
-                    "topic": &*room.topic,
-                    "joins": names(&joins),
-                    "leaves": names(&leaves),
-                });
-                if let Some(key) = &room.key {
-                    frame["key"] = serde_json::json!(&**key);
-                }
-                Delivery::ephemeral(&room.topic, key, frame.to_string())
+                let frame = protocol::presence_diff_frame(
+                    &room.topic,
+                    room.key.as_deref(),
+                    &names(&joins),
+                    &names(&leaves),
+                );
+                Delivery::ephemeral(&room.topic, key, frame)
             });
         }
     }

@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka::{PublishError, client_config};
 use crate::kafka_settings::Side;
+use crate::protocol;
 use crate::registry::{Delivery, Registry, Wants};
 
 /// A signal on the signal topic.
@@ -46,18 +47,7 @@ pub fn deliver(registry: &Registry, value: &[u8]) {
 
 /// The `signal` frame a subscriber gets.
 pub fn frame(signal: &Signal<'_>) -> String {
-    #[derive(Serialize)]
-    struct Frame<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        #[serde(flatten)]
-        signal: &'a Signal<'a>,
-    }
-    serde_json::to_string(&Frame {
-        kind: "signal",
-        signal,
-    })
-    .expect("signals always serialise")
+    protocol::signal_frame(signal.topic, signal.key, signal.sender, signal.payload)
 }
 
 /// The producer of signals; clones share it.

@@ -9,7 +9,9 @@ mod record;
 mod reply;
 
 pub use record::{PUBLISH_ID_HEADER, RecordView, SENDER_HEADER, is_reserved_header, message_frame};
-pub use reply::{ErrorCode, Lost, LostReason, Reply, close};
+pub use reply::{
+    ErrorCode, Lost, LostReason, Reply, close, presence_diff_frame, signal_frame, status_frame,
+};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};

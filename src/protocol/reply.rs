@@ -272,3 +272,63 @@ impl From<BadRequest> for Reply {
         Reply::error(e.id, ErrorCode::BadRequest, e.message)
     }
 }
+
+/// The frames the hub sends outside any request's answer, built here as every other frame
+/// is: borrowed, since each is built once and shared by every socket it goes to.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Told<'a> {
+    /// A watched user came online or went offline (`online` with `watch`).
+    Status { user: &'a str, online: bool },
+    /// Who joined and who left a room since its last diff.
+    PresenceDiff {
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        joins: &'a [&'a str],
+        leaves: &'a [&'a str],
+    },
+    /// A signal for the subscribers of its room that asked for signals.
+    Signal {
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        sender: &'a str,
+        payload: &'a RawValue,
+    },
+}
+
+impl Told<'_> {
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("frames always serialise")
+    }
+}
+
+pub fn status_frame(user: &str, online: bool) -> String {
+    Told::Status { user, online }.to_json()
+}
+
+pub fn presence_diff_frame(
+    topic: &str,
+    key: Option<&str>,
+    joins: &[&str],
+    leaves: &[&str],
+) -> String {
+    Told::PresenceDiff {
+        topic,
+        key,
+        joins,
+        leaves,
+    }
+    .to_json()
+}
+
+pub fn signal_frame(topic: &str, key: Option<&str>, sender: &str, payload: &RawValue) -> String {
+    Told::Signal {
+        topic,
+        key,
+        sender,
+        payload,
+    }
+    .to_json()
+}
