@@ -89,6 +89,17 @@ pub struct Hub {
     open_sockets: Arc<Semaphore>,
 }
 
+/// What `/readyz` waits for, by the names it gives them; the README and the protocol list
+/// them too, which a test checks.
+pub const READY_CHECKS: [&str; 6] = [
+    "kafka",
+    "start_positions",
+    "database",
+    "keys",
+    "roster",
+    "shutting_down",
+];
+
 /// What the hub is made of; the rest it makes itself.
 pub struct Parts {
     pub config: ServeConfig,
@@ -443,21 +454,16 @@ impl Hub {
     /// when ready.
     pub fn not_ready(&self) -> Vec<&'static str> {
         let checks = [
-            ("kafka", self.kafka_reachable.load(Ordering::Acquire)),
-            (
-                "start_positions",
-                self.consumer_ready.load(Ordering::Acquire),
-            ),
-            ("database", self.database_ready.load(Ordering::Acquire)),
-            ("keys", self.auth.missing_keys().is_empty()),
-            (
-                "roster",
-                self.roster.as_ref().is_none_or(Roster::is_caught_up),
-            ),
-            ("shutting_down", !self.shutdown.is_cancelled()),
+            self.kafka_reachable.load(Ordering::Acquire),
+            self.consumer_ready.load(Ordering::Acquire),
+            self.database_ready.load(Ordering::Acquire),
+            self.auth.missing_keys().is_empty(),
+            self.roster.as_ref().is_none_or(Roster::is_caught_up),
+            !self.shutdown.is_cancelled(),
         ];
-        checks
+        READY_CHECKS
             .into_iter()
+            .zip(checks)
             .filter(|(_, ok)| !ok)
             .map(|(name, _)| name)
             .collect()
@@ -586,4 +592,23 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     ));
     hub.set_database_ready(true);
     hub
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documents_name_every_readiness_check() {
+        let readme = include_str!("../README.md");
+        let protocol = include_str!("../docs/protocol.md");
+        for name in READY_CHECKS {
+            let quoted = format!("`{name}`");
+            assert!(readme.contains(&quoted), "README.md does not name {quoted}");
+            assert!(
+                protocol.contains(&quoted),
+                "docs/protocol.md does not name {quoted}"
+            );
+        }
+    }
 }
