@@ -373,9 +373,15 @@ class WsKafka(
                 val fresh = runCatching { token() }.getOrNull() ?: return@launch
                 run { send(buildJsonObject { put("type", "auth"); put("id", "refresh"); put("token", fresh) }) }
             }
-            "join", "leave" -> events_.tryEmit(
-                Event.Membership(frame.string("type") == "join", frame.string("topic")!!, frame.string("key"), frame.string("user")!!),
-            )
+            // Joins and leaves come batched, one frame per room and interval: told here as
+            // one event per user, leaves first, as the browser client does.
+            "presence_diff" -> {
+                val topic = frame.string("topic")!!
+                val key = frame.string("key")
+                fun users(field: String) = frame[field]?.jsonArray?.map { it.jsonPrimitive.content } ?: emptyList()
+                users("leaves").forEach { events_.tryEmit(Event.Membership(false, topic, key, it)) }
+                users("joins").forEach { events_.tryEmit(Event.Membership(true, topic, key, it)) }
+            }
             "signal" -> events_.tryEmit(Event.Signal(frame.string("topic")!!, frame.string("key"), frame.string("sender")!!, frame["payload"] ?: JsonNull))
             "status" -> events_.tryEmit(Event.Status(frame.string("user")!!, frame["online"]?.jsonPrimitive?.booleanOrNull ?: false))
             "lagged" -> events_.tryEmit(Event.Lagged(frame))
