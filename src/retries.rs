@@ -1,10 +1,11 @@
 //! Resent publishes answered from Kafka, so that a record is written once however often a
 //! client sends it, through whichever hubs (`docs/protocol.md`, "Publishing exactly once").
 //!
-//! A publish with a `publish_id` carries it in a header, in a partition every hub computes
-//! alike (its key's, or the id's when it has no key). A resend says how long ago, on the
-//! client's own clock, the first attempt left; the hub then reads that partition for a
-//! record with the id and answers with its position when it finds one. When it does not, an
+//! A publish with a `publish_id` carries it in a header; with a key it goes to its key's
+//! partition, which every hub computes alike. A resend says how long ago, on the client's own
+//! clock, the first attempt left; the hub then reads that partition (every partition of the
+//! topic, for a record without a key) for a record with the id and answers with its position
+//! when it finds one. When it does not, an
 //! earlier attempt may still be on its way, and writing now could write twice. How late can
 //! an attempt still land? It reaches its hub at most `ping_interval + pong_timeout` after it
 //! was sent, since a hub stops reading a socket that does not answer its pings; the hub
@@ -26,6 +27,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Headers as _;
@@ -174,6 +177,36 @@ impl Retries {
         };
         self.enqueue(topic, partition, waiter)?;
         answered.await.map_err(|_| RetryError::Crashed)?
+    }
+
+    /// `find` in each of `partitions` at once: the first record found (or found to be
+    /// another) answers, with its partition; `Absent` once every partition said so.
+    pub async fn find_in(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        publish_id: &str,
+        fingerprint: u64,
+        age: Duration,
+        wait: Duration,
+    ) -> Result<(i32, Outcome), RetryError> {
+        let mut searches: FuturesUnordered<_> = partitions
+            .iter()
+            .map(|&partition| async move {
+                let found = self
+                    .find(topic, partition, publish_id, fingerprint, age, wait)
+                    .await;
+                (partition, found)
+            })
+            .collect();
+        let mut absent = (partitions.first().copied().unwrap_or(0), Outcome::Absent);
+        while let Some((partition, found)) = searches.next().await {
+            match found? {
+                Outcome::Absent => absent.0 = partition,
+                outcome => return Ok((partition, outcome)),
+            }
+        }
+        Ok(absent)
     }
 
     /// Hands `waiter` to the partition's reader, starting one when none runs.
