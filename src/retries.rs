@@ -275,8 +275,11 @@ fn read(
     // answered once the reading gets there.
     let mut end: Option<(i64, Instant)> = None;
     let mut idle_since = Instant::now();
+    // The earliest start wanted by waiters taken since the last look.
+    let mut wanted: Option<i64> = None;
     loop {
-        if let Some(since) = ledger.take(waiters)
+        wanted = earliest(wanted, ledger.take(waiters));
+        if let Some(since) = wanted.take()
             && since < covered_from
         {
             let start = offset_since(&consumer, topic, partition, since)?;
@@ -295,7 +298,8 @@ fn read(
             if idle_since.elapsed() >= IDLE {
                 // Under the lock, so that no waiter is sent to a reader that has left.
                 let mut readers = inner.readers.lock().expect("retry readers");
-                if ledger.take(waiters).is_none() && ledger.is_empty() {
+                wanted = ledger.take(waiters);
+                if ledger.is_empty() {
                     readers.remove(key);
                     metrics::retry_readers(readers.len());
                     return Ok(());
@@ -347,6 +351,13 @@ fn read(
                 }
             }
         }
+    }
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
