@@ -229,7 +229,13 @@ impl Retries {
         readers.insert(key.clone(), sender);
         metrics::retry_readers(readers.len());
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let thread_key = key.clone();
+        // A thread of its own, not the runtime's blocking pool: a reader lingers `IDLE` after
+        // its last resend, and the runtime would hold the hub's exit until it left.
+        let spawned = std::thread::Builder::new()
+            .name("retries".into())
+            .spawn(move || {
+            let key = thread_key;
             let mut ledger = Ledger::default();
             if let Err(e) = read(&inner, &key, &waiters, &mut ledger) {
                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot search for resent publishes");
@@ -241,7 +247,12 @@ impl Retries {
                 drop(readers);
                 ledger.fail(&RetryError::Kafka(e));
             }
-        });
+            });
+        if spawned.is_err() {
+            readers.remove(&key);
+            metrics::retry_readers(readers.len());
+            return Err(RetryError::Crashed);
+        }
         Ok(())
     }
 }

@@ -82,6 +82,9 @@ async fn a_resend_after_a_lost_ack_gets_the_first_records_position_through_anoth
         metrics.get("wskafka_publish_retries_total{outcome=\"found\"}"),
         Some(&2.0)
     );
+    // A partition's reader lingers after its last resend; a hub told to stop does not wait
+    // for it (it did, up to 30 s).
+    assert_eq!(b.terminate().await, Some(0));
 }
 
 #[tokio::test]
