@@ -100,6 +100,13 @@ async fn each_malformed_request_gets_its_error_and_the_socket_stays_usable() {
     for more in ["2", "3"] {
         create_topic(&format!("{topic}{more}"), 1).await;
     }
+    // Kafka answers CreateTopics before every broker's metadata lists the topic.
+    let created = [format!("{topic}2"), format!("{topic}3")];
+    eventually("the new topics are in Kafka's metadata", async || {
+        let names = topic_names(broker()).await;
+        created.iter().all(|t| names.contains(t))
+    })
+    .await;
     client.subscribe(&topic).await;
     client.subscribe(&topic).await;
     client.subscribe(&format!("{topic}2")).await;
