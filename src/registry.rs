@@ -154,6 +154,8 @@ pub struct Subscriber {
     /// Its key condition is also the index the subscriber is filed under.
     pub filter: Arc<Filter>,
     pub extras: Extras,
+    /// Whose socket it is: a user's other sockets hear where the user has read to.
+    pub user: Arc<str>,
 }
 
 #[derive(Default)]
@@ -351,6 +353,35 @@ impl Registry {
         }
     }
 
+    /// Queues an ephemeral frame for `user`'s subscriptions to `topic` that records of `key`
+    /// reach (the whole topic's, and `key`'s; every key's when `key` is none), except those
+    /// of connection `except`. A full queue drops it, as in `tell`.
+    pub fn tell_user(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        user: &str,
+        except: Option<ConnId>,
+        delivery: impl FnOnce() -> Delivery,
+    ) {
+        let Some(subscribers) = self.topics.get(topic) else {
+            return;
+        };
+        let keyed: Box<dyn Iterator<Item = &HashMap<ConnId, Subscriber>>> = match key {
+            Some(key) => Box::new(subscribers.by_key.get(key).into_iter()),
+            None => Box::new(subscribers.by_key.values()),
+        };
+        let built = LazyCell::new(|| Arc::new(delivery()));
+        // Once per socket, though it may hold several of the topic's keys: a user has few.
+        let mut told = vec![];
+        for (conn, subscriber) in subscribers.any_key.iter().chain(keyed.flatten()) {
+            if Some(*conn) != except && *subscriber.user == *user && !told.contains(conn) {
+                told.push(*conn);
+                self.offer(&subscriber.queue, &subscriber.queued, &built);
+            }
+        }
+    }
+
     /// Offers a frame outside the record stream to one socket, counted in its bytes like a
     /// record, since the connection gives back the bytes of whatever it takes from its queue;
     /// over the socket's bytes, or on a full queue, it is dropped. Whatever sends into a
@@ -390,6 +421,7 @@ mod tests {
             stop: Stop::default(),
             filter: Arc::new(filter),
             extras: Extras::default(),
+            user: "alice".into(),
         };
         (subscriber, rx)
     }
@@ -420,6 +452,48 @@ mod tests {
 
     fn offsets(rx: &mut mpsc::Receiver<Arc<Delivery>>) -> Vec<i64> {
         std::iter::from_fn(|| rx.try_recv().ok().map(|d| d.offset)).collect()
+    }
+
+    /// Read notices: the user's sockets whose subscriptions the key's records reach, once
+    /// each, never the committing socket, never another user's.
+    #[test]
+    fn tell_user_reaches_the_users_other_sockets_once_each() {
+        let registry = Registry::default();
+        let (whole, mut rx_whole) = subscriber(4);
+        let (room, mut rx_room) = filtered(4, key(b"x"));
+        let (two_rooms, mut rx_two_rooms) = filtered(4, key(b"x"));
+        let (other_room, mut rx_other_room) = filtered(4, key(b"y"));
+        let (bob, mut rx_bob) = subscriber(4);
+        let bob = Subscriber {
+            user: "bob".into(),
+            ..bob
+        };
+        registry.subscribe("t", 1, whole);
+        registry.subscribe("t", 2, room);
+        registry.subscribe(
+            "t",
+            3,
+            Subscriber {
+                filter: Arc::new(key(b"y")),
+                ..two_rooms.clone()
+            },
+        );
+        registry.subscribe("t", 3, two_rooms);
+        registry.subscribe("t", 4, bob);
+        registry.subscribe("t", 5, other_room);
+        let notice = |n: &'static str| move || Delivery::ephemeral("t", None, n.into());
+        let told = |rx: &mut mpsc::Receiver<Arc<Delivery>>| {
+            std::iter::from_fn(|| rx.try_recv().ok().map(|d| d.frame.to_string()))
+                .collect::<Vec<_>>()
+        };
+
+        registry.tell_user("t", Some(b"x"), "alice", Some(1), notice("x"));
+        registry.tell_user("t", None, "alice", Some(2), notice("all"));
+        assert_eq!(told(&mut rx_whole), ["all"]);
+        assert_eq!(told(&mut rx_room), ["x"]);
+        assert_eq!(told(&mut rx_two_rooms), ["x", "all"]);
+        assert_eq!(told(&mut rx_other_room), ["all"]);
+        assert!(told(&mut rx_bob).is_empty());
     }
 
     #[test]
@@ -730,6 +804,7 @@ mod tests {
                                 stop: Stop::default(),
                                 filter: Arc::new(filter.clone()),
                                 extras: Extras::default(),
+                                user: "alice".into(),
                             };
                             registry.subscribe(TOPICS[topic], conn, subscriber);
                             model.insert((topic, conn), filter);

@@ -96,7 +96,9 @@ export function backoffDelay(attempt, backoff, random) {
  * the last one, for subscriptions made with `presence`; the hub sends at most one per room
  * every 250 ms), and for each user in it a `leave` or `join` event (detail: {topic, key, user}),
  * `signal` (detail: {topic, key, sender, payload}, for subscriptions made with `signals`),
- * `status` (detail: {user, online}, for users watched with `online`), `publish` (detail:
+ * `status` (detail: {user, online}, for users watched with `online`), `read` (detail:
+ * {topic, key, offsets}: the same user committed these positions on another device, so an
+ * unread count kept from them can follow; positions only move forward), `publish` (detail:
  * {id, topic, key, payload, status, error}: a publish became `pending`, `acked` or `failed`).
  *
  * Liveness: browsers never show the hub's WebSocket pings to a page, so the client watches
@@ -598,6 +600,7 @@ export class WsKafka extends EventTarget {
       }
       case "signal":
       case "status":
+      case "read":
         this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
         return;
       case "lagged":
@@ -845,6 +848,8 @@ class Subscription {
  * @typedef {{type: "signal", topic: string, key?: string, sender: string,
  *   payload: unknown}} SignalReceivedFrame
  * @typedef {{type: "status", user: string, online: boolean}} StatusFrame
+ * @typedef {{type: "read", topic: string, key?: string,
+ *   offsets: Record<string, number>}} ReadFrame  the user's positions moved on another device
  * @typedef {"unauthorized" | "bad_request" | "forbidden" | "too_large" | "limit_exceeded"
  *   | "rate_limited" | "id_conflict" | "retry_expired" | "unknown_topic" | "unavailable"
  *   | "internal"} ErrorCode  the hub's error codes; the client adds `timeout`, `closed`,
@@ -854,14 +859,14 @@ class Subscription {
  * @typedef {Message | Ack | SubscribedFrame | UnsubscribedFrame | PongFrame
  *   | AuthenticatedFrame | ExpiringFrame | CommittedFrame | LaggedFrame | HistoryReplyFrame
  *   | PresenceReplyFrame | OnlineReplyFrame | PresenceDiffFrame | SignalReceivedFrame
- *   | StatusFrame | ErrorFrame} HubFrame  every frame the hub sends
+ *   | StatusFrame | ReadFrame | ErrorFrame} HubFrame  every frame the hub sends
  *
  * @typedef {{id: number, topic: string, key?: string, payload: unknown,
  *   status: PublishStatus, error?: WsKafkaError}} PublishEvent
  * @typedef {{state: ConnectionState, lost: {topic: string, key?: string,
  *   lost: Record<string, LostRange>}, error: WsKafkaError,
  *   presence_diff: PresenceDiffFrame, join: Membership, leave: Membership,
- *   signal: SignalReceivedFrame, status: StatusFrame,
+ *   signal: SignalReceivedFrame, status: StatusFrame, read: ReadFrame,
  *   publish: PublishEvent, subscribed: SubscribedFrame}} WsKafkaEventMap
  *   each event's `detail`, by event name
  */

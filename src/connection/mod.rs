@@ -175,6 +175,7 @@ pub fn run(
             abandon: None,
             hub: hub.clone(),
             id,
+            user: session.sub.as_str().into(),
             session,
             _seat: seat,
         };
@@ -248,6 +249,8 @@ struct Connection {
     hub: Arc<Hub>,
     id: ConnId,
     session: Session,
+    /// The session's user, shared by the socket's subscriptions in the registry.
+    user: Arc<str>,
     /// This socket's queue, shared by all its subscriptions in the registry.
     queue: mpsc::Sender<Arc<Delivery>>,
     /// The bytes of the records queued for it and not yet written.

@@ -9,6 +9,7 @@ use crate::auth::policy::Action;
 use crate::hub::Hub;
 use crate::metrics;
 use crate::presence;
+use crate::presence::signal::Read;
 use crate::protocol::{ErrorCode, Reply, RequestId, Start, Subscribe};
 use crate::registry::{ConnId, Extras, Filter, Subscriber};
 use crate::replay::{self, Seam};
@@ -63,6 +64,7 @@ impl Connection {
             stop: self.stop.clone(),
             filter: filter.clone(),
             extras: Extras { presence, signals },
+            user: self.user.clone(),
         };
         // Join first, then read the live position: every record at or past it reaches us.
         self.hub.registry.subscribe(&topic, self.id, subscriber);
@@ -157,6 +159,23 @@ impl Connection {
             .commits
             .record(&self.session.sub, topic, positions_key, &offsets);
         self.committed_any = true;
+        // The user's other sockets, on every hub, hear of it through the signal topic. On a
+        // per-user topic the positions are the whole topic's, whichever key was named.
+        let key = if self.hub.config.is_user_topic(topic) {
+            None
+        } else {
+            key
+        };
+        let read = Read {
+            topic,
+            key,
+            user: &self.session.sub,
+            offsets: &offsets,
+            conn: self.id,
+        };
+        if let Err(e) = self.hub.signals.send_read(&read) {
+            tracing::debug!(error = %e, "cannot tell the user's other sockets of a commit");
+        }
         Ok(Answered::Now(Reply::Committed {
             id,
             topic: topic.to_string(),

@@ -7,6 +7,12 @@
 //! written for latency rather than durability: no idempotence, one replica's
 //! acknowledgement, no batching wait. A signal lost to a broker's failure is not written
 //! again; the next keystroke sends another.
+//!
+//! The same topic tells a user's other sockets that the user has read a topic this far
+//! (`commit`), so that an unread count on another device follows at once. It too is worth
+//! little late: a device that misses it reads the positions when it next subscribes.
+
+use std::collections::BTreeMap;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
@@ -17,7 +23,7 @@ use crate::kafka::KafkaLog;
 use crate::kafka::{PublishError, client_config};
 use crate::kafka_settings::Side;
 use crate::protocol;
-use crate::registry::{Delivery, Registry, Wants};
+use crate::registry::{ConnId, Delivery, Registry, Wants};
 
 /// A signal on the signal topic.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,16 +38,54 @@ pub struct Signal<'a> {
     pub payload: &'a RawValue,
 }
 
-/// Hands a signal read from the signal topic to this hub's subscribers of its room that
-/// asked for signals.
-pub fn deliver(registry: &Registry, value: &[u8]) {
-    let signal: Signal = match serde_json::from_slice(value) {
-        Ok(signal) => signal,
+/// A user's `commit`, for the user's other sockets. A record of the signal topic is this or
+/// a `Signal`, told apart by their required fields.
+#[derive(Debug, Serialize)]
+pub struct Read<'a> {
+    pub topic: &'a str,
+    /// The room whose positions moved; none for the whole topic's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    pub user: &'a str,
+    pub offsets: &'a BTreeMap<i32, i64>,
+    /// The committing socket, which is not told: its id on its hub (`Signals`'s `origin`).
+    pub conn: ConnId,
+}
+
+/// A `Read` as it comes off the signal topic.
+#[derive(Deserialize)]
+struct ReadRecord<'a> {
+    #[serde(borrow)]
+    topic: &'a str,
+    #[serde(borrow, default)]
+    key: Option<&'a str>,
+    #[serde(borrow)]
+    user: &'a str,
+    offsets: BTreeMap<i32, i64>,
+    #[serde(borrow)]
+    origin: &'a str,
+    conn: ConnId,
+}
+
+/// Hands a record of the signal topic to this hub's sockets it is for: a signal to its room's
+/// subscribers that asked for signals, a read notice to the user's other sockets. `origin`
+/// is this hub's, as in `Signals`.
+pub fn deliver(registry: &Registry, origin: &str, value: &[u8]) {
+    if let Ok(signal) = serde_json::from_slice::<Signal>(value) {
+        let key = signal.key.map(str::as_bytes);
+        return registry.tell(signal.topic, key, Wants::Signals, || {
+            Delivery::ephemeral(signal.topic, key, frame(&signal))
+        });
+    }
+    let read: ReadRecord = match serde_json::from_slice(value) {
+        Ok(read) => read,
         Err(e) => return tracing::debug!(error = %e, "ignored a malformed signal"),
     };
-    let key = signal.key.map(str::as_bytes);
-    registry.tell(signal.topic, key, Wants::Signals, || {
-        Delivery::ephemeral(signal.topic, key, frame(&signal))
+    let except = (read.origin == origin).then_some(read.conn);
+    let key = read.key.map(str::as_bytes);
+    registry.tell_user(read.topic, key, read.user, except, || {
+        let frame = protocol::read_frame(read.topic, read.key, &read.offsets);
+        Delivery::ephemeral(read.topic, key, frame)
     });
 }
 
@@ -55,6 +99,8 @@ pub fn frame(signal: &Signal<'_>) -> String {
 pub struct Signals {
     producer: FutureProducer<KafkaLog>,
     topic: String,
+    /// This hub, in its read notices: unique to the process, unlike its instance id.
+    origin: String,
 }
 
 impl Signals {
@@ -79,14 +125,39 @@ impl Signals {
         Ok(Signals {
             producer,
             topic: config.presence.signal_topic.clone(),
+            origin: client_id.to_string(),
         })
     }
 
     /// Hands the signal to librdkafka and forgets it: nobody waits for its delivery.
     pub fn send(&self, signal: &Signal<'_>) -> Result<(), PublishError> {
-        let value = serde_json::to_vec(signal).expect("signals always serialise");
         // Keyed by room: a room's signals keep their order.
-        let key = format!("{}\u{0}{}", signal.topic, signal.key.unwrap_or_default());
+        self.send_keyed(signal.topic, signal.key, signal)
+    }
+
+    /// Tells the user's other sockets of a commit, as `send` does a signal.
+    pub fn send_read(&self, read: &Read<'_>) -> Result<(), PublishError> {
+        #[derive(Serialize)]
+        struct Record<'a> {
+            #[serde(flatten)]
+            read: &'a Read<'a>,
+            origin: &'a str,
+        }
+        let record = Record {
+            read,
+            origin: &self.origin,
+        };
+        self.send_keyed(read.topic, read.key, &record)
+    }
+
+    fn send_keyed(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        value: &impl Serialize,
+    ) -> Result<(), PublishError> {
+        let value = serde_json::to_vec(value).expect("signals always serialise");
+        let key = format!("{topic}\u{0}{}", key.unwrap_or_default());
         let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
         let delivery = self
             .producer
@@ -94,31 +165,5 @@ impl Signals {
             .map_err(|(e, _)| PublishError::from(e))?;
         drop(delivery);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_signal_reads_back_as_written_and_frames_with_its_type() {
-        let payload = RawValue::from_string(r#"{"typing":true}"#.into()).unwrap();
-        let signal = Signal {
-            topic: "rooms",
-            key: Some("lobby"),
-            sender: "alice",
-            payload: &payload,
-        };
-        let bytes = serde_json::to_vec(&signal).unwrap();
-        let read: Signal = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(
-            (read.topic, read.key, read.sender),
-            ("rooms", Some("lobby"), "alice")
-        );
-        assert_eq!(
-            frame(&read),
-            r#"{"type":"signal","topic":"rooms","key":"lobby","sender":"alice","payload":{"typing":true}}"#
-        );
     }
 }

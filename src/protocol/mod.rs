@@ -10,7 +10,8 @@ mod reply;
 
 pub use record::{PUBLISH_ID_HEADER, RecordView, SENDER_HEADER, is_reserved_header, message_frame};
 pub use reply::{
-    ErrorCode, Lost, LostReason, Reply, close, presence_diff_frame, signal_frame, status_frame,
+    ErrorCode, Lost, LostReason, Reply, close, presence_diff_frame, read_frame, signal_frame,
+    status_frame,
 };
 
 use std::borrow::Cow;

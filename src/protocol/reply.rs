@@ -296,6 +296,13 @@ enum Told<'a> {
         sender: &'a str,
         payload: &'a RawValue,
     },
+    /// The user's read positions moved on another of the user's sockets.
+    Read {
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        offsets: &'a BTreeMap<i32, i64>,
+    },
 }
 
 impl Told<'_> {
@@ -329,6 +336,15 @@ pub fn signal_frame(topic: &str, key: Option<&str>, sender: &str, payload: &RawV
         key,
         sender,
         payload,
+    }
+    .to_json()
+}
+
+pub fn read_frame(topic: &str, key: Option<&str>, offsets: &BTreeMap<i32, i64>) -> String {
+    Told::Read {
+        topic,
+        key,
+        offsets,
     }
     .to_json()
 }

@@ -201,7 +201,8 @@ pub async fn serve(
         control,
         signals: {
             let registry = registry.clone();
-            move |value: &[u8]| signal::deliver(&registry, value)
+            let origin = group_id.clone();
+            move |value: &[u8]| signal::deliver(&registry, &origin, value)
         },
     };
     let consumer = Consumer::start(

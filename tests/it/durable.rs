@@ -50,6 +50,11 @@ async fn read_positions_follow_the_user(database: &str) {
     }
     commit(&mut laptop, &topic, json!({"0": 5})).await;
     b.until_metric("wskafka_commit_writes_total", 1.0).await;
+    let read = phone.recv().await;
+    assert_eq!(
+        read,
+        json!({"type": "read", "topic": topic, "offsets": {"0": 5}})
+    );
     // The phone is behind: its commit is stored as received, but cannot move back (a clean
     // shutdown writes it below).
     commit(&mut phone, &topic, json!({"0": 3})).await;
@@ -67,6 +72,33 @@ async fn read_positions_follow_the_user(database: &str) {
     assert_eq!(subscribed["partitions"], json!({"0": 5}));
     assert_eq!(subscribed["waiting"], json!(0));
     drop(b);
+}
+
+/// A commit on one device reaches the user's other devices at once, on any hub, as a `read`
+/// frame: the notification count of a second window follows the first without a reload.
+/// Notices travel in order per topic, so each socket's next frame shows what it was not
+/// told before it: the committing socket is not told its own commit, and another user is
+/// told nothing of alice's.
+#[tokio::test]
+async fn a_commit_tells_the_users_other_sockets_on_every_hub() {
+    let (notes, glob) = fresh_topic("read-notices", 1).await;
+    produce_many(&notes, 5).await;
+    let args = ["--user-topics", &glob];
+    let (a, b) = tokio::join!(Hub::start(&glob, &args), Hub::start(&glob, &args));
+    let (alice, bob) = (token("alice", &[], &[&glob]), token("bob", &[], &[&glob]));
+    let (mut phone, mut laptop) = (a.connect(&alice).await, b.connect(&alice).await);
+    let (mut bob_phone, mut bob_laptop) = (a.connect(&bob).await, b.connect(&bob).await);
+    for client in [&mut phone, &mut laptop, &mut bob_phone, &mut bob_laptop] {
+        client.subscribe(&notes).await;
+    }
+    let read = |offsets: Value| json!({"type": "read", "topic": notes, "offsets": offsets});
+
+    commit(&mut phone, &notes, json!({"0": 2})).await;
+    assert_eq!(laptop.recv().await, read(json!({"0": 2})));
+    commit(&mut laptop, &notes, json!({"0": 4})).await;
+    assert_eq!(phone.recv().await, read(json!({"0": 4})));
+    commit(&mut bob_laptop, &notes, json!({"0": 1})).await;
+    assert_eq!(bob_phone.recv().await, read(json!({"0": 1})));
 }
 
 #[tokio::test]
