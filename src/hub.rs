@@ -38,7 +38,8 @@ use crate::stop::Stop;
 use crate::store::commits::Commits;
 use crate::store::{Store, StoreError};
 
-/// Shared by the HTTP handlers and every connection, behind one `Arc`.
+/// Shared by the HTTP handlers and every connection, behind one `Arc`. `serve` builds it
+/// from its parts; what only this module touches lives in `Sockets` and `Readiness`.
 pub struct Hub {
     pub config: ServeConfig,
     pub auth: Authenticator,
@@ -61,6 +62,16 @@ pub struct Hub {
     pub signals: Signals,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
+    /// Connections, the work they leave behind and the background tasks, which shutdown
+    /// waits for.
+    pub tasks: TaskTracker,
+    pub sockets: Sockets,
+    pub readiness: Readiness,
+}
+
+/// The hub's sockets: the caps on them, each user's seats and budgets, the listing that
+/// revocations and shutdown reach, and the revocations seen since start.
+pub struct Sockets {
     /// The clock of every socket's request budgets. Made once: making one runs CPUID
     /// several times, each a trip to the hypervisor on a virtual machine.
     pub rate_clock: DefaultClock,
@@ -70,14 +81,6 @@ pub struct Hub {
     pub user_rates: Rates,
     /// Revocations read from the control topic since start (see `control`).
     revocations: Revocations,
-    consumer_ready: Arc<AtomicBool>,
-    /// A broker answered the last probe.
-    kafka_reachable: AtomicBool,
-    /// The database is migrated and answered the last probe.
-    database_ready: AtomicBool,
-    /// Connections, the work they leave behind and the background tasks, which shutdown
-    /// waits for.
-    tasks: TaskTracker,
     next_conn: AtomicU64,
     /// Open sockets per user, and their budgets. Users with no socket are forgotten.
     seats: DashMap<String, UserSeats>,
@@ -87,6 +90,47 @@ pub struct Hub {
     awaiting_auth: Arc<Semaphore>,
     /// One permit per open socket, up to `max_connections`.
     open_sockets: Arc<Semaphore>,
+}
+
+impl Sockets {
+    pub fn new(config: &ServeConfig) -> Sockets {
+        let request_rates = Rates::new(
+            config.limits.publish_rate,
+            config.presence.signal_rate,
+            &config.limits.request_rates,
+        );
+        Sockets {
+            rate_clock: DefaultClock::default(),
+            user_rates: Rates::of_users(&request_rates, &config.limits.user_request_rates),
+            request_rates,
+            revocations: Revocations::default(),
+            next_conn: AtomicU64::new(0),
+            seats: DashMap::new(),
+            connections: DashMap::new(),
+            awaiting_auth: Arc::new(Semaphore::new(config.limits.max_awaiting_auth)),
+            open_sockets: Arc::new(Semaphore::new(config.limits.max_connections)),
+        }
+    }
+}
+
+/// What `/readyz` reads besides the keys, the roster and shutdown.
+pub struct Readiness {
+    /// The consumer has its start positions.
+    consumer: Arc<AtomicBool>,
+    /// A broker answered the last probe.
+    kafka_reachable: AtomicBool,
+    /// The database is migrated and answered the last probe.
+    database: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(consumer: Arc<AtomicBool>) -> Readiness {
+        Readiness {
+            consumer,
+            kafka_reachable: AtomicBool::new(false),
+            database: AtomicBool::new(false),
+        }
+    }
 }
 
 /// What `/readyz` waits for, by the names it gives them; the README and the protocol list
@@ -99,27 +143,6 @@ pub const READY_CHECKS: [&str; 6] = [
     "roster",
     "shutting_down",
 ];
-
-/// What the hub is made of; the rest it makes itself.
-pub struct Parts {
-    pub config: ServeConfig,
-    pub auth: Authenticator,
-    pub registry: Arc<Registry>,
-    pub publisher: Publisher,
-    pub live_positions: LivePositions,
-    pub consumer_ready: Arc<AtomicBool>,
-    pub metrics: Metrics,
-    pub replayer: Replayer,
-    pub history: HistoryReader,
-    pub retries: Retries,
-    pub store: Store,
-    pub commits: Arc<Commits>,
-    pub presence: Option<Presence>,
-    pub roster: Option<Roster>,
-    pub signals: Signals,
-    pub tasks: TaskTracker,
-    pub shutdown: CancellationToken,
-}
 
 /// A live connection as the admin page lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -209,7 +232,12 @@ impl Hub {
                 _ = self.shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let largest = self.connections.iter().map(|c| c.queued.bytes()).max();
+            let largest = self
+                .sockets
+                .connections
+                .iter()
+                .map(|c| c.queued.bytes())
+                .max();
             metrics::held(&metrics::Held {
                 recent: recent.bytes(),
                 send_queues: self.registry.queued_bytes(),
@@ -217,74 +245,6 @@ impl Hub {
                 replays: self.replayer.held(),
                 history: self.history.held(),
             });
-        }
-    }
-
-    /// The hub, with a catalogue of the topics its producer's cluster holds, kept fresh
-    /// until shutdown.
-    pub fn new(parts: Parts) -> Hub {
-        let topics = Catalogue::new(&parts.config, parts.publisher.clone());
-        parts
-            .tasks
-            .spawn(topics.clone().keep_fresh(parts.shutdown.clone()));
-        Hub::with_topics(parts, topics)
-    }
-
-    fn with_topics(parts: Parts, topics: Catalogue) -> Hub {
-        let Parts {
-            config,
-            auth,
-            registry,
-            publisher,
-            live_positions,
-            consumer_ready,
-            metrics,
-            replayer,
-            history,
-            retries,
-            store,
-            commits,
-            presence,
-            roster,
-            signals,
-            tasks,
-            shutdown,
-        } = parts;
-        let request_rates = Rates::new(
-            config.limits.publish_rate,
-            config.presence.signal_rate,
-            &config.limits.request_rates,
-        );
-        Hub {
-            awaiting_auth: Arc::new(Semaphore::new(config.limits.max_awaiting_auth)),
-            open_sockets: Arc::new(Semaphore::new(config.limits.max_connections)),
-            rate_clock: DefaultClock::default(),
-            user_rates: Rates::of_users(&request_rates, &config.limits.user_request_rates),
-            request_rates,
-            config,
-            auth,
-            registry,
-            publisher,
-            topics,
-            live_positions,
-            metrics,
-            replayer,
-            history,
-            retries,
-            store,
-            commits,
-            presence,
-            roster,
-            signals,
-            shutdown,
-            revocations: Revocations::default(),
-            consumer_ready,
-            kafka_reachable: AtomicBool::new(false),
-            database_ready: AtomicBool::new(false),
-            tasks,
-            next_conn: AtomicU64::new(0),
-            seats: DashMap::new(),
-            connections: DashMap::new(),
         }
     }
 
@@ -310,7 +270,7 @@ impl Hub {
             Err(e) => return Err(refused(Refusal::Token(e))),
         };
         // Revocations live there: without it, no token can be told apart from a revoked one.
-        if !self.database_ready.load(Ordering::Acquire) {
+        if !self.readiness.database.load(Ordering::Acquire) {
             return Err(Refusal::Unavailable);
         }
         match self.is_revoked(&session.sub, &session.token).await {
@@ -330,21 +290,21 @@ impl Hub {
 
     /// A place under the hub's cap on open sockets, if there is one.
     pub fn open_socket(&self) -> Option<OwnedSemaphorePermit> {
-        self.open_sockets.clone().try_acquire_owned().ok()
+        self.sockets.open_sockets.clone().try_acquire_owned().ok()
     }
 
     /// A place among the sockets that may await their `auth` frame, if there is one.
     pub fn await_auth(&self) -> Option<OwnedSemaphorePermit> {
-        self.awaiting_auth.clone().try_acquire_owned().ok()
+        self.sockets.awaiting_auth.clone().try_acquire_owned().ok()
     }
 
     pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+        self.sockets.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Counts a socket against its user's limit; `None` when the user is at the limit.
     fn take_seat(self: &Arc<Self>, sub: &str) -> Option<Seat> {
-        let mut held = self.seats.entry(sub.to_string()).or_default();
+        let mut held = self.sockets.seats.entry(sub.to_string()).or_default();
         if held.sockets >= self.config.limits.max_connections_per_user.get() {
             return None;
         }
@@ -352,8 +312,8 @@ impl Hub {
         // One socket never goes past its user's budget: made with the second.
         if held.sockets == 2 && held.budgets.is_none() {
             held.budgets = Some(Arc::new(UserBudgets::new(
-                &self.user_rates,
-                &self.rate_clock,
+                &self.sockets.user_rates,
+                &self.sockets.rate_clock,
             )));
         }
         Some(Seat {
@@ -364,12 +324,7 @@ impl Hub {
 
     /// The budgets `sub`'s sockets share, once the user has more than one socket here.
     pub fn user_budgets(&self, sub: &str) -> Option<Arc<UserBudgets>> {
-        self.seats.get(sub)?.budgets.clone()
-    }
-
-    /// The tracker of the hub's tasks, which shutdown waits for.
-    pub fn tasks(&self) -> TaskTracker {
-        self.tasks.clone()
+        self.sockets.seats.get(sub)?.budgets.clone()
     }
 
     /// Runs `work` to completion before the hub stops, up to the shutdown timeout.
@@ -384,25 +339,26 @@ impl Hub {
 
     /// Whether the store or the control topic revoked this token.
     pub async fn is_revoked(&self, sub: &str, token: &TokenId) -> Result<bool, StoreError> {
-        Ok(self.revocations.revokes(sub, token) || self.store.is_revoked(sub, token).await?)
+        Ok(self.sockets.revocations.revokes(sub, token)
+            || self.store.is_revoked(sub, token).await?)
     }
 
     /// Whether a revocation read from the control topic covers this token; see `control`
     /// for why sockets check it after registering.
     pub fn revoked_since_start(&self, sub: &str, token: &TokenId) -> bool {
-        self.revocations.revokes(sub, token)
+        self.sockets.revocations.revokes(sub, token)
     }
 
     /// Lists an authenticated socket until the returned guard drops, in reach of
     /// revocations and shutdown.
     pub fn register(&self, id: ConnId, info: ConnectionInfo) -> Registration<'_> {
-        self.connections.insert(id, info);
+        self.sockets.connections.insert(id, info);
         Registration { hub: self, id }
     }
 
     /// A refreshed token for a listed socket, which later revocations are checked against.
     pub fn update_token(&self, id: ConnId, token: TokenId) {
-        if let Some(mut info) = self.connections.get_mut(&id) {
+        if let Some(mut info) = self.sockets.connections.get_mut(&id) {
             info.token = token;
         }
     }
@@ -410,6 +366,7 @@ impl Hub {
     /// The listed sockets, by id.
     pub fn connections(&self) -> Vec<(ConnId, ConnectionInfo)> {
         let mut listed: Vec<(ConnId, ConnectionInfo)> = self
+            .sockets
             .connections
             .iter()
             .map(|entry| (*entry.key(), entry.value().clone()))
@@ -420,9 +377,9 @@ impl Hub {
 
     /// Applies a revocation read from the control topic: sockets it covers close.
     pub fn apply_revocation(&self, revocation: &Revocation) {
-        self.revocations.add(revocation);
+        self.sockets.revocations.add(revocation);
         let mut closed = 0;
-        for entry in self.connections.iter() {
+        for entry in self.sockets.connections.iter() {
             if revocation.covers(&entry.sub, &entry.token) {
                 entry.stop.revoked();
                 closed += 1;
@@ -435,28 +392,30 @@ impl Hub {
     /// after this loop passed it sees the cancelled token itself (`connection::run`).
     pub fn going_away(&self) {
         self.shutdown.cancel();
-        for entry in self.connections.iter() {
+        for entry in self.sockets.connections.iter() {
             entry.stop.going_away();
         }
     }
 
     /// Records whether a broker answered; returns whether one did before.
     pub fn set_kafka_reachable(&self, reachable: bool) -> bool {
-        self.kafka_reachable.swap(reachable, Ordering::AcqRel)
+        self.readiness
+            .kafka_reachable
+            .swap(reachable, Ordering::AcqRel)
     }
 
     /// Records whether the database is migrated and answers; returns whether it was before.
     pub fn set_database_ready(&self, ready: bool) -> bool {
-        self.database_ready.swap(ready, Ordering::AcqRel)
+        self.readiness.database.swap(ready, Ordering::AcqRel)
     }
 
     /// What the hub still waits for before it is ready, by the names `/readyz` gives; empty
     /// when ready.
     pub fn not_ready(&self) -> Vec<&'static str> {
         let checks = [
-            self.kafka_reachable.load(Ordering::Acquire),
-            self.consumer_ready.load(Ordering::Acquire),
-            self.database_ready.load(Ordering::Acquire),
+            self.readiness.kafka_reachable.load(Ordering::Acquire),
+            self.readiness.consumer.load(Ordering::Acquire),
+            self.readiness.database.load(Ordering::Acquire),
             self.auth.missing_keys().is_empty(),
             self.roster.as_ref().is_none_or(Roster::is_caught_up),
             !self.shutdown.is_cancelled(),
@@ -494,7 +453,7 @@ pub struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.hub.connections.remove(&self.id);
+        self.hub.sockets.connections.remove(&self.id);
     }
 }
 
@@ -515,7 +474,7 @@ pub struct Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.hub.seats.remove_if_mut(&self.sub, |_, held| {
+        self.hub.sockets.seats.remove_if_mut(&self.sub, |_, held| {
             held.sockets -= 1;
             held.sockets == 0
         });
@@ -557,39 +516,37 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     let commits = Arc::new(Commits::new(store.clone()));
     let tasks = TaskTracker::new();
     let log = KafkaLog::default();
-    let topics = crate::kafka::Catalogue::fixed(&["t.room"]);
-    let hub = Arc::new(Hub::with_topics(
-        Parts {
-            auth: Authenticator::new(&config.jwt).unwrap(),
-            registry: Arc::default(),
-            publisher: Publisher::new(&config, "test", &log).unwrap(),
-            live_positions: LivePositions::default(),
-            consumer_ready: Arc::default(),
-            metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
-            replayer: Replayer::new(
-                &config,
-                "test",
-                commits.clone(),
-                Recent::new(Bounds::new(
-                    config.limits.recent_records,
-                    config.limits.memory_budget,
-                )),
-                tasks.clone(),
-                &log,
-            ),
-            history: HistoryReader::new(&config, "test", &log),
-            retries: Retries::new(&config, "test", &log),
-            roster: None,
-            signals: Signals::new(&config, "test", &log).unwrap(),
-            store,
-            commits,
-            presence: None,
-            tasks,
-            shutdown: CancellationToken::new(),
-            config,
-        },
-        topics,
-    ));
+    let hub = Arc::new(Hub {
+        auth: Authenticator::new(&config.jwt).unwrap(),
+        registry: Arc::default(),
+        publisher: Publisher::new(&config, "test", &log).unwrap(),
+        topics: crate::kafka::Catalogue::fixed(&["t.room"]),
+        live_positions: LivePositions::default(),
+        metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
+        replayer: Replayer::new(
+            &config,
+            "test",
+            commits.clone(),
+            Recent::new(Bounds::new(
+                config.limits.recent_records,
+                config.limits.memory_budget,
+            )),
+            tasks.clone(),
+            &log,
+        ),
+        history: HistoryReader::new(&config, "test", &log),
+        retries: Retries::new(&config, "test", &log),
+        roster: None,
+        signals: Signals::new(&config, "test", &log).unwrap(),
+        store,
+        commits,
+        presence: None,
+        tasks,
+        shutdown: CancellationToken::new(),
+        sockets: Sockets::new(&config),
+        readiness: Readiness::new(Arc::default()),
+        config,
+    });
     hub.set_database_ready(true);
     hub
 }

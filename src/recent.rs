@@ -266,7 +266,6 @@ mod tests {
             offset,
             timestamp: None,
             frame: format!("{offset}").into(),
-            ephemeral: false,
         })
     }
 
@@ -339,7 +338,6 @@ mod tests {
                 offset,
                 timestamp: None,
                 frame: "x".repeat(payload).into(),
-                ephemeral: false,
             })
         }
 

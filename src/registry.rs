@@ -38,9 +38,6 @@ pub struct Delivery {
     /// Milliseconds since the epoch, when the record has a timestamp.
     pub timestamp: Option<i64>,
     pub frame: Utf8Bytes,
-    /// Not a record: a signal or a presence diff, which has no position and is never
-    /// replayed.
-    pub ephemeral: bool,
 }
 
 impl Delivery {
@@ -51,18 +48,48 @@ impl Delivery {
             + self.key.as_ref().map_or(0, |k| k.len())
             + self.frame.len()
     }
+}
 
-    /// A frame for the subscriptions to `key` of `topic` (or all of it), outside the
-    /// record stream.
-    pub fn ephemeral(topic: &str, key: Option<&[u8]>, frame: String) -> Delivery {
-        Delivery {
+/// A frame for a room's subscriptions outside the record stream (a signal, a presence diff,
+/// a read notice): it has no position and is never replayed.
+#[derive(Debug)]
+pub struct RoomFrame {
+    pub topic: Box<str>,
+    /// The room; none for the whole topic's subscriptions.
+    pub key: Option<Box<[u8]>>,
+    pub frame: Utf8Bytes,
+}
+
+/// What a socket's send queue holds.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A record, for the socket's subscriptions that its topic and key reach.
+    Record(Arc<Delivery>),
+    Room(Arc<RoomFrame>),
+    /// For the socket itself rather than a subscription: a watched user's status.
+    Socket(Utf8Bytes),
+}
+
+impl Outbound {
+    pub fn room(topic: &str, key: Option<&[u8]>, frame: String) -> Outbound {
+        Outbound::Room(Arc::new(RoomFrame {
             topic: topic.into(),
             key: key.map(Box::from),
-            partition: -1,
-            offset: -1,
-            timestamp: None,
             frame: frame.into(),
-            ephemeral: true,
+        }))
+    }
+
+    /// What holding it costs, in bytes, counted while it waits in a queue: see `Queued`.
+    pub fn cost(&self) -> usize {
+        match self {
+            Outbound::Record(record) => record.cost(),
+            Outbound::Room(room) => {
+                size_of::<RoomFrame>()
+                    + room.topic.len()
+                    + room.key.as_ref().map_or(0, |k| k.len())
+                    + room.frame.len()
+            }
+            Outbound::Socket(frame) => size_of::<Outbound>() + frame.len(),
         }
     }
 }
@@ -120,7 +147,7 @@ impl Filter {
     }
 }
 
-/// The bytes (`Delivery::cost`) of the records queued for one socket and not yet written
+/// The bytes (`Outbound::cost`) of the frames queued for one socket and not yet written
 /// to it: taken from its queue, they count until the write is done.
 #[derive(Debug, Default)]
 pub struct Queued(AtomicUsize);
@@ -146,7 +173,7 @@ pub struct QueueBounds {
 #[derive(Clone)]
 pub struct Subscriber {
     /// The connection's queue, shared by all its subscriptions.
-    pub queue: mpsc::Sender<Arc<Delivery>>,
+    pub queue: mpsc::Sender<Outbound>,
     /// The bytes in it, shared by all its subscriptions.
     pub queued: Arc<Queued>,
     /// Told when the queue overflows.
@@ -301,7 +328,10 @@ impl Registry {
                 subscriber.stop.lagged();
                 continue;
             }
-            match subscriber.queue.try_send(Arc::clone(&built)) {
+            match subscriber
+                .queue
+                .try_send(Outbound::Record(Arc::clone(&built)))
+            {
                 Ok(()) => queued += 1,
                 Err(TrySendError::Full(_)) => {
                     self.written(&subscriber.queued, cost);
@@ -323,7 +353,7 @@ impl Registry {
         topic: &str,
         key: Option<&[u8]>,
         wants: Wants,
-        delivery: impl FnOnce() -> Delivery,
+        frame: impl FnOnce() -> String,
     ) {
         let Some(subscribers) = self.topics.get(topic) else {
             return;
@@ -338,7 +368,7 @@ impl Registry {
             (Wants::Presence, Some(_)) => Box::new(keyed),
             (Wants::Presence, None) => Box::new(whole),
         };
-        let built = LazyCell::new(|| Arc::new(delivery()));
+        let built = LazyCell::new(|| Outbound::room(topic, key, frame()));
         for subscriber in told {
             let asked = match wants {
                 Wants::Presence => subscriber.extras.presence,
@@ -362,7 +392,7 @@ impl Registry {
         key: Option<&[u8]>,
         user: &str,
         except: Option<ConnId>,
-        delivery: impl FnOnce() -> Delivery,
+        frame: impl FnOnce() -> String,
     ) {
         let Some(subscribers) = self.topics.get(topic) else {
             return;
@@ -371,7 +401,7 @@ impl Registry {
             Some(key) => Box::new(subscribers.by_key.get(key).into_iter()),
             None => Box::new(subscribers.by_key.values()),
         };
-        let built = LazyCell::new(|| Arc::new(delivery()));
+        let built = LazyCell::new(|| Outbound::room(topic, key, frame()));
         // Once per socket, though it may hold several of the topic's keys: a user has few.
         let mut told = vec![];
         for (conn, subscriber) in subscribers.any_key.iter().chain(keyed.flatten()) {
@@ -387,17 +417,12 @@ impl Registry {
     /// over the socket's bytes, or on a full queue, it is dropped. Whatever sends into a
     /// socket's queue goes through here or `fan_out`: a frame sent uncounted would be given
     /// back all the same, and the hub's count of queued bytes would wrap below zero.
-    pub fn offer(
-        &self,
-        queue: &mpsc::Sender<Arc<Delivery>>,
-        queued: &Queued,
-        delivery: &Arc<Delivery>,
-    ) -> bool {
-        let cost = delivery.cost();
+    pub fn offer(&self, queue: &mpsc::Sender<Outbound>, queued: &Queued, frame: &Outbound) -> bool {
+        let cost = frame.cost();
         if !self.admit(queued, cost) {
             return false;
         }
-        if queue.try_send(Arc::clone(delivery)).is_err() {
+        if queue.try_send(frame.clone()).is_err() {
             self.written(queued, cost);
             return false;
         }
@@ -409,11 +434,11 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Arc<Delivery>>) {
+    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
         filtered(capacity, Filter::default())
     }
 
-    fn filtered(capacity: usize, filter: Filter) -> (Subscriber, mpsc::Receiver<Arc<Delivery>>) {
+    fn filtered(capacity: usize, filter: Filter) -> (Subscriber, mpsc::Receiver<Outbound>) {
         let (queue, rx) = mpsc::channel(capacity);
         let subscriber = Subscriber {
             queue,
@@ -441,7 +466,6 @@ mod tests {
             offset,
             timestamp: None,
             frame: Utf8Bytes::from_static("frame"),
-            ephemeral: false,
         }
     }
 
@@ -450,8 +474,12 @@ mod tests {
         headers: &[],
     };
 
-    fn offsets(rx: &mut mpsc::Receiver<Arc<Delivery>>) -> Vec<i64> {
-        std::iter::from_fn(|| rx.try_recv().ok().map(|d| d.offset)).collect()
+    fn offsets(rx: &mut mpsc::Receiver<Outbound>) -> Vec<i64> {
+        std::iter::from_fn(|| match rx.try_recv().ok()? {
+            Outbound::Record(record) => Some(record.offset),
+            other => panic!("not a record: {other:?}"),
+        })
+        .collect()
     }
 
     /// Read notices: the user's sockets whose subscriptions the key's records reach, once
@@ -481,10 +509,13 @@ mod tests {
         registry.subscribe("t", 3, two_rooms);
         registry.subscribe("t", 4, bob);
         registry.subscribe("t", 5, other_room);
-        let notice = |n: &'static str| move || Delivery::ephemeral("t", None, n.into());
-        let told = |rx: &mut mpsc::Receiver<Arc<Delivery>>| {
-            std::iter::from_fn(|| rx.try_recv().ok().map(|d| d.frame.to_string()))
-                .collect::<Vec<_>>()
+        let notice = |n: &'static str| move || n.to_string();
+        let told = |rx: &mut mpsc::Receiver<Outbound>| {
+            std::iter::from_fn(|| match rx.try_recv().ok()? {
+                Outbound::Room(room) => Some(room.frame.to_string()),
+                other => panic!("not a room's frame: {other:?}"),
+            })
+            .collect::<Vec<_>>()
         };
 
         registry.tell_user("t", Some(b"x"), "alice", Some(1), notice("x"));
@@ -528,7 +559,7 @@ mod tests {
         registry.subscribe("chat.rooms", 1, member);
         registry.fan_out("chat.rooms", &NO_META, || delivery(1));
         registry.tell("chat.rooms", Some(b"lobby"), Wants::Presence, || {
-            Delivery::ephemeral("chat.rooms", Some(b"lobby"), "{}".into())
+            "{}".into()
         });
         // What the connection does: give back the cost of each frame it took.
         let mut taken = 0;
@@ -783,7 +814,7 @@ mod tests {
             #[test]
             fn fan_out_matches_a_model_of_current_subscriptions(ops in proptest::collection::vec(op(), 1..80)) {
                 let registry = Registry::default();
-                type Queue = (mpsc::Sender<Arc<Delivery>>, mpsc::Receiver<Arc<Delivery>>);
+                type Queue = (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>);
                 let mut queues: HashMap<ConnId, Queue> =
                     (0..4).map(|conn| (conn, mpsc::channel(1024))).collect();
                 let mut model: HashMap<(usize, ConnId), Filter> = HashMap::new();

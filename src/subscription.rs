@@ -21,7 +21,7 @@ use tokio_util::sync::DropGuard;
 
 use crate::metrics;
 use crate::protocol::{Reply, RequestId};
-use crate::registry::{Delivery, Filter};
+use crate::registry::{Delivery, Filter, Outbound};
 use crate::replay::{Event, ReplayError, Report, Seam};
 
 /// A frame to write, with the timestamp of the record it carries.
@@ -283,20 +283,34 @@ impl Subscriptions {
         }
     }
 
-    /// A record from the live stream.
-    pub fn on_live(
-        &mut self,
-        record: Arc<Delivery>,
-        out: &mut Vec<Outgoing>,
-    ) -> Result<(), Lagging> {
-        if record.ephemeral && record.topic.is_empty() {
-            // For the socket itself (a watched user's status), not for a subscription.
-            out.push(Outgoing {
-                frame: record.frame.clone(),
-                timestamp: None,
-            });
-            return Ok(());
-        }
+    /// A frame from the socket's queue: a record of the live stream, or a frame outside it.
+    pub fn on_live(&mut self, item: Outbound, out: &mut Vec<Outgoing>) -> Result<(), Lagging> {
+        let record = match item {
+            Outbound::Record(record) => record,
+            Outbound::Room(room) => {
+                // No position: written as it comes, replay or not, while the socket still
+                // holds the room's subscription.
+                let topic = self.by_topic.get_mut(&*room.topic);
+                let held = |t: &mut TopicSubscriptions| match room.key.as_deref() {
+                    Some(key) => t.for_record(Some(key)).is_some(),
+                    None => true,
+                };
+                if topic.is_some_and(held) {
+                    out.push(Outgoing {
+                        frame: room.frame.clone(),
+                        timestamp: None,
+                    });
+                }
+                return Ok(());
+            }
+            Outbound::Socket(frame) => {
+                out.push(Outgoing {
+                    frame,
+                    timestamp: None,
+                });
+                return Ok(());
+            }
+        };
         let Some(subscription) = self
             .by_topic
             .get_mut(&*record.topic)
@@ -304,14 +318,6 @@ impl Subscriptions {
         else {
             return Ok(()); // unsubscribed since it was queued
         };
-        if record.ephemeral {
-            // No position: written as it comes, replay or not.
-            out.push(Outgoing {
-                frame: record.frame.clone(),
-                timestamp: None,
-            });
-            return Ok(());
-        }
         let Some(replay) = &mut subscription.replay else {
             write(&mut subscription.next, &record, out);
             return Ok(());
@@ -516,7 +522,6 @@ mod tests {
             offset,
             timestamp: None,
             frame: format!("{partition}:{offset}").into(),
-            ephemeral: false,
         })
     }
 
@@ -672,7 +677,6 @@ mod tests {
             offset,
             timestamp: None,
             frame: format!("{partition}:{offset}").into(),
-            ephemeral: false,
         })
     }
 
@@ -688,7 +692,7 @@ mod tests {
         let mut out = Vec::new();
         for (offset, room) in [(10, "a"), (11, "c"), (12, "b"), (13, "a")] {
             subscriptions
-                .on_live(keyed(0, offset, room), &mut out)
+                .on_live(Outbound::Record(keyed(0, offset, room)), &mut out)
                 .unwrap();
         }
         let written: Vec<&str> = out.iter().map(|f| f.frame.as_str()).collect();
@@ -804,7 +808,7 @@ mod tests {
                     2 => {
                         let Some(&offset) = logs[p].records.get(live_next[p]) else { return Ok(false) };
                         live_next[p] += 1;
-                        prop_assert_eq!(subscriptions.on_live(delivery(p as i32, offset), &mut out), Ok(()));
+                        prop_assert_eq!(subscriptions.on_live(Outbound::Record(delivery(p as i32, offset)), &mut out), Ok(()));
                     }
                     3 if !replay.step(&seam, logs, &client_starts, usize::from(pick)) => {
                         return Ok(false);

@@ -43,7 +43,7 @@ use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::metrics::{self, Metrics};
 use crate::presence::DisconnectReason;
 use crate::protocol::{BadRequest, ErrorCode, Reply, RequestId, close};
-use crate::registry::{ConnId, Delivery, Queued};
+use crate::registry::{ConnId, Outbound, Queued};
 use crate::replay::Report;
 use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
@@ -160,7 +160,7 @@ pub fn run(
             taken: 0,
             replayed: Vec::new(),
             subscriptions: Subscriptions::new(hub.config.limits.send_queue, stash_bytes),
-            budgets: Budgets::new(&hub.request_rates, &hub.rate_clock),
+            budgets: Budgets::new(&hub.sockets.request_rates, &hub.sockets.rate_clock),
             abusive: false,
             share: Arc::new(Semaphore::new(SHARE)),
             committed_any: false,
@@ -252,7 +252,7 @@ struct Connection {
     /// The session's user, shared by the socket's subscriptions in the registry.
     user: Arc<str>,
     /// This socket's queue, shared by all its subscriptions in the registry.
-    queue: mpsc::Sender<Arc<Delivery>>,
+    queue: mpsc::Sender<Outbound>,
     /// The bytes of the records queued for it and not yet written.
     queued: Arc<Queued>,
     /// The bytes of the records taken from the queue this turn, no longer counted once the
@@ -383,14 +383,14 @@ impl Connection {
     async fn serve(
         &mut self,
         socket: &mut impl Socket,
-        frames: &mut mpsc::Receiver<Arc<Delivery>>,
+        frames: &mut mpsc::Receiver<Outbound>,
         replay_events: &mut mpsc::Receiver<Box<Report>>,
     ) {
         tracing::debug!("connected");
         let write_timeout = self.hub.config.server.write_timeout;
         let max_in_flight = self.hub.config.limits.max_in_flight;
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
-        let mut records = Vec::new();
+        let mut batch = Vec::new();
         let expiry = tokio::time::sleep_until(instant_at(self.session.expires_at));
         let warning = tokio::time::sleep_until(self.warn_at());
         let config = &self.hub.config;
@@ -442,10 +442,10 @@ impl Connection {
                 }
                 // One call for many records: each receive gives its slot back under the
                 // queue's lock, and `recv_many` does that once.
-                1.. = frames.recv_many(&mut records, WRITE_BATCH) => {
-                    for record in records.drain(..) {
-                        self.taken += record.cost();
-                        self.on_live(record);
+                1.. = frames.recv_many(&mut batch, WRITE_BATCH) => {
+                    for item in batch.drain(..) {
+                        self.taken += item.cost();
+                        self.on_live(item);
                     }
                 }
                 () = poll_fn(|cx| match &mut self.held {
@@ -587,8 +587,8 @@ impl Connection {
             .unwrap_or_else(tokio::time::Instant::now)
     }
 
-    fn on_live(&mut self, record: Arc<Delivery>) {
-        if self.subscriptions.on_live(record, &mut self.out).is_err() {
+    fn on_live(&mut self, item: Outbound) {
+        if self.subscriptions.on_live(item, &mut self.out).is_err() {
             self.stop.lagged();
         }
     }

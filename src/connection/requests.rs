@@ -38,8 +38,8 @@ impl Connection {
             Verdict::Go => {}
             Verdict::Wait { wait, user } => {
                 let (rates, whose) = match user {
-                    false => (&self.hub.request_rates, ""),
-                    true => (&self.hub.user_rates, " across this user's sockets"),
+                    false => (&self.hub.sockets.request_rates, ""),
+                    true => (&self.hub.sockets.user_rates, " across this user's sockets"),
                 };
                 let rate = rates.get(kind).get();
                 metrics::request_refused(kind.name());

@@ -157,6 +157,5 @@ pub(crate) fn delivery_of(
         offset: message.offset(),
         timestamp: message.timestamp().to_millis(),
         frame: Utf8Bytes::from(frame),
-        ephemeral: false,
     }
 }

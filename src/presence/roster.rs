@@ -40,7 +40,7 @@ use crate::config::ServeConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka::reader_config;
 use crate::protocol;
-use crate::registry::{ConnId, Delivery, Queued, Registry, Wants};
+use crate::registry::{ConnId, Outbound, Queued, Registry, Wants};
 
 /// A room: a topic, and one key of it, or `None` for the topic as a whole (every user
 /// following any of its keys, or all of it).
@@ -133,7 +133,7 @@ struct State {
 }
 
 /// A socket's queue, for frames that belong to no subscription.
-type Queue = mpsc::Sender<Arc<Delivery>>;
+type Queue = mpsc::Sender<Outbound>;
 /// A socket watching a user: its queue, and the bytes queued in it.
 type Watcher = (Queue, Arc<Queued>);
 
@@ -184,9 +184,9 @@ impl Roster {
                 continue;
             };
             let frame = protocol::status_frame(&user, online);
-            let delivery = Arc::new(Delivery::ephemeral("", None, frame));
+            let frame = Outbound::Socket(frame.into());
             for (queue, queued) in watching.values() {
-                registry.offer(queue, queued, &delivery);
+                registry.offer(queue, queued, &frame);
             }
         }
     }
@@ -204,13 +204,12 @@ impl Roster {
                 fn names(users: &[Arc<str>]) -> Vec<&str> {
                     users.iter().map(|u| &**u).collect()
                 }
-                let frame = protocol::presence_diff_frame(
+                protocol::presence_diff_frame(
                     &room.topic,
                     room.key.as_deref(),
                     &names(&joins),
                     &names(&leaves),
-                );
-                Delivery::ephemeral(&room.topic, key, frame)
+                )
             });
         }
     }

@@ -23,7 +23,7 @@ use crate::kafka::KafkaLog;
 use crate::kafka::{PublishError, client_config};
 use crate::kafka_settings::Side;
 use crate::protocol;
-use crate::registry::{ConnId, Delivery, Registry, Wants};
+use crate::registry::{ConnId, Registry, Wants};
 
 /// A signal on the signal topic.
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,9 +73,7 @@ struct ReadRecord<'a> {
 pub fn deliver(registry: &Registry, origin: &str, value: &[u8]) {
     if let Ok(signal) = serde_json::from_slice::<Signal>(value) {
         let key = signal.key.map(str::as_bytes);
-        return registry.tell(signal.topic, key, Wants::Signals, || {
-            Delivery::ephemeral(signal.topic, key, frame(&signal))
-        });
+        return registry.tell(signal.topic, key, Wants::Signals, || frame(&signal));
     }
     let read: ReadRecord = match serde_json::from_slice(value) {
         Ok(read) => read,
@@ -84,8 +82,7 @@ pub fn deliver(registry: &Registry, origin: &str, value: &[u8]) {
     let except = (read.origin == origin).then_some(read.conn);
     let key = read.key.map(str::as_bytes);
     registry.tell_user(read.topic, key, read.user, except, || {
-        let frame = protocol::read_frame(read.topic, read.key, &read.offsets);
-        Delivery::ephemeral(read.topic, key, frame)
+        protocol::read_frame(read.topic, read.key, &read.offsets)
     });
 }
 

@@ -34,9 +34,9 @@ use crate::auth::issuers::{Authenticator, KeyError};
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
 use crate::history::HistoryReader;
-use crate::hub::{Admission, Hub, Parts};
+use crate::hub::{Admission, Hub, Readiness, Sockets};
 use crate::kafka::KafkaLog;
-use crate::kafka::{self, Consumer, Publisher, Sinks};
+use crate::kafka::{self, Catalogue, Consumer, Publisher, Sinks};
 use crate::kafka_settings::SettingsError;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -257,13 +257,18 @@ pub async fn serve(
             tasks.clone(),
         )
     });
-    let hub = Arc::new(Hub::new(Parts {
+    let topics = Catalogue::new(&config, publisher.clone());
+    let stopping = CancellationToken::new();
+    tasks.spawn(topics.clone().keep_fresh(stopping.clone()));
+    let hub = Arc::new(Hub {
+        sockets: Sockets::new(&config),
+        readiness: Readiness::new(consumer_ready),
         config,
         auth,
         registry,
         publisher,
+        topics,
         live_positions: consumer.positions(),
-        consumer_ready,
         metrics,
         replayer,
         history,
@@ -274,9 +279,9 @@ pub async fn serve(
         roster,
         signals,
         tasks,
-        shutdown: CancellationToken::new(),
-    }));
-    hub.auth.start(&hub.tasks(), &hub.shutdown);
+        shutdown: stopping,
+    });
+    hub.auth.start(&hub.tasks, &hub.shutdown);
     hub.track(reload_keys_on_sighup(hub.clone()));
     hub.track(watch_kafka(hub.clone(), kafka_log));
     hub.track({
@@ -522,7 +527,7 @@ async fn reload_keys_on_sighup(hub: Arc<Hub>) {
             _ = hub.shutdown.cancelled() => return,
             _ = hangups.recv() => {}
         }
-        match hub.auth.reload(&hub.tasks(), &hub.shutdown) {
+        match hub.auth.reload(&hub.tasks, &hub.shutdown) {
             Ok(()) => tracing::info!("token settings read again (SIGHUP)"),
             Err(e) => {
                 tracing::error!(error = %e, "token settings not reloaded; the previous ones stay in force")
