@@ -1,22 +1,29 @@
 //! The JSON protocol spoken over the socket; `docs/protocol.md` is its public description.
 //!
-//! Requests are parsed in one pass into a flat struct and only then sorted by `type`. Serde's
-//! internally tagged enums buffer their input, which rules out borrowing the publish payload
-//! as a `RawValue`; the flat struct keeps the payload as the client's own bytes (no
+//! Requests are parsed in one pass into a flat struct (`Envelope`) and only then sorted by
+//! `type`, each by the parser of its type in the module named for it. Serde's internally
+//! tagged enums buffer their input, which rules out borrowing the publish payload as a
+//! `RawValue`; the flat struct keeps the payload as the client's own bytes (no
 //! re-serialisation) and lets every error echo the request `id` when there is one.
 
+mod history;
+mod presence;
+mod publish;
 mod record;
 mod reply;
+mod subscribe;
 
+pub use history::{Before, History};
+pub use publish::{Publish, Retry};
 pub use record::{PUBLISH_ID_HEADER, RecordView, SENDER_HEADER, is_reserved_header, message_frame};
 pub use reply::{
     ErrorCode, Lost, LostReason, Reply, close, presence_diff_frame, read_frame, signal_frame,
     status_frame,
 };
+pub use subscribe::{FilterSpec, Start, Subscribe};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, de};
 use serde_json::value::RawValue;
@@ -107,127 +114,6 @@ pub enum Request<'a> {
     },
 }
 
-#[derive(Debug)]
-pub struct Subscribe<'a> {
-    pub id: Option<RequestId>,
-    pub topic: Cow<'a, str>,
-    /// The key (room) followed, from `key` or `filter.key`; none: every key.
-    pub key: Option<Cow<'a, str>>,
-    pub from: Start,
-    /// The header values records must carry.
-    pub headers: BTreeMap<String, String>,
-    /// `presence_diff` frames of the room.
-    pub presence: bool,
-    /// Signals sent to the room.
-    pub signals: bool,
-}
-
-/// A page of past records, newest last.
-#[derive(Debug)]
-pub struct History<'a> {
-    pub id: Option<RequestId>,
-    pub topic: Cow<'a, str>,
-    pub key: Option<Cow<'a, str>>,
-    pub before: Before,
-    pub limit: Option<u32>,
-}
-
-/// Where a history page ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Before {
-    /// At each partition's end.
-    End,
-    /// Per partition, before this offset (exclusive); unlisted partitions at their end.
-    Offsets(BTreeMap<i32, i64>),
-    /// Where the socket's subscription to the same topic and key started: the page holds
-    /// what came before its first record, which makes history and live meet without a gap
-    /// or a repeat.
-    Subscribed,
-}
-
-/// Where a subscription starts.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Start {
-    /// With the next record the hub's live stream carries.
-    #[default]
-    Latest,
-    /// With the oldest record Kafka still holds.
-    Earliest,
-    /// With the first record whose timestamp is at or after this many ms since the epoch.
-    Timestamp(i64),
-    /// With these offsets, per partition: the next offset the client wants.
-    Offsets(BTreeMap<i32, i64>),
-    /// Where the user's last `commit` left each partition, from any device; partitions it
-    /// never committed start at the live stream. Parsed empty: the replay reads the stored
-    /// positions into it before it plans.
-    Committed(BTreeMap<i32, i64>),
-}
-
-/// The client's filter as sent: the key and header values a record must carry.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilterSpec {
-    pub key: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-#[derive(Debug)]
-pub struct Publish<'a> {
-    pub id: Option<RequestId>,
-    pub topic: Cow<'a, str>,
-    pub key: Option<Cow<'a, str>>,
-    pub headers: HashMap<String, String>,
-    /// The JSON value exactly as the client wrote it; it becomes the record value.
-    pub payload: &'a RawValue,
-    /// The client's id for this record, the same on every attempt (see `retries`).
-    pub publish_id: Option<Cow<'a, str>>,
-    /// Set when this is not the first attempt.
-    pub retry: Option<Retry>,
-}
-
-/// What a client says of an earlier attempt of the same publish (see `retries`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    /// How long ago the client sent its first attempt, on its own clock.
-    pub age: Duration,
-    /// 1 for the first resend, 2 for the next, ...
-    pub attempt: u32,
-}
-
-/// The longest `publish_id` taken: a UUID is 36 characters.
-pub const MAX_PUBLISH_ID: usize = 64;
-
-/// A publish's `age_ms` and `attempt`, which only a publish with an id may carry.
-fn publish_retry(
-    has_id: bool,
-    age_ms: Option<u64>,
-    attempt: Option<u32>,
-) -> Result<Option<Retry>, String> {
-    match (has_id, age_ms, attempt) {
-        (_, None, None) => Ok(None),
-        (false, _, _) => Err(
-            "`age_ms` and `attempt` mark a resend: give the `publish_id` of the first attempt"
-                .into(),
-        ),
-        (true, None, Some(_)) => Err("missing field `age_ms`".into()),
-        (true, Some(_), Some(0)) => Err("`attempt` counts resends from 1".into()),
-        (true, Some(age), attempt) => Ok(Some(Retry {
-            age: Duration::from_millis(age),
-            attempt: attempt.unwrap_or(1),
-        })),
-    }
-}
-
-/// A publish id is 1 to `MAX_PUBLISH_ID` ASCII letters, digits or `-_.:`, so that it is the
-/// same bytes in JSON, in a Kafka header and in a log line.
-fn valid_publish_id(id: &str) -> bool {
-    (1..=MAX_PUBLISH_ID).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 /// A request that could not be understood; answered with a `bad_request` error frame.
 #[derive(Debug, PartialEq)]
 pub struct BadRequest {
@@ -270,234 +156,53 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+impl<'a> Envelope<'a> {
+    /// A `bad_request` for this request.
+    fn bad(&self, message: impl Into<String>) -> BadRequest {
+        BadRequest {
+            id: self.id.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The field `take` takes out, or the error that it is missing.
+    fn required<T>(
+        &mut self,
+        field: &str,
+        take: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Result<T, BadRequest> {
+        take(self).ok_or_else(|| self.bad(format!("missing field `{field}`")))
+    }
+}
+
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
-    let envelope: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
+    let mut envelope: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
         id: None,
         message: format!("malformed request: {e}"),
     })?;
-    let id = envelope.id;
-    let missing = |field: &str| BadRequest {
-        id: id.clone(),
-        message: format!("missing field `{field}`"),
-    };
-    let Some(kind) = envelope.kind else {
-        return Err(missing("type"));
-    };
-    let topic = envelope.topic;
+    let kind = envelope.required("type", |e| e.kind.take())?;
     match kind.as_ref() {
-        "publish" => Ok(Request::Publish(Publish {
-            retry: publish_retry(envelope.publish_id.is_some(), envelope.age_ms, envelope.attempt)
-                .map_err(|message| BadRequest {
-                    id: id.clone(),
-                    message,
-                })?,
-            publish_id: match envelope.publish_id {
-                Some(publish_id) if !valid_publish_id(&publish_id) => {
-                    return Err(BadRequest {
-                        id: id.clone(),
-                        message: format!(
-                            "`publish_id` must be 1 to {MAX_PUBLISH_ID} ASCII letters, digits or `-_.:`"
-                        ),
-                    });
-                }
-                publish_id => publish_id,
-            },
-            topic: topic.ok_or_else(|| missing("topic"))?,
-            payload: envelope
-                .payload
-                .ok_or_else(|| missing("payload"))
-                .and_then(|payload| match nesting(payload.get()) {
-                    depth if depth > MAX_NESTING => Err(BadRequest {
-                        id: id.clone(),
-                        message: format!(
-                            "`payload` nests {depth} levels deep; at most {MAX_NESTING} are accepted"
-                        ),
-                    }),
-                    _ => Ok(payload),
-                })?,
-            key: envelope.key,
-            headers: envelope.headers.unwrap_or_default(),
-            id,
-        })),
-        "subscribe" => {
-            let from = match envelope.from {
-                None => Start::Latest,
-                Some(from) => parse_start(&from).map_err(|message| BadRequest {
-                    id: id.clone(),
-                    message,
-                })?,
-            };
-            let FilterSpec { key, headers } = envelope.filter.unwrap_or_default();
-            let key = match (envelope.key, key) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(BadRequest {
-                        id,
-                        message: "`key` and `filter.key` differ: give one".into(),
-                    });
-                }
-                (key, filter_key) => key.or(filter_key.map(Cow::Owned)),
-            };
-            Ok(Request::Subscribe(Subscribe {
-                topic: topic.ok_or_else(|| missing("topic"))?,
-                key,
-                from,
-                headers,
-                presence: envelope.presence.unwrap_or(false),
-                signals: envelope.signals.unwrap_or(false),
-                id,
-            }))
-        }
-        "unsubscribe" => Ok(Request::Unsubscribe {
-            topic: topic.ok_or_else(|| missing("topic"))?,
-            key: envelope.key,
-            id,
-        }),
-        "history" => {
-            let bad = |message: String| BadRequest {
-                id: id.clone(),
-                message,
-            };
-            let before = match &envelope.before {
-                None => Before::End,
-                Some(serde_json::Value::String(s)) if s == "subscribed" => Before::Subscribed,
-                Some(before) => Before::Offsets(parse_offsets("before", before).map_err(|e| {
-                    bad(format!("{e}, or \"subscribed\""))
-                })?),
-            };
-            let limit = match &envelope.limit {
-                None => None,
-                Some(limit) => match limit.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                    Some(n) if n > 0 => Some(n),
-                    _ => return Err(bad("`limit` must be a whole number of 1 or more".into())),
-                },
-            };
-            Ok(Request::History(History {
-                topic: topic.ok_or_else(|| missing("topic"))?,
-                key: envelope.key,
-                before,
-                limit,
-                id,
-            }))
-        }
-        "ping" => Ok(Request::Ping { id }),
-        "presence" => Ok(Request::Presence {
-            topic: topic.ok_or_else(|| missing("topic"))?,
-            key: envelope.key,
-            after: envelope.after,
-            id,
-        }),
-        "online" => {
-            let users = envelope.users.ok_or_else(|| missing("users"))?;
-            if users.len() > MAX_USERS {
-                return Err(BadRequest {
-                    id,
-                    message: format!("`users` names more than {MAX_USERS} users"),
-                });
-            }
-            Ok(Request::Online {
-                users,
-                watch: envelope.watch.unwrap_or(false),
-                id,
-            })
-        }
-        "signal" => Ok(Request::Signal {
-            topic: topic.ok_or_else(|| missing("topic"))?,
-            key: envelope.key,
-            payload: envelope.payload.ok_or_else(|| missing("payload"))?,
-            id,
-        }),
-        "auth" => Ok(Request::Auth {
-            token: envelope.token.ok_or_else(|| missing("token"))?,
-            id,
-        }),
-        "commit" => {
-            let topic = topic.ok_or_else(|| missing("topic"))?;
-            let offsets = envelope.offsets.ok_or_else(|| missing("offsets"))?;
-            let offsets = parse_offsets("offsets", &offsets).map_err(|message| BadRequest {
-                id: id.clone(),
-                message,
-            })?;
-            if offsets.is_empty() {
-                return Err(BadRequest {
-                    id,
-                    message: "`offsets` names no partition".into(),
-                });
-            }
-            Ok(Request::Commit {
-                id,
-                topic,
-                key: envelope.key,
-                offsets,
-            })
-        }
-        other => Err(BadRequest {
-            message: format!("unknown request type {other:?}"),
-            id,
-        }),
+        "publish" => publish::publish(envelope),
+        "signal" => publish::signal(envelope),
+        "subscribe" => subscribe::subscribe(envelope),
+        "unsubscribe" => subscribe::unsubscribe(envelope),
+        "commit" => subscribe::commit(envelope),
+        "history" => history::history(envelope),
+        "presence" => presence::presence(envelope),
+        "online" => presence::online(envelope),
+        "auth" => auth(envelope),
+        "ping" => Ok(Request::Ping { id: envelope.id }),
+        other => Err(envelope.bad(format!("unknown request type {other:?}"))),
     }
 }
 
-/// Deepest nesting of arrays and objects a payload may have. The hub never recurses into a
-/// payload (it travels as the client's bytes), but the consumers behind Kafka may: this is
-/// what serde_json reads with its default recursion limit, which a record must not make
-/// them hit.
-const MAX_NESTING: usize = 127;
-
-/// How deeply arrays and objects nest in `json`, which must be valid JSON.
-fn nesting(json: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut bytes = json.bytes();
-    while let Some(byte) = bytes.next() {
-        match byte {
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth -= 1,
-            b'"' => {
-                while let Some(byte) = bytes.next() {
-                    match byte {
-                        b'\\' => {
-                            bytes.next();
-                        }
-                        b'"' => break,
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    deepest
+fn auth(mut e: Envelope<'_>) -> Result<Request<'_>, BadRequest> {
+    Ok(Request::Auth {
+        token: e.required("token", |e| e.token.take())?,
+        id: e.id,
+    })
 }
-
-/// Reads `from`, whose shapes are easier to explain in an error than serde's untagged enums
-/// would.
-fn parse_start(from: &serde_json::Value) -> Result<Start, String> {
-    use serde_json::Value;
-    const SHAPES: &str = r#"`from` must be "latest", "earliest", "committed", {"timestamp": ms} or {"offsets": {"<partition>": <offset>}}"#;
-    let object = match from {
-        Value::String(s) if s == "latest" => return Ok(Start::Latest),
-        Value::String(s) if s == "earliest" => return Ok(Start::Earliest),
-        Value::String(s) if s == "committed" => return Ok(Start::Committed(BTreeMap::new())),
-        Value::Object(object) if object.len() == 1 => object,
-        _ => return Err(SHAPES.into()),
-    };
-    if let Some(timestamp) = object.get("timestamp") {
-        return match timestamp.as_i64() {
-            Some(ms) if ms >= 0 => Ok(Start::Timestamp(ms)),
-            _ => Err("`from.timestamp` must be milliseconds since the epoch".into()),
-        };
-    }
-    match object.get("offsets") {
-        Some(offsets) => parse_offsets("from.offsets", offsets).map(Start::Offsets),
-        None => Err(SHAPES.into()),
-    }
-}
-
-/// Most users one `online` request may name.
-pub const MAX_USERS: usize = 1000;
 
 /// Most partitions one request may name: bounds the work a single frame can cause.
 const MAX_PARTITIONS: usize = 10_000;
@@ -535,6 +240,9 @@ pub fn peek_id(text: &str) -> Option<RequestId> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::publish::{MAX_PUBLISH_ID, nesting};
     use super::*;
 
     #[test]
