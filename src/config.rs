@@ -428,18 +428,25 @@ pub struct LimitsConfig {
     pub max_awaiting_auth: usize,
 }
 
+impl TopicsConfig {
+    /// Whether `topic` is Kafka's own or closed by `WSKAFKA_CLOSED_TOPICS`.
+    pub fn is_closed(&self, topic: &str) -> bool {
+        is_kafka_internal(topic) || any_matches(&self.closed_topics, topic)
+    }
+
+    /// `is_closed` as anchored regexes, for librdkafka's `topic.blacklist`.
+    pub fn closed_regexes(&self) -> Vec<String> {
+        std::iter::once("^__.*$".to_string())
+            .chain(self.closed_topics.iter().map(TopicPattern::regex))
+            .collect()
+    }
+}
+
 impl ServeConfig {
     /// Whether `topic` is Kafka's own or closed by `WSKAFKA_CLOSED_TOPICS`: the hub never
     /// touches it.
     pub fn is_closed_topic(&self, topic: &str) -> bool {
-        is_kafka_internal(topic) || any_matches(&self.topics.closed_topics, topic)
-    }
-
-    /// `is_closed_topic` as anchored regexes, for librdkafka's `topic.blacklist`.
-    pub fn closed_regexes(&self) -> Vec<String> {
-        std::iter::once("^__.*$".to_string())
-            .chain(self.topics.closed_topics.iter().map(TopicPattern::regex))
-            .collect()
+        self.topics.is_closed(topic)
     }
 
     /// Whether `topic` is keyed by user id (`WSKAFKA_USER_TOPICS`).

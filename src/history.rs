@@ -30,9 +30,9 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
-use crate::config::ServeConfig;
+use crate::config::LimitsConfig;
 use crate::kafka::KafkaLog;
-use crate::kafka::{frame_of, headers_of, reader_config};
+use crate::kafka::{Clients, frame_of, headers_of};
 use crate::metrics;
 use crate::protocol::ErrorCode;
 use crate::registry::{Filter, RecordMeta};
@@ -111,8 +111,8 @@ pub struct HistoryReader {
 }
 
 impl HistoryReader {
-    pub fn new(config: &ServeConfig, group_id: &str, log: &KafkaLog) -> Self {
-        let mut client = reader_config(config, &format!("{group_id}-history"));
+    pub fn new(clients: &Clients, limits: &LimitsConfig) -> Self {
+        let mut client = clients.reader("history");
         // A page reads windows that end before the partition does, then moves on: a fetch
         // left waiting at the partition's end for new records (500 ms by default) would hold
         // up the next window's, and every request on that connection.
@@ -128,14 +128,13 @@ impl HistoryReader {
         client.set("fetch.queue.backoff.ms", "10");
         HistoryReader {
             client,
-            log: log.clone(),
+            log: clients.log().clone(),
             idle: Arc::default(),
-            permits: Arc::new(Semaphore::new(config.limits.max_concurrent_history.get())),
-            scan: i64::from(config.limits.history_scan),
-            page_bytes: config
-                .limits
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_history.get())),
+            scan: i64::from(limits.history_scan),
+            page_bytes: limits
                 .memory_budget
-                .history_page(config.limits.max_concurrent_history.get()),
+                .history_page(limits.max_concurrent_history.get()),
             held: Arc::default(),
         }
     }

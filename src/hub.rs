@@ -515,29 +515,32 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
     let store = Store::connect("sqlite::memory:", 1).await.unwrap();
     let commits = Arc::new(Commits::new(store.clone()));
     let tasks = TaskTracker::new();
-    let log = KafkaLog::default();
+    let clients = crate::kafka::Clients::new(&config, "test", &KafkaLog::default());
     let hub = Arc::new(Hub {
         auth: Authenticator::new(&config.jwt).unwrap(),
         registry: Arc::default(),
-        publisher: Publisher::new(&config, "test", &log).unwrap(),
+        publisher: Publisher::new(&clients, &config.kafka).unwrap(),
         topics: crate::kafka::Catalogue::fixed(&["t.room"]),
         live_positions: LivePositions::default(),
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
         replayer: Replayer::new(
-            &config,
-            "test",
+            &clients,
+            &config.limits,
             commits.clone(),
             Recent::new(Bounds::new(
                 config.limits.recent_records,
                 config.limits.memory_budget,
             )),
             tasks.clone(),
-            &log,
         ),
-        history: HistoryReader::new(&config, "test", &log),
-        retries: Retries::new(&config, "test", &log),
+        history: HistoryReader::new(&clients, &config.limits),
+        retries: Retries::new(
+            &clients,
+            crate::retries::landing(&config),
+            config.kafka.publish_retry_window,
+        ),
         roster: None,
-        signals: Signals::new(&config, "test", &log).unwrap(),
+        signals: Signals::new(&clients, &config.presence).unwrap(),
         store,
         commits,
         presence: None,

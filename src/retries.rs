@@ -37,8 +37,8 @@ use tokio::sync::oneshot;
 
 use crate::clock::now_millis;
 use crate::config::ServeConfig;
+use crate::kafka::Clients;
 use crate::kafka::KafkaLog;
-use crate::kafka::reader_config;
 use crate::metrics;
 use crate::protocol::{ErrorCode, PUBLISH_ID_HEADER, SENDER_HEADER};
 
@@ -123,8 +123,9 @@ struct Waiter {
 }
 
 impl Retries {
-    pub fn new(config: &ServeConfig, group_id: &str, log: &KafkaLog) -> Self {
-        let mut client = reader_config(config, &format!("{group_id}-retries"));
+    /// `landing` as `landing` computes it; `window` is `WSKAFKA_PUBLISH_RETRY_WINDOW`.
+    pub fn new(clients: &Clients, landing: Duration, window: Duration) -> Self {
+        let mut client = clients.reader("retries");
         // It follows the partition's end while resends wait: a short fetch wait so that a
         // record landing is seen at once.
         client.set("fetch.wait.max.ms", "50");
@@ -133,10 +134,10 @@ impl Retries {
         Retries {
             inner: Arc::new(Inner {
                 client,
-                log: log.clone(),
+                log: clients.log().clone(),
                 readers: Mutex::default(),
-                landing: landing(config),
-                window: config.kafka.publish_retry_window,
+                landing,
+                window,
             }),
         }
     }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeConfig;
+use crate::config::TopicsConfig;
 use crate::kafka::Publisher;
 use crate::metrics;
 
@@ -80,11 +80,11 @@ struct State {
 
 impl Catalogue {
     /// The catalogue of the cluster `publisher` talks to.
-    pub fn new(config: &ServeConfig, publisher: Publisher) -> Catalogue {
-        let config_closed = config.clone();
+    pub fn new(topics: &TopicsConfig, publisher: Publisher) -> Catalogue {
+        let topics = topics.clone();
         Catalogue::with_source(
             Arc::new(move || publisher.topics(METADATA_TIMEOUT)),
-            Box::new(move |topic| config_closed.is_closed_topic(topic)),
+            Box::new(move |topic| topics.is_closed(topic)),
         )
     }
 

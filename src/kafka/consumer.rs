@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::config::ServeConfig;
+use crate::config::{LimitsConfig, TopicsConfig};
 use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::metrics;
@@ -24,7 +24,7 @@ use crate::recent::Recent;
 use crate::registry::{RecordMeta, Registry};
 use crate::topic::{TopicPattern, any_matches, is_kafka_internal};
 
-use super::{client_config, delivery_of, headers_of};
+use super::{Clients, delivery_of, headers_of};
 
 /// How long the consumer thread may sit in `poll` before it looks at the stop flag again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -96,61 +96,64 @@ pub struct Sinks<S> {
 }
 
 impl Consumer {
+    /// `signal_topic` is read beside the exposed topics and the control topic.
     pub fn start<S: Fn(&[u8]) + Send + 'static>(
-        config: &ServeConfig,
-        group_id: &str,
+        clients: &Clients,
+        limits: &LimitsConfig,
+        topics: &TopicsConfig,
+        signal_topic: &str,
         sinks: Sinks<S>,
         ready: Arc<AtomicBool>,
-        log: &KafkaLog,
     ) -> Result<Self, KafkaError> {
+        let group_id = clients.group_id();
         let positions = LivePositions(Arc::default());
         let context = StartPositions {
             ready,
             positions: positions.0.clone(),
-            log: log.clone(),
+            log: clients.log().clone(),
         };
-        let consumer: BaseConsumer<StartPositions> = client_config(
-            config,
-            &[
-                ("client.id", group_id.to_string()),
-                ("group.id", group_id.to_string()),
-                // Start positions are set explicitly on assignment (see `StartPositions`);
-                // this only applies when one falls out of range, where the oldest record
-                // still held loses the least.
-                ("auto.offset.reset", "earliest".into()),
-                // A group per hub, read by nobody else: committing would only cost requests.
-                ("enable.auto.commit", "false".into()),
-                // Records of aborted transactions never reach a socket, and those of open
-                // ones only once committed (librdkafka's default, stated: replays read the
-                // same way, so live and replayed streams agree).
-                ("isolation.level", "read_committed".into()),
-                // Topics created later that match a pattern are noticed on metadata refresh.
-                ("topic.metadata.refresh.interval.ms", "5000".into()),
-                // A new topic then only adds partitions: the ones being read keep their fetch
-                // position instead of being revoked, re-seeked and paused, as eager
-                // rebalancing does.
-                ("partition.assignment.strategy", "cooperative-sticky".into()),
-                // For the consumer lag in /metrics, and the broker states `KafkaLog` reads.
-                ("statistics.interval.ms", "5000".into()),
-                // Prefetch within its share of the memory budget (see `memory`): by default
-                // librdkafka queues up to 64 MB and fetches up to 50 MB at once.
-                (
-                    "queued.max.messages.kbytes",
-                    config.limits.memory_budget.prefetch_kbytes().to_string(),
-                ),
-                (
-                    "fetch.max.bytes",
-                    config.limits.memory_budget.fetch_bytes().to_string(),
-                ),
-            ],
-            Side::Consumer,
-        )
-        .create_with_context(context)?;
+        let consumer: BaseConsumer<StartPositions> = clients
+            .config(
+                &[
+                    ("client.id", group_id.to_string()),
+                    ("group.id", group_id.to_string()),
+                    // Start positions are set explicitly on assignment (see `StartPositions`);
+                    // this only applies when one falls out of range, where the oldest record
+                    // still held loses the least.
+                    ("auto.offset.reset", "earliest".into()),
+                    // A group per hub, read by nobody else: committing would only cost requests.
+                    ("enable.auto.commit", "false".into()),
+                    // Records of aborted transactions never reach a socket, and those of open
+                    // ones only once committed (librdkafka's default, stated: replays read the
+                    // same way, so live and replayed streams agree).
+                    ("isolation.level", "read_committed".into()),
+                    // Topics created later that match a pattern are noticed on metadata refresh.
+                    ("topic.metadata.refresh.interval.ms", "5000".into()),
+                    // A new topic then only adds partitions: the ones being read keep their fetch
+                    // position instead of being revoked, re-seeked and paused, as eager
+                    // rebalancing does.
+                    ("partition.assignment.strategy", "cooperative-sticky".into()),
+                    // For the consumer lag in /metrics, and the broker states `KafkaLog` reads.
+                    ("statistics.interval.ms", "5000".into()),
+                    // Prefetch within its share of the memory budget (see `memory`): by default
+                    // librdkafka queues up to 64 MB and fetches up to 50 MB at once.
+                    (
+                        "queued.max.messages.kbytes",
+                        limits.memory_budget.prefetch_kbytes().to_string(),
+                    ),
+                    (
+                        "fetch.max.bytes",
+                        limits.memory_budget.fetch_bytes().to_string(),
+                    ),
+                ],
+                Side::Consumer,
+            )
+            .create_with_context(context)?;
         let topics = Topics {
-            exposed: config.topics.topics.clone(),
-            closed: config.topics.closed_topics.clone(),
-            control: config.topics.control_topic.clone(),
-            signals: config.presence.signal_topic.clone(),
+            exposed: topics.topics.clone(),
+            closed: topics.closed_topics.clone(),
+            control: topics.control_topic.clone(),
+            signals: signal_topic.to_string(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()

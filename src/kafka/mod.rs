@@ -22,84 +22,120 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientConfig, Message as _};
 
-use crate::config::ServeConfig;
-use crate::kafka_settings::Side;
+use crate::config::{PresenceConfig, ServeConfig};
+use crate::kafka_settings::{KafkaSettings, Side};
 use crate::protocol::{self, RecordView};
 use crate::registry::Delivery;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The hub's own properties, then the operator's for `side` (see `KafkaSettings`): the one
-/// place every Kafka client of the hub is configured. Two come after the operator's,
-/// because the hub promises them whatever librdkafka is told: no client asks the broker to
-/// create a topic (librdkafka's producer does by default, wherever the broker allows it),
-/// and none sees Kafka's own or the closed topics in metadata, so no pattern subscription
-/// or assignment can reach them.
-pub(crate) fn client_config(
-    config: &ServeConfig,
-    own: &[(&str, String)],
-    side: Side,
-) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.brokers);
-    // librdkafka waits up to 10 s between reconnects; a broker back from an outage would
-    // find publishes refused for that long after the hub is ready again.
-    client.set("reconnect.backoff.max.ms", "1000");
-    for (key, value) in own {
-        client.set(*key, value);
+/// What every Kafka client of the hub is made from: the brokers, the operator's properties,
+/// the closed topics, the run's group id (which names each client) and librdkafka's log.
+/// Each subsystem with a client gets this and its own section of the configuration.
+#[derive(Clone)]
+pub struct Clients {
+    brokers: String,
+    settings: KafkaSettings,
+    /// `TopicsConfig::is_closed` as anchored regexes, for librdkafka's `topic.blacklist`.
+    closed: String,
+    group_id: String,
+    log: KafkaLog,
+}
+
+impl Clients {
+    pub fn new(config: &ServeConfig, group_id: &str, log: &KafkaLog) -> Clients {
+        Clients {
+            brokers: config.kafka.brokers.clone(),
+            settings: config.kafka.kafka_settings.clone(),
+            closed: config.topics.closed_regexes().join(","),
+            group_id: group_id.to_string(),
+            log: log.clone(),
+        }
     }
-    for (key, value) in config.kafka.kafka_settings.for_side(side) {
-        client.set(key, value);
+
+    /// The hub's own properties, then the operator's for `side` (see `KafkaSettings`): the
+    /// one place every Kafka client of the hub is configured. Two come after the
+    /// operator's, because the hub promises them whatever librdkafka is told: no client asks
+    /// the broker to create a topic (librdkafka's producer does by default, wherever the
+    /// broker allows it), and none sees Kafka's own or the closed topics in metadata, so no
+    /// pattern subscription or assignment can reach them.
+    pub fn config(&self, own: &[(&str, String)], side: Side) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        // librdkafka waits up to 10 s between reconnects; a broker back from an outage would
+        // find publishes refused for that long after the hub is ready again.
+        client.set("reconnect.backoff.max.ms", "1000");
+        for (key, value) in own {
+            client.set(*key, value);
+        }
+        self.operators(&mut client, side);
+        client.set("allow.auto.create.topics", "false");
+        client.set("topic.blacklist", &self.closed);
+        client
     }
-    client.set("allow.auto.create.topics", "false");
-    client.set("topic.blacklist", config.closed_regexes().join(","));
-    client
+
+    /// Sets the operator's properties for `side` on `client`, over what it set before.
+    pub fn operators(&self, client: &mut ClientConfig, side: Side) {
+        for (key, value) in self.settings.for_side(side) {
+            client.set(key, value);
+        }
+    }
+
+    /// A consumer that reads partitions it assigns itself, from offsets it names (replays,
+    /// `history` pages, resends, the roster), named for its `purpose`.
+    pub fn reader(&self, purpose: &str) -> ClientConfig {
+        let client_id = format!("{}-{purpose}", self.group_id);
+        self.config(
+            &[
+                ("client.id", client_id.clone()),
+                // Never used to join a group (partitions are assigned by hand), but required.
+                ("group.id", client_id),
+                ("enable.auto.commit", "false".into()),
+                ("enable.partition.eof", "true".into()),
+                // As the live stream reads (see `Consumer`).
+                ("isolation.level", "read_committed".into()),
+                // A start that retention deleted meanwhile is an error, never a silent jump.
+                ("auto.offset.reset", "error".into()),
+            ],
+            Side::Consumer,
+        )
+    }
+
+    /// This run's consumer group, unique to the process: see `serve`.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    pub fn log(&self) -> &KafkaLog {
+        &self.log
+    }
 }
 
 /// How long the signal topic keeps records: long enough for every hub to read them, not for
 /// anyone to replay them.
 pub const SIGNAL_RETENTION_MS: &str = "60000";
 
-/// A consumer that reads partitions it assigns itself, from offsets it names: replays and
-/// `history` pages.
-pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConfig {
-    client_config(
-        config,
-        &[
-            ("client.id", client_id.to_string()),
-            // Never used to join a group (partitions are assigned by hand), but required.
-            ("group.id", client_id.to_string()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.partition.eof", "true".into()),
-            // As the live stream reads (see `Consumer`).
-            ("isolation.level", "read_committed".into()),
-            // A start that retention deleted meanwhile is an error, never a silent jump.
-            ("auto.offset.reset", "error".into()),
-        ],
-        Side::Consumer,
-    )
-}
-
 /// Creates the topics the hub writes to itself, when missing, with the broker's default
 /// replication.
 pub async fn ensure_topics(
-    config: &ServeConfig,
-    log: &KafkaLog,
+    clients: &Clients,
+    presence: &PresenceConfig,
     names: &[&str],
 ) -> Result<(), KafkaError> {
-    let admin: AdminClient<KafkaLog> =
-        client_config(config, &[], Side::Admin).create_with_context(log.clone())?;
+    let admin: AdminClient<KafkaLog> = clients
+        .config(&[], Side::Admin)
+        .create_with_context(clients.log().clone())?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| {
             let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1));
             // The roster keeps the latest state per socket; signals live a minute.
-            if *name == config.presence.roster_topic {
+            if *name == presence.roster_topic {
                 topic
                     .set("cleanup.policy", "compact")
                     .set("segment.ms", "60000")
                     .set("min.cleanable.dirty.ratio", "0.1")
-            } else if *name == config.presence.signal_topic {
+            } else if *name == presence.signal_topic {
                 topic
                     .set("retention.ms", SIGNAL_RETENTION_MS)
                     .set("segment.ms", SIGNAL_RETENTION_MS)

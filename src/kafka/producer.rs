@@ -8,12 +8,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaRespErr;
 
-use crate::config::ServeConfig;
+use crate::config::KafkaConfig;
 use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::protocol::ErrorCode;
 
-use super::client_config;
+use super::Clients;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -84,29 +84,29 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(config: &ServeConfig, client_id: &str, log: &KafkaLog) -> Result<Self, KafkaError> {
-        let producer = client_config(
-            config,
-            &[
-                ("client.id", client_id.to_string()),
-                // An ack means the record is replicated and written once, even across retries.
-                ("enable.idempotence", "true".into()),
-                ("acks", "all".into()),
-                ("linger.ms", "5".into()),
-                // A key's partition as Kafka's Java clients place it (murmur2): a room's
-                // records stay in one partition, whoever produced them, and `history` reads
-                // only that partition. (librdkafka's default hashes keys with CRC32.)
-                ("partitioner", "murmur2_random".into()),
-                (
-                    "message.timeout.ms",
-                    config.kafka.publish_timeout.as_millis().to_string(),
-                ),
-                // Broker states, which tell `KafkaLog` when an outage ended.
-                ("statistics.interval.ms", "5000".into()),
-            ],
-            Side::Producer,
-        )
-        .create_with_context(log.clone())?;
+    pub fn new(clients: &Clients, kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        let producer = clients
+            .config(
+                &[
+                    ("client.id", clients.group_id().to_string()),
+                    // An ack means the record is replicated and written once, even across retries.
+                    ("enable.idempotence", "true".into()),
+                    ("acks", "all".into()),
+                    ("linger.ms", "5".into()),
+                    // A key's partition as Kafka's Java clients place it (murmur2): a room's
+                    // records stay in one partition, whoever produced them, and `history` reads
+                    // only that partition. (librdkafka's default hashes keys with CRC32.)
+                    ("partitioner", "murmur2_random".into()),
+                    (
+                        "message.timeout.ms",
+                        kafka.publish_timeout.as_millis().to_string(),
+                    ),
+                    // Broker states, which tell `KafkaLog` when an outage ended.
+                    ("statistics.interval.ms", "5000".into()),
+                ],
+                Side::Producer,
+            )
+            .create_with_context(clients.log().clone())?;
         Ok(Publisher { producer })
     }
 

@@ -36,9 +36,9 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::ServeConfig;
+use crate::config::PresenceConfig;
+use crate::kafka::Clients;
 use crate::kafka::KafkaLog;
-use crate::kafka::reader_config;
 use crate::protocol;
 use crate::registry::{ConnId, Outbound, Queued, Registry, Wants};
 
@@ -457,16 +457,15 @@ pub struct Follower {
 
 impl Follower {
     pub fn start(
-        config: &ServeConfig,
-        client_id: &str,
-        log: &KafkaLog,
+        clients: &Clients,
+        presence: &PresenceConfig,
         roster: Roster,
         registry: Arc<Registry>,
     ) -> Result<Follower, KafkaError> {
-        let consumer: BaseConsumer<KafkaLog> =
-            reader_config(config, &format!("{client_id}-roster"))
-                .create_with_context(log.clone())?;
-        let topic = config.presence.roster_topic.clone();
+        let consumer: BaseConsumer<KafkaLog> = clients
+            .reader("roster")
+            .create_with_context(clients.log().clone())?;
+        let topic = presence.roster_topic.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("roster".into())

@@ -18,9 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::ServeConfig;
+use crate::config::PresenceConfig;
 use crate::kafka::KafkaLog;
-use crate::kafka::{PublishError, client_config};
+use crate::kafka::{Clients, PublishError};
 use crate::kafka_settings::Side;
 use crate::protocol;
 use crate::registry::{ConnId, Registry, Wants};
@@ -102,27 +102,26 @@ pub struct Signals {
 
 impl Signals {
     pub fn new(
-        config: &ServeConfig,
-        client_id: &str,
-        log: &KafkaLog,
+        clients: &Clients,
+        presence: &PresenceConfig,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer = client_config(
-            config,
-            &[
-                ("client.id", format!("{client_id}-signals")),
-                ("enable.idempotence", "false".into()),
-                ("acks", "1".into()),
-                ("linger.ms", "0".into()),
-                // A signal older than this is worthless: drop it rather than deliver it late.
-                ("message.timeout.ms", "2000".into()),
-            ],
-            Side::Producer,
-        )
-        .create_with_context(log.clone())?;
+        let producer = clients
+            .config(
+                &[
+                    ("client.id", format!("{}-signals", clients.group_id())),
+                    ("enable.idempotence", "false".into()),
+                    ("acks", "1".into()),
+                    ("linger.ms", "0".into()),
+                    // A signal older than this is worthless: drop it rather than deliver it late.
+                    ("message.timeout.ms", "2000".into()),
+                ],
+                Side::Producer,
+            )
+            .create_with_context(clients.log().clone())?;
         Ok(Signals {
             producer,
-            topic: config.presence.signal_topic.clone(),
-            origin: client_id.to_string(),
+            topic: presence.signal_topic.clone(),
+            origin: clients.group_id().to_string(),
         })
     }
 

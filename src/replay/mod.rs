@@ -32,9 +32,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServeConfig;
+use crate::config::LimitsConfig;
+use crate::kafka::Clients;
 use crate::kafka::KafkaLog;
-use crate::kafka::reader_config;
 use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Lost, Start};
@@ -204,36 +204,33 @@ pub struct Replayer {
 
 impl Replayer {
     pub fn new(
-        config: &ServeConfig,
-        group_id: &str,
+        clients: &Clients,
+        limits: &LimitsConfig,
         commits: Arc<Commits>,
         recent: Recent,
         tasks: TaskTracker,
-        log: &KafkaLog,
     ) -> Self {
-        let mut client = reader_config(config, &format!("{group_id}-replay"));
-        let concurrent = config.limits.max_concurrent_replays.get();
-        let window = config.limits.memory_budget.replay_window(concurrent);
+        let mut client = clients.reader("replay");
+        let concurrent = limits.max_concurrent_replays.get();
+        let window = limits.memory_budget.replay_window(concurrent);
         // librdkafka prefetches up to 64 MB and fetches up to 50 MB at once by default:
         // 16 replays of large records would hold 1.8 GB before a socket saw any.
-        let prefetch = config.limits.memory_budget.replay_prefetch(concurrent);
+        let prefetch = limits.memory_budget.replay_prefetch(concurrent);
         client.set("queued.max.messages.kbytes", (prefetch / 1024).to_string());
         client.set("fetch.max.bytes", prefetch.to_string());
         client.set("max.partition.fetch.bytes", prefetch.to_string());
         // Defaults: the operator's consumer properties still win, as for the live consumer.
-        for (key, value) in config.kafka.kafka_settings.for_side(Side::Consumer) {
-            client.set(key, value);
-        }
+        clients.operators(&mut client, Side::Consumer);
         Replayer {
             client,
             permits: Arc::new(Semaphore::new(concurrent)),
             window,
             windows: Arc::default(),
-            max_records: i64::from(config.limits.max_replay),
+            max_records: i64::from(limits.max_replay),
             commits,
             recent,
             tasks,
-            log: log.clone(),
+            log: clients.log().clone(),
         }
     }
 

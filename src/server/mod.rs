@@ -36,7 +36,7 @@ use crate::control::ControlMessage;
 use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Readiness, Sockets};
 use crate::kafka::KafkaLog;
-use crate::kafka::{self, Catalogue, Consumer, Publisher, Sinks};
+use crate::kafka::{self, Catalogue, Clients, Consumer, Publisher, Sinks};
 use crate::kafka_settings::SettingsError;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -45,7 +45,7 @@ use crate::presence::signal::{self, Signals};
 use crate::recent::{Bounds, Recent};
 use crate::registry::{QueueBounds, Registry};
 use crate::replay::Replayer;
-use crate::retries::Retries;
+use crate::retries::{self, Retries};
 use crate::store::commits::Commits;
 use crate::store::{Store, StoreError, display_url};
 use crate::{connection, memory};
@@ -188,7 +188,8 @@ pub async fn serve(
         socket: config.limits.memory_budget.send_queue(),
         total: config.limits.memory_budget.send_queues(),
     }));
-    let publisher = Publisher::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
+    let clients = Clients::new(&config, &group_id, &kafka_log);
+    let publisher = Publisher::new(&clients, &config.kafka).map_err(kafka_client)?;
     let consumer_ready = Arc::new(AtomicBool::new(false));
     let (control, control_records) = mpsc::unbounded_channel();
     let recent = Recent::new(Bounds::new(
@@ -206,27 +207,31 @@ pub async fn serve(
         },
     };
     let consumer = Consumer::start(
-        &config,
-        &group_id,
+        &clients,
+        &config.limits,
+        &config.topics,
+        &config.presence.signal_topic,
         sinks,
         consumer_ready.clone(),
-        &kafka_log,
     )
     .map_err(kafka_client)?;
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
     let commits = Arc::new(Commits::new(store.clone()));
     let replayer = Replayer::new(
-        &config,
-        &group_id,
+        &clients,
+        &config.limits,
         commits.clone(),
         recent.clone(),
         tasks.clone(),
-        &kafka_log,
     );
-    let history = HistoryReader::new(&config, &group_id, &kafka_log);
-    let retries = Retries::new(&config, &group_id, &kafka_log);
-    let signals = Signals::new(&config, &group_id, &kafka_log).map_err(kafka_client)?;
+    let history = HistoryReader::new(&clients, &config.limits);
+    let retries = Retries::new(
+        &clients,
+        retries::landing(&config),
+        config.kafka.publish_retry_window,
+    );
+    let signals = Signals::new(&clients, &config.presence).map_err(kafka_client)?;
     let roster = config.presence.presence_topic.is_some().then(|| {
         Roster::new(
             config.presence.roster_limit,
@@ -235,14 +240,8 @@ pub async fn serve(
     });
     let follower = match &roster {
         Some(roster) => Some(
-            Follower::start(
-                &config,
-                &group_id,
-                &kafka_log,
-                roster.clone(),
-                registry.clone(),
-            )
-            .map_err(kafka_client)?,
+            Follower::start(&clients, &config.presence, roster.clone(), registry.clone())
+                .map_err(kafka_client)?,
         ),
         None => None,
     };
@@ -257,7 +256,7 @@ pub async fn serve(
             tasks.clone(),
         )
     });
-    let topics = Catalogue::new(&config, publisher.clone());
+    let topics = Catalogue::new(&config.topics, publisher.clone());
     let stopping = CancellationToken::new();
     tasks.spawn(topics.clone().keep_fresh(stopping.clone()));
     let hub = Arc::new(Hub {
@@ -283,7 +282,7 @@ pub async fn serve(
     });
     hub.auth.start(&hub.tasks, &hub.shutdown);
     hub.track(reload_keys_on_sighup(hub.clone()));
-    hub.track(watch_kafka(hub.clone(), kafka_log));
+    hub.track(watch_kafka(hub.clone(), clients));
     hub.track({
         let hub = hub.clone();
         async move { hub.metrics.upkeep(&hub.shutdown).await }
@@ -399,7 +398,7 @@ const PROBE: Duration = Duration::from_secs(2);
 /// Readiness follows Kafka: a broker must answer the producer, checked every `PROBE` for as
 /// long as the hub runs, and the hub's own topics must exist (created once Kafka answers).
 /// Creating them is bounded in time, told once per cause at WARN, and given up at shutdown.
-async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
+async fn watch_kafka(hub: Arc<Hub>, clients: Clients) {
     let mut topics_exist = false;
     let mut told = None;
     loop {
@@ -412,7 +411,7 @@ async fn watch_kafka(hub: Arc<Hub>, log: KafkaLog) {
                 let own = hub.config.own_topics();
                 let created = tokio::select! {
                     _ = hub.shutdown.cancelled() => return,
-                    created = kafka::ensure_topics(&hub.config, &log, &own) => created,
+                    created = kafka::ensure_topics(&clients, &hub.config.presence, &own) => created,
                 };
                 match created {
                     Ok(()) => {
