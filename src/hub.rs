@@ -251,6 +251,16 @@ impl Hub {
     /// Verifies the token, checks that it is not revoked and takes a seat under its user's
     /// limit.
     pub async fn admit(self: &Arc<Self>, token: &str) -> Result<(Session, Seat), Refusal> {
+        let session = self.verify(token).await?;
+        let Some(seat) = self.take_seat(&session.sub) else {
+            tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
+            return Err(Refusal::TooManyForUser);
+        };
+        Ok((session, seat))
+    }
+
+    /// Verifies the token and checks that it is not revoked: a request over plain HTTP.
+    pub async fn verify(&self, token: &str) -> Result<Session, Refusal> {
         let refused = |refusal: Refusal| {
             let reason = match &refusal {
                 Refusal::Token(e) => Some(e.reason()),
@@ -259,7 +269,7 @@ impl Hub {
             };
             if let Some(reason) = reason {
                 metrics::auth_failed(reason);
-                tracing::info!(reason, "refused a connection");
+                tracing::info!(reason, "refused a token");
             }
             refusal
         };
@@ -281,11 +291,7 @@ impl Hub {
                 return Err(Refusal::Unavailable);
             }
         }
-        let Some(seat) = self.take_seat(&session.sub) else {
-            tracing::info!(sub = %session.sub, "refused a connection over the per-user limit");
-            return Err(Refusal::TooManyForUser);
-        };
-        Ok((session, seat))
+        Ok(session)
     }
 
     /// A place under the hub's cap on open sockets, if there is one.

@@ -26,6 +26,7 @@ mod grant;
 mod heartbeat;
 mod history;
 mod hub;
+mod ingest;
 mod kafka;
 mod kafka_settings;
 mod memory;

@@ -42,7 +42,7 @@ use crate::heartbeat::{Beat, Heartbeat};
 use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::metrics::{self, Metrics};
 use crate::presence::DisconnectReason;
-use crate::protocol::{BadRequest, ErrorCode, Reply, RequestId, close};
+use crate::protocol::{ErrorCode, Refused, Reply, RequestId, close};
 use crate::registry::{ConnId, Outbound, Queued};
 use crate::replay::Report;
 use crate::stop::{Stop, StopReason};
@@ -321,35 +321,6 @@ enum Answered {
 }
 
 type Handled = Result<Answered, Refused>;
-
-/// A request refused: the `error` frame that answers it.
-struct Refused {
-    id: Option<RequestId>,
-    code: ErrorCode,
-    message: String,
-}
-
-impl Refused {
-    fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Refused {
-            id,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<Refused> for Reply {
-    fn from(Refused { id, code, message }: Refused) -> Reply {
-        Reply::error(id, code, message)
-    }
-}
-
-impl From<BadRequest> for Refused {
-    fn from(BadRequest { id, message }: BadRequest) -> Refused {
-        Refused::new(id, ErrorCode::BadRequest, message)
-    }
-}
 
 impl Drop for Connection {
     fn drop(&mut self) {

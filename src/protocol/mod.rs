@@ -17,8 +17,8 @@ pub use history::{Before, History};
 pub use publish::{Publish, Retry};
 pub use record::{PUBLISH_ID_HEADER, RecordView, SENDER_HEADER, is_reserved_header, message_frame};
 pub use reply::{
-    ErrorCode, Lost, LostReason, Reply, close, presence_diff_frame, read_frame, signal_frame,
-    status_frame,
+    ErrorCode, Lost, LostReason, Refused, Reply, close, presence_diff_frame, read_frame,
+    signal_frame, status_frame,
 };
 pub use subscribe::{FilterSpec, Start, Subscribe};
 
@@ -183,7 +183,7 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
     })?;
     let kind = envelope.required("type", |e| e.kind.take())?;
     match kind.as_ref() {
-        "publish" => publish::publish(envelope),
+        "publish" => publish::publish(envelope).map(Request::Publish),
         "signal" => publish::signal(envelope),
         "subscribe" => subscribe::subscribe(envelope),
         "unsubscribe" => subscribe::unsubscribe(envelope),
@@ -194,6 +194,21 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
         "auth" => auth(envelope),
         "ping" => Ok(Request::Ping { id: envelope.id }),
         other => Err(envelope.bad(format!("unknown request type {other:?}"))),
+    }
+}
+
+/// Parses a record sent over plain HTTP (`POST /publish`): a `publish` frame whose `type`
+/// may be left out.
+pub fn parse_publish(text: &str) -> Result<Publish<'_>, BadRequest> {
+    let mut envelope: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        message: format!("malformed record: {e}"),
+    })?;
+    match envelope.kind.take().as_deref() {
+        None | Some("publish") => publish::publish(envelope),
+        Some(other) => Err(envelope.bad(format!(
+            "a record's `type` is \"publish\" or left out, not {other:?}"
+        ))),
     }
 }
 

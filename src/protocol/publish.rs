@@ -40,7 +40,7 @@ pub const MAX_PUBLISH_ID: usize = 64;
 /// them hit.
 const MAX_NESTING: usize = 127;
 
-pub(super) fn publish(mut e: Envelope<'_>) -> Result<Request<'_>, BadRequest> {
+pub(super) fn publish(mut e: Envelope<'_>) -> Result<Publish<'_>, BadRequest> {
     let retry = publish_retry(e.publish_id.is_some(), e.age_ms, e.attempt)
         .map_err(|message| e.bad(message))?;
     let publish_id = match e.publish_id.take() {
@@ -59,7 +59,7 @@ pub(super) fn publish(mut e: Envelope<'_>) -> Result<Request<'_>, BadRequest> {
             "`payload` nests {depth} levels deep; at most {MAX_NESTING} are accepted"
         )));
     }
-    Ok(Request::Publish(Publish {
+    Ok(Publish {
         retry,
         publish_id,
         topic,
@@ -67,7 +67,7 @@ pub(super) fn publish(mut e: Envelope<'_>) -> Result<Request<'_>, BadRequest> {
         key: e.key,
         headers: e.headers.unwrap_or_default(),
         id: e.id,
-    }))
+    })
 }
 
 pub(super) fn signal(mut e: Envelope<'_>) -> Result<Request<'_>, BadRequest> {

@@ -267,6 +267,36 @@ impl Reply {
     }
 }
 
+/// A request refused: the `error` frame that answers it, kept small until it is written.
+#[derive(Debug)]
+pub struct Refused {
+    pub id: Option<RequestId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refused {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refused> for Reply {
+    fn from(Refused { id, code, message }: Refused) -> Reply {
+        Reply::error(id, code, message)
+    }
+}
+
+impl From<BadRequest> for Refused {
+    fn from(BadRequest { id, message }: BadRequest) -> Refused {
+        Refused::new(id, ErrorCode::BadRequest, message)
+    }
+}
+
 impl From<BadRequest> for Reply {
     fn from(e: BadRequest) -> Self {
         Reply::error(e.id, ErrorCode::BadRequest, e.message)

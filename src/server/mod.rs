@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod logins;
+mod publish;
 pub(crate) mod web;
 
 use std::future::Future;
@@ -571,6 +572,7 @@ fn router(hub: Arc<Hub>) -> Router {
         )
         .merge(web::routes(&hub.config))
         .merge(admin::routes(&hub))
+        .merge(publish::routes(&hub))
         // On every response, the fallback's included.
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,

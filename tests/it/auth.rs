@@ -376,7 +376,7 @@ async fn tokens_never_reach_the_logs() {
 
     let lines = hub.log_lines();
     assert!(
-        lines.iter().any(|l| l.contains("refused a connection")),
+        lines.iter().any(|l| l.contains("refused a token")),
         "the refusal is logged"
     );
     for token in [&good, &bad] {

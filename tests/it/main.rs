@@ -9,6 +9,7 @@ mod bad_input;
 mod browser;
 mod durable;
 mod faults;
+mod http;
 mod identity;
 mod kafka;
 mod lifecycle;
