@@ -1071,6 +1071,7 @@ async fn the_demo_passes_an_accessibility_check_and_signs_in_through_a_modal_dia
     let unlabelled = json!({"cmd": "evaluate", "name": "alice", "script":
         "[...document.querySelectorAll('input')].filter((i) => i.labels.length === 0).map((i) => i.id)"});
     assert_eq!(browser.run(unlabelled).await, json!([]));
+    browser.screenshot("alice", "sign-in").await;
     // The keyboard stays in the dialog, both ways round: the page behind is inert, and
     // Escape does not leave it unsigned.
     for key in [

@@ -136,7 +136,10 @@ impl Browser {
         let path = dir.join(format!("{file}.png"));
         self.run(serde_json::json!({"cmd": "screenshot", "name": name, "path": path}))
             .await;
-        println!("screenshot: {}", path.display());
+        // Past the test harness's capture (which takes print macros only), so the path shows
+        // whether the test passes or not.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "screenshot: {}", path.display());
         path
     }
 
