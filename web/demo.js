@@ -4,6 +4,12 @@
 // lists who is in it (on any hub) and who is typing. The user's own messages show
 // "sending…" until the hub acknowledges them (they then appear in the room as everyone's
 // do), or "failed, retry" with the reason.
+//
+// Read positions are the user's, on every device: a room the user looks at is committed as
+// read, and so are notifications when the bell is clicked; the hub tells the user's other
+// pages (`read` events), which update their counts. Each page subscribes from those
+// positions, so what came while it was closed counts as unread, and loads what lies before
+// them through history (the read notifications, a room's past).
 // `?topic=t&notifications=n&user=name` override the defaults, and `heartbeat=interval,timeout`
 // (ms) the client's (the browser tests use them).
 import { Typists, WsKafka } from "/wskafka.js";
@@ -12,15 +18,45 @@ const params = new URLSearchParams(location.search);
 const topic = params.get("topic") ?? "chat.rooms";
 const notificationsTopic = params.get("notifications") ?? "notifications";
 const PAGE = 50;
+/** Read notifications shown below the unread ones (one page of history). */
+const READ_SHOWN = 20;
+/** A room being looked at is committed as read at most this often (ms): commits have a budget. */
+const COMMIT_EVERY = 500;
 const $ = (id) => document.getElementById(id);
+/** Below this width the members and notifications are a drawer (as in demo.css). */
+const narrow = matchMedia("(max-width: 1000px)");
 
-/** Per room: its messages, oldest first, and whether older ones are left to load. */
+/**
+ * Per room: its messages, oldest first, whether older ones are left to load, and for its
+ * unread count the records that arrived live (`live`) and how far the user has read
+ * (`read`: the next offset per partition, from any of the user's devices).
+ */
 const rooms = new Map();
 let current = null;
-let unread = 0;
+let me = null;
+/** Notifications, oldest first: read ones from history, then what the subscription brings. */
+const notes = [];
+/** How far the user has read the notifications: the next offset per partition. */
+const notesRead = new Map();
+let notesStarted = false;
+
+/** Raises the positions in `read` to those in `offsets` (positions only move forward). */
+function advance(read, offsets) {
+  let moved = false;
+  for (const [partition, offset] of Object.entries(offsets)) {
+    if (offset > (read.get(Number(partition)) ?? -1)) {
+      read.set(Number(partition), offset);
+      moved = true;
+    }
+  }
+  return moved;
+}
+
+const isUnread = (read, m) => m.offset >= (read.get(m.partition) ?? 0);
 
 async function start(user) {
-  $("login").hidden = true;
+  me = user;
+  if ($("login").open) $("login").close();
   $("me").textContent = `as ${user}`;
   const signIn = async () => {
     const response = await fetch(`/dev/token?user=${encodeURIComponent(user)}`);
@@ -42,55 +78,104 @@ async function start(user) {
   window.wskafka = client;
   client.addEventListener("state", (e) => {
     $("status").dataset.state = e.detail;
-    $("status").textContent = e.detail;
+    $("state").textContent = e.detail;
   });
   client.addEventListener("error", (e) => complain(e.detail));
 
   for (const room of first.rooms) {
-    rooms.set(room, { messages: [], oldest: false, loading: null, members: new Set(), typists: new Typists(), outbox: [] });
     const button = document.createElement("button");
-    button.textContent = `# ${room}`;
+    button.type = "button";
     button.dataset.room = room;
-    button.onclick = () => show(room);
+    const count = Object.assign(document.createElement("span"), { className: "count", hidden: true });
+    button.append(`# ${room}`, count);
+    button.onclick = () => {
+      show(room, client);
+      closePanels($("show-rooms"));
+    };
     $("rooms").append(button);
+    rooms.set(room, {
+      messages: [],
+      oldest: false,
+      loading: null,
+      members: new Set(),
+      typists: new Typists(),
+      outbox: [],
+      live: [],
+      read: new Map(),
+      started: false,
+      committed: "",
+      commitTimer: null,
+      button,
+      count,
+    });
   }
   for (const room of first.rooms) {
     client
       .subscribe(topic, (m) => {
-        rooms.get(room).messages.push(m);
-        if (m.sender) rooms.get(room).typists.stopped(m.sender);
+        const state = rooms.get(room);
+        state.messages.push(m);
+        state.live.push(m);
+        // A room this page has not committed yet: its unread count starts here on every
+        // device, and after a reload, so the position is stored (at once: the page may be
+        // closed any moment).
+        if (room !== current && state.committed === "") {
+          if (!state.read.has(m.partition)) state.read.set(m.partition, m.offset);
+          commitRoom(client, room, false);
+        }
+        if (m.sender) state.typists.stopped(m.sender);
         if (room === current) {
           append(m);
           showTyping();
+          seen(client, room);
         }
-      }, { key: room, presence: true, signals: true })
-      // What was said before this page opened.
+        showRoomCounts();
+      }, { key: room, presence: true, signals: true, from: "committed" })
+      // What was said before: the read part of the room.
       .then(() => loadOlder(client, room))
       .catch(complain);
   }
-  // Who is here: listed each time a room's subscription starts (again, after a reconnect),
-  // then kept by the joins and leaves that follow (events below). The hub lists a room as
-  // of its last batch of joins and leaves, so the two add up whenever the list is taken.
   client.addEventListener("subscribed", (e) => {
-    if (e.detail.topic !== topic || !rooms.has(e.detail.key)) return;
-    rooms.get(e.detail.key).members.clear();
-    loadMembers(client, e.detail.key).catch(complain);
+    const { topic: subscribed, key, partitions } = e.detail;
+    // Where a subscription from "committed" first starts is how far the user had read; later
+    // starts (after a reconnect) resume where this page was and say nothing about that.
+    if (subscribed === notificationsTopic && key === undefined && !notesStarted) {
+      notesStarted = true;
+      advance(notesRead, partitions ?? {});
+      loadReadNotes(client).catch(complain);
+      return;
+    }
+    if (subscribed !== topic || !rooms.has(key)) return;
+    const state = rooms.get(key);
+    if (!state.started) {
+      state.started = true;
+      advance(state.read, partitions ?? {});
+      showRoomCounts();
+    }
+    // Who is here: listed each time a room's subscription starts (again, after a
+    // reconnect), then kept by the joins and leaves that follow (events below). The hub
+    // lists a room as of its last batch of joins and leaves, so the two add up whenever
+    // the list is taken.
+    state.members.clear();
+    loadMembers(client, key).catch(complain);
+  });
+  // Positions the user committed on another device (any hub): counts follow at once.
+  client.addEventListener("read", (e) => {
+    const { topic: read, key, offsets } = e.detail;
+    if (read === notificationsTopic && advance(notesRead, offsets)) showNotes();
+    if (read === topic && rooms.has(key) && advance(rooms.get(key).read, offsets)) showRoomCounts();
   });
   // Unread notifications: everything after what this user last marked read, on any device.
   client
     .subscribe(notificationsTopic, (m) => {
-      const li = document.createElement("li");
-      li.textContent = m.payload?.text ?? JSON.stringify(m.payload);
-      $("notifications").prepend(li);
-      unread += 1;
-      showUnread();
+      notes.push(m);
+      showNotes();
     }, { from: "committed" })
     .catch(complain);
 
-  $("bell").onclick = async () => {
-    await client.commit(notificationsTopic).catch(complain);
-    unread = 0;
-    showUnread();
+  $("bell").onclick = () => {
+    if (narrow.matches) openPanel($("show-side"));
+    $("notifications-heading").focus();
+    markNotesRead(client);
   };
   $("compose").onsubmit = (e) => {
     e.preventDefault();
@@ -120,8 +205,137 @@ async function start(user) {
   $("messages").onscroll = () => {
     if ($("messages").scrollTop === 0 && current) loadOlder(client, current);
   };
-  show(first.rooms[0]);
+  // A room in a background tab is not being read; it is once the tab is back.
+  document.addEventListener("visibilitychange", () => current && seen(client, current));
+  show(first.rooms[0], client);
 }
+
+/**
+ * The user has seen every message of `room` that arrived so far: marked read here at once,
+ * and committed so the user's other devices follow.
+ */
+function seen(client, room) {
+  if (document.visibilityState === "hidden") return;
+  const state = rooms.get(room);
+  const upTo = {};
+  for (const m of state.live) upTo[m.partition] = Math.max(upTo[m.partition] ?? 0, m.offset + 1);
+  advance(state.read, upTo);
+  showRoomCounts();
+  commitRoom(client, room);
+}
+
+/**
+ * Stores how far the user read `room`, when it moved: at once, or (`soon`) at most every
+ * `COMMIT_EVERY` ms.
+ */
+function commitRoom(client, room, soon = true) {
+  const state = rooms.get(room);
+  const commit = () => {
+    clearTimeout(state.commitTimer);
+    state.commitTimer = null;
+    const offsets = Object.fromEntries(state.read);
+    const json = JSON.stringify(offsets);
+    if (json === state.committed || Object.keys(offsets).length === 0) return;
+    state.committed = json;
+    client.commit(topic, offsets, { key: room }).catch((e) => {
+      // Asked again when the room is next looked at; a lost connection is shown already.
+      state.committed = "";
+      if (e.code !== "disconnected") complain(e);
+    });
+  };
+  if (!soon) commit();
+  else state.commitTimer ??= setTimeout(commit, COMMIT_EVERY);
+}
+
+/** The bell: every notification shown so far is read, here and on the user's other devices. */
+function markNotesRead(client) {
+  const upTo = {};
+  for (const m of notes) {
+    if (isUnread(notesRead, m)) upTo[m.partition] = Math.max(upTo[m.partition] ?? 0, m.offset + 1);
+  }
+  if (Object.keys(upTo).length === 0) return;
+  advance(notesRead, upTo);
+  showNotes();
+  client.commit(notificationsTopic, upTo).catch(complain);
+}
+
+/** The notifications read before this page opened: the page of history before the start. */
+async function loadReadNotes(client) {
+  const { messages } = await client.older(notificationsTopic, { limit: READ_SHOWN });
+  notes.unshift(...messages);
+  showNotes();
+}
+
+function showNotes() {
+  const unread = [];
+  const read = [];
+  for (const m of notes) (isUnread(notesRead, m) ? unread : read).push(m);
+  $("notifications").replaceChildren(...unread.reverse().map(note));
+  $("read").replaceChildren(...read.reverse().slice(0, READ_SHOWN).map(note));
+  $("none-unread").hidden = unread.length > 0;
+  $("unread").textContent = String(unread.length);
+  $("unread").hidden = unread.length === 0;
+  const label = unread.length === 0 ? "none unread" : `${unread.length} unread`;
+  $("bell").setAttribute("aria-label", `Notifications, ${label}`);
+}
+
+/** One notification: its text and when it came. */
+function note(m) {
+  const li = document.createElement("li");
+  const body = Object.assign(document.createElement("span"), { className: "body" });
+  body.textContent = m.payload?.text ?? JSON.stringify(m.payload ?? m.payload_base64);
+  li.append(body);
+  if (m.timestamp !== undefined) li.append(when(m.timestamp));
+  return li;
+}
+
+/** Each room's unread count, on its button (none on the room being looked at), and their sum on the phone's rooms button. */
+function showRoomCounts() {
+  let total = 0;
+  for (const [room, state] of rooms) {
+    const unread = room === current ? 0 : state.live.filter((m) => m.sender !== me && isUnread(state.read, m)).length;
+    total += unread;
+    // Read out as "# lobby 3 unread".
+    const words = Object.assign(document.createElement("span"), { className: "visually-hidden", textContent: " unread" });
+    state.count.replaceChildren(String(unread), words);
+    state.count.hidden = unread === 0;
+  }
+  $("rooms-unread").textContent = String(total);
+  $("rooms-unread").hidden = total === 0;
+}
+
+/** Opens the drawer that `toggle` controls (on narrow screens), closing the other. */
+function openPanel(toggle) {
+  closePanels();
+  const panel = $(toggle.getAttribute("aria-controls"));
+  panel.classList.add("open");
+  toggle.setAttribute("aria-expanded", "true");
+}
+
+/** Closes the drawers; focus goes back to `focus`, the button that opened one. */
+function closePanels(focus) {
+  for (const toggle of [$("show-rooms"), $("show-side")]) {
+    const open = toggle.getAttribute("aria-expanded") === "true";
+    $(toggle.getAttribute("aria-controls")).classList.remove("open");
+    toggle.setAttribute("aria-expanded", "false");
+    if (open && focus === toggle && getComputedStyle(toggle).display !== "none") toggle.focus();
+  }
+}
+
+for (const toggle of [$("show-rooms"), $("show-side")]) {
+  toggle.onclick = () => {
+    if (toggle.getAttribute("aria-expanded") === "true") return closePanels(toggle);
+    openPanel(toggle);
+    // Into the drawer, for keyboards and screen readers.
+    const panel = $(toggle.getAttribute("aria-controls"));
+    (panel.querySelector("[aria-current=true]") ?? panel.querySelector("button, [tabindex]"))?.focus();
+  };
+}
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape") return;
+  const open = [$("show-rooms"), $("show-side")].find((t) => t.getAttribute("aria-expanded") === "true");
+  if (open) closePanels(open);
+});
 
 /**
  * Sends one of the user's messages and shows it below the room's as "sending…" until the hub
@@ -213,7 +427,11 @@ function loadOlder(client, room) {
       }
     })
     .catch(complain)
-    .finally(() => (state.loading = null));
+    .finally(() => {
+      state.loading = null;
+      if (room === current) $("loading").hidden = true;
+    });
+  if (room === current) $("loading").hidden = false;
   return state.loading;
 }
 
@@ -237,6 +455,7 @@ function showMembers() {
       return li;
     }),
   );
+  $("show-side").textContent = `Members (${members.length})`;
 }
 
 function showTyping() {
@@ -246,16 +465,19 @@ function showTyping() {
     typing.length === 0 ? "" : `${typing.join(", ")} ${typing.length === 1 ? "is" : "are"} typing…`;
 }
 
-function show(room) {
+function show(room, client) {
   current = room;
+  const state = rooms.get(room);
   showMembers();
   showTyping();
   for (const b of $("rooms").children) b.setAttribute("aria-current", String(b.dataset.room === room));
+  $("lines").replaceChildren(...state.messages.map(line));
+  markOldest(state.oldest);
+  $("loading").hidden = !state.loading;
   const list = $("messages");
-  list.replaceChildren(...rooms.get(room).messages.map(line));
-  list.dataset.oldest = String(rooms.get(room).oldest);
   list.scrollTop = list.scrollHeight;
-  $("outbox").replaceChildren(...rooms.get(room).outbox.map((entry) => entry.li));
+  $("outbox").replaceChildren(...state.outbox.map((entry) => entry.li));
+  seen(client, room);
 }
 
 /** One message: its verified sender, its text, and when it was written. */
@@ -267,21 +489,31 @@ function line(m) {
   who.textContent = m.sender ?? "unverified";
   body.append(who, m.payload?.text ?? JSON.stringify(m.payload ?? m.payload_base64));
   li.append(body);
-  if (m.timestamp !== undefined) {
-    const time = document.createElement("time");
-    const at = new Date(m.timestamp);
-    time.dateTime = at.toISOString();
-    time.textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    time.title = at.toLocaleString();
-    li.append(time);
-  }
+  if (m.timestamp !== undefined) li.append(when(m.timestamp));
   return li;
+}
+
+/** A time: the hour and minute of today, with the date on other days. */
+function when(timestamp) {
+  const time = document.createElement("time");
+  const at = new Date(timestamp);
+  const now = new Date();
+  time.dateTime = at.toISOString();
+  const clock = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (at.toDateString() === now.toDateString()) {
+    time.textContent = clock;
+  } else {
+    const year = at.getFullYear() === now.getFullYear() ? undefined : "numeric";
+    time.textContent = `${at.toLocaleDateString([], { day: "numeric", month: "short", year })}, ${clock}`;
+  }
+  time.title = at.toLocaleString();
+  return time;
 }
 
 function append(m) {
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.append(line(m));
+  $("lines").append(line(m));
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
@@ -289,18 +521,35 @@ function append(m) {
 function prepend(messages, oldest) {
   const list = $("messages");
   const fromBottom = list.scrollHeight - list.scrollTop;
-  list.prepend(...messages.map(line));
-  list.dataset.oldest = String(oldest);
+  $("lines").prepend(...messages.map(line));
+  markOldest(oldest);
   list.scrollTop = list.scrollHeight - fromBottom;
 }
 
-function showUnread() {
-  $("unread").textContent = String(unread);
-  $("unread").hidden = unread === 0;
+/** Says where the room begins, once history reached its first message. */
+function markOldest(oldest) {
+  $("messages").dataset.oldest = String(oldest);
+  $("start").hidden = !oldest;
 }
 
+// The sign-in dialog is modal (the page behind is inert); Tab wraps around inside it instead
+// of leaving for the browser's own controls.
+$("login").addEventListener("keydown", (e) => {
+  if (e.key !== "Tab") return;
+  const stops = [...$("login").querySelectorAll("input, button")];
+  const [first, last] = [stops[0], stops[stops.length - 1]];
+  if (e.shiftKey ? document.activeElement === first : document.activeElement === last) {
+    e.preventDefault();
+    (e.shiftKey ? last : first).focus();
+  }
+});
+// Escape would close it with nobody signed in.
+$("login").addEventListener("cancel", (e) => e.preventDefault());
 $("signin").onsubmit = (e) => {
   e.preventDefault();
-  start($("user").value.trim());
+  start($("user").value.trim()).catch(complain);
+  // Straight to the conversation.
+  $("text").focus();
 };
-if (params.get("user")) start(params.get("user"));
+if (params.get("user")) start(params.get("user")).catch(complain);
+else $("login").showModal();

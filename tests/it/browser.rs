@@ -252,7 +252,10 @@ async fn notifications_reach_their_user_only_and_read_positions_follow_her_devic
     // One partition: bob's record comes after alice's, so had hers leaked he would have it.
     produce(&producer, &demo.notes, "bob", note("for bob").as_bytes()).await;
     browser.wait_text("bob", "#notifications", "for bob").await;
-    assert_eq!(browser.texts("bob", "#notifications li").await, ["for bob"]);
+    assert_eq!(
+        browser.texts("bob", "#notifications li .body").await,
+        ["for bob"]
+    );
     produce(
         &producer,
         &demo.notes,
@@ -264,7 +267,7 @@ async fn notifications_reach_their_user_only_and_read_positions_follow_her_devic
         .wait_text("alice", "#notifications", "again for alice")
         .await;
     assert_eq!(
-        browser.texts("alice", "#notifications li").await,
+        browser.texts("alice", "#notifications li .body").await,
         ["again for alice", "for alice"]
     );
     browser.wait_text("alice", "#unread", "2").await;
@@ -287,7 +290,9 @@ async fn notifications_reach_their_user_only_and_read_positions_follow_her_devic
         .wait_text("alice-phone", "#notifications", "while away")
         .await;
     assert_eq!(
-        browser.texts("alice-phone", "#notifications li").await,
+        browser
+            .texts("alice-phone", "#notifications li .body")
+            .await,
         ["while away"]
     );
     browser.wait_text("alice-phone", "#unread", "1").await;
@@ -738,4 +743,499 @@ async fn a_page_behind_a_stalled_network_says_reconnecting_and_delivers_its_mess
         browser.texts("alice", "#outbox li").await,
         Vec::<String>::new()
     );
+}
+
+/// Asserts that every selector's first match is rendered wholly inside a window of `width`
+/// by `height`, and that the page does not scroll sideways.
+async fn assert_on_screen(browser: &mut Browser, name: &str, selectors: &[&str], size: (u32, u32)) {
+    let (width, height) = (f64::from(size.0), f64::from(size.1));
+    for (selector, rect) in browser.boxes(name, selectors).await {
+        let rect = rect.unwrap_or_else(|| panic!("{name} at {size:?}: {selector} is not shown"));
+        assert!(
+            rect.inside(width, height),
+            "{name} at {size:?}: {selector} is off screen: {rect:?}"
+        );
+    }
+    let (page, window) = browser.widths(name).await;
+    assert!(
+        page <= window,
+        "{name} at {size:?}: the page is {page} px wide in a {window} px window"
+    );
+}
+
+/// Asserts that nothing matches `selector` on screen (hidden, or in a closed drawer).
+async fn assert_not_shown(browser: &mut Browser, name: &str, selector: &str) {
+    let boxes = browser.boxes(name, &[selector]).await;
+    assert!(boxes[0].1.is_none(), "{name}: {selector} shows: {boxes:?}");
+}
+
+#[tokio::test]
+async fn on_a_phone_and_a_tablet_everything_the_user_needs_is_on_screen() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    let phone = (390, 844);
+    demo.open(&mut browser, "alice").await;
+    demo.open(&mut browser, "bob").await;
+    browser.viewport("alice", phone.0, phone.1).await;
+    browser.say("bob", "hello from the desk").await;
+    // A word without spaces wider than the phone wraps instead of widening the room.
+    let long = "Supercalifragilisticexpialidocious".repeat(12);
+    browser.say("bob", &long).await;
+    browser.wait_text("alice", "#messages", &long).await;
+    produce(
+        &producer(),
+        &demo.notes,
+        "alice",
+        json!({"text": "your order shipped"}).to_string().as_bytes(),
+    )
+    .await;
+    browser.wait_text("alice", "#unread", "1").await;
+
+    let chat = [
+        "#status",
+        "#bell",
+        "#show-rooms",
+        "#show-side",
+        "#text",
+        "#compose button",
+        "#lines li:first-child time",
+        "#lines li:last-child .body",
+        "#lines li:last-child time",
+    ];
+    assert_on_screen(&mut browser, "alice", &chat, phone).await;
+    browser.screenshot("alice", "phone-chat").await;
+    // The rooms and the members are behind buttons.
+    assert_not_shown(&mut browser, "alice", "#rooms button").await;
+    assert_not_shown(&mut browser, "alice", "#members li").await;
+    browser.click("alice", "#show-side").await;
+    browser.wait_text("alice", "#members", "bob").await;
+    assert_on_screen(&mut browser, "alice", &["#members li", "#show-side"], phone).await;
+    // The bell shows the notifications.
+    browser.click("alice", "#bell").await;
+    browser.wait_text("alice", "#unread", "0").await;
+    let notes = ["#read li .body", "#read li time", "#bell"];
+    assert_on_screen(&mut browser, "alice", &notes, phone).await;
+    browser.screenshot("alice", "phone-notifications").await;
+    browser.click("alice", "#show-rooms").await;
+    assert_not_shown(&mut browser, "alice", "#members li").await;
+    let rooms = [
+        "#rooms button[data-room=lobby]",
+        "#rooms button[data-room=random]",
+    ];
+    assert_on_screen(&mut browser, "alice", &rooms, phone).await;
+    browser.screenshot("alice", "phone-rooms").await;
+    // Picking a room closes the drawer onto it.
+    browser
+        .click("alice", "#rooms button[data-room=random]")
+        .await;
+    assert_not_shown(&mut browser, "alice", "#rooms button").await;
+    browser.say("alice", "from my phone").await;
+    browser
+        .wait_text("alice", "#messages", "from my phone")
+        .await;
+    assert_on_screen(&mut browser, "alice", &chat[..6], phone).await;
+
+    // A tablet, upright: the rooms in a column, the members and notifications in a drawer.
+    let tablet = (768, 1024);
+    browser.viewport("bob", tablet.0, tablet.1).await;
+    let chat = [
+        "#status",
+        "#bell",
+        "#show-side",
+        "#text",
+        "#compose button",
+        "#rooms button[data-room=random]",
+        "#lines li:last-child .body",
+        "#lines li:last-child time",
+    ];
+    assert_on_screen(&mut browser, "bob", &chat, tablet).await;
+    assert_not_shown(&mut browser, "bob", "#show-rooms").await;
+    assert_not_shown(&mut browser, "bob", "#members li").await;
+    browser.screenshot("bob", "tablet-chat").await;
+    browser.click("bob", "#show-side").await;
+    assert_on_screen(&mut browser, "bob", &["#members li"], tablet).await;
+    browser.screenshot("bob", "tablet-members").await;
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            browser.complaints(user).await,
+            Vec::<String>::new(),
+            "{user}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_unread_count_of_notifications_follows_the_bell_in_every_window_of_the_user() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    let windows = ["alice", "alice-phone"];
+    for window in windows {
+        browser.open(window, &demo.page("alice")).await;
+        browser.wait_text(window, "#status", "open").await;
+    }
+    let producer = producer();
+    for text in ["first", "second"] {
+        let note = json!({"text": text}).to_string();
+        produce(&producer, &demo.notes, "alice", note.as_bytes()).await;
+    }
+    for window in windows {
+        browser.wait_text(window, "#unread", "2").await;
+    }
+    // Read in one window: the other one is told and follows without a reload.
+    browser.click("alice", "#bell").await;
+    for window in windows {
+        browser.wait_count(window, "#notifications li", 0).await;
+        browser.wait_text(window, "#unread", "0").await;
+        assert_eq!(
+            browser.texts(window, "#read li .body").await,
+            ["second", "first"],
+            "{window}"
+        );
+        let label = json!({"cmd": "evaluate", "name": window,
+                           "script": "document.querySelector('#bell').getAttribute('aria-label')"});
+        assert_eq!(
+            browser.run(label).await,
+            "Notifications, none unread",
+            "{window}"
+        );
+    }
+    // The next one counts from there, everywhere.
+    let note = json!({"text": "third"}).to_string();
+    produce(&producer, &demo.notes, "alice", note.as_bytes()).await;
+    for window in windows {
+        browser.wait_text(window, "#notifications", "third").await;
+        browser.wait_text(window, "#unread", "1").await;
+    }
+    let label = json!({"cmd": "evaluate", "name": "alice-phone",
+                       "script": "document.querySelector('#bell').getAttribute('aria-label')"});
+    assert_eq!(browser.run(label).await, "Notifications, 1 unread");
+
+    // A window opened later has the read ones too (from history), apart from the unread,
+    // each with its time.
+    browser.open("alice-tablet", &demo.page("alice")).await;
+    browser
+        .wait_text("alice-tablet", "#notifications", "third")
+        .await;
+    browser.wait_text("alice-tablet", "#read", "first").await;
+    assert_eq!(
+        browser
+            .texts("alice-tablet", "#notifications li .body")
+            .await,
+        ["third"]
+    );
+    assert_eq!(
+        browser.texts("alice-tablet", "#read li .body").await,
+        ["second", "first"]
+    );
+    let times = browser.texts("alice-tablet", "#side li time").await;
+    assert_eq!(times.len(), 3, "{times:?}");
+    assert!(times.iter().all(|t| t.contains(':')), "{times:?}");
+    browser.wait_text("alice-tablet", "#unread", "1").await;
+}
+
+/// The unread count on a room's button, or 0 when it shows none.
+async fn room_count(browser: &mut Browser, name: &str, room: &str) -> u64 {
+    let script = format!(
+        "(() => {{ const c = document.querySelector('#rooms button[data-room={room}] .count'); \
+         return c.hidden ? 0 : parseInt(c.textContent); }})()"
+    );
+    let count = browser
+        .run(json!({"cmd": "evaluate", "name": name, "script": script}))
+        .await;
+    count.as_u64().unwrap()
+}
+
+/// Waits until `name`'s page shows `count` unread on `room`'s button.
+async fn wait_room_count(browser: &mut Browser, name: &str, room: &str, count: u64) {
+    let script = format!(
+        "(() => {{ const c = document.querySelector('#rooms button[data-room={room}] .count'); \
+         return Boolean(c) && (c.hidden ? 0 : parseInt(c.textContent)) === {count}; }})()"
+    );
+    browser
+        .run(json!({"cmd": "wait_true", "name": name, "script": script}))
+        .await;
+}
+
+#[tokio::test]
+async fn rooms_count_what_the_user_has_not_read_on_any_of_her_devices() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "bob").await;
+    let windows = ["alice", "alice-phone"];
+    for window in windows {
+        browser.open(window, &demo.page("alice")).await;
+        browser.wait_text(window, "#status", "open").await;
+        browser.wait_text(window, "#members", "bob").await;
+    }
+    browser
+        .click("bob", "#rooms button[data-room=random]")
+        .await;
+    browser.say("bob", "one").await;
+    browser.say("bob", "two").await;
+    for window in windows {
+        wait_room_count(&mut browser, window, "random", 2).await;
+        assert_eq!(room_count(&mut browser, window, "lobby").await, 0);
+        let label = json!({"cmd": "evaluate", "name": window, "script":
+            "document.querySelector('#rooms button[data-room=random]').textContent"});
+        assert_eq!(browser.run(label).await, "# random2 unread");
+    }
+    // Her own messages (here one a backend wrote as her) are not news to her.
+    say_from_kafka(&demo.rooms, "random", "alice", "mine").await;
+    browser.say("bob", "three").await;
+    for window in windows {
+        // The room's four records reached the page.
+        let script = format!(
+            "wskafka.subscriptions.get(JSON.stringify([{:?}, 'random'])).next.get(0) === 4",
+            demo.rooms
+        );
+        browser
+            .run(json!({"cmd": "wait_true", "name": window, "script": script}))
+            .await;
+        assert_eq!(room_count(&mut browser, window, "random").await, 3);
+    }
+    // Looking at the room in one window reads it in both.
+    browser
+        .click("alice", "#rooms button[data-room=random]")
+        .await;
+    browser.wait_text("alice", "#messages", "three").await;
+    for window in windows {
+        wait_room_count(&mut browser, window, "random", 0).await;
+    }
+    // What a window looks at, it reads as it comes: the other one follows.
+    browser.say("bob", "four").await;
+    browser.wait_text("alice", "#messages", "four").await;
+    wait_room_count(&mut browser, "alice-phone", "random", 0).await;
+
+    // Unread survives a reload, in a room she never opened.
+    browser.click("bob", "#rooms button[data-room=staff]").await;
+    browser.say("bob", "psst").await;
+    for window in windows {
+        wait_room_count(&mut browser, window, "staff", 1).await;
+        browser.run(json!({"cmd": "close", "name": window})).await;
+    }
+    browser.open("alice", &demo.page("alice")).await;
+    browser.wait_text("alice", "#status", "open").await;
+    wait_room_count(&mut browser, "alice", "staff", 1).await;
+    assert_eq!(room_count(&mut browser, "alice", "random").await, 0);
+    assert_eq!(room_count(&mut browser, "alice", "lobby").await, 0);
+    // Read there, it is read after the next reload too.
+    browser
+        .click("alice", "#rooms button[data-room=staff]")
+        .await;
+    browser.wait_text("alice", "#messages", "psst").await;
+    browser.open("alice-again", &demo.page("alice")).await;
+    let started = format!(
+        "wskafka.subscriptions.get(JSON.stringify([{:?}, 'staff']))?.next != null",
+        demo.rooms
+    );
+    browser
+        .run(json!({"cmd": "wait_true", "name": "alice-again", "script": started}))
+        .await;
+    // Either it starts after her position, or it is told of it once it is stored.
+    wait_room_count(&mut browser, "alice-again", "staff", 0).await;
+}
+
+/// Fails on axe-core's serious and critical violations in `name`'s page; prints the others.
+async fn assert_accessible(browser: &mut Browser, name: &str, state: &str) {
+    let violations = browser.axe(name).await;
+    let (severe, minor): (Vec<_>, Vec<_>) = violations
+        .into_iter()
+        .partition(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")));
+    for v in &minor {
+        println!(
+            "{name}, {state}: axe ({}): {} {}",
+            v["impact"], v["id"], v["help"]
+        );
+    }
+    assert!(
+        severe.is_empty(),
+        "{name}, {state}: {}",
+        serde_json::to_string_pretty(&severe).unwrap()
+    );
+}
+
+/// Whether the element the keyboard's focus is on lies inside the sign-in dialog.
+const FOCUS_IN_DIALOG: &str = "Boolean(document.activeElement?.closest('#login'))";
+
+#[tokio::test]
+async fn the_demo_passes_an_accessibility_check_and_signs_in_through_a_modal_dialog() {
+    let demo = Demo::start().await;
+    let mut browser = Browser::start().await;
+    demo.open(&mut browser, "bob").await;
+    let page = demo.page("x").replace("user=x&", "");
+    browser.open("alice", &page).await;
+    assert_eq!(browser.focused("alice").await, "user");
+    assert_accessible(&mut browser, "alice", "signing in").await;
+    // Every field has a label of its own (axe takes a placeholder as a name; a placeholder
+    // goes away as soon as one types).
+    let unlabelled = json!({"cmd": "evaluate", "name": "alice", "script":
+        "[...document.querySelectorAll('input')].filter((i) => i.labels.length === 0).map((i) => i.id)"});
+    assert_eq!(browser.run(unlabelled).await, json!([]));
+    browser.screenshot("alice", "sign-in").await;
+    // The keyboard stays in the dialog, both ways round: the page behind is inert, and
+    // Escape does not leave it unsigned.
+    for key in [
+        "Tab",
+        "Tab",
+        "Tab",
+        "Shift+Tab",
+        "Shift+Tab",
+        "Shift+Tab",
+        "Escape",
+    ] {
+        browser
+            .run(json!({"cmd": "key", "name": "alice", "key": key}))
+            .await;
+        let inside = browser
+            .run(json!({"cmd": "evaluate", "name": "alice", "script": FOCUS_IN_DIALOG}))
+            .await;
+        assert_eq!(inside, true, "focus left the dialog after {key}");
+    }
+    browser
+        .run(json!({"cmd": "type", "name": "alice", "selector": "#user", "text": "alice"}))
+        .await;
+    browser.wait_text("alice", "#status", "open").await;
+    // Signed in, the focus is where she writes.
+    assert_eq!(browser.focused("alice").await, "text");
+
+    // Everything a chat shows: messages with times, members, the outbox, notifications read
+    // and unread, a room's unread count, a problem.
+    browser.say("bob", "hello alice").await;
+    browser.say("alice", "hi bob").await;
+    browser.wait_text("alice", "#messages", "hello alice").await;
+    let producer = producer();
+    for text in ["one", "two"] {
+        let note = json!({"text": text}).to_string();
+        produce(&producer, &demo.notes, "alice", note.as_bytes()).await;
+    }
+    browser.wait_text("alice", "#unread", "2").await;
+    browser.click("alice", "#bell").await;
+    let note = json!({"text": "three"}).to_string();
+    produce(&producer, &demo.notes, "alice", note.as_bytes()).await;
+    browser.wait_text("alice", "#unread", "1").await;
+    browser
+        .click("bob", "#rooms button[data-room=random]")
+        .await;
+    browser.say("bob", "elsewhere").await;
+    wait_room_count(&mut browser, "alice", "random", 1).await;
+    browser.say("alice", &"x".repeat(70 * 1024)).await;
+    browser.wait_text("alice", "#problem", "too long").await;
+    assert_accessible(&mut browser, "alice", "chatting").await;
+    browser.screenshot("alice", "accessible-desktop").await;
+    // On a phone, with each drawer open.
+    browser.viewport("alice", 390, 844).await;
+    assert_accessible(&mut browser, "alice", "on a phone").await;
+    for toggle in ["#show-rooms", "#show-side"] {
+        browser.click("alice", toggle).await;
+        assert_accessible(&mut browser, "alice", &format!("{toggle} open")).await;
+    }
+    // The connection's state is announced.
+    let status = json!({"cmd": "evaluate", "name": "alice",
+                        "script": "document.querySelector('#status').getAttribute('role')"});
+    assert_eq!(browser.run(status).await, "status");
+}
+
+/// Holds the page's `history` requests while `window.holdHistory` is set, until
+/// `window.release()`: run before the page's own scripts.
+const HOLD_HISTORY: &str = r#"
+window.holdHistory = false;
+window.held = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  if (window.holdHistory && JSON.parse(data).type === "history") {
+    window.held.push(() => send.call(this, data));
+    return;
+  }
+  return send.call(this, data);
+};
+window.release = () => {
+  window.holdHistory = false;
+  window.held.splice(0).forEach((sendIt) => sendIt());
+  return true;
+};
+"#;
+
+#[tokio::test]
+async fn a_room_shows_while_history_loads_where_it_starts_and_dates_past_days() {
+    let demo = Demo::start().await;
+    // Two days ago, then today.
+    let old = now_millis() - 2 * 24 * 3600 * 1000;
+    murmur2_producer()
+        .send(
+            FutureRecord::to(&demo.rooms)
+                .key("lobby")
+                .payload(&json!({"text": "long ago"}).to_string())
+                .timestamp(old),
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    for n in 0..59 {
+        say_from_kafka(&demo.rooms, "lobby", "kafka", &format!("message {n:02}")).await;
+    }
+    let mut browser = Browser::start().await;
+    browser
+        .run(json!({"cmd": "open", "name": "carol", "url": demo.page("carol"), "init": HOLD_HISTORY}))
+        .await;
+    browser.wait_count("carol", "#messages li", 50).await;
+    let hidden = |id: &str| {
+        json!({"cmd": "evaluate", "name": "carol",
+               "script": format!("document.getElementById('{id}').hidden")})
+    };
+    assert_eq!(browser.run(hidden("start")).await, true);
+    assert_eq!(browser.run(hidden("loading")).await, true);
+
+    browser
+        .run(json!({"cmd": "evaluate", "name": "carol", "script": "window.holdHistory = true"}))
+        .await;
+    browser.scroll_top("carol", "#messages").await;
+    browser
+        .run(json!({"cmd": "wait_true", "name": "carol", "script": "!document.getElementById('loading').hidden"}))
+        .await;
+    browser.wait_text("carol", "#loading", "Loading").await;
+    assert_eq!(browser.run(hidden("start")).await, true);
+    browser.screenshot("carol", "history-loading").await;
+    browser
+        .run(json!({"cmd": "evaluate", "name": "carol", "script": "window.release()"}))
+        .await;
+    browser.wait_count("carol", "#messages li", 60).await;
+    browser
+        .run(json!({"cmd": "wait_true", "name": "carol", "script": "!document.getElementById('start').hidden"}))
+        .await;
+    browser
+        .wait_text("carol", "#start", "start of the room")
+        .await;
+    assert_eq!(browser.run(hidden("loading")).await, true);
+
+    // The old message's time has its date; today's have the time only.
+    let times = browser.texts("carol", "#messages li time").await;
+    let date = browser
+        .run(
+            json!({"cmd": "evaluate", "name": "carol", "script": format!(
+                "new Date({old}).toLocaleDateString([], {{day: 'numeric', month: 'short'}})"
+            )}),
+        )
+        .await;
+    let date = date.as_str().unwrap();
+    let today = browser
+        .run(json!({"cmd": "evaluate", "name": "carol", "script":
+            "new Date().toLocaleDateString([], {day: 'numeric', month: 'short'})"}))
+        .await;
+    let today = today.as_str().unwrap();
+    assert!(
+        times[0].contains(date) && times[0].contains(':'),
+        "{times:?}"
+    );
+    assert!(
+        times[1..]
+            .iter()
+            .all(|t| t.contains(':') && !t.contains(date) && !t.contains(today)),
+        "{times:?}"
+    );
+    assert_eq!(
+        browser.texts("carol", "#messages li .body").await[0],
+        "unverifiedlong ago"
+    );
+    browser.scroll_top("carol", "#messages").await;
+    browser.screenshot("carol", "history-start").await;
 }

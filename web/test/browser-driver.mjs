@@ -1,8 +1,13 @@
 // Drives a real headless Chromium for tests/browser.rs: one JSON command per stdin line,
 // one JSON answer per stdout line ({"ok": result} or {"error": message}). Each named user
 // gets a browser context of its own (separate storage, like separate people).
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+
+/** axe-core's source, run in pages for the accessibility check (`axe`). */
+const axeSource = await readFile(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -65,6 +70,16 @@ const commands = {
       { timeout },
     );
   },
+  // Waits until a script's value in the page is true. Asked from here, through the DevTools
+  // protocol: waitForFunction would evaluate the string in the page, which the hub's
+  // Content-Security-Policy forbids.
+  async wait_true({ name, script }) {
+    const deadline = Date.now() + timeout;
+    while (!(await pages.get(name).evaluate(script))) {
+      if (Date.now() > deadline) throw new Error(`never true: ${script}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  },
   async texts({ name, selector }) {
     return pages.get(name).locator(selector).allInnerTexts();
   },
@@ -103,6 +118,55 @@ const commands = {
   },
   async screenshot({ name, path }) {
     await pages.get(name).screenshot({ path });
+  },
+  // The window's size in CSS pixels, as a phone's or a tablet's.
+  async viewport({ name, width, height }) {
+    await pages.get(name).setViewportSize({ width, height });
+  },
+  // Per selector, where its first match is on the page ({x, y, width, height}), or null
+  // when nothing matching is rendered.
+  async boxes({ name, selectors }) {
+    const page = pages.get(name);
+    const boxes = {};
+    for (const selector of selectors) {
+      boxes[selector] = await page.locator(selector).first().boundingBox({ timeout: 1000 }).catch(() => null);
+    }
+    return boxes;
+  },
+  // How wide the page is against its window: wider means it scrolls sideways.
+  async widths({ name }) {
+    return pages.get(name).evaluate(() => ({
+      window: window.innerWidth,
+      page: document.documentElement.scrollWidth,
+      body: document.body.scrollWidth,
+    }));
+  },
+  // axe-core's check of the page as it stands (WCAG 2.x A and AA rules): the violations,
+  // each with its impact and the elements it found. Run through the DevTools protocol, which
+  // the page's Content-Security-Policy does not restrict, so the page is checked as served.
+  async axe({ name }) {
+    const page = pages.get(name);
+    await page.evaluate(`${axeSource}\n;0`);
+    return page.evaluate(async () => {
+      // @ts-ignore: put there by the line above
+      const { violations } = await window.axe.run(document, {
+        runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] },
+      });
+      return violations.map((v) => ({
+        id: v.id,
+        impact: v.impact,
+        help: v.help,
+        nodes: v.nodes.map((n) => `${n.target.join(" ")}: ${n.failureSummary}`),
+      }));
+    });
+  },
+  // Presses a key where the focus is, as a keyboard user does.
+  async key({ name, key }) {
+    await pages.get(name).keyboard.press(key);
+  },
+  // The element that has the keyboard's focus: its id, or its tag name.
+  async focused({ name }) {
+    return pages.get(name).evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
   },
 };
 

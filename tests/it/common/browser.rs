@@ -116,4 +116,97 @@ impl Browser {
         )
         .await;
     }
+
+    /// Sets `name`'s window to `width` by `height` CSS pixels (a phone is 390 by 844).
+    pub async fn viewport(&mut self, name: &str, width: u32, height: u32) {
+        self.run(
+            serde_json::json!({"cmd": "viewport", "name": name, "width": width, "height": height}),
+        )
+        .await;
+    }
+
+    /// Saves a screenshot of `name`'s page as `$CARGO_TARGET_DIR/screenshots/{file}.png`
+    /// (the target directory the test binary was built in), prints where, and returns it.
+    pub async fn screenshot(&mut self, name: &str, file: &str) -> std::path::PathBuf {
+        // The binary runs from target/debug/deps.
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap();
+        let dir = target.join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{file}.png"));
+        self.run(serde_json::json!({"cmd": "screenshot", "name": name, "path": path}))
+            .await;
+        // Past the test harness's capture (which takes print macros only), so the path shows
+        // whether the test passes or not.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "screenshot: {}", path.display());
+        path
+    }
+
+    /// Where the first element matching each selector is on the page, or `None` for one not
+    /// rendered.
+    pub async fn boxes(&mut self, name: &str, selectors: &[&str]) -> Vec<(String, Option<Rect>)> {
+        let boxes = self
+            .run(serde_json::json!({"cmd": "boxes", "name": name, "selectors": selectors}))
+            .await;
+        selectors
+            .iter()
+            .map(|s| {
+                (
+                    s.to_string(),
+                    serde_json::from_value(boxes[s].clone()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// How wide `name`'s page is, and its window: a page wider than its window scrolls
+    /// sideways.
+    pub async fn widths(&mut self, name: &str) -> (f64, f64) {
+        let widths = self
+            .run(serde_json::json!({"cmd": "widths", "name": name}))
+            .await;
+        let page = widths["page"]
+            .as_f64()
+            .unwrap()
+            .max(widths["body"].as_f64().unwrap());
+        (page, widths["window"].as_f64().unwrap())
+    }
+
+    /// axe-core's violations of WCAG 2.1 A and AA (and its best practices) in `name`'s page.
+    pub async fn axe(&mut self, name: &str) -> Vec<Value> {
+        let violations = self
+            .run(serde_json::json!({"cmd": "axe", "name": name}))
+            .await;
+        serde_json::from_value(violations).unwrap()
+    }
+
+    /// The id (or tag name) of the element that has the keyboard's focus.
+    pub async fn focused(&mut self, name: &str) -> String {
+        let focused = self
+            .run(serde_json::json!({"cmd": "focused", "name": name}))
+            .await;
+        focused.as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// An element's box on the page, in CSS pixels.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct Rect {
+    pub x: f64,
+    pub y: f64,
+    pub width: f64,
+    pub height: f64,
+}
+
+impl Rect {
+    /// Whether the box lies wholly inside a window of `width` by `height` (rounding aside).
+    pub fn inside(&self, width: f64, height: f64) -> bool {
+        self.x >= -0.5
+            && self.y >= -0.5
+            && self.x + self.width <= width + 0.5
+            && self.y + self.height <= height + 0.5
+            && self.width > 0.0
+            && self.height > 0.0
+    }
 }
