@@ -22,6 +22,7 @@ use crate::auth::{AuthError, Session, TokenId};
 use crate::budget::{Rates, UserBudgets};
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
+use crate::fleet::Fleet;
 use crate::history::HistoryReader;
 use crate::kafka::Catalogue;
 use crate::kafka::{LivePositions, Publisher};
@@ -59,6 +60,8 @@ pub struct Hub {
     /// Who is in which room, with presence on.
     pub roster: Option<Roster>,
     pub signals: Signals,
+    /// This hub's samples for the admin view's charts, and the other hubs' reports.
+    pub fleet: Arc<Fleet>,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// The clock of every socket's request budgets. Made once: making one runs CPUID
@@ -117,6 +120,7 @@ pub struct Parts {
     pub presence: Option<Presence>,
     pub roster: Option<Roster>,
     pub signals: Signals,
+    pub fleet: Arc<Fleet>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -127,6 +131,8 @@ pub struct ConnectionInfo {
     pub sub: String,
     /// Milliseconds since the epoch.
     pub since: i64,
+    /// How the socket came: a WebSocket over HTTP/1.1 or over HTTP/2.
+    pub transport: &'static str,
     #[serde(skip)]
     pub token: TokenId,
     /// Told when a revocation covers the socket's token, or the hub shuts down.
@@ -247,6 +253,7 @@ impl Hub {
             presence,
             roster,
             signals,
+            fleet,
             tasks,
             shutdown,
         } = parts;
@@ -276,6 +283,7 @@ impl Hub {
             presence,
             roster,
             signals,
+            fleet,
             shutdown,
             revocations: Revocations::default(),
             consumer_ready,
@@ -405,6 +413,11 @@ impl Hub {
         if let Some(mut info) = self.connections.get_mut(&id) {
             info.token = token;
         }
+    }
+
+    /// How many users have a socket here.
+    pub fn users(&self) -> usize {
+        self.seats.len()
     }
 
     /// The listed sockets, by id.
@@ -581,6 +594,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
             retries: Retries::new(&config, "test", &log),
             roster: None,
             signals: Signals::new(&config, "test", &log).unwrap(),
+            fleet: Arc::new(Fleet::new("test".into())),
             store,
             commits,
             presence: None,

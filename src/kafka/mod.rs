@@ -10,7 +10,7 @@ mod log;
 mod producer;
 
 pub use catalogue::{Catalogue, Lookup};
-pub use consumer::{Consumer, LivePositions, Sinks};
+pub use consumer::{Consumer, LagReporting, LivePositions, Sinks};
 pub use log::KafkaLog;
 pub use producer::{PublishError, Publisher};
 
@@ -60,6 +60,10 @@ pub(crate) fn client_config(
 /// anyone to replay them.
 pub const SIGNAL_RETENTION_MS: &str = "60000";
 
+/// How long the fleet topic keeps hubs' reports: hubs read it from its end, and a report is
+/// stale after seconds.
+const FLEET_RETENTION_MS: &str = "60000";
+
 /// A consumer that reads partitions it assigns itself, from offsets it names: replays and
 /// `history` pages.
 pub(crate) fn reader_config(config: &ServeConfig, client_id: &str) -> ClientConfig {
@@ -103,6 +107,10 @@ pub async fn ensure_topics(
                 topic
                     .set("retention.ms", SIGNAL_RETENTION_MS)
                     .set("segment.ms", SIGNAL_RETENTION_MS)
+            } else if *name == config.topics.fleet_topic {
+                topic
+                    .set("retention.ms", FLEET_RETENTION_MS)
+                    .set("segment.ms", FLEET_RETENTION_MS)
             } else {
                 topic
             }
