@@ -211,6 +211,12 @@ async fn the_fleet_view_shows_both_hubs_and_revoking_from_it_closes_the_user_on_
         "{listed:?}"
     );
 
+    let path = screenshot_path("admin-fleet");
+    browser
+        .run(json!({"cmd": "screenshot", "name": "admin", "path": path, "full_page": true}))
+        .await;
+    println!("screenshot of the fleet view: {path}");
+
     // Revoking Alice from hub A's page asks first, then closes her sockets on both hubs.
     browser
         .run(json!({"cmd": "accept_dialogs", "name": "admin"}))
