@@ -115,6 +115,12 @@ pub struct ServerConfig {
     #[arg(long, env = "WSKAFKA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 
+    /// Address of a listener of its own for `/metrics` (`127.0.0.1:9100`, say, or an address
+    /// only the monitoring network reaches); the public listener then answers `/metrics`
+    /// with 404. Unset: `/metrics` is on the public listener, open to anyone who reaches it.
+    #[arg(long, env = "WSKAFKA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Origins besides the hub's own from which the admin view may change state,
     /// comma-separated (`https://admin.example.com`): for an admin view that a proxy serves
     /// under another host name than the one the hub sees. Requests that change state from
@@ -228,6 +234,12 @@ pub struct TopicsConfig {
     /// partition) when missing. Clients can never publish or subscribe to it.
     #[arg(long, env = "WSKAFKA_CONTROL_TOPIC", default_value = "wskafka.control")]
     pub control_topic: String,
+
+    /// Kafka topic on which every hub reports its load and connections every 5 s, for the
+    /// admin view of the whole fleet; created (one partition, records kept a minute) when
+    /// missing. Clients can never publish or subscribe to it.
+    #[arg(long, env = "WSKAFKA_FLEET_TOPIC", default_value = "wskafka.fleet")]
+    pub fleet_topic: String,
 }
 
 /// Read positions, revocations and sessions.
@@ -468,6 +480,7 @@ impl ServeConfig {
             .then_some(self.presence.roster_topic.as_str());
         [
             self.topics.control_topic.as_str(),
+            self.topics.fleet_topic.as_str(),
             self.presence.signal_topic.as_str(),
         ]
         .into_iter()

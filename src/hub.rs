@@ -22,6 +22,7 @@ use crate::auth::{AuthError, Session, TokenId};
 use crate::budget::{Rates, UserBudgets};
 use crate::config::ServeConfig;
 use crate::control::{Revocation, Revocations};
+use crate::fleet::Fleet;
 use crate::history::HistoryReader;
 use crate::kafka::Catalogue;
 use crate::kafka::{LivePositions, Publisher};
@@ -60,6 +61,8 @@ pub struct Hub {
     /// Who is in which room, with presence on.
     pub roster: Option<Roster>,
     pub signals: Signals,
+    /// This hub's samples for the admin view's charts, and the other hubs' reports.
+    pub fleet: Arc<Fleet>,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Connections, the work they leave behind and the background tasks, which shutdown
@@ -150,6 +153,8 @@ pub struct ConnectionInfo {
     pub sub: String,
     /// Milliseconds since the epoch.
     pub since: i64,
+    /// How the socket came: a WebSocket over HTTP/1.1 or over HTTP/2.
+    pub transport: &'static str,
     #[serde(skip)]
     pub token: TokenId,
     /// Told when a revocation covers the socket's token, or the hub shuts down.
@@ -369,6 +374,11 @@ impl Hub {
         }
     }
 
+    /// How many users have a socket here.
+    pub fn users(&self) -> usize {
+        self.sockets.seats.len()
+    }
+
     /// The listed sockets, by id.
     pub fn connections(&self) -> Vec<(ConnId, ConnectionInfo)> {
         let mut listed: Vec<(ConnId, ConnectionInfo)> = self
@@ -547,6 +557,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         ),
         roster: None,
         signals: Signals::new(&clients, &config.presence).unwrap(),
+        fleet: Arc::new(Fleet::new("test".into())),
         store,
         commits,
         presence: None,

@@ -22,6 +22,7 @@ mod clock;
 mod config;
 mod connection;
 mod control;
+mod fleet;
 mod grant;
 mod heartbeat;
 mod history;

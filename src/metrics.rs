@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
@@ -27,8 +28,19 @@ pub struct Metrics {
     exporter: PrometheusHandle,
     frames_received: Counter,
     frames_sent: Counter,
-    publish_ack: Histogram,
+    publish_ack: PublishAcks,
     delivery: Histogram,
+}
+
+/// The publish acknowledgement's histogram, counted in `TOTALS` too.
+#[derive(Clone)]
+pub struct PublishAcks(Histogram);
+
+impl PublishAcks {
+    pub fn record(&self, elapsed: Duration) {
+        TOTALS.acks.fetch_add(1, Ordering::Relaxed);
+        self.0.record(elapsed);
+    }
 }
 
 impl Metrics {
@@ -42,7 +54,7 @@ impl Metrics {
             exporter,
             frames_received: counter!("wskafka_frames_received_total"),
             frames_sent: counter!("wskafka_frames_sent_total"),
-            publish_ack: histogram!("wskafka_publish_ack_seconds"),
+            publish_ack: PublishAcks(histogram!("wskafka_publish_ack_seconds")),
             delivery: histogram!("wskafka_delivery_seconds"),
         })
     }
@@ -68,16 +80,18 @@ impl Metrics {
     }
 
     pub fn frame_received(&self) {
+        TOTALS.frames_in.fetch_add(1, Ordering::Relaxed);
         self.frames_received.increment(1);
     }
 
     pub fn frames_sent(&self, count: usize) {
+        TOTALS.frames_out.fetch_add(count as u64, Ordering::Relaxed);
         self.frames_sent.increment(count as u64);
     }
 
     /// From handing the record to the producer to Kafka's acknowledgement. A handle, for
     /// the publish's answer, which outlives the borrow of the hub's state.
-    pub fn publish_ack(&self) -> Histogram {
+    pub fn publish_ack(&self) -> PublishAcks {
         self.publish_ack.clone()
     }
 
@@ -85,7 +99,57 @@ impl Metrics {
     /// per record: the exporter keeps every sample with its own clock reading until the
     /// next upkeep, which cost a fifth of the hub's CPU when fanning out bursts.
     pub fn delivered(&self, oldest_ms: i64) {
-        self.delivery.record(oldest_ms.max(0) as f64 / 1000.0);
+        let ms = oldest_ms.max(0);
+        let bucket = DELIVERY_BUCKETS_MS.partition_point(|&bound| bound < ms);
+        TOTALS.delivery[bucket].fetch_add(1, Ordering::Relaxed);
+        self.delivery.record(ms as f64 / 1000.0);
+    }
+}
+
+/// Upper bounds of the delivery latency buckets the admin view's percentiles are read from,
+/// in milliseconds; finer than the exporter's, and one more bucket for anything slower.
+pub const DELIVERY_BUCKETS_MS: [i64; 22] = [
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 2000, 3000, 5000,
+    10000,
+];
+
+/// Running totals since start, which the admin view's charts are sampled from (see
+/// `fleet`): the exporter only renders text, and a count is cheaper to read than to parse.
+struct Totals {
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    acks: AtomicU64,
+    publish_errors: AtomicU64,
+    delivery: [AtomicU64; DELIVERY_BUCKETS_MS.len() + 1],
+}
+
+static TOTALS: Totals = Totals {
+    frames_in: AtomicU64::new(0),
+    frames_out: AtomicU64::new(0),
+    acks: AtomicU64::new(0),
+    publish_errors: AtomicU64::new(0),
+    delivery: [const { AtomicU64::new(0) }; DELIVERY_BUCKETS_MS.len() + 1],
+};
+
+/// The running totals at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub acks: u64,
+    pub publish_errors: u64,
+    /// Writes per delivery latency bucket (`DELIVERY_BUCKETS_MS`, then the slower ones).
+    pub delivery: Vec<u64>,
+}
+
+pub fn counts() -> Counts {
+    let read = |total: &AtomicU64| total.load(Ordering::Relaxed);
+    Counts {
+        frames_in: read(&TOTALS.frames_in),
+        frames_out: read(&TOTALS.frames_out),
+        acks: read(&TOTALS.acks),
+        publish_errors: read(&TOTALS.publish_errors),
+        delivery: TOTALS.delivery.iter().map(read).collect(),
     }
 }
 
@@ -182,6 +246,7 @@ pub fn topics_refreshed(cause: &'static str) {
 }
 
 pub fn publish_failed(code: &'static str) {
+    TOTALS.publish_errors.fetch_add(1, Ordering::Relaxed);
     counter!("wskafka_publish_errors_total", "code" => code).increment(1);
 }
 
@@ -279,6 +344,17 @@ pub fn jwks_fetched(url: &str, usable: bool) {
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     let mut series = TOPIC_SERIES.lock().expect("topic series lock");
     series.lag(topic, partition, lag);
+}
+
+/// Per topic with a series: its subscriptions on this hub, and its consumer lag per
+/// partition, for the admin view.
+pub fn topics() -> Vec<(String, u64, BTreeMap<i32, i64>)> {
+    let series = TOPIC_SERIES.lock().expect("topic series lock");
+    series
+        .0
+        .iter()
+        .map(|(topic, counts)| (topic.clone(), counts.subscriptions, counts.lag.clone()))
+        .collect()
 }
 
 // What holds memory (see `memory`): bytes per part, and sockets ended for bytes.

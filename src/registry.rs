@@ -285,6 +285,24 @@ impl Registry {
             .remove_if(topic, |_, subscribers| subscribers.is_empty());
     }
 
+    /// Each connection's subscriptions, as `topic` or `topic:key`, for the admin view.
+    pub fn subscriptions(&self) -> HashMap<ConnId, Vec<String>> {
+        let mut listed: HashMap<ConnId, Vec<String>> = HashMap::new();
+        for entry in self.topics.iter() {
+            let (topic, subscribers) = (entry.key(), entry.value());
+            for conn in subscribers.any_key.keys() {
+                listed.entry(*conn).or_default().push(topic.to_string());
+            }
+            for (key, keyed) in &subscribers.by_key {
+                let named = format!("{topic}:{}", String::from_utf8_lossy(key));
+                for conn in keyed.keys() {
+                    listed.entry(*conn).or_default().push(named.clone());
+                }
+            }
+        }
+        listed
+    }
+
     pub fn has_subscribers(&self, topic: &str) -> bool {
         self.topics.contains_key(topic)
     }

@@ -74,7 +74,8 @@ impl<S> Socket for S where
 {
 }
 
-/// Serves one socket until it ends; `open` is its permit under the hub's cap on sockets.
+/// Serves one socket until it ends; `open` is its permit under the hub's cap on sockets,
+/// `transport` what the admin view lists it as.
 ///
 /// Not an `async fn`: those keep their arguments twice in the future, once as arguments and
 /// once as locals, and this future lives as long as the socket.
@@ -84,6 +85,7 @@ pub fn run(
     mut socket: impl Socket,
     admission: Admission,
     open: OwnedSemaphorePermit,
+    transport: &'static str,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _open = open;
@@ -111,6 +113,7 @@ pub fn run(
         let info = ConnectionInfo {
             sub: session.sub.clone(),
             since: now_millis(),
+            transport,
             token: session.token.clone(),
             stop: stop.clone(),
             queued: queued.clone(),
@@ -747,6 +750,7 @@ mod tests {
             socket,
             admission,
             hub.open_socket().unwrap(),
+            "test",
         ));
         Client {
             to_hub: Some(to_hub),

@@ -17,6 +17,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::{LimitsConfig, TopicsConfig};
+use crate::fleet::Fleet;
 use crate::kafka::KafkaLog;
 use crate::kafka_settings::Side;
 use crate::metrics;
@@ -91,6 +92,8 @@ pub struct Sinks<S> {
     pub recent: Recent,
     /// Records of the control topic.
     pub control: mpsc::UnboundedSender<Vec<u8>>,
+    /// Where the fleet topic's reports go, on the consumer's thread.
+    pub fleet: Arc<Fleet>,
     /// Records of the signal topic, on the consumer's thread.
     pub signals: S,
 }
@@ -153,6 +156,7 @@ impl Consumer {
             exposed: topics.topics.clone(),
             closed: topics.closed_topics.clone(),
             control: topics.control_topic.clone(),
+            fleet: topics.fleet_topic.clone(),
             signals: signal_topic.to_string(),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -184,17 +188,19 @@ impl Consumer {
 }
 
 /// What the consumer reads: the exposed topics but Kafka's own and the closed ones (which
-/// `client_config` hides from it), the control topic and the signal topic.
+/// `client_config` hides from it), the control topic, the fleet topic and the signal topic.
 struct Topics {
     exposed: Vec<TopicPattern>,
     closed: Vec<TopicPattern>,
     control: String,
+    fleet: String,
     signals: String,
 }
 
 impl Topics {
     fn matches(&self, topic: &str) -> bool {
         topic == self.control
+            || topic == self.fleet
             || topic == self.signals
             || (any_matches(&self.exposed, topic)
                 && !is_kafka_internal(topic)
@@ -202,13 +208,15 @@ impl Topics {
     }
 
     fn own_exist(&self, metadata: &rdkafka::metadata::Metadata) -> bool {
-        [&self.control, &self.signals].into_iter().all(|own| {
-            metadata.topics().iter().any(|t| {
-                t.name() == own.as_str()
-                    && !t.partitions().is_empty()
-                    && t.partitions().iter().all(|p| p.leader() >= 0)
+        [&self.control, &self.fleet, &self.signals]
+            .into_iter()
+            .all(|own| {
+                metadata.topics().iter().any(|t| {
+                    t.name() == own.as_str()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
             })
-        })
     }
 }
 
@@ -256,7 +264,11 @@ fn consume<S: Fn(&[u8])>(
         .exposed
         .iter()
         .map(|p| p.kafka_subscription())
-        .chain([topics.control.clone(), topics.signals.clone()])
+        .chain([
+            topics.control.clone(),
+            topics.fleet.clone(),
+            topics.signals.clone(),
+        ])
         .collect();
     let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&subscriptions) {
@@ -266,6 +278,11 @@ fn consume<S: Fn(&[u8])>(
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(POLL_INTERVAL) {
             None => {}
+            Some(Ok(message)) if message.topic() == topics.fleet => {
+                if let Some(value) = message.payload() {
+                    sinks.fleet.read(value);
+                }
+            }
             Some(Ok(message)) if message.topic() == topics.control => {
                 if let Some(value) = message.payload() {
                     let _ = sinks.control.send(value.to_vec());
@@ -371,15 +388,7 @@ impl ClientContext for StartPositions {
     /// from the committed offset, and the hub commits nothing.)
     fn stats(&self, statistics: Statistics) {
         self.log.stats(&statistics);
-        for (name, topic) in &statistics.topics {
-            for (&partition, stats) in &topic.partitions {
-                // Partition -1 is librdkafka's internal one; -1 offsets mean unknown.
-                if partition >= 0 && stats.hi_offset >= 0 && stats.app_offset >= 0 {
-                    let lag = (stats.hi_offset - stats.app_offset).max(0);
-                    metrics::consumer_lag(name, partition, lag);
-                }
-            }
-        }
+        report_lag(&statistics);
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -390,6 +399,50 @@ impl ClientContext for StartPositions {
         self.log.client_error(&error, reason);
     }
 }
+
+/// Each partition's consumer lag, from a consumer's statistics, to `metrics`.
+fn report_lag(statistics: &Statistics) {
+    for (name, topic) in &statistics.topics {
+        for (&partition, stats) in &topic.partitions {
+            // A partition that handed the hub nothing since start has no `app_offset`:
+            // where its fetching stands is where the hub reads it, less what was fetched
+            // and not handed yet. Partition -1 is librdkafka's internal one; negative
+            // offsets mean unknown.
+            let position = if stats.app_offset >= 0 {
+                stats.app_offset
+            } else {
+                stats.next_offset - stats.fetchq_cnt
+            };
+            if partition >= 0 && stats.hi_offset >= 0 && position >= 0 {
+                let lag = (stats.hi_offset - position).max(0);
+                metrics::consumer_lag(name, partition, lag);
+            }
+        }
+    }
+}
+
+/// librdkafka's log, and the consumer lag in its statistics, for a consumer beside the
+/// hub's main one that assigns its partitions by hand (the roster's): its client settings
+/// need `statistics.interval.ms`.
+#[derive(Clone)]
+pub struct LagReporting(pub KafkaLog);
+
+impl ClientContext for LagReporting {
+    fn stats(&self, statistics: Statistics) {
+        self.0.stats(&statistics);
+        report_lag(&statistics);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for LagReporting {}
 
 impl ConsumerContext for StartPositions {
     fn rebalance(

@@ -10,7 +10,7 @@ mod log;
 mod producer;
 
 pub use catalogue::{Catalogue, Lookup};
-pub use consumer::{Consumer, LivePositions, Sinks};
+pub use consumer::{Consumer, LagReporting, LivePositions, Sinks};
 pub use log::KafkaLog;
 pub use producer::{PublishError, Publisher};
 
@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientConfig, Message as _};
 
-use crate::config::{PresenceConfig, ServeConfig};
+use crate::config::{PresenceConfig, ServeConfig, TopicsConfig};
 use crate::kafka_settings::{KafkaSettings, Side};
 use crate::protocol::{self, RecordView};
 use crate::registry::Delivery;
@@ -115,10 +115,15 @@ impl Clients {
 /// anyone to replay them.
 pub const SIGNAL_RETENTION_MS: &str = "60000";
 
+/// How long the fleet topic keeps hubs' reports: hubs read it from its end, and a report is
+/// stale after seconds.
+const FLEET_RETENTION_MS: &str = "60000";
+
 /// Creates the topics the hub writes to itself, when missing, with the broker's default
 /// replication.
 pub async fn ensure_topics(
     clients: &Clients,
+    topics: &TopicsConfig,
     presence: &PresenceConfig,
     names: &[&str],
 ) -> Result<(), KafkaError> {
@@ -139,6 +144,10 @@ pub async fn ensure_topics(
                 topic
                     .set("retention.ms", SIGNAL_RETENTION_MS)
                     .set("segment.ms", SIGNAL_RETENTION_MS)
+            } else if *name == topics.fleet_topic {
+                topic
+                    .set("retention.ms", FLEET_RETENTION_MS)
+                    .set("segment.ms", FLEET_RETENTION_MS)
             } else {
                 topic
             }

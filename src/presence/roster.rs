@@ -37,8 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::PresenceConfig;
-use crate::kafka::Clients;
-use crate::kafka::KafkaLog;
+use crate::kafka::{Clients, LagReporting};
 use crate::protocol;
 use crate::registry::{ConnId, Outbound, Queued, Registry, Wants};
 
@@ -446,7 +445,6 @@ impl Roster {
 /// Bound on the round trips that find where the roster topic ends.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
 /// The thread that reads the roster topic into the roster: from its beginning (compaction
 /// keeps the latest state of every socket), caught up once it reached where the topic ended
 /// when the hub started, then following it. Changes are told to sockets from then on.
@@ -462,9 +460,11 @@ impl Follower {
         roster: Roster,
         registry: Arc<Registry>,
     ) -> Result<Follower, KafkaError> {
-        let consumer: BaseConsumer<KafkaLog> = clients
+        // Statistics for its consumer lag in the admin view.
+        let consumer: BaseConsumer<LagReporting> = clients
             .reader("roster")
-            .create_with_context(clients.log().clone())?;
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagReporting(clients.log().clone()))?;
         let topic = presence.roster_topic.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -486,7 +486,7 @@ impl Follower {
 }
 
 fn follow(
-    consumer: &BaseConsumer<KafkaLog>,
+    consumer: &BaseConsumer<LagReporting>,
     topic: &str,
     roster: &Roster,
     registry: &Registry,

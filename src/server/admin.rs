@@ -1,12 +1,18 @@
 //! The admin view and API, behind HTTP Basic authentication as `admin` with
 //! `WSKAFKA_ADMIN_PASSWORD`; without that password the routes do not exist:
-//! - `/admin`, a page (its script and styles under `/admin/` too) polling `/metrics` and
-//!   `/admin/connections`;
+//! - `/admin`, a page (its script, styles and charting library under `/admin/` too) polling
+//!   the endpoints below;
+//! - `/admin/connections`: this hub's live connections;
+//! - `/admin/fleet`: every hub heard from lately, with its latest sample and connections;
+//! - `/admin/charts`: this hub's samples, every 5 s for the last hour and every minute for
+//!   the last day (see `fleet`);
+//! - `/admin/topics`: the topics this hub reads, with their subscriptions and each
+//!   partition's consumer lag, the hub's own topics marked `internal`;
 //! - `POST /admin/revocations` with `{"jti": "..."}` or `{"sub": "..."}`, which revokes one
 //!   token or every token of a user issued until now, on every hub (see `control`).
 //!
-//! Topics, rates and lag come from `/metrics`, which the page reads too; only the list of
-//! live connections needs an endpoint of its own.
+//! Every hub samples itself every 5 s and writes a report to the fleet topic, which every
+//! hub reads ([`sample_and_report`]): that is how one hub's page shows the whole fleet.
 //!
 //! A browser that was given the password sends it with every later request to the hub,
 //! including those another site's page makes, so a request that changes state must show
@@ -30,14 +36,18 @@ use subtle::ConstantTimeEq as _;
 
 use crate::clock::now_secs;
 use crate::control::{ControlMessage, Revocation};
-use crate::hub::{ConnectionInfo, Hub};
+use crate::fleet::{self, Gauges, Listed, Report, ReportMessage};
+use crate::hub::Hub;
 use crate::metrics;
-use crate::registry::ConnId;
 use crate::server::logins::{Logins, Source};
 
 const PAGE: &str = include_str!("../../web/admin.html");
 const SCRIPT: &str = include_str!("../../web/admin.js");
 const STYLE: &str = include_str!("../../web/admin.css");
+/// uPlot 1.6.32 (MIT), from npm's `uplot` package: `dist/uPlot.iife.min.js` and
+/// `dist/uPlot.min.css`, with its licence beside them.
+const CHARTS_SCRIPT: &str = include_str!("../../web/vendor/uplot/uPlot.iife.min.js");
+const CHARTS_STYLE: &str = include_str!("../../web/vendor/uplot/uPlot.min.css");
 
 pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
     let Some(password) = &hub.config.server.admin_password else {
@@ -57,7 +67,18 @@ pub fn routes(hub: &Arc<Hub>) -> Router<Arc<Hub>> {
             file("text/javascript; charset=utf-8", SCRIPT),
         )
         .route("/admin/admin.css", file("text/css; charset=utf-8", STYLE))
+        .route(
+            "/admin/uPlot.iife.min.js",
+            file("text/javascript; charset=utf-8", CHARTS_SCRIPT),
+        )
+        .route(
+            "/admin/uPlot.min.css",
+            file("text/css; charset=utf-8", CHARTS_STYLE),
+        )
         .route("/admin/connections", get(connections))
+        .route("/admin/fleet", get(fleet))
+        .route("/admin/charts", get(charts))
+        .route("/admin/topics", get(topics))
         .route("/admin/revocations", post(revoke))
         // Matched routes only: `layer` would also wrap the fallback, answering 401 for every
         // unknown path. The last added runs first: the password, then where it came from.
@@ -190,20 +211,137 @@ fn refusal(headers: &HeaderMap, host: Option<&str>, trusted: &[String]) -> Optio
     None
 }
 
-#[derive(Serialize)]
-struct Listed {
-    id: ConnId,
-    #[serde(flatten)]
-    info: ConnectionInfo,
+/// This hub's connections, oldest first.
+fn listed(hub: &Hub) -> Vec<Listed> {
+    let mut subscriptions = hub.registry.subscriptions();
+    hub.connections()
+        .into_iter()
+        .map(|(id, info)| {
+            let mut subscribed = subscriptions.remove(&id).unwrap_or_default();
+            subscribed.sort();
+            Listed {
+                id,
+                sub: info.sub,
+                hub: hub.fleet.instance.clone(),
+                transport: info.transport.to_string(),
+                subscriptions: subscribed,
+                since: info.since,
+            }
+        })
+        .collect()
 }
 
 async fn connections(State(hub): State<Arc<Hub>>) -> Response {
-    let listed: Vec<Listed> = hub
-        .connections()
+    axum::Json(listed(&hub)).into_response()
+}
+
+#[derive(Serialize)]
+struct FleetView {
+    /// The hub that answers.
+    this: String,
+    hubs: Vec<Report>,
+}
+
+async fn fleet(State(hub): State<Arc<Hub>>) -> Response {
+    axum::Json(FleetView {
+        this: hub.fleet.instance.clone(),
+        hubs: hub.fleet.hubs(),
+    })
+    .into_response()
+}
+
+async fn charts(State(hub): State<Arc<Hub>>) -> Response {
+    axum::Json(hub.fleet.charts()).into_response()
+}
+
+#[derive(Serialize)]
+struct TopicView {
+    topic: String,
+    /// The hub's own (control, signals, presence, roster), not the application's.
+    internal: bool,
+    subscriptions: u64,
+    /// Records behind the end, per partition read; partitions librdkafka has not reported
+    /// on yet are missing.
+    lag: Vec<PartitionLag>,
+}
+
+#[derive(Serialize)]
+struct PartitionLag {
+    partition: i32,
+    lag: i64,
+}
+
+async fn topics(State(hub): State<Arc<Hub>>) -> Response {
+    let topics: Vec<TopicView> = metrics::topics()
         .into_iter()
-        .map(|(id, info)| Listed { id, info })
+        .map(|(topic, subscriptions, lag)| TopicView {
+            internal: hub.config.is_internal_topic(&topic),
+            lag: lag
+                .into_iter()
+                .map(|(partition, lag)| PartitionLag { partition, lag })
+                .collect(),
+            topic,
+            subscriptions,
+        })
         .collect();
-    axum::Json(listed).into_response()
+    axum::Json(topics).into_response()
+}
+
+/// Every `fleet::EVERY` until shutdown: samples this hub for its charts, and writes its
+/// report to the fleet topic for every hub's fleet view (this one's too, at once).
+/// Reports stop while Kafka is away; the other hubs forget this one after
+/// `fleet::FORGET_AFTER`.
+pub async fn sample_and_report(hub: Arc<Hub>) {
+    let mut every = tokio::time::interval(fleet::EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let topic = hub.config.topics.fleet_topic.clone();
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let (mut lag, mut internal_lag) = (0, 0);
+        for (topic, _, partitions) in metrics::topics() {
+            let behind: i64 = partitions.values().sum();
+            if hub.config.is_internal_topic(&topic) {
+                internal_lag += behind;
+            } else {
+                lag += behind;
+            }
+        }
+        let mut connections = listed(&hub);
+        let gauges = Gauges {
+            sockets: connections.len() as u64,
+            users: hub.users() as u64,
+            lag,
+            internal_lag,
+        };
+        // The first only starts the count: rates need an interval.
+        let Some(latest) = hub.fleet.sample(gauges) else {
+            continue;
+        };
+        let connection_count = connections.len();
+        connections.truncate(fleet::LISTED);
+        let report = Report {
+            instance: hub.fleet.instance.clone(),
+            started: hub.fleet.started,
+            latest,
+            connections,
+            connection_count,
+        };
+        hub.fleet.heard(report.clone());
+        let message =
+            serde_json::to_vec(&ReportMessage { hub: report }).expect("reports always serialise");
+        // Waited for an interval at most: a Kafka that does not answer delays the next
+        // sample no more than that.
+        let sent =
+            tokio::time::timeout(fleet::EVERY, hub.publisher.publish(&topic, None, &message)).await;
+        match sent {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot write this hub's report"),
+            Err(_) => tracing::debug!("this hub's report was not acknowledged in time"),
+        }
+    }
 }
 
 #[derive(Deserialize)]

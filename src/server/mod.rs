@@ -34,6 +34,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::auth::issuers::{Authenticator, KeyError};
 use crate::config::ServeConfig;
 use crate::control::ControlMessage;
+use crate::fleet::Fleet;
 use crate::history::HistoryReader;
 use crate::hub::{Admission, Hub, Readiness, Sockets};
 use crate::kafka::KafkaLog;
@@ -160,6 +161,11 @@ pub async fn serve(
         addr: config.server.listen,
         source,
     })?;
+    let metrics_listener = config
+        .server
+        .metrics_listen
+        .map(|addr| listen(addr).map_err(|source| StartError::Listen { addr, source }))
+        .transpose()?;
     let instance_id = config
         .presence
         .instance_id
@@ -197,10 +203,12 @@ pub async fn serve(
         config.limits.recent_records,
         config.limits.memory_budget,
     ));
+    let fleet = Arc::new(Fleet::new(instance_id.clone()));
     let sinks = Sinks {
         registry: registry.clone(),
         recent: recent.clone(),
         control,
+        fleet: fleet.clone(),
         signals: {
             let registry = registry.clone();
             let origin = group_id.clone();
@@ -278,6 +286,7 @@ pub async fn serve(
         presence,
         roster,
         signals,
+        fleet,
         tasks,
         shutdown: stopping,
     });
@@ -290,6 +299,7 @@ pub async fn serve(
     });
     hub.track(hub.clone().report_memory(recent));
     hub.track(apply_control(hub.clone(), control_records));
+    hub.track(admin::sample_and_report(hub.clone()));
     hub.track({
         let hub = hub.clone();
         async move {
@@ -309,6 +319,15 @@ pub async fn serve(
         stopping.going_away();
     });
     let header_timeout = hub.config.server.header_read_timeout;
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().map_err(StartError::Serve)?;
+        tracing::info!("serving /metrics at http://{addr}/metrics");
+        let app = Router::new()
+            .route("/metrics", get(render_metrics))
+            .with_state(hub.clone());
+        let stop = hub.shutdown.clone();
+        hub.track(async move { serve_http(listener, app, header_timeout, &stop).await });
+    }
     serve_http(listener, router(hub.clone()), header_timeout, &hub.shutdown).await;
 
     let timeout = hub.config.server.shutdown_timeout;
@@ -412,7 +431,7 @@ async fn watch_kafka(hub: Arc<Hub>, clients: Clients) {
                 let own = hub.config.own_topics();
                 let created = tokio::select! {
                     _ = hub.shutdown.cancelled() => return,
-                    created = kafka::ensure_topics(&clients, &hub.config.presence, &own) => created,
+                    created = kafka::ensure_topics(&clients, &hub.config.topics, &hub.config.presence, &own) => created,
                 };
                 match created {
                     Ok(()) => {
@@ -561,15 +580,20 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src data:; connect-src 'self'; form-action 'self'; \
      base-uri 'none'; frame-ancestors 'none'";
 
+async fn render_metrics(State(hub): State<Arc<Hub>>) -> String {
+    hub.metrics.render()
+}
+
 fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State(hub): State<Arc<Hub>>| async move { hub.metrics.render() }),
-        )
+        .route("/readyz", get(readyz));
+    // On the public listener unless it has one of its own (`WSKAFKA_METRICS_LISTEN`).
+    if hub.config.server.metrics_listen.is_none() {
+        router = router.route("/metrics", get(render_metrics));
+    }
+    router
         .merge(web::routes(&hub.config))
         .merge(admin::routes(&hub))
         .merge(publish::routes(&hub))
@@ -624,6 +648,7 @@ struct TokenQuery {
 
 async fn websocket(
     State(hub): State<Arc<Hub>>,
+    version: axum::http::Version,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     upgrade: WebSocketUpgrade,
@@ -673,6 +698,11 @@ async fn websocket(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let hard_limit = hub.config.limits.max_frame_bytes.saturating_mul(4);
+    let transport = if version == axum::http::Version::HTTP_2 {
+        "WebSocket over HTTP/2"
+    } else {
+        "WebSocket over HTTP/1.1"
+    };
 
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -681,6 +711,12 @@ async fn websocket(
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
             let tracked = hub.clone();
-            tracked.tracked(connection::run(hub, socket, admission, socket_permit))
+            tracked.tracked(connection::run(
+                hub,
+                socket,
+                admission,
+                socket_permit,
+                transport,
+            ))
         })
 }

@@ -17,6 +17,8 @@ const browser = await chromium.launch({
 const pages = new Map();
 /** Per page, its console's errors and warnings, for tests that a page loads cleanly. */
 const complaints = new Map();
+/** Per page, the messages of the dialogs it opened (see `accept_dialogs`). */
+const dialogs = new Map();
 const timeout = Number(process.env.PATIENCE_MS ?? 20000);
 
 const commands = {
@@ -116,8 +118,20 @@ const commands = {
   async complaints({ name }) {
     return complaints.get(name);
   },
-  async screenshot({ name, path }) {
-    await pages.get(name).screenshot({ path });
+  // `full_page`: the whole page, not only what the window shows.
+  async screenshot({ name, path, full_page }) {
+    await pages.get(name).screenshot({ path, fullPage: Boolean(full_page) });
+  },
+  // Accepts the page's dialogs (`confirm`) from now on, keeping what they asked for `dialogs`.
+  async accept_dialogs({ name }) {
+    dialogs.set(name, []);
+    pages.get(name).on("dialog", async (dialog) => {
+      dialogs.get(name).push(dialog.message());
+      await dialog.accept();
+    });
+  },
+  async dialogs({ name }) {
+    return dialogs.get(name) ?? [];
   },
   // The window's size in CSS pixels, as a phone's or a tablet's.
   async viewport({ name, width, height }) {
