@@ -180,10 +180,14 @@ fn bucket(rate: NonZeroU32, clock: &QuantaClock) -> DefaultDirectRateLimiter {
     RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(rate), clock.clone())
 }
 
-/// One socket's buckets.
+/// One socket's buckets, each made when the socket first makes a request of its type (a
+/// bucket made then is as full as one made at the socket's start): most sockets use a few
+/// of the types, and ten buckets held from the start were 830 of the bytes an idle socket
+/// costs (BENCHMARKS.md, "Memory per socket").
 pub struct Budgets {
-    each: [DefaultDirectRateLimiter; KINDS.len()],
-    refusals: DefaultDirectRateLimiter,
+    each: [Option<Box<DefaultDirectRateLimiter>>; KINDS.len()],
+    refusals: Option<Box<DefaultDirectRateLimiter>>,
+    rates: Rates,
     clock: QuantaClock,
 }
 
@@ -202,11 +206,10 @@ impl UserBudgets {
 
 impl Budgets {
     pub fn new(rates: &Rates, clock: &QuantaClock) -> Self {
-        let refusals = Quota::per_second(NonZeroU32::new(REFUSALS_PER_SECOND).expect("not zero"))
-            .allow_burst(NonZeroU32::new(REFUSAL_BURST).expect("not zero"));
         Budgets {
-            each: KINDS.map(|kind| bucket(rates.get(kind), clock)),
-            refusals: RateLimiter::direct_with_clock(refusals, clock.clone()),
+            each: Default::default(),
+            refusals: None,
+            rates: rates.clone(),
             clock: clock.clone(),
         }
     }
@@ -214,15 +217,23 @@ impl Budgets {
     /// Spends one request of `kind` from the socket's bucket, then from its user's (when the
     /// user has more sockets): a request the socket may not make costs the user nothing.
     /// A refusal from either counts towards the socket's close.
-    pub fn spend(&self, kind: Kind, user: Option<&UserBudgets>) -> Verdict {
-        let refused = match self.each[kind as usize].check() {
+    pub fn spend(&mut self, kind: Kind, user: Option<&UserBudgets>) -> Verdict {
+        let (rates, clock) = (&self.rates, &self.clock);
+        let bucket = self.each[kind as usize]
+            .get_or_insert_with(|| Box::new(bucket(rates.get(kind), clock)));
+        let refused = match bucket.check() {
             Err(not_until) => (not_until, false),
             Ok(()) => match user.map(|user| user.each[kind as usize].check()) {
                 None | Some(Ok(())) => return Verdict::Go,
                 Some(Err(not_until)) => (not_until, true),
             },
         };
-        if self.refusals.check().is_err() {
+        let refusals = self.refusals.get_or_insert_with(|| {
+            let quota = Quota::per_second(NonZeroU32::new(REFUSALS_PER_SECOND).expect("not zero"))
+                .allow_burst(NonZeroU32::new(REFUSAL_BURST).expect("not zero"));
+            Box::new(RateLimiter::direct_with_clock(quota, clock.clone()))
+        });
+        if refusals.check().is_err() {
             return Verdict::Close;
         }
         let (not_until, user) = refused;
@@ -241,7 +252,7 @@ mod tests {
     fn a_burst_goes_then_requests_wait_then_a_flood_closes() {
         let mut rates = Rates::default();
         rates.set(Kind::History, NonZeroU32::new(2).unwrap());
-        let budgets = Budgets::new(&rates, &QuantaClock::default());
+        let mut budgets = Budgets::new(&rates, &QuantaClock::default());
         assert_eq!(budgets.spend(Kind::History, None), Verdict::Go);
         assert_eq!(budgets.spend(Kind::History, None), Verdict::Go);
         let Verdict::Wait { wait, user: false } = budgets.spend(Kind::History, None) else {
@@ -273,20 +284,23 @@ mod tests {
             UserBudgets::new(&users, &clock),
         );
         // Alice's sockets, each within its own budget, until hers runs out.
-        let sockets: Vec<Budgets> = (0..8).map(|_| Budgets::new(&rates, &clock)).collect();
+        let mut sockets: Vec<Budgets> = (0..8).map(|_| Budgets::new(&rates, &clock)).collect();
         let served = sockets
-            .iter()
-            .flat_map(|socket| [socket, socket])
-            .filter(|socket| socket.spend(Kind::History, Some(&alice)) == Verdict::Go)
-            .count();
+            .iter_mut()
+            .map(|socket| {
+                (0..2)
+                    .filter(|_| socket.spend(Kind::History, Some(&alice)) == Verdict::Go)
+                    .count()
+            })
+            .sum::<usize>();
         assert_eq!(served as u32, 2 * USER_SHARE, "give or take refills");
-        let fresh = Budgets::new(&rates, &clock);
+        let mut fresh = Budgets::new(&rates, &clock);
         assert!(matches!(
             fresh.spend(Kind::History, Some(&alice)),
             Verdict::Wait { user: true, .. }
         ));
         // A socket over its own budget spends none of the user's.
-        let bobs = Budgets::new(&rates, &clock);
+        let mut bobs = Budgets::new(&rates, &clock);
         for _ in 0..2 {
             assert_eq!(bobs.spend(Kind::History, Some(&bob)), Verdict::Go);
         }
@@ -296,7 +310,7 @@ mod tests {
                 Verdict::Wait { user: false, .. }
             ));
         }
-        let other = Budgets::new(&rates, &clock);
+        let mut other = Budgets::new(&rates, &clock);
         for _ in 0..2 {
             assert_eq!(other.spend(Kind::History, Some(&bob)), Verdict::Go);
         }

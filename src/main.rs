@@ -9,8 +9,15 @@ use wskafka::{Cli, Command, Grants, LogFormat};
 /// after a burst of large records, the hub settled 6 MiB above its idle figure plus the
 /// recent records, where with the system allocator it kept 20 to 38 MiB more for good
 /// (BENCHMARKS.md, "Memory"). It costs about 1.3 KiB more per idle socket.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The heap profiler's allocator, for finding what each socket holds (BENCHMARKS.md,
+/// "Memory per socket"); its profile is written when `main` returns.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,6 +40,8 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(config) => {
+            #[cfg(feature = "dhat-heap")]
+            let _profiler = dhat::Profiler::new_heap();
             let logs = tracing_subscriber::fmt()
                 .with_env_filter(
                     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -66,9 +66,14 @@ pub enum Outbound {
     /// A record, for the socket's subscriptions that its topic and key reach.
     Record(Arc<Delivery>),
     Room(Arc<RoomFrame>),
-    /// For the socket itself rather than a subscription: a watched user's status.
-    Socket(Utf8Bytes),
+    /// For the socket itself rather than a subscription: a watched user's status. Behind a
+    /// pointer like the others, so that an item is 16 bytes: a socket's queue allocates its
+    /// first 32 slots when it is made, idle or not.
+    Socket(Arc<Utf8Bytes>),
 }
+
+// Every socket's queue holds 32 of these from the start (see `Outbound::Socket`).
+const _: () = assert!(size_of::<Outbound>() <= 16);
 
 impl Outbound {
     pub fn room(topic: &str, key: Option<&[u8]>, frame: String) -> Outbound {

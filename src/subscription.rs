@@ -60,7 +60,9 @@ pub struct Subscriptions {
 struct TopicSubscriptions {
     /// The subscription to every key; there are no keyed ones beside it.
     whole: Option<Subscription>,
-    keyed: HashMap<Box<[u8]>, Subscription>,
+    /// Ordered rather than hashed: a `HashMap` carries its 16-byte hasher state, and this is
+    /// held per topic by every socket, most of which follow no key.
+    keyed: BTreeMap<Box<[u8]>, Subscription>,
 }
 
 impl TopicSubscriptions {
@@ -305,7 +307,7 @@ impl Subscriptions {
             }
             Outbound::Socket(frame) => {
                 out.push(Outgoing {
-                    frame,
+                    frame: Arc::unwrap_or_clone(frame),
                     timestamp: None,
                 });
                 return Ok(());

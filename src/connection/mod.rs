@@ -155,7 +155,6 @@ pub fn run(
         };
         metrics::connection_opened();
         let (queue, mut frames) = mpsc::channel(hub.config.limits.send_queue);
-        let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
         let stash_bytes = hub.config.limits.memory_budget.send_queue();
         let mut connection = Connection {
             queue,
@@ -169,7 +168,7 @@ pub fn run(
             committed_any: false,
             roster: RosterWrites::default(),
             watching: Vec::new(),
-            replays,
+            replays: None,
             out: Vec::new(),
             stop,
             presence,
@@ -183,7 +182,7 @@ pub fn run(
             _seat: seat,
         };
         connection
-            .serve(&mut socket, &mut frames, &mut replay_events)
+            .serve(&mut socket, &mut frames)
             .instrument(span)
             .await;
     }
@@ -277,9 +276,12 @@ struct Connection {
     roster: RosterWrites,
     /// Users whose online status this socket is told of.
     watching: Vec<String>,
-    /// Boxed: tokio allocates a channel's first block of 32 slots up front, which unboxed
-    /// cost every socket 3.8 KB whether or not it ever replays.
-    replays: mpsc::Sender<Box<Report>>,
+    /// Where its replays report, made with the first replay and dropped once none runs:
+    /// a channel costs about 800 bytes from the start, most sockets replay only as they
+    /// subscribe or never, and an idle socket's memory is what a hub of many pays. The
+    /// reports are boxed because tokio allocates a channel's first block of 32 slots up
+    /// front.
+    replays: Option<Replays>,
     /// Frames to write at the end of this turn of the loop.
     out: Vec<Outgoing>,
     stop: Stop,
@@ -350,16 +352,38 @@ impl Drop for Connection {
     }
 }
 
+/// The channel a connection's replays report through (see `Connection::replays`).
+struct Replays {
+    sender: mpsc::Sender<Box<Report>>,
+    events: mpsc::Receiver<Box<Report>>,
+}
+
+impl Replays {
+    /// A replay holds a sender, or left reports behind.
+    fn running(&self) -> bool {
+        self.sender.strong_count() > 1 || !self.events.is_empty()
+    }
+
+    /// Not polled without a channel: see the `select!` in `serve`.
+    async fn next(replays: &mut Option<Replays>) -> Option<Box<Report>> {
+        replays.as_mut()?.events.recv().await
+    }
+}
+
 impl Connection {
+    /// Where a new replay reports.
+    fn replay_sender(&mut self) -> mpsc::Sender<Box<Report>> {
+        let replays = self.replays.get_or_insert_with(|| {
+            let (sender, events) = mpsc::channel(REPLAY_QUEUE);
+            Replays { sender, events }
+        });
+        replays.sender.clone()
+    }
+
     /// Everything it works on is borrowed from `run`, so that a connection's state is held
     /// once rather than copied into each nested future: at tens of thousands of sockets,
     /// every byte of it counts.
-    async fn serve(
-        &mut self,
-        socket: &mut impl Socket,
-        frames: &mut mpsc::Receiver<Outbound>,
-        replay_events: &mut mpsc::Receiver<Box<Report>>,
-    ) {
+    async fn serve(&mut self, socket: &mut impl Socket, frames: &mut mpsc::Receiver<Outbound>) {
         tracing::debug!("connected");
         let write_timeout = self.hub.config.server.write_timeout;
         let max_in_flight = self.hub.config.limits.max_in_flight;
@@ -405,13 +429,19 @@ impl Connection {
                 }
                 // Only while a replay task holds a sender or left events behind: polling an
                 // empty channel costs a waker registration, on every record.
-                Some(event) = replay_events.recv(),
-                    if self.replays.strong_count() > 1 || !replay_events.is_empty() =>
+                Some(event) = Replays::next(&mut self.replays),
+                    if self.replays.as_ref().is_some_and(Replays::running) =>
                 {
                     self.on_report(*event);
                     for _ in 1..WRITE_BATCH {
-                        let Ok(event) = replay_events.try_recv() else { break };
+                        let Some(Ok(event)) = self.replays.as_mut().map(|r| r.events.try_recv())
+                        else {
+                            break;
+                        };
                         self.on_report(*event);
+                    }
+                    if !self.replays.as_ref().is_some_and(Replays::running) {
+                        self.replays = None;
                     }
                 }
                 // One call for many records: each receive gives its slot back under the

@@ -94,6 +94,7 @@ impl Connection {
         }
         let generation = self.subscriptions.next_generation();
         let seam = Arc::new(Seam::new(live));
+        let reports = self.replay_sender();
         let stop = self.hub.replayer.spawn(
             replay::Request {
                 topic: topic.as_ref().into(),
@@ -106,7 +107,7 @@ impl Connection {
                 filter: filter.clone(),
                 share: self.share.clone(),
             },
-            self.replays.clone(),
+            reports,
         );
         self.subscriptions.insert_replaying(
             &topic,

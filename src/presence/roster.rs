@@ -183,7 +183,7 @@ impl Roster {
                 continue;
             };
             let frame = protocol::status_frame(&user, online);
-            let frame = Outbound::Socket(frame.into());
+            let frame = Outbound::Socket(Arc::new(frame.into()));
             for (queue, queued) in watching.values() {
                 registry.offer(queue, queued, &frame);
             }
