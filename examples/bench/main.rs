@@ -74,6 +74,10 @@ struct Args {
     /// Subscribers of the large room.
     #[arg(long, default_value_t = 10_000)]
     room: usize,
+    /// Records sent to the large room, 200 ms apart: enough for its p99 not to be its
+    /// maximum.
+    #[arg(long, default_value_t = 300)]
+    room_records: usize,
     /// Length of the timed runs (paced fan-out, ingest, latency, slow consumers).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -231,7 +235,7 @@ async fn main() {
             "ingest" => scenarios::ingest(hub, bare, &kafka, &args).await,
             "latency" => scenarios::latency(&servers, &kafka, &args).await,
             "slow" => scenarios::slow(&servers, &kafka, &args).await,
-            "room" => scenarios::room(&servers, &kafka, args.room).await,
+            "room" => scenarios::room(&servers, &kafka, args.room, args.room_records).await,
             "storm" => scenarios::storm(&servers, &kafka, &args).await,
             "history" => scenarios::history(hub, &kafka, &args).await,
             "presence" => scenarios::presence(&hub_binary, &kafka, &work).await,

@@ -44,8 +44,9 @@ pub fn histogram() -> Histogram<u64> {
 pub fn print_latency(what: &str, h: &Histogram<u64>) {
     let ms = |q| h.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "{what}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
+        "{what}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
         ms(0.5),
+        ms(0.9),
         ms(0.99),
         ms(0.999),
         h.max() as f64 / 1e3,

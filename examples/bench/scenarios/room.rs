@@ -17,18 +17,18 @@ use crate::{Socket, now_us};
 
 /// One record at a time to `size` subscribers, first through the bare server, then through
 /// the hub; the figure is how long the last subscriber waits for each record.
-pub async fn room(servers: &Servers, kafka: &Broker, size: usize) {
+pub async fn room(servers: &Servers, kafka: &Broker, size: usize, records: usize) {
     let (hub, bare, centrifugo) = (&servers.hub, &servers.bare, servers.centrifugo());
     let topic = "bench.room";
     let readers = bare.sockets(size).await;
     let mut publisher = bare.open(&bare.ws_url("publisher")).await;
     let (client, server) = (Usage::of_self(), bare.usage());
-    let bare_last = last_deliveries(readers, async |i| {
+    let bare_last = last_deliveries(readers, records, async |i| {
         let frame = message_frame(topic, i, payload(now_us(), i));
         publisher.send(Message::text(frame)).await.unwrap();
     })
     .await;
-    println!("{ROOM_RECORDS} records, one at a time, to {size} subscribers");
+    println!("{records} records, one at a time, to {size} subscribers");
     println!(
         "  bare server CPU {:.0}%",
         bare.usage().cpu_since(&server) * 100.0
@@ -45,7 +45,7 @@ pub async fn room(servers: &Servers, kafka: &Broker, size: usize) {
     let (client, server) = (Usage::of_self(), hub.usage());
     let written_before = hub.delivery_buckets().await;
     let mut plain_latency = histogram();
-    let hub_last = last_deliveries(readers, async |i| {
+    let hub_last = last_deliveries(readers, records, async |i| {
         let ack = produce(&producer, &route, payload(now_us(), i)).await;
         ack.await.unwrap().expect("the broker took the record");
         let (sent, _) = next_stamp(&plain).await;
@@ -62,7 +62,7 @@ pub async fn room(servers: &Servers, kafka: &Broker, size: usize) {
     let readers = centrifugo.subscribers(topic, size).await;
     let route = centrifugo.route(topic);
     let (client, server) = (Usage::of_self(), centrifugo.usage());
-    let centrifugo_last = last_deliveries(readers, async |i| {
+    let centrifugo_last = last_deliveries(readers, records, async |i| {
         let ack = produce(&producer, &route, payload(now_us(), i)).await;
         ack.await.unwrap().expect("the broker took the record");
     })
@@ -84,32 +84,35 @@ pub async fn room(servers: &Servers, kafka: &Broker, size: usize) {
     );
 }
 
-/// Records sent to the room, 200 ms apart so each one's fan-out is measured alone.
-pub const ROOM_RECORDS: usize = 30;
+/// Time between the room's records.
+const GAP: Duration = Duration::from_millis(200);
 
-/// Calls `send(i)` for each record of the room and returns, per record, how long after its
+/// Calls `send(i)` for each of `records` records, 200 ms apart so that each one's fan-out is
+/// measured alone and returns, per record, how long after its
 /// send time the last of `readers` had it.
 pub async fn last_deliveries(
     readers: Vec<Socket>,
+    records: usize,
     mut send: impl AsyncFnMut(usize),
 ) -> Histogram<u64> {
     // The latest arrival of each record, in µs after its send time.
-    let last: Arc<Vec<AtomicU64>> =
-        Arc::new((0..ROOM_RECORDS).map(|_| AtomicU64::new(0)).collect());
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..records).map(|_| AtomicU64::new(0)).collect());
     let tasks: Vec<_> = readers
         .into_iter()
         .map(|mut socket| {
             let last = last.clone();
             tokio::spawn(async move {
                 let mut seen = 0;
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-                while seen < ROOM_RECORDS {
+                let deadline = tokio::time::Instant::now()
+                    + Duration::from_secs(60)
+                    + GAP * 2 * records as u32;
+                while seen < records {
                     let Ok(Some(text)) =
                         tokio::time::timeout_at(deadline, next_text(&mut socket)).await
                     else {
                         panic!("a subscriber of the room lost its socket or its records");
                     };
-                    for (sent, i) in stamps(&text).filter(|(_, i)| *i < ROOM_RECORDS) {
+                    for (sent, i) in stamps(&text).filter(|(_, i)| *i < records) {
                         last[i].fetch_max(now_us() - sent, Ordering::Relaxed);
                         seen += 1;
                     }
@@ -117,9 +120,9 @@ pub async fn last_deliveries(
             })
         })
         .collect();
-    for i in 0..ROOM_RECORDS {
+    for i in 0..records {
         send(i).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(GAP).await;
     }
     for task in tasks {
         task.await.unwrap();
