@@ -9,6 +9,7 @@ mod database;
 mod hub;
 mod kafka;
 mod network;
+mod sse;
 mod tokens;
 
 pub use browser::*;
@@ -17,6 +18,7 @@ pub use database::*;
 pub use hub::*;
 pub use kafka::*;
 pub use network::*;
+pub use sse::*;
 pub use tokens::*;
 
 use std::time::Duration;
