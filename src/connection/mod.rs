@@ -536,7 +536,6 @@ impl Connection {
             self.answer(answer);
         }
         if writable {
-            self.mark_resume(socket);
             let _ = write_all(socket, &mut self.out, &self.hub.metrics, write_timeout).await;
         }
         if let Some(frame) = ending.close_frame() {

@@ -18,10 +18,19 @@ pub struct Sse {
     pub headers: reqwest::header::HeaderMap,
     /// What was read but is not a whole event yet.
     buffer: String,
-    /// Frames of whole events not taken yet; the last of each event carries its id.
-    frames: VecDeque<(Value, Option<String>)>,
+    /// Frames of whole events not taken yet.
+    frames: VecDeque<Frame>,
+    /// The frames taken so far end an event: the client has taken events whole.
+    pub between_events: bool,
     /// The id of the last event whose frames were all taken, as `EventSource` keeps it.
     pub last_id: Option<String>,
+}
+
+/// A frame of an event, the last of which carries the event's id.
+struct Frame {
+    frame: Value,
+    ends: bool,
+    id: Option<String>,
 }
 
 impl Hub {
@@ -77,6 +86,7 @@ impl Hub {
             response,
             buffer: String::new(),
             frames: VecDeque::new(),
+            between_events: true,
             last_id: last_id.map(str::to_string),
         };
         let first = sse.recv().await;
@@ -118,8 +128,9 @@ impl Sse {
     /// The next frame; `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Value> {
         loop {
-            if let Some((frame, id)) = self.frames.pop_front() {
-                if id.is_some() {
+            if let Some(Frame { frame, ends, id }) = self.frames.pop_front() {
+                self.between_events = ends;
+                if ends && id.is_some() {
                     self.last_id = id;
                 }
                 return Some(frame);
@@ -152,8 +163,9 @@ impl Sse {
         }
         let count = frames.len();
         for (i, frame) in frames.into_iter().enumerate() {
-            let last = (i + 1 == count).then(|| id.clone()).flatten();
-            self.frames.push_back((frame, last));
+            let ends = i + 1 == count;
+            let id = id.clone().filter(|_| ends);
+            self.frames.push_back(Frame { frame, ends, id });
         }
     }
 
