@@ -156,11 +156,12 @@ pub fn run(
                 }
             },
         };
-        metrics::connection_opened();
+        metrics::connection_opened(metrics::Transport::of(transport));
         let (queue, mut frames) = mpsc::channel(hub.config.limits.send_queue);
         let (replays, mut replay_events) = mpsc::channel(REPLAY_QUEUE);
         let stash_bytes = hub.config.limits.memory_budget.send_queue();
         let mut connection = Connection {
+            transport: metrics::Transport::of(transport),
             resumable: socket.resumable(),
             resume_len: 0,
             queue,
@@ -294,6 +295,8 @@ struct Connection {
     ended: DisconnectReason,
     /// A request naming a topic the hub has to ask Kafka about first.
     held: Option<Box<Held>>,
+    /// What it talks over, for its metrics.
+    transport: metrics::Transport,
     /// Its writes carry a resume cursor (SSE), last this many bytes long.
     resumable: bool,
     resume_len: usize,
@@ -335,7 +338,7 @@ type Handled = Result<Answered, Refused>;
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        metrics::connection_closed();
+        metrics::connection_closed(self.transport);
         if self.committed_any {
             self.hub.commits.write_soon();
         }

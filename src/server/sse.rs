@@ -43,6 +43,7 @@ use tokio_util::sync::{CancellationToken, PollSender, WaitForCancellationFutureO
 
 use crate::connection::{self, Socket};
 use crate::hub::{Admission, Hub};
+use crate::metrics;
 use crate::protocol::cursor;
 
 use super::{bearer, origin_allowed};
@@ -127,6 +128,7 @@ async fn ticket(hub: Arc<Hub>, streams: Arc<Streams>, headers: HeaderMap) -> Res
         let now = Instant::now();
         streams.tickets.retain(|_, t| t.expires > now);
         if streams.tickets.len() >= MAX_TICKETS {
+            metrics::sse_ticket(false);
             return refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many tickets wait for their stream",
@@ -139,6 +141,7 @@ async fn ticket(hub: Arc<Hub>, streams: Arc<Streams>, headers: HeaderMap) -> Res
         expires: Instant::now() + TICKET_TTL,
     };
     streams.tickets.insert(id.clone(), ticket);
+    metrics::sse_ticket(true);
     let body = serde_json::json!({"ticket": id, "expires_in_ms": TICKET_TTL.as_millis()});
     axum::Json(body).into_response()
 }
@@ -273,6 +276,7 @@ async fn request(
         let mine = open.sub == session.sub;
         mine.then(|| open.requests.clone())
     }) else {
+        metrics::sse_request_refused(404);
         return refused(
             StatusCode::NOT_FOUND,
             "no such stream on this hub: it ended, or is held by another hub; open a new one",
@@ -295,6 +299,7 @@ async fn request(
         vec![text]
     };
     let Ok(permits) = requests.try_reserve_many(frames.len()) else {
+        metrics::sse_request_refused(429);
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, "1")],

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::browser::{Demo, restart_mid_conversation, say_from_kafka};
 use crate::common::*;
 use serde_json::{Value, json};
 
 /// A stream carries the socket's frames: a subscription, a publish's ack and its record, a
-/// ping's pong; its headers keep proxies from buffering or caching it, and the admin view
-/// lists it as `sse`.
+/// ping's pong; its headers keep proxies from buffering or caching it, the admin view
+/// lists it as `sse`, and the metrics count it under its transport.
 #[tokio::test]
 async fn a_stream_subscribes_publishes_and_receives_like_a_socket() {
     let (topic, glob) = fresh_topic("sse-basic", 2).await;
@@ -64,6 +65,11 @@ async fn a_stream_subscribes_publishes_and_receives_like_a_socket() {
         .await;
     assert_eq!(status, 200, "{listing}");
     assert!(listing.contains(r#""transport":"sse""#), "{listing}");
+    hub.until_metric(r#"wskafka_connections_by_transport{transport="sse"}"#, 1.0)
+        .await;
+    drop(sse);
+    hub.until_metric(r#"wskafka_connections_by_transport{transport="sse"}"#, 0.0)
+        .await;
 }
 
 /// Reads a resumed stream's records until, with those of the first stream, they are all of
@@ -306,4 +312,111 @@ async fn bad_tickets_tokens_stream_ids_and_event_ids_are_refused_clearly() {
         matches!(&refused, Some((400, reason)) if reason.contains("Last-Event-ID")),
         "{refused:?}"
     );
+}
+
+/// Behind nginx with its defaults (responses buffered), each event reaches the client as
+/// the hub writes it: the hub sends `X-Accel-Buffering: no`. Pings are off, so nothing but
+/// what the test asks for is ever written: an event that arrives did not wait for a later
+/// write to push it through nginx's buffer.
+#[tokio::test]
+async fn behind_nginx_with_its_default_buffering_each_event_arrives_as_it_is_written() {
+    let (topic, glob) = fresh_topic("sse-nginx", 1).await;
+    let hub = Hub::start(&glob, &["--ping-interval", "0s"]).await;
+    let nginx = Nginx::start(hub.addr).await;
+    let alice = token("alice", &[&glob], &[&glob]);
+    // The stream's first event, then each reply, is the last thing written so far.
+    let mut sse = Sse::via(&nginx.base(), &alice).await;
+    let producer = producer();
+    sse.subscribe_from(&topic, json!("latest")).await;
+    for seq in 0..3 {
+        let body = json!({"seq": seq}).to_string();
+        let at = produce(&producer, &topic, "k", body.as_bytes()).await;
+        let message = sse.recv().await;
+        assert_eq!(position(&message), at, "{message}");
+        assert_eq!(message["payload"]["seq"], seq);
+    }
+    assert_eq!(
+        sse.call(json!({"type": "ping", "id": "p"})).await,
+        json!({"type": "pong", "id": "p"})
+    );
+}
+
+/// Run before the demo's scripts: the page's WebSocket constructor throws, as where a
+/// network refuses upgrades, and the page counts the refusals and the streams it opens.
+const NO_WEBSOCKET: &str = r#"
+window.webSocketsRefused = 0;
+window.streamsOpened = 0;
+window.WebSocket = function () {
+  window.webSocketsRefused += 1;
+  throw new Error("this network refuses WebSocket upgrades");
+};
+const NativeEventSource = window.EventSource;
+window.EventSource = class extends NativeEventSource {
+  constructor(...args) {
+    super(...args);
+    window.streamsOpened += 1;
+  }
+};
+"#;
+
+async fn page_count(browser: &mut Browser, user: &str, counter: &str) -> u64 {
+    let script = format!("window.{counter}");
+    let value = browser
+        .run(json!({"cmd": "evaluate", "name": user, "script": script}))
+        .await;
+    value.as_u64().unwrap()
+}
+
+/// Where WebSocket cannot be used, the demo works unchanged over SSE and POST: a room's
+/// history, who is in it, chat both ways; and after the hub restarts, the pages reconnect
+/// over SSE again and lose nothing, repeat nothing.
+#[tokio::test]
+async fn where_websocket_fails_the_demo_chats_shows_presence_and_history_and_resumes_over_sse() {
+    let demo = Demo::start().await;
+    say_from_kafka(&demo.rooms, "lobby", "kafka", "before anyone came").await;
+    let mut browser = Browser::start().await;
+    for user in ["alice", "bob"] {
+        let url = demo.page(user);
+        browser
+            .run(json!({"cmd": "open", "name": user, "url": url, "init": NO_WEBSOCKET}))
+            .await;
+        browser.wait_text(user, "#status", "open").await;
+        browser
+            .wait_text(user, "#messages", "before anyone came")
+            .await;
+    }
+    browser.wait_text("alice", "#members", "bob").await;
+    browser.wait_text("bob", "#members", "alice").await;
+    browser.say("alice", "hello over sse").await;
+    browser
+        .wait_text("bob", "#messages", "hello over sse")
+        .await;
+    browser.say("bob", "hi back").await;
+    browser.wait_text("alice", "#messages", "hi back").await;
+    for user in ["alice", "bob"] {
+        assert!(page_count(&mut browser, user, "webSocketsRefused").await >= 1);
+        assert_eq!(page_count(&mut browser, user, "streamsOpened").await, 1);
+    }
+    let basic = basic("admin", "pw");
+    let (status, listing) = demo
+        .hub
+        .get_with("/admin/connections", &[("Authorization", &basic)])
+        .await;
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(
+        listing.matches(r#""transport":"sse""#).count(),
+        2,
+        "{listing}"
+    );
+
+    let before = [
+        "kafkabefore anyone came",
+        "alicehello over sse",
+        "bobhi back",
+    ];
+    let _demo = restart_mid_conversation(demo, &mut browser, &before).await;
+    for user in ["alice", "bob"] {
+        assert!(page_count(&mut browser, user, "streamsOpened").await >= 2);
+    }
+    browser.wait_text("alice", "#members", "bob").await;
 }

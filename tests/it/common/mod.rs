@@ -9,6 +9,7 @@ mod database;
 mod hub;
 mod kafka;
 mod network;
+mod nginx;
 mod sse;
 mod tokens;
 
@@ -18,6 +19,7 @@ pub use database::*;
 pub use hub::*;
 pub use kafka::*;
 pub use network::*;
+pub use nginx::*;
 pub use sse::*;
 pub use tokens::*;
 

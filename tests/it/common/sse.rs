@@ -63,7 +63,35 @@ impl Hub {
         ticket: &str,
         last_id: Option<&str>,
     ) -> Result<Sse, (u16, String)> {
-        let base = format!("http://{}", self.addr);
+        Sse::open(format!("http://{}", self.addr), token, ticket, last_id).await
+    }
+}
+
+impl Sse {
+    /// Opens a stream at `base` (the hub, or a proxy in front of it) with a new ticket
+    /// taken there.
+    pub async fn via(base: &str, token: &str) -> Sse {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/sse/ticket"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("a ticket");
+        assert_eq!(response.status(), 200);
+        let ticket: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        let ticket = ticket["ticket"].as_str().unwrap();
+        match Sse::open(base.to_string(), token, ticket, None).await {
+            Ok(sse) => sse,
+            Err((status, body)) => panic!("the stream was refused {status}: {body}"),
+        }
+    }
+
+    async fn open(
+        base: String,
+        token: &str,
+        ticket: &str,
+        last_id: Option<&str>,
+    ) -> Result<Sse, (u16, String)> {
         let http = reqwest::Client::new();
         let mut request = http.get(format!("{base}/sse?ticket={ticket}"));
         if let Some(id) = last_id {
@@ -94,9 +122,7 @@ impl Hub {
         sse.stream = first["id"].as_str().unwrap().to_string();
         Ok(sse)
     }
-}
 
-impl Sse {
     /// POSTs `body` (a frame or an array of them) for the stream with `token`: the status
     /// and the body.
     pub async fn post_as(&self, token: &str, stream: &str, body: &str) -> (u16, String) {
