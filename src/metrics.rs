@@ -153,12 +153,53 @@ pub fn counts() -> Counts {
     }
 }
 
-pub fn connection_opened() {
-    gauge!("wskafka_connections").increment(1);
+/// What a connection talks over, as its metrics are labelled: operators watch how many
+/// clients fell back to SSE (a network that breaks upgrades shows there first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
 }
 
-pub fn connection_closed() {
+impl Transport {
+    /// From the transport a connection is listed as (`"sse"`, or a WebSocket's).
+    pub fn of(listed: &str) -> Transport {
+        if listed == "sse" {
+            Transport::Sse
+        } else {
+            Transport::WebSocket
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+pub fn connection_opened(transport: Transport) {
+    gauge!("wskafka_connections").increment(1);
+    gauge!("wskafka_connections_by_transport", "transport" => transport.label()).increment(1);
+}
+
+pub fn connection_closed(transport: Transport) {
     gauge!("wskafka_connections").decrement(1);
+    gauge!("wskafka_connections_by_transport", "transport" => transport.label()).decrement(1);
+}
+
+/// A ticket for an SSE stream handed out, or refused because too many wait.
+pub fn sse_ticket(issued: bool) {
+    let outcome = if issued { "issued" } else { "refused" };
+    counter!("wskafka_sse_tickets_total", "outcome" => outcome).increment(1);
+}
+
+/// A `POST` of requests for an SSE stream refused, by HTTP status: 404 for a stream this hub
+/// does not hold (a client sent to the wrong hub: sticky sessions missing), 429 for a
+/// stream whose client sends faster than its requests are taken.
+pub fn sse_request_refused(status: u16) {
+    counter!("wskafka_sse_requests_refused_total", "status" => status.to_string()).increment(1);
 }
 
 /// Per topic: the subscriptions to it on this hub, and the consumer's lag per partition.

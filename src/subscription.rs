@@ -20,8 +20,9 @@ use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::DropGuard;
 
 use crate::metrics;
+use crate::protocol::cursor::Resume;
 use crate::protocol::{Reply, RequestId};
-use crate::registry::{Delivery, Filter, Outbound};
+use crate::registry::{Delivery, Extras, Filter, Outbound};
 use crate::replay::{Event, ReplayError, Report, Seam};
 
 /// A frame to write, with the timestamp of the record it carries.
@@ -106,6 +107,10 @@ struct Subscription {
     next: BTreeMap<i32, i64>,
     /// Boxed: few subscriptions replay, and every subscription would carry its size.
     replay: Option<Box<Replaying>>,
+    /// What it asked for besides records, and where a replay was asked to start: what a
+    /// resume cursor needs (see `resume`).
+    extras: Extras,
+    asked: Option<BTreeMap<i32, i64>>,
 }
 
 struct Replaying {
@@ -223,6 +228,8 @@ impl Subscriptions {
             start: replay.is_none().then(|| next.clone()),
             next,
             replay,
+            extras: Extras::default(),
+            asked: None,
         };
         let subscriptions = self.by_topic.entry(topic.to_string()).or_default();
         let old = match key {
@@ -409,6 +416,50 @@ impl Subscriptions {
         self.stashed -= released.0;
         self.stashed_bytes -= released.1;
         None
+    }
+
+    /// Notes what the subscription to `key` of `topic` asked for besides records, and the
+    /// offsets its replay was asked to start from (a `from.offsets` start), for `resume`.
+    pub fn remember(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        extras: Extras,
+        asked: Option<BTreeMap<i32, i64>>,
+    ) {
+        let held = self.by_topic.get_mut(topic);
+        if let Some(s) = held.and_then(|t| t.get_mut(key.map(str::as_bytes))) {
+            s.extras = extras;
+            s.asked = asked;
+        }
+    }
+
+    /// Where a new connection takes up each subscription after the frames written so far:
+    /// the next offset per partition not written, or for a replay that has not said
+    /// `subscribed` yet the offsets it was asked to start from. A replay from another start
+    /// that has not said `subscribed` yet is left out: it is asked again as it was made.
+    pub fn resume(&self) -> Vec<Resume> {
+        let mut resumes = Vec::with_capacity(self.count);
+        for (topic, subscriptions) in &self.by_topic {
+            for (key, s) in subscriptions.iter() {
+                let next = match &s.replay {
+                    Some(replay) if !replay.started => match &s.asked {
+                        Some(asked) => asked.clone(),
+                        None => continue,
+                    },
+                    _ => s.next.clone(),
+                };
+                resumes.push(Resume {
+                    topic: topic.clone(),
+                    key: key.map(str::to_string),
+                    next,
+                    headers: s.filter.headers.iter().cloned().collect(),
+                    presence: s.extras.presence,
+                    signals: s.extras.signals,
+                });
+            }
+        }
+        resumes
     }
 
     /// Where to resume each subscription: the next offset per partition not written. A

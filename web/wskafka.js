@@ -6,6 +6,9 @@
 // `publish_id` and age, which the hub answers from Kafka when the first attempt got there,
 // so nothing is written twice). A subscription follows a whole topic
 // or one key of it (a chat room); one socket follows any number of rooms.
+//
+// Where WebSocket upgrades are blocked, it speaks the same protocol over Server-Sent Events
+// and POST (`SseSocket`, below), with the same API: see `Transport`.
 
 /**
  * @typedef {string | (() => string | Promise<string>)} TokenSource
@@ -31,11 +34,25 @@
  *   `publishId` sent again as an option publishes the same record, never a second one
  * @typedef {{token: TokenSource, backoff?: Backoff, heartbeat?: Heartbeat,
  *   publishTimeout?: number, maxFrameBytes?: number, WebSocket?: typeof WebSocket,
- *   random?: () => number, window?: EventTarget,
+ *   transport?: Transport, sseUrl?: string, websocketRetry?: number,
+ *   EventSource?: typeof EventSource,
+ *   fetch?: typeof fetch, random?: () => number, window?: EventTarget,
  *   document?: EventTarget & {visibilityState?: string}}} Options
  *   `window` and `document` (the page's, by default) give the `online` and
- *   `visibilitychange` events that make the client reconnect at once
+ *   `visibilitychange` events that make the client reconnect at once; `sseUrl` is the
+ *   hub's `http(s)://…/sse` (by default, the WebSocket URL's, `/ws` made `/sse`)
+ * @typedef {"auto" | "websocket" | "sse"} Transport
+ *   `auto` (the default): WebSocket first; SSE + POST at once when a WebSocket is cut before
+ *   its first frame (1006: its upgrade refused, or the connection broke) or its constructor
+ *   throws. Once a stream has opened after such a failure, the client keeps to SSE for
+ *   `websocketRetry` ms (`WEBSOCKET_RETRY`, 5 minutes): the first reconnect after that tries
+ *   WebSocket again (a connection that works is not given up to try, so a page that never
+ *   loses its stream stays on SSE). A stream that fails before it opens sends the next
+ *   attempt, after the backoff, to WebSocket. `websocket` or `sse`: that one only.
  */
+
+/** How long the client keeps to SSE after falling back before it tries WebSocket again. */
+export const WEBSOCKET_RETRY = 5 * 60_000;
 
 /** Reconnect delays: from 250 ms, doubling, capped at 10 s (with jitter: 5 to 10 s). */
 export const DEFAULT_BACKOFF = Object.freeze({ min: 250, max: 10_000 });
@@ -117,6 +134,14 @@ export class WsKafka extends EventTarget {
     this.publishTimeout = options.publishTimeout ?? DEFAULT_PUBLISH_TIMEOUT;
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    /** @type {Transport} */
+    this.transport = options.transport ?? "auto";
+    this.sseUrl = options.sseUrl ?? sseUrlOf(url);
+    this.websocketRetry = options.websocketRetry ?? WEBSOCKET_RETRY;
+    /** When a WebSocket last failed where a stream then worked (ms), or null. */
+    this.fellBack = null;
+    /** The last WebSocket failed before its first frame: the next attempt is a stream. */
+    this.wsFailed = false;
     this.random = options.random ?? Math.random;
     /** @type {ConnectionState} */
     this.state = "connecting";
@@ -130,7 +155,7 @@ export class WsKafka extends EventTarget {
     this.requests = new Map();
     this.nextId = 1;
     this.attempt = 0;
-    /** @type {WebSocket | null} */
+    /** @type {WebSocket | SseSocket | null} */
     this.socket = null;
     this.authenticated = false;
     this.timer = null;
@@ -411,23 +436,29 @@ export class WsKafka extends EventTarget {
   connect() {
     if (this.state === "closed") return;
     clearTimeout(this.timer);
-    const socket = new this.WebSocket(this.url);
+    const socket = this.open();
+    const sse = socket instanceof SseSocket;
     this.socket = socket;
     this.authenticated = false;
     // Silence is watched from the start: a connect or a login that hangs (the network died
     // under it) is given up like an open socket that stopped answering.
     this.heard = Date.now();
     this.listen();
+    let framed = false;
     socket.onopen = async () => {
+      if (sse && this.wsFailed) this.fellBack = Date.now();
+      this.wsFailed = false;
       try {
-        const token = await this.token();
+        // A stream was opened with a token already: the same one logs in, as the ticket's.
+        const token = sse ? socket.bearer : await this.token();
         if (this.socket === socket) this.send({ type: "auth", id: "auth", token });
       } catch (e) {
         socket.close(4000, "no token");
       }
     };
-    socket.onmessage = (event) => {
+    socket.onmessage = (/** @type {{data: string}} */ event) => {
       if (this.socket !== socket) return;
+      framed = true;
       // Any frame at all shows the connection lives.
       this.heard = Date.now();
       if (this.probing) {
@@ -436,13 +467,39 @@ export class WsKafka extends EventTarget {
       }
       this.receive(JSON.parse(event.data));
     };
-    socket.onclose = () => {
+    socket.onclose = (/** @type {{code?: number} | undefined} */ event) => {
       if (this.socket !== socket) return;
       this.lost();
       if (this.state === "closed") return;
+      // A WebSocket cut before its first frame (1006: its upgrade failed, or the connection
+      // broke) may be a proxy refusing upgrades: a stream is tried at once. The hub's own
+      // refusals come with their codes.
+      if (!sse && !framed && event?.code === 1006 && this.transport === "auto") {
+        this.wsFailed = true;
+        return this.connect();
+      }
+      this.wsFailed = false;
       const delay = backoffDelay(this.attempt++, this.backoff, this.random);
       this.timer = setTimeout(() => this.connect(), delay);
     };
+  }
+
+  /** A WebSocket, or a stream when the transport says so or WebSocket failed. */
+  open() {
+    const retry = this.fellBack !== null && Date.now() - this.fellBack >= this.websocketRetry;
+    if (retry) this.fellBack = null;
+    const sse =
+      this.transport === "sse" ||
+      (this.transport === "auto" && (this.wsFailed || this.fellBack !== null));
+    if (!sse) {
+      try {
+        return new this.WebSocket(this.url);
+      } catch (e) {
+        if (this.transport !== "auto") throw e;
+        this.wsFailed = true;
+      }
+    }
+    return new SseSocket(this.sseUrl, () => this.token(), this.options);
   }
 
   /** The current socket is gone (closed, or given up for dead): forget it. */
@@ -668,6 +725,144 @@ export class WsKafka extends EventTarget {
       this.subscriptions.delete(ended);
     }
     this.dispatchEvent(new CustomEvent("error", { detail: error }));
+  }
+}
+
+/** The hub's SSE URL for its WebSocket URL: `ws(s)://host/ws` -> `http(s)://host/sse`. */
+function sseUrlOf(/** @type {string} */ url) {
+  const u = new URL(url, globalThis.location?.href);
+  u.protocol = u.protocol === "wss:" || u.protocol === "https:" ? "https:" : "http:";
+  u.pathname = u.pathname.replace(/\/(ws)?$/, "") + "/sse";
+  u.search = "";
+  return u.toString();
+}
+
+/** Requests one POST carries at most: half what the hub queues for a stream. */
+const SSE_BATCH = 32;
+/** ... and their bytes, past the first, under the hub's bound on a POST's body (1 MiB). */
+const SSE_BATCH_BYTES = 256 * 1024;
+
+/**
+ * The protocol over Server-Sent Events and POST, shaped as the WebSocket the client uses
+ * (`onopen`, `onmessage`, `onclose`, `send`, `close`): a ticket (`POST /sse/ticket` with
+ * the token), the stream (`GET /sse?ticket=…`), whose first frame names it, and requests
+ * POSTed to it in order, batched while one is on its way, with the token of the last `auth`
+ * frame. The hub answers on the stream. A `close` frame, a stream that fails, or a POST the
+ * hub refuses (a stream it no longer holds: 404) close it, and the client reconnects as
+ * after a socket's close, resubscribing from its own positions. (It does not use the
+ * browser's own reconnect: a ticket opens one stream.)
+ */
+export class SseSocket {
+  /**
+   * @param {string} url  the hub's `…/sse`
+   * @param {() => Promise<string>} token
+   * @param {{EventSource?: typeof EventSource, fetch?: typeof fetch}} [options]
+   */
+  constructor(url, token, options = {}) {
+    this.url = url;
+    this.EventSource = options.EventSource ?? globalThis.EventSource;
+    this.fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
+    /** @type {(() => void) | null} */
+    this.onopen = null;
+    /** @type {((event: {data: string}) => void) | null} */
+    this.onmessage = null;
+    /** @type {((event: {code: number, reason: string}) => void) | null} */
+    this.onclose = null;
+    /** @type {EventSource | null} */
+    this.source = null;
+    /** @type {string | null} */
+    this.stream = null;
+    this.bearer = "";
+    /** Frames waiting for the POST on its way. @type {string[]} */
+    this.queue = [];
+    this.posting = false;
+    this.closed = false;
+    this.start(token).catch(() => this.finish(1006, "no stream"));
+  }
+
+  /** @param {() => Promise<string>} token */
+  async start(token) {
+    this.bearer = await token();
+    const response = await this.fetch(`${this.url}/ticket`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${this.bearer}` },
+    });
+    if (!response.ok) throw new Error(`ticket refused: ${response.status}`);
+    const { ticket } = await response.json();
+    if (this.closed) return;
+    const source = new this.EventSource(`${this.url}?ticket=${encodeURIComponent(ticket)}`);
+    this.source = source;
+    source.onmessage = (event) => {
+      // One event holds every frame of one write, a line each.
+      for (const line of event.data.split("\n")) {
+        if (this.closed) return;
+        const frame = JSON.parse(line);
+        if (frame.type === "stream" && this.stream === null) {
+          this.stream = frame.id;
+          this.onopen?.();
+          this.flush();
+        } else if (frame.type === "close") {
+          this.finish(frame.code, frame.reason);
+        } else {
+          this.onmessage?.({ data: line });
+        }
+      }
+    };
+    source.onerror = () => this.finish(1006, "stream lost");
+  }
+
+  /** @param {string} text  a request frame */
+  send(text) {
+    if (this.closed) return;
+    const frame = JSON.parse(text);
+    if (frame.type === "auth") this.bearer = frame.token;
+    this.queue.push(text);
+    this.flush();
+  }
+
+  async flush() {
+    if (this.posting || this.stream === null || this.queue.length === 0) return;
+    this.posting = true;
+    // A POST holds what the stream's task may queue at once (the hub refuses more, 429).
+    let count = 0;
+    for (let bytes = 0; count < this.queue.length && count < SSE_BATCH; count++) {
+      bytes += this.queue[count].length;
+      if (count > 0 && bytes > SSE_BATCH_BYTES) break;
+    }
+    const frames = this.queue.splice(0, count);
+    try {
+      const response = await this.fetch(`${this.url}/${this.stream}`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${this.bearer}`, "Content-Type": "application/json" },
+        body: `[${frames.join(",")}]`,
+      });
+      if (response.status === 429) {
+        // The stream's task has many requests to take yet: these go again, first, shortly.
+        this.queue.unshift(...frames);
+        const wait = 1000 * Number(response.headers?.get?.("retry-after") ?? 1);
+        setTimeout(() => this.flush(), wait);
+        return;
+      }
+      if (!response.ok) return this.finish(4000 + response.status, await response.text());
+    } catch {
+      return this.finish(1006, "request lost");
+    } finally {
+      this.posting = false;
+    }
+    this.flush();
+  }
+
+  /** @param {number} [code] @param {string} [reason] */
+  close(code = 1000, reason = "") {
+    this.finish(code, reason);
+  }
+
+  /** @param {number} code @param {string} reason */
+  finish(code, reason) {
+    if (this.closed) return;
+    this.closed = true;
+    this.source?.close();
+    this.onclose?.({ code, reason });
   }
 }
 

@@ -49,7 +49,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http,sse"
     )]
     scenarios: Vec<String>,
     /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it); needed
@@ -59,7 +59,12 @@ struct Args {
     /// Sockets held open by the idle scenario; the hub's cap is set to this many.
     #[arg(long, default_value_t = 19_000)]
     idle: usize,
-    /// Subscribers of the fan-out, latency and slow-consumer scenarios.
+    /// SSE streams, and as many sockets, held open by the sse scenario to weigh the hub's
+    /// memory per stream against its memory per socket.
+    #[arg(long, default_value_t = 5_000)]
+    sse_streams: usize,
+    /// Subscribers of the fan-out, latency and slow-consumer scenarios (and of the sse
+    /// scenario's fan-out, as many streams as sockets).
     #[arg(long, default_value_t = 1_000)]
     subscribers: usize,
     /// Records each server sends in the fan-out scenario, in bursts of `BURST`, over
@@ -176,6 +181,7 @@ async fn main() {
         (LIMITS_TOPICS[0], 1),
         (LIMITS_TOPICS[1], 1),
         (scenarios::once::ONCE_TOPIC, 4),
+        (scenarios::sse::SSE_TOPIC, 1),
         ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
@@ -244,6 +250,7 @@ async fn main() {
             "limits" => scenarios::limits(&hub_binary, &kafka, &work, &args).await,
             "once" => scenarios::once(hub, &args).await,
             "http" => scenarios::http(hub, &args).await,
+            "sse" => scenarios::sse(hub, &hub_binary, &kafka, &work, &args).await,
             other => panic!("no scenario called {other}"),
         }
         println!(

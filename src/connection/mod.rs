@@ -42,7 +42,7 @@ use crate::heartbeat::{Beat, Heartbeat};
 use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
 use crate::metrics::{self, Metrics};
 use crate::presence::DisconnectReason;
-use crate::protocol::{ErrorCode, Refused, Reply, RequestId, close};
+use crate::protocol::{ErrorCode, Refused, Reply, RequestId, close, cursor};
 use crate::registry::{ConnId, Outbound, Queued};
 use crate::replay::Report;
 use crate::stop::{Stop, StopReason};
@@ -59,20 +59,23 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const SHARE: usize = 2;
 /// Replay records a connection holds before the replay waits for it.
 const REPLAY_QUEUE: usize = 64;
-/// What a connection talks over: axum's `WebSocket`, or in tests a pair of channels (as in
-/// axum's `testing-websockets` example).
+/// What a connection talks over: axum's `WebSocket`, an SSE stream with requests over
+/// `POST` (see `server::sse`), or in tests a pair of channels (as in axum's
+/// `testing-websockets` example).
 pub trait Socket:
     Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send
 {
+    /// Whether what it writes carries where a new connection takes every subscription up
+    /// (an SSE stream's event id, which a reopened stream sends back).
+    fn resumable(&self) -> bool {
+        false
+    }
+
+    /// The resume cursor after the frames fed until the next flush (see `protocol::cursor`).
+    fn resume_at(&mut self, _cursor: String) {}
 }
 
-impl<S> Socket for S where
-    S: Sink<Message, Error = axum::Error>
-        + Stream<Item = Result<Message, axum::Error>>
-        + Unpin
-        + Send
-{
-}
+impl Socket for axum::extract::ws::WebSocket {}
 
 /// Serves one socket until it ends; `open` is its permit under the hub's cap on sockets,
 /// `transport` what the admin view lists it as.
@@ -153,10 +156,13 @@ pub fn run(
                 }
             },
         };
-        metrics::connection_opened();
+        metrics::connection_opened(metrics::Transport::of(transport));
         let (queue, mut frames) = mpsc::channel(hub.config.limits.send_queue);
         let stash_bytes = hub.config.limits.memory_budget.send_queue();
         let mut connection = Connection {
+            transport: metrics::Transport::of(transport),
+            resumable: socket.resumable(),
+            resume_len: 0,
             queue,
             queued,
             taken: 0,
@@ -291,6 +297,11 @@ struct Connection {
     ended: DisconnectReason,
     /// A request naming a topic the hub has to ask Kafka about first.
     held: Option<Box<Held>>,
+    /// What it talks over, for its metrics.
+    transport: metrics::Transport,
+    /// Its writes carry a resume cursor (SSE), last this many bytes long.
+    resumable: bool,
+    resume_len: usize,
     /// Cancelled when the socket ends: resends still waiting are dropped unwritten. Made
     /// at the first resend.
     abandon: Option<CancellationToken>,
@@ -329,7 +340,7 @@ type Handled = Result<Answered, Refused>;
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        metrics::connection_closed();
+        metrics::connection_closed(self.transport);
         if self.committed_any {
             self.hub.commits.write_soon();
         }
@@ -528,6 +539,7 @@ impl Connection {
             if self.stop.has_lagged() {
                 break Ending::Lagged;
             }
+            self.mark_resume(socket);
             if write_all(socket, &mut self.out, &self.hub.metrics, write_timeout)
                 .await
                 .is_err()
@@ -575,6 +587,18 @@ impl Connection {
 
     fn reply(&mut self, reply: Reply) {
         self.out.push(reply.into());
+    }
+
+    /// On a resumable socket, tells it where every subscription stands once this turn's
+    /// frames are written. Once per write, not per frame: the SSE stream sends a write as
+    /// one event, which a browser takes whole or not at all, so its id is exact.
+    fn mark_resume(&mut self, socket: &mut impl Socket) {
+        if !self.resumable || self.out.is_empty() {
+            return;
+        }
+        let cursor = cursor::encode(&self.subscriptions.resume());
+        self.resume_len = cursor.len();
+        socket.resume_at(cursor);
     }
 
     fn answer(&mut self, answer: Answer) {
@@ -694,6 +718,8 @@ mod tests {
             Poll::Ready(Ok(()))
         }
     }
+
+    impl Socket for Pipe {}
 
     /// The test's end.
     struct Client {

@@ -10,7 +10,7 @@ use crate::hub::Hub;
 use crate::metrics;
 use crate::presence;
 use crate::presence::signal::Read;
-use crate::protocol::{ErrorCode, Reply, RequestId, Start, Subscribe};
+use crate::protocol::{ErrorCode, Reply, RequestId, Start, Subscribe, cursor};
 use crate::registry::{ConnId, Extras, Filter, Subscriber};
 use crate::replay::{self, Seam};
 
@@ -49,11 +49,31 @@ impl Connection {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
+        // A stream's event ids carry all its subscriptions (see `protocol::cursor`).
+        if self.resumable
+            && (self.subscriptions.count() - replaced.len() >= cursor::MAX_SUBSCRIPTIONS
+                || self.resume_len >= cursor::MAX_ID)
+        {
+            return Err(Refused::new(
+                id,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "an SSE stream holds at most {} subscriptions, within an event id of {} bytes",
+                    cursor::MAX_SUBSCRIPTIONS,
+                    cursor::MAX_ID
+                ),
+            ));
+        }
         // A new subscription replaces the same one (a new start or filter), and a key
         // replaces the whole topic, or the whole topic every key.
         for held in replaced {
             self.end_subscription(&topic, held.as_deref());
         }
+        let extras = Extras { presence, signals };
+        let asked = match &from {
+            Start::Offsets(offsets) => Some(offsets.clone()),
+            _ => None,
+        };
         let filter = Arc::new(Filter {
             key: confined.map(|k| k.into_bytes().into_boxed_slice()),
             headers: headers.into_iter().collect(),
@@ -63,7 +83,7 @@ impl Connection {
             queued: self.queued.clone(),
             stop: self.stop.clone(),
             filter: filter.clone(),
-            extras: Extras { presence, signals },
+            extras,
             user: self.user.clone(),
         };
         // Join first, then read the live position: every record at or past it reaches us.
@@ -72,6 +92,8 @@ impl Connection {
         if from == Start::Latest {
             self.subscriptions
                 .insert_live(&topic, key.as_deref(), filter, live.clone());
+            self.subscriptions
+                .remember(&topic, key.as_deref(), extras, None);
             self.joined(&topic, key.as_deref());
             return Ok(Answered::Now(Reply::Subscribed {
                 id,
@@ -118,6 +140,8 @@ impl Connection {
             seam,
             stop,
         );
+        self.subscriptions
+            .remember(&topic, key.as_deref(), extras, asked);
         self.joined(&topic, key.as_deref());
         // The replay answers `subscribed` once it knows where it starts.
         Ok(Answered::Nothing)

@@ -6,6 +6,7 @@
 //! `RawValue`; the flat struct keeps the payload as the client's own bytes (no
 //! re-serialisation) and lets every error echo the request `id` when there is one.
 
+pub mod cursor;
 mod history;
 mod presence;
 mod publish;

@@ -4,6 +4,7 @@
 pub(crate) mod admin;
 pub(crate) mod logins;
 mod publish;
+mod sse;
 mod watch;
 pub(crate) mod web;
 
@@ -436,6 +437,7 @@ fn router(hub: Arc<Hub>) -> Router {
         .merge(web::routes(&hub.config))
         .merge(admin::routes(&hub))
         .merge(publish::routes(&hub))
+        .merge(sse::routes(&hub))
         // On every response, the fallback's included.
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
@@ -480,6 +482,29 @@ async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A page on another site must not reach the hub with a token it obtained: a request with
+/// an `Origin` not in `WSKAFKA_ALLOWED_ORIGINS` (when that is set) is refused.
+fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let allowed = &hub.config.server.allowed_origins;
+    if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+        return true;
+    }
+    tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
+    false
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
@@ -492,13 +517,8 @@ async fn websocket(
     Query(query): Query<TokenQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    // A page on another site must not reach the hub with a token it obtained.
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &hub.config.server.allowed_origins;
-        if !allowed.is_empty() && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
-            tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
+    if !origin_allowed(&hub, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let Some(socket_permit) = hub.open_socket() else {
         tracing::info!("refused a connection: the hub holds its maximum of sockets");

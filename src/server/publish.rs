@@ -35,6 +35,8 @@ use crate::kafka::Lookup;
 use crate::metrics;
 use crate::protocol::{self, ErrorCode, Reply};
 
+use super::bearer;
+
 /// Most records one request may carry.
 pub const MAX_BATCH: usize = 500;
 
@@ -170,15 +172,6 @@ async fn exists(hub: &Hub, topic: &str) -> Result<(), (ErrorCode, String)> {
             format!("cannot tell whether topic {topic:?} exists: Kafka does not answer"),
         )),
     }
-}
-
-/// The token of an `Authorization: Bearer` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
 }
 
 /// One record's frame, with the HTTP status that matches it.

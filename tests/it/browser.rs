@@ -11,15 +11,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A hub in demo mode with a topic of rooms (keys) and a per-user notifications topic of
 /// its own.
-struct Demo {
-    hub: Hub,
-    topics: String,
-    rooms: String,
-    notes: String,
+pub(crate) struct Demo {
+    pub(crate) hub: Hub,
+    pub(crate) topics: String,
+    pub(crate) rooms: String,
+    pub(crate) notes: String,
 }
 
 impl Demo {
-    async fn start() -> Demo {
+    pub(crate) async fn start() -> Demo {
         let prefix = unique("demo");
         let (rooms, notes) = (format!("{prefix}.rooms"), format!("{prefix}.notes"));
         create_topic(&rooms, 1).await;
@@ -34,7 +34,7 @@ impl Demo {
         }
     }
 
-    async fn hub(listen: &str, topics: &str, rooms: &str, notes: &str) -> Hub {
+    pub(crate) async fn hub(listen: &str, topics: &str, rooms: &str, notes: &str) -> Hub {
         // Presence and signals on topics of this hub's own: rosters of other tests' rooms
         // would not disturb it, but reading them would cost time.
         let (presence, roster, signals, control) = (
@@ -64,7 +64,7 @@ impl Demo {
         Hub::start_at(listen, topics, &demo).await
     }
 
-    fn page(&self, user: &str) -> String {
+    pub(crate) fn page(&self, user: &str) -> String {
         format!(
             "http://{}/?user={user}&topic={}&notifications={}",
             self.hub.addr, self.rooms, self.notes
@@ -79,7 +79,7 @@ impl Demo {
 
 /// Writes a record into a room straight into Kafka, as a backend that names itself as its
 /// sender.
-async fn say_from_kafka(room_topic: &str, room: &str, sender: &str, text: &str) {
+pub(crate) async fn say_from_kafka(room_topic: &str, room: &str, sender: &str, text: &str) {
     let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
         key: "wskafka-sender",
         value: Some(sender),
@@ -308,6 +308,18 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
     browser.say("bob", "before 2").await;
     browser.wait_text("alice", "#messages", "before 2").await;
 
+    restart_mid_conversation(demo, &mut browser, &["alicebefore 1", "bobbefore 2"]).await;
+}
+
+/// Stops the demo's hub mid-conversation and starts it again at the same address: while no
+/// hub runs, a record reaches Kafka directly and Alice sends a message that her page holds
+/// until it can publish it; Bob speaks once the hub is back. Then each page shows what it
+/// showed `before`, in order, and the three new messages, each exactly once.
+pub(crate) async fn restart_mid_conversation(
+    demo: Demo,
+    browser: &mut Browser,
+    before: &[&str],
+) -> Demo {
     let addr = demo.hub.addr.to_string();
     let Demo {
         hub,
@@ -319,8 +331,6 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
     for user in ["alice", "bob"] {
         browser.wait_text(user, "#status", "reconnecting").await;
     }
-    // While no hub runs: a record reaches Kafka directly, and alice sends a message that
-    // her page holds until it can publish it.
     say_from_kafka(&rooms, "lobby", "kafka", "while down").await;
     browser.say("alice", "sent while down").await;
 
@@ -331,13 +341,8 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
         notes,
     };
     browser.say("bob", "after").await;
-    let expected = [
-        "alicebefore 1",
-        "bobbefore 2",
-        "kafkawhile down",
-        "alicesent while down",
-        "bobafter",
-    ];
+    let mut expected: Vec<String> = before.iter().map(|t| t.to_string()).collect();
+    expected.extend(["kafkawhile down", "alicesent while down", "bobafter"].map(String::from));
     for user in ["alice", "bob"] {
         browser.wait_text(user, "#status", "open").await;
         // Alice's held message and Bob's new one go out in either order.
@@ -347,12 +352,13 @@ async fn the_page_loses_no_message_when_the_hub_restarts_mid_conversation() {
         let texts = browser.texts(user, "#messages li .body").await;
         let mut sorted = texts.clone();
         sorted.sort();
-        let mut wanted = expected.map(String::from).to_vec();
+        let mut wanted = expected.clone();
         wanted.sort();
         assert_eq!(sorted, wanted, "{user}: each message exactly once");
-        assert_eq!(&texts[..3], &expected[..3], "{user}: in order");
+        let ordered = before.len() + 1;
+        assert_eq!(&texts[..ordered], &expected[..ordered], "{user}: in order");
     }
-    drop(demo);
+    demo
 }
 
 /// Counts, in a page, the frames its sockets receive and those that are `rate_limited`

@@ -24,5 +24,6 @@ mod react;
 mod resume;
 mod rooms;
 mod secure;
+mod sse;
 mod startup;
 mod streams;

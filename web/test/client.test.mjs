@@ -471,3 +471,198 @@ test("a connect that never opens is given up after the heartbeat's bound and tri
   assert.equal(client.state, "open");
   client.close();
 });
+
+/** A stream the test writes events to, as `EventSource` gives them. */
+class ScriptedSource {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    ScriptedSource.all.push(this);
+  }
+  /** One event: the frames of one write, a line each. */
+  event(...frames) { this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join("\n") }); }
+  close() { this.closed = true; }
+}
+
+/** `fetch` answering tickets and taking requests, each POST's frames kept with its token. */
+function scriptedFetch() {
+  const posts = [];
+  const fetch = async (url, init) => {
+    if (url.endsWith("/sse/ticket")) {
+      return { ok: true, json: async () => ({ ticket: `t-${posts.length}` }) };
+    }
+    const status = fetch.refuse ?? 202;
+    posts.push({ url, token: init.headers.Authorization, frames: JSON.parse(init.body) });
+    fetch.posted?.();
+    return { ok: status === 202, status, text: async () => "no such stream on this hub" };
+  };
+  fetch.posts = posts;
+  // Each POST once, in order, whether it was made before or after the call.
+  let taken = 0;
+  fetch.next = async () => {
+    while (posts.length <= taken) await new Promise((resolve) => (fetch.posted = resolve));
+    return posts[taken++];
+  };
+  return fetch;
+}
+
+test("a WebSocket that cannot be made falls back to SSE with POSTed requests, and the same API", async () => {
+  ScriptedSource.all = [];
+  const fetch = scriptedFetch();
+  const client = new WsKafka("wss://hub.example/ws", {
+    token: "t1",
+    backoff: { min: 1, max: 1 },
+    WebSocket: /** @type {any} */ (function () { throw new Error("blocked"); }),
+    EventSource: ScriptedSource,
+    fetch,
+  });
+  await settle();
+  const source = ScriptedSource.all.at(-1);
+  assert.equal(source.url, "https://hub.example/sse?ticket=t-0");
+  source.event({ type: "stream", id: "s1" });
+  await fetch.next();
+  assert.deepEqual(fetch.posts[0], {
+    url: "https://hub.example/sse/s1", token: "Bearer t1", frames: [{ type: "auth", id: "auth", token: "t1" }],
+  });
+  source.event({ type: "authenticated", id: "auth", sub: "alice", expires_at: 0 });
+  assert.equal(client.state, "open");
+  const seen = [];
+  const subscribed = client.subscribe("chat", (m) => seen.push(m.offset));
+  await fetch.next();
+  const subscribe = fetch.posts[1].frames[0];
+  source.event({ type: "subscribed", id: subscribe.id, topic: "chat", partitions: { 0: 4 } });
+  await subscribed;
+  source.event({ type: "message", topic: "chat", partition: 0, offset: 4 }, { type: "message", topic: "chat", partition: 0, offset: 5 });
+  assert.deepEqual(seen, [4, 5]);
+
+  // The hub's close ends the stream; the client reopens one and resumes from its positions.
+  source.event({ type: "close", code: 1001, reason: "going away" });
+  assert.ok(source.closed);
+  assert.equal(client.state, "reconnecting");
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const again = ScriptedSource.all.at(-1);
+  assert.notEqual(again, source);
+  again.event({ type: "stream", id: "s2" });
+  await fetch.next();
+  again.event({ type: "authenticated", id: "auth", sub: "alice", expires_at: 0 });
+  await fetch.next();
+  const resume = fetch.posts.at(-1);
+  assert.equal(resume.url, "https://hub.example/sse/s2");
+  assert.deepEqual(resume.frames[0].from, { offsets: { 0: 6 } });
+
+  // A POST for a stream the hub no longer holds closes it too.
+  fetch.refuse = 404;
+  const ping = client.request({ type: "ping" }).catch((e) => e.code);
+  await fetch.next();
+  await settle();
+  assert.equal(await ping, "disconnected");
+  assert.equal(client.state, "reconnecting");
+  client.close();
+});
+
+test("only a WebSocket cut before its first frame falls back: not one the hub refused with its code", async () => {
+  ScriptedSource.all = [];
+  ScriptedSocket.all = [];
+  const options = { token: "t1", backoff: { min: 1, max: 1 }, WebSocket: ScriptedSocket, EventSource: ScriptedSource, fetch: scriptedFetch() };
+  const refused = new WsKafka("ws://hub/ws", options);
+  await settle();
+  ScriptedSocket.all.at(-1).onclose?.({ code: 4403 });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.equal(ScriptedSource.all.length, 0, "no stream after a refusal");
+  assert.equal(ScriptedSocket.all.length, 2, "a WebSocket again");
+  refused.close();
+
+  const cut = new WsKafka("ws://hub/ws", options);
+  await settle();
+  ScriptedSocket.all.at(-1).onclose?.({ code: 1006 });
+  await settle();
+  assert.equal(ScriptedSource.all.at(-1)?.url, "http://hub/sse?ticket=t-0");
+  cut.close();
+});
+
+test("after falling back, a reconnect keeps to SSE until `websocketRetry` has passed, then tries WebSocket", async () => {
+  ScriptedSource.all = [];
+  ScriptedSocket.all = [];
+  let blocked = true;
+  const WebSocket = /** @type {any} */ (function (url) {
+    if (blocked) throw new Error("blocked");
+    return new ScriptedSocket(url);
+  });
+  const fetch = scriptedFetch();
+  const client = new WsKafka("ws://hub/ws", {
+    token: "t1", backoff: { min: 1, max: 1 }, websocketRetry: 30, WebSocket, EventSource: ScriptedSource, fetch,
+  });
+  await settle();
+  ScriptedSource.all.at(-1).event({ type: "stream", id: "s1" });
+  await fetch.next();
+  // WebSocket works again, but the client does not look before the window ends.
+  blocked = false;
+  ScriptedSource.all.at(-1).event({ type: "close", code: 1001, reason: "going away" });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.equal(ScriptedSource.all.length, 2, "a stream again");
+  assert.equal(ScriptedSocket.all.length, 0);
+  ScriptedSource.all.at(-1).event({ type: "stream", id: "s2" });
+  await fetch.next();
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  ScriptedSource.all.at(-1).event({ type: "close", code: 1001, reason: "going away" });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.equal(ScriptedSocket.all.length, 1, "WebSocket tried again");
+  assert.equal(ScriptedSource.all.length, 2);
+  client.close();
+});
+
+test("told `sse`, the client never makes a WebSocket; told `websocket`, it never falls back", async () => {
+  ScriptedSource.all = [];
+  ScriptedSocket.all = [];
+  const options = { token: "t1", backoff: { min: 1, max: 1 }, WebSocket: ScriptedSocket, EventSource: ScriptedSource, fetch: scriptedFetch() };
+  const sse = new WsKafka("ws://hub/ws", { ...options, transport: "sse" });
+  await settle();
+  assert.equal(ScriptedSocket.all.length, 0);
+  assert.equal(ScriptedSource.all.length, 1);
+  sse.close();
+
+  const ws = new WsKafka("ws://hub/ws", { ...options, transport: "websocket" });
+  await settle();
+  ScriptedSocket.all.at(-1).onclose?.({ code: 1006 });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.equal(ScriptedSource.all.length, 1, "no stream");
+  assert.equal(ScriptedSocket.all.length, 2);
+  ws.close();
+});
+
+test("a POST the hub refuses for its full queue (429) is sent again, in order, and requests are batched under its bound", async () => {
+  ScriptedSource.all = [];
+  const fetch = scriptedFetch();
+  const client = new WsKafka("ws://hub/ws", {
+    token: "t1", backoff: { min: 1, max: 1 }, transport: "sse", EventSource: ScriptedSource, fetch,
+  });
+  await settle();
+  const source = ScriptedSource.all.at(-1);
+  source.event({ type: "stream", id: "s1" });
+  await fetch.next();
+  source.event({ type: "authenticated", id: "auth", sub: "alice", expires_at: 0 });
+  await settle();
+  fetch.refuse = 429;
+  const pings = [];
+  for (let n = 0; n < 40; n++) {
+    pings.push(client.request({ type: "ping" }).catch(() => {}));
+  }
+  // The first went alone, while no POST was on its way, and was refused.
+  const refused = (await fetch.next()).frames;
+  assert.equal(refused.length, 1);
+  await settle();
+  fetch.refuse = undefined;
+  const posted = [];
+  while (posted.length < 40) {
+    const { frames } = await fetch.next();
+    assert.ok(frames.length <= 32, `${frames.length} in one POST`);
+    posted.push(...frames);
+  }
+  assert.equal(posted[0].id, refused[0].id, "the refused one first");
+  const ids = posted.map((f) => f.id);
+  assert.deepEqual(ids, [...ids].sort((a, b) => a - b), "in order");
+  assert.equal(new Set(ids).size, 40);
+  assert.equal(client.state, "open");
+  client.close();
+  await Promise.all(pings);
+});

@@ -13,6 +13,7 @@ pub mod once;
 pub mod presence;
 pub mod room;
 pub mod slow;
+pub mod sse;
 pub mod storm;
 
 pub use fanout::fanout;
@@ -28,4 +29,5 @@ pub use once::once;
 pub use presence::presence;
 pub use room::room;
 pub use slow::slow;
+pub use sse::sse;
 pub use storm::storm;

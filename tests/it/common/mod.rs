@@ -9,6 +9,8 @@ mod database;
 mod hub;
 mod kafka;
 mod network;
+mod nginx;
+mod sse;
 mod tokens;
 
 pub use browser::*;
@@ -17,6 +19,8 @@ pub use database::*;
 pub use hub::*;
 pub use kafka::*;
 pub use network::*;
+pub use nginx::*;
+pub use sse::*;
 pub use tokens::*;
 
 use std::time::Duration;
