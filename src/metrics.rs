@@ -381,6 +381,33 @@ pub fn held(held: &Held) {
     gauge!("wskafka_history_bytes").set(held.history as f64);
 }
 
+/// A push a push service accepted.
+pub fn push_sent() {
+    counter!("wskafka_push_sent_total").increment(1);
+}
+
+/// A push given up: the push service's last status (`429`, `500`, ...), `unreachable`, or
+/// `bad_keys` (a subscription whose keys do not encrypt).
+pub fn push_failed(reason: &str) {
+    counter!("wskafka_push_failed_total", "reason" => reason.to_string()).increment(1);
+}
+
+/// A subscription removed because its push service answered 404 or 410.
+pub fn push_subscription_removed() {
+    counter!("wskafka_push_subscriptions_removed_total").increment(1);
+}
+
+/// A record of a pushed topic not pushed: `online` (the user has a socket), `expired` (older
+/// than the push TTL) or `rate_limited` (the user's pushes per minute).
+pub fn push_skipped(reason: &'static str) {
+    counter!("wskafka_push_skipped_total", "reason" => reason).increment(1);
+}
+
+/// Records being pushed, or waiting for an earlier one of their partition.
+pub fn push_queue(change: f64) {
+    gauge!("wskafka_push_queue").increment(change);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
