@@ -221,6 +221,10 @@ impl Worker {
                     ("isolation.level", "read_committed".into()),
                     ("topic.metadata.refresh.interval.ms", "5000".into()),
                     ("partition.assignment.strategy", "cooperative-sticky".into()),
+                    // A hub that dies hands its partitions over within 10 s, not librdkafka's
+                    // default 45.
+                    ("session.timeout.ms", "10000".into()),
+                    ("heartbeat.interval.ms", "2000".into()),
                 ],
                 Side::Consumer,
             )

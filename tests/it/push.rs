@@ -37,6 +37,8 @@ struct Received {
 struct PushService {
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<BTreeMap<String, VecDeque<Answer>>>>,
+    /// How long each answer takes, in ms: a push service under load.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A status, and a `Retry-After` in seconds.
@@ -86,6 +88,8 @@ async fn receive(
         .get_mut(&path)
         .and_then(VecDeque::pop_front);
     let (status, retry_after) = answer.unwrap_or((201, None));
+    let delay = service.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     let mut headers = HeaderMap::new();
     if let Some(seconds) = retry_after {
         headers.insert("retry-after", seconds.to_string().parse().unwrap());
@@ -169,7 +173,7 @@ struct Cluster {
 
 impl Cluster {
     async fn new(prefix: &str, allow_loopback: bool) -> Cluster {
-        let (topic, glob) = fresh_topic(prefix, 2).await;
+        let (topic, glob) = fresh_topic(prefix, 4).await;
         let database = fresh_postgres().await;
         let mut args = vec![
             "--database-url".to_string(),
@@ -213,9 +217,20 @@ impl Cluster {
         token(user, &[], &[&self.glob])
     }
 
-    async fn stored_endpoints(&self) -> Vec<String> {
+    async fn claims(&self) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT endpoint, record FROM push_sent")
+            .fetch_all(&mut self.db().await)
+            .await
+            .unwrap()
+    }
+
+    async fn db(&self) -> sqlx::PgConnection {
         use sqlx::Connection as _;
-        let mut db = sqlx::PgConnection::connect(&self.database).await.unwrap();
+        sqlx::PgConnection::connect(&self.database).await.unwrap()
+    }
+
+    async fn stored_endpoints(&self) -> Vec<String> {
+        let mut db = self.db().await;
         sqlx::query_as::<_, (String,)>("SELECT endpoint FROM push_subscriptions ORDER BY endpoint")
             .fetch_all(&mut db)
             .await
@@ -556,4 +571,127 @@ async fn bad_subscriptions_are_refused_with_a_clear_error_and_nothing_stored() {
         json!({"type": "push_unsubscribed", "id": 2, "endpoint": "https://8.8.8.8/push/dee", "removed": true})
     );
     assert_eq!(cluster.stored_endpoints().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_no_device_gets_one_twice() {
+    let mut cluster = Cluster::new("push-kill", true).await;
+    cluster.args.extend(
+        [
+            "--request-rates",
+            "push=1000",
+            "--push-user-rate",
+            "100000",
+            "--push-max-in-flight",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let service = PushService::default();
+    let origin = service.start().await;
+    service
+        .delay_ms
+        .store(20, std::sync::atomic::Ordering::Relaxed);
+    let (a, b) = tokio::join!(cluster.hub(), cluster.hub());
+    let users: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
+    let mut devices = BTreeMap::new();
+    for user in &users {
+        let pair = [
+            Device::new(format!("{origin}/{user}/phone")),
+            Device::new(format!("{origin}/{user}/laptop")),
+        ];
+        register(&a, &cluster.token(user), &[&pair[0], &pair[1]]).await;
+        devices.insert(user.clone(), pair);
+    }
+    for user in &users {
+        until_offline(&a, user).await;
+        until_offline(&b, user).await;
+    }
+
+    // The burst: 25 records per user, 400 pushes.
+    let producer = producer();
+    let mut records = Vec::new();
+    for n in 0..25 {
+        for user in &users {
+            let value = json!({"n": n}).to_string();
+            let (partition, offset) =
+                produce(&producer, &cluster.topic, user, value.as_bytes()).await;
+            records.push((
+                user.clone(),
+                format!("{}/{partition}/{offset}", cluster.topic),
+            ));
+        }
+    }
+    let expected = records.len() * 2;
+    eventually("the burst under way", async || {
+        service.received().len() >= 40
+    })
+    .await;
+    a.kill().await;
+    let at_kill = service.received().len();
+    eprintln!("{at_kill} of {expected} pushes received at SIGKILL");
+    assert!(at_kill < expected, "the kill came after the burst");
+
+    // Every (device, record) is claimed once some hub handled it, the dead one's partitions
+    // by the survivor once the group's session timed out.
+    eventually("every push claimed", async || {
+        cluster.claims().await.len() == expected
+    })
+    .await;
+    eventually("the survivor done", async || {
+        b.metrics()
+            .await
+            .get("wskafka_push_queue")
+            .copied()
+            .unwrap_or(0.0)
+            == 0.0
+    })
+    .await;
+    // (device path, Topic header) names (device, record): the header is derived from the
+    // record's position.
+    let topic_of =
+        |record: &str| URL_SAFE_NO_PAD.encode(&openssl::sha::sha256(record.as_bytes())[..24]);
+    let mut received: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for push in service.received() {
+        let topic = push.headers["topic"].to_str().unwrap().to_string();
+        *received.entry((push.path.clone(), topic)).or_default() += 1;
+    }
+    let twice: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "pushed twice: {twice:?}");
+    let mut missing = Vec::new();
+    for (user, record) in &records {
+        for device in &devices[user] {
+            let path = device.endpoint.strip_prefix(&origin).unwrap().to_string();
+            if !received.contains_key(&(path.clone(), topic_of(record))) {
+                missing.push((path, record.clone()));
+            }
+        }
+    }
+    eprintln!(
+        "{} of {expected} pushes lost with the killed hub (claimed, never sent)",
+        missing.len()
+    );
+    // Only what the killed hub had claimed and not yet sent: at most its pushes in flight.
+    assert!(missing.len() <= 8, "{missing:?}");
+    assert_eq!(received.len() + missing.len(), expected);
+    // One of them, decrypted, is the record it names.
+    let (user, record) = &records[records.len() - 1];
+    let device = &devices[user][0];
+    let path = device.endpoint.strip_prefix(&origin).unwrap();
+    let last = service
+        .received()
+        .into_iter()
+        .find(|r| r.path == path && r.headers["topic"] == topic_of(record).as_str())
+        .expect("the last record pushed");
+    let notification = device.decrypt(&last.body).await;
+    assert_eq!(
+        format!(
+            "{}/{}/{}",
+            notification["topic"].as_str().unwrap(),
+            notification["partition"],
+            notification["offset"]
+        ),
+        *record
+    );
+    assert_eq!(notification["payload"], json!({"n": 24}));
 }
