@@ -49,7 +49,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http"
     )]
     scenarios: Vec<String>,
     /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it); needed
@@ -239,6 +239,7 @@ async fn main() {
             "flood" => scenarios::flood(&builds, &kafka, &work, &args).await,
             "limits" => scenarios::limits(&hub_binary, &kafka, &work, &args).await,
             "once" => scenarios::once(hub, &args).await,
+            "http" => scenarios::http(hub, &args).await,
             other => panic!("no scenario called {other}"),
         }
         println!(

@@ -1025,7 +1025,7 @@ async fn rooms_count_what_the_user_has_not_read_on_any_of_her_devices() {
     browser.wait_text("alice", "#messages", "psst").await;
     browser.open("alice-again", &demo.page("alice")).await;
     let started = format!(
-        "wskafka.subscriptions.get(JSON.stringify([{:?}, 'staff']))?.next != null",
+        "window.wskafka?.subscriptions.get(JSON.stringify([{:?}, 'staff']))?.next != null",
         demo.rooms
     );
     browser
