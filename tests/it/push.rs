@@ -32,9 +32,11 @@ struct Received {
 }
 
 /// The test's push service: records every request, and answers each path from its script
-/// (status, `Retry-After`), then 201.
-#[derive(Clone, Default)]
+/// (status, `Retry-After`), then 201; while closed, it holds every answer.
+#[derive(Clone)]
 struct PushService {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<BTreeMap<String, VecDeque<Answer>>>>,
     /// How long each answer takes, in ms: a push service under load.
@@ -43,6 +45,18 @@ struct PushService {
 
 /// A status, and a `Retry-After` in seconds.
 type Answer = (u16, Option<u64>);
+
+impl Default for PushService {
+    fn default() -> Self {
+        PushService {
+            open: Arc::new(tokio::sync::watch::channel(true).0),
+            answered: Arc::default(),
+            received: Arc::default(),
+            script: Arc::default(),
+            delay_ms: Arc::default(),
+        }
+    }
+}
 
 impl PushService {
     /// Serves on a loopback port; returns its origin (`http://127.0.0.1:PORT`).
@@ -90,6 +104,10 @@ async fn receive(
     let (status, retry_after) = answer.unwrap_or((201, None));
     let delay = service.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    let _ = service.open.subscribe().wait_for(|open| *open).await;
+    service
+        .answered
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut headers = HeaderMap::new();
     if let Some(seconds) = retry_after {
         headers.insert("retry-after", seconds.to_string().parse().unwrap());
@@ -694,4 +712,41 @@ async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_no_device_ge
         *record
     );
     assert_eq!(notification["payload"], json!({"n": 24}));
+}
+
+#[tokio::test]
+async fn a_push_service_that_does_not_answer_holds_up_no_socket() {
+    let cluster = Cluster::new("push-slow", true).await;
+    let service = PushService::default();
+    let origin = service.start().await;
+    let hub = cluster.hub().await;
+    let away = Device::new(format!("{origin}/device/away"));
+    register(&hub, &cluster.token("away"), &[&away]).await;
+    until_offline(&hub, "away").await;
+    let mut here = hub.connect(&cluster.token("here")).await;
+    here.subscribe(&cluster.topic).await;
+
+    service.open.send_replace(false);
+    let producer = producer();
+    for n in 0..5 {
+        let value = json!({"n": n}).to_string();
+        produce(&producer, &cluster.topic, "away", value.as_bytes()).await;
+    }
+    eventually("pushes waiting on the push service", async || {
+        service.received().len() == 5
+    })
+    .await;
+    produce(&producer, &cluster.topic, "here", br#"{"text":"live"}"#).await;
+    let (_, message) = here.message().await;
+    assert_eq!(message["payload"]["text"], "live");
+    assert_eq!(
+        service.answered.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "delivered over the socket while every push waited"
+    );
+    service.open.send_replace(true);
+    eventually("the pushes answered", async || {
+        service.answered.load(std::sync::atomic::Ordering::SeqCst) == 5
+    })
+    .await;
 }
