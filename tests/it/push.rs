@@ -231,6 +231,13 @@ impl Cluster {
         Hub::start(&self.glob, &args).await
     }
 
+    /// A hub that also serves the demo, with a topic of rooms beside the per-user one.
+    async fn demo_hub(&self, rooms: &str) -> Hub {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend(["--demo", "--keyed-topics", rooms]);
+        Hub::start(&format!("{},{rooms}", self.glob), &args).await
+    }
+
     fn token(&self, user: &str) -> String {
         token(user, &[], &[&self.glob])
     }
@@ -749,4 +756,77 @@ async fn a_push_service_that_does_not_answer_holds_up_no_socket() {
         service.answered.load(std::sync::atomic::Ordering::SeqCst) == 5
     })
     .await;
+}
+
+/// Chromium's `PushManager` made to hand out `device`'s subscription, with the keys the test
+/// decrypts with; the service worker, the permission and the page's client are the real ones.
+fn fake_push_manager(device: &Device) -> String {
+    format!(
+        "(() => {{\n\
+        const json = {};\n\
+        let current = null;\n\
+        PushManager.prototype.getSubscription = async function () {{ return current; }};\n\
+        PushManager.prototype.subscribe = async function (options) {{\n\
+          current = {{ endpoint: json.endpoint, options, toJSON: () => json,\n\
+            unsubscribe: async () => {{ current = null; return true; }} }};\n\
+          return current;\n\
+        }};\n\
+        }})();",
+        device.subscription()
+    )
+}
+
+/// The demo's "notify me when this page is closed": its service worker registered, the
+/// subscription in the hub's database, and a record pushed once the page is closed.
+#[tokio::test]
+async fn the_demo_registers_its_service_worker_and_subscription_and_a_closed_page_is_pushed_to() {
+    let cluster = Cluster::new("push-demo", true).await;
+    let service = PushService::default();
+    let origin = service.start().await;
+    let rooms = unique("push-demo-rooms");
+    create_topic(&rooms, 1).await;
+    let hub = cluster.demo_hub(&rooms).await;
+    let device = Device::new(format!("{origin}/device/chromium"));
+    let mut browser = Browser::start().await;
+    let page = format!(
+        "http://{}/?user=ann&topic={rooms}&notifications={}",
+        hub.addr, cluster.topic
+    );
+    // Playwright's contexts are incognito, where Chromium refuses the Push API ("Registration
+    // failed - permission denied", tried): the page's PushManager is the test's.
+    let init = fake_push_manager(&device);
+    browser
+        .run(json!({"cmd": "open", "name": "ann", "url": page,
+            "permissions": ["notifications"], "init": init}))
+        .await;
+    browser.wait_text("ann", "#status", "open").await;
+    browser.click("ann", "#push").await;
+    browser
+        .wait_text("ann", "#push-state", "You will be notified")
+        .await;
+    assert_eq!(
+        cluster.stored_endpoints().await,
+        vec![device.endpoint.clone()]
+    );
+    let worker = browser
+        .run(json!({"cmd": "evaluate", "name": "ann",
+            "script": "navigator.serviceWorker.ready.then(r => r.active.scriptURL)"}))
+        .await;
+    assert_eq!(worker, format!("http://{}/sw.js", hub.addr));
+
+    browser.run(json!({"cmd": "close", "name": "ann"})).await;
+    until_offline(&hub, "ann").await;
+    produce(
+        &producer(),
+        &cluster.topic,
+        "ann",
+        br#"{"text":"while closed"}"#,
+    )
+    .await;
+    eventually("the push", async || !service.received().is_empty()).await;
+    let push = &service.received()[0];
+    assert_eq!(
+        device.decrypt(&push.body).await["payload"]["text"],
+        "while closed"
+    );
 }
