@@ -24,7 +24,7 @@ const CONTACT: &str = "mailto:ops@example.com";
 
 /// One request the push service received.
 #[derive(Clone, Debug)]
-struct Received {
+pub(crate) struct Received {
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -34,7 +34,7 @@ struct Received {
 /// The test's push service: records every request, and answers each path from its script
 /// (status, `Retry-After`), then 201; while closed, it holds every answer.
 #[derive(Clone)]
-struct PushService {
+pub(crate) struct PushService {
     open: Arc<tokio::sync::watch::Sender<bool>>,
     answered: Arc<std::sync::atomic::AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
@@ -44,7 +44,7 @@ struct PushService {
 }
 
 /// A status, and a `Retry-After` in seconds.
-type Answer = (u16, Option<u64>);
+pub(crate) type Answer = (u16, Option<u64>);
 
 impl Default for PushService {
     fn default() -> Self {
@@ -60,7 +60,7 @@ impl Default for PushService {
 
 impl PushService {
     /// Serves on a loopback port; returns its origin (`http://127.0.0.1:PORT`).
-    async fn start(&self) -> String {
+    pub(crate) async fn start(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new()
@@ -70,14 +70,14 @@ impl PushService {
         origin
     }
 
-    fn answer(&self, path: &str, answers: &[Answer]) {
+    pub(crate) fn answer(&self, path: &str, answers: &[Answer]) {
         self.script
             .lock()
             .unwrap()
             .insert(path.to_string(), answers.iter().copied().collect());
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -116,14 +116,14 @@ async fn receive(
 }
 
 /// A browser's push subscription keys, made here.
-struct Device {
+pub(crate) struct Device {
     endpoint: String,
     key: EcKey<Private>,
     auth: [u8; 16],
 }
 
 impl Device {
-    fn new(endpoint: String) -> Device {
+    pub(crate) fn new(endpoint: String) -> Device {
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
         let mut auth = [0u8; 16];
         openssl::rand::rand_bytes(&mut auth).unwrap();
@@ -182,15 +182,15 @@ impl Device {
 }
 
 /// Hubs of one test: a per-user topic, presence, a push group and a database of their own.
-struct Cluster {
-    topic: String,
-    glob: String,
-    args: Vec<String>,
+pub(crate) struct Cluster {
+    pub(crate) topic: String,
+    pub(crate) glob: String,
+    pub(crate) args: Vec<String>,
     database: String,
 }
 
 impl Cluster {
-    async fn new(prefix: &str, allow_loopback: bool) -> Cluster {
+    pub(crate) async fn new(prefix: &str, allow_loopback: bool) -> Cluster {
         let (topic, glob) = fresh_topic(prefix, 4).await;
         let database = fresh_postgres().await;
         let mut args = vec![
@@ -238,7 +238,7 @@ impl Cluster {
         Hub::start(&format!("{},{rooms}", self.glob), &args).await
     }
 
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         token(user, &[], &[&self.glob])
     }
 
@@ -267,7 +267,7 @@ impl Cluster {
 }
 
 /// Registers `devices` for `user` on `hub`; returns the hub's VAPID public key.
-async fn register(hub: &Hub, token: &str, devices: &[&Device]) -> String {
+pub(crate) async fn register(hub: &Hub, token: &str, devices: &[&Device]) -> String {
     let mut page = hub.connect(token).await;
     for device in devices {
         let reply = page
@@ -290,7 +290,7 @@ async fn register(hub: &Hub, token: &str, devices: &[&Device]) -> String {
 }
 
 /// Waits until every hub's roster has `user` offline, asked over a socket of `hub`.
-async fn until_offline(hub: &Hub, user: &str) {
+pub(crate) async fn until_offline(hub: &Hub, user: &str) {
     let mut grants = grants(&[], &[]);
     grants.online = vec![user.parse().unwrap()];
     let watcher = wskafka::mint(
