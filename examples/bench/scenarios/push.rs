@@ -227,7 +227,7 @@ async fn labelled_sum(hub: &Server, name: &str) -> f64 {
     body.lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, n| sum + n)
 }
 
 async fn table_bytes(url: &str) -> i64 {
