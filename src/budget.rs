@@ -35,6 +35,8 @@ pub enum Kind {
     History,
     /// A database write (read positions).
     Commit,
+    /// `push_subscribe`, `push_unsubscribe`, `push_key`: a DNS lookup and a database write.
+    Push,
     Presence,
     Online,
     /// A token refresh: a signature check, perhaps a JWKS fetch, a revocation lookup.
@@ -44,12 +46,13 @@ pub enum Kind {
     Invalid,
 }
 
-pub const KINDS: [Kind; 10] = [
+pub const KINDS: [Kind; 11] = [
     Kind::Publish,
     Kind::Signal,
     Kind::Subscribe,
     Kind::History,
     Kind::Commit,
+    Kind::Push,
     Kind::Presence,
     Kind::Online,
     Kind::Auth,
@@ -66,6 +69,7 @@ impl Kind {
             Kind::Subscribe => "subscribe",
             Kind::History => "history",
             Kind::Commit => "commit",
+            Kind::Push => "push",
             Kind::Presence => "presence",
             Kind::Online => "online",
             Kind::Auth => "auth",
@@ -83,6 +87,7 @@ impl Kind {
             Kind::Subscribe => 20,
             Kind::History => 5,
             Kind::Commit => 10,
+            Kind::Push => 5,
             Kind::Presence => 10,
             Kind::Online => 10,
             Kind::Auth => 5,

@@ -59,6 +59,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub limits: LimitsConfig,
+
+    #[command(flatten)]
+    pub push: PushConfig,
 }
 
 /// The listener, the sockets it serves, and the pages it serves.
@@ -336,6 +339,75 @@ pub struct PresenceConfig {
     pub instance_timeout: Duration,
 }
 
+/// Web Push: notifications for users whose pages are closed (see `push`).
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Web Push")]
+pub struct PushConfig {
+    /// Push records of per-user topics to the browsers of users with no socket open on any
+    /// hub (Web Push). Needs presence (`WSKAFKA_PRESENCE_TOPIC`: the roster says who is
+    /// online) and `WSKAFKA_PUSH_CONTACT`.
+    #[arg(long, env = "WSKAFKA_PUSH")]
+    pub push: bool,
+
+    /// The topics whose records are pushed, as comma-separated globs, each keyed by user id.
+    /// Unset: the per-user topics (`WSKAFKA_USER_TOPICS`).
+    #[arg(long, env = "WSKAFKA_PUSH_TOPICS", value_delimiter = ',')]
+    pub push_topics: Vec<TopicPattern>,
+
+    /// The Kafka consumer group the hubs share the push work through: each record is pushed
+    /// by one hub, and a hub that stops hands its partitions to the others.
+    #[arg(long, env = "WSKAFKA_PUSH_GROUP", default_value = "wskafka.push")]
+    pub push_group: String,
+
+    /// Who push services may contact about this sender (the VAPID `sub`): a `mailto:` or
+    /// `https:` URL.
+    #[arg(long, env = "WSKAFKA_PUSH_CONTACT")]
+    pub push_contact: Option<String>,
+
+    /// A PEM file holding the P-256 private key pushes are signed with (VAPID). Unset: a key
+    /// generated at first start and kept in the database, the same for every hub.
+    #[arg(long, env = "WSKAFKA_PUSH_KEY_FILE")]
+    pub push_key_file: Option<PathBuf>,
+
+    /// How long a push service keeps a push for a device that is offline (the `TTL` header).
+    #[arg(long, env = "WSKAFKA_PUSH_TTL", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub push_ttl: Duration,
+
+    /// The `Urgency` of pushes: very-low, low, normal or high.
+    #[arg(long, env = "WSKAFKA_PUSH_URGENCY", default_value = "normal", value_parser = ["very-low", "low", "normal", "high"])]
+    pub push_urgency: String,
+
+    /// Push requests the hub has in flight at once; further records wait.
+    #[arg(long, env = "WSKAFKA_PUSH_MAX_IN_FLIGHT", default_value = "64")]
+    pub push_max_in_flight: NonZeroUsize,
+
+    /// Pushes one user may get per minute (with bursts of as many), across devices counted
+    /// once per record; past it a record is not pushed.
+    #[arg(long, env = "WSKAFKA_PUSH_USER_RATE", default_value = "30")]
+    pub push_user_rate: NonZeroU32,
+
+    /// Push subscriptions (devices) one user may register.
+    #[arg(long, env = "WSKAFKA_PUSH_MAX_DEVICES", default_value_t = 10)]
+    pub push_max_devices: u32,
+
+    /// TESTS ONLY: accept `http://` push endpoints on loopback addresses. Off, an endpoint
+    /// must be `https://` and resolve to public addresses only, so that the hub never sends
+    /// requests into the operator's own network.
+    #[arg(long, env = "WSKAFKA_PUSH_ALLOW_LOOPBACK")]
+    pub push_allow_loopback: bool,
+}
+
+impl PushConfig {
+    /// The topics pushed: `WSKAFKA_PUSH_TOPICS`, or the per-user topics.
+    pub fn topics<'a>(&'a self, topics: &'a TopicsConfig) -> &'a [TopicPattern] {
+        if self.push_topics.is_empty() {
+            &topics.user_topics
+        } else {
+            &self.push_topics
+        }
+    }
+}
+
 /// What sockets, users and requests may hold and ask.
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Limits")]
@@ -372,9 +444,10 @@ pub struct LimitsConfig {
 
     /// Requests of each other type one connection may make per second (with bursts of as
     /// many), as TYPE=RATE over the defaults: subscribe=20 (unsubscribe too), history=5,
-    /// commit=10, presence=10, online=10, auth=5, ping=10, invalid=10 (frames that are not
-    /// valid requests). Past its budget a request is refused with `rate_limited` and when to
-    /// retry; a connection that goes on regardless is closed with 1008.
+    /// commit=10, push=5 (the `push_*` requests), presence=10, online=10, auth=5, ping=10,
+    /// invalid=10 (frames that are not valid requests). Past its budget a request is refused
+    /// with `rate_limited` and when to retry; a connection that goes on regardless is closed
+    /// with 1008.
     #[arg(long, env = "WSKAFKA_REQUEST_RATES", value_delimiter = ',', value_parser = parse_rate)]
     pub request_rates: Vec<(Kind, NonZeroU32)>,
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_millis;
-use crate::metrics::{self, Counts, DELIVERY_BUCKETS_MS};
+use crate::metrics::{self, Counts, DELIVERY_BUCKETS_MS, PushCounts};
 
 /// How often a sample is taken and a report written.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -83,6 +83,10 @@ pub struct Report {
     pub connections: Vec<Listed>,
     /// All of them, listed or not.
     pub connection_count: usize,
+    /// Its Web Push figures since it started (zeros without push); absent from the reports
+    /// of hubs older than them.
+    #[serde(default)]
+    pub push: PushCounts,
 }
 
 /// A record of the fleet topic.
@@ -326,6 +330,7 @@ mod tests {
             latest: Sample::default(),
             connections: Vec::new(),
             connection_count: 0,
+            push: PushCounts::default(),
         };
         let start = Instant::now();
         fleet.heard_at(report("b"), start);
@@ -356,6 +361,12 @@ mod tests {
                 since: 4,
             }],
             connection_count: 1,
+            push: PushCounts {
+                sent: 5,
+                failed: [("400".to_string(), 1)].into(),
+                removed: 2,
+                queue: 3,
+            },
         };
         let fleet = Fleet::new("a".into());
         fleet.read(br#"{"revoke": {"sub": "alice", "before": 1}}"#);
@@ -366,6 +377,12 @@ mod tests {
         })
         .unwrap();
         fleet.read(&record);
-        assert_eq!(fleet.hubs(), [report]);
+        assert_eq!(fleet.hubs(), std::slice::from_ref(&report));
+        // A hub older than the push figures reports none: zeros.
+        let mut older = serde_json::to_value(ReportMessage { hub: report }).unwrap();
+        older["hub"].as_object_mut().unwrap().remove("push");
+        older["hub"]["instance"] = "c".into();
+        fleet.read(&serde_json::to_vec(&older).unwrap());
+        assert_eq!(fleet.hubs()[1].push, PushCounts::default());
     }
 }

@@ -31,6 +31,7 @@ use crate::presence::Presence;
 use crate::presence::roster::Roster;
 use crate::presence::signal::Signals;
 use crate::protocol::close;
+use crate::push;
 use crate::recent::Recent;
 use crate::registry::{ConnId, Queued, Registry};
 use crate::replay::Replayer;
@@ -63,6 +64,8 @@ pub struct Hub {
     pub signals: Signals,
     /// This hub's samples for the admin view's charts, and the other hubs' reports.
     pub fleet: Arc<Fleet>,
+    /// Web Push, when on: its settings and key, for the `push_*` requests.
+    pub push: Option<Arc<push::Service>>,
     /// Cancelled when the hub starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Connections, the work they leave behind and the background tasks, which shutdown
@@ -558,6 +561,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         roster: None,
         signals: Signals::new(&clients, &config.presence).unwrap(),
         fleet: Arc::new(Fleet::new("test".into())),
+        push: None,
         store,
         commits,
         presence: None,

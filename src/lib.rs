@@ -34,6 +34,7 @@ mod memory;
 mod metrics;
 mod presence;
 mod protocol;
+mod push;
 mod recent;
 mod registry;
 mod replay;

@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 
 /// Latency buckets, in seconds: sub-millisecond to ten seconds.
 const BUCKETS: &[f64] = &[
@@ -420,6 +421,79 @@ pub fn held(held: &Held) {
     gauge!("wskafka_send_queue_largest_bytes").set(held.largest_send_queue as f64);
     gauge!("wskafka_replay_bytes").set(held.replays as f64);
     gauge!("wskafka_history_bytes").set(held.history as f64);
+}
+
+/// A push a push service accepted.
+pub fn push_sent() {
+    PUSH.sent.fetch_add(1, Ordering::Relaxed);
+    counter!("wskafka_push_sent_total").increment(1);
+}
+
+/// A push given up: the push service's last status (`429`, `500`, ...), `unreachable`, or
+/// `bad_keys` (a subscription whose keys do not encrypt).
+pub fn push_failed(reason: &str) {
+    *PUSH
+        .failed
+        .lock()
+        .expect("push failures lock")
+        .entry(reason.to_string())
+        .or_default() += 1;
+    counter!("wskafka_push_failed_total", "reason" => reason.to_string()).increment(1);
+}
+
+/// A subscription removed because its push service answered 404 or 410.
+pub fn push_subscription_removed() {
+    PUSH.removed.fetch_add(1, Ordering::Relaxed);
+    counter!("wskafka_push_subscriptions_removed_total").increment(1);
+}
+
+/// A record of a pushed topic not pushed: `online` (the user has a socket), `expired` (older
+/// than the push TTL) or `rate_limited` (the user's pushes per minute).
+pub fn push_skipped(reason: &'static str) {
+    counter!("wskafka_push_skipped_total", "reason" => reason).increment(1);
+}
+
+/// Records being pushed, or waiting for an earlier one of their partition.
+pub fn push_queue(change: f64) {
+    PUSH.queue.fetch_add(change as i64, Ordering::Relaxed);
+    gauge!("wskafka_push_queue").increment(change);
+}
+
+/// Web Push's figures kept for the admin view (see `push_counts`): a few counters and a map
+/// of the failure reasons, which are push services' statuses, so few.
+struct PushTotals {
+    sent: AtomicU64,
+    removed: AtomicU64,
+    queue: AtomicI64,
+    failed: Mutex<BTreeMap<String, u64>>,
+}
+
+static PUSH: PushTotals = PushTotals {
+    sent: AtomicU64::new(0),
+    removed: AtomicU64::new(0),
+    queue: AtomicI64::new(0),
+    failed: Mutex::new(BTreeMap::new()),
+};
+
+/// Web Push since the hub started, as each hub reports it to the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushCounts {
+    pub sent: u64,
+    /// Pushes given up, by reason (as `wskafka_push_failed_total`'s label).
+    pub failed: BTreeMap<String, u64>,
+    /// Subscriptions removed for a 404 or 410.
+    pub removed: u64,
+    /// Records being pushed now, or waiting for an earlier one of their partition.
+    pub queue: i64,
+}
+
+pub fn push_counts() -> PushCounts {
+    PushCounts {
+        sent: PUSH.sent.load(Ordering::Relaxed),
+        failed: PUSH.failed.lock().expect("push failures lock").clone(),
+        removed: PUSH.removed.load(Ordering::Relaxed),
+        queue: PUSH.queue.load(Ordering::Relaxed),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-// The admin view: the fleet (/admin/fleet), this hub's connections (/admin/connections) and
-// topics (/admin/topics), polled; its charts (/admin/charts, drawn with uPlot, loaded before
-// this script as the global `uPlot`). The browser resends the Basic credentials it was asked
-// for. Everything shown is set as text: user names and topics are not markup.
+// The admin view: the fleet (/admin/fleet, each hub with its Web Push figures), this hub's
+// connections (/admin/connections) and topics (/admin/topics), polled; its charts
+// (/admin/charts, drawn with uPlot, loaded before this script as the global `uPlot`). The
+// browser resends the Basic credentials it was asked for. Everything shown is set as text:
+// user names and topics are not markup.
 const $ = (id) => document.getElementById(id);
 
 function cell(text, className) {
@@ -60,6 +61,21 @@ async function refreshFleet() {
       cell(String(s.lag), behind(s.lag)),
       cell(String(s.internal_lag), behind(s.internal_lag)),
       cell(s.p99 == null ? "–" : `${number(s.p99)} ms`, "n"),
+    ];
+  }));
+
+  // Reports of hubs older than the push figures carry none.
+  rows("push", hubs.map((h) => {
+    const p = h.push ?? { sent: 0, failed: {}, removed: 0, queue: 0 };
+    const reasons = Object.entries(p.failed);
+    const failed = reasons.reduce((n, [, count]) => n + count, 0);
+    return [
+      cell(h.instance === fleet.this ? `${h.instance} (this hub)` : h.instance),
+      cell(String(p.sent), "n"),
+      cell(String(failed), failed > 0 ? "n behind" : "n"),
+      cell(reasons.map(([reason, count]) => `${reason}: ${count}`).join(", ") || "–"),
+      cell(String(p.removed), "n"),
+      cell(String(p.queue), p.queue > 0 ? "n behind" : "n"),
     ];
   }));
 

@@ -172,6 +172,7 @@ async function start(user) {
     }, { from: "committed" })
     .catch(complain);
 
+  offerPush(client);
   $("bell").onclick = () => {
     if (narrow.matches) openPanel($("show-side"));
     $("notifications-heading").focus();
@@ -208,6 +209,41 @@ async function start(user) {
   // A room in a background tab is not being read; it is once the tab is back.
   document.addEventListener("visibilitychange", () => current && seen(client, current));
   show(first.rooms[0], client);
+}
+
+/**
+ * "Notify me when this page is closed": the demo's service worker (/sw.js) shows what the
+ * hub pushes while none of the user's pages is open. Offered where the browser has Web Push.
+ */
+async function offerPush(client) {
+  if (!("serviceWorker" in navigator && "PushManager" in window)) return;
+  const box = $("push");
+  const say = (text) => { $("push-state").textContent = text; };
+  $("push-control").hidden = false;
+  const registration = await navigator.serviceWorker.register("/sw.js");
+  box.checked = (await registration.pushManager.getSubscription()) !== null;
+  box.onchange = async () => {
+    box.disabled = true;
+    try {
+      if (box.checked) {
+        if ((await Notification.requestPermission()) !== "granted") {
+          box.checked = false;
+          say("Notifications are blocked for this page.");
+          return;
+        }
+        await client.registerPush(registration);
+        say("You will be notified while this page is closed.");
+      } else {
+        await client.unregisterPush(registration);
+        say("");
+      }
+    } catch (e) {
+      box.checked = !box.checked;
+      say(`Cannot ${box.checked ? "stop" : "set up"} notifications: ${e.message ?? e}`);
+    } finally {
+      box.disabled = false;
+    }
+  };
 }
 
 /**

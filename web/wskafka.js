@@ -363,6 +363,45 @@ export class WsKafka extends EventTarget {
   }
 
   /**
+   * Registers this browser for Web Push: while none of the user's pages is open, the hub
+   * pushes the records of the user's per-user topics to it. The service worker
+   * (`registration`) and the permission prompt are the page's. Subscribes the browser with
+   * the hub's key (again, when it was subscribed with another), and resolves with the
+   * browser's subscription once the hub stored it.
+   * @param {ServiceWorkerRegistration} registration
+   * @returns {Promise<PushSubscription>}
+   */
+  async registerPush(registration) {
+    const { key } = await this.request({ type: "push_key" });
+    const applicationServerKey = base64UrlBytes(key);
+    let subscription = await registration.pushManager.getSubscription();
+    const current = subscription?.options.applicationServerKey;
+    if (subscription && !(current && sameBytes(new Uint8Array(current), applicationServerKey))) {
+      await subscription.unsubscribe();
+      subscription = null;
+    }
+    subscription ??= await registration.pushManager.subscribe({
+      userVisibleOnly: true,
+      applicationServerKey,
+    });
+    await this.request({ type: "push_subscribe", subscription: subscription.toJSON() });
+    return subscription;
+  }
+
+  /**
+   * Stops pushes to this browser: removed at the hub, then unsubscribed in the browser.
+   * Resolves false when the browser had no subscription.
+   * @param {ServiceWorkerRegistration} registration
+   * @returns {Promise<boolean>}
+   */
+  async unregisterPush(registration) {
+    const subscription = await registration.pushManager.getSubscription();
+    if (!subscription) return false;
+    await this.request({ type: "push_unsubscribe", endpoint: subscription.endpoint });
+    return subscription.unsubscribe();
+  }
+
+  /**
    * Sends an ephemeral signal to the room's current subscribers (those that asked for
    * signals), on every hub: never stored, never replayed. Nothing answers it; a refusal
    * comes as an `error` event.
@@ -864,6 +903,20 @@ export class SseSocket {
     this.source?.close();
     this.onclose?.({ code, reason });
   }
+}
+
+/**
+ * Base64url (as the hub sends keys) to bytes.
+ * @param {string} text
+ */
+function base64UrlBytes(text) {
+  const binary = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+/** @param {Uint8Array} a @param {Uint8Array} b */
+function sameBytes(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /** A `typing()` signal is sent at most this often (ms)... */

@@ -49,7 +49,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http,sse"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http,sse,push"
     )]
     scenarios: Vec<String>,
     /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it); needed
@@ -126,7 +126,8 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     flood_window: usize,
     /// The PostgreSQL server the flood scenario's hubs write read positions to (each in a
-    /// database of its own, dropped at the end), where its transactions are counted.
+    /// database of its own, dropped at the end), where its transactions are counted; the
+    /// push scenario's hub keeps its subscriptions and claims there.
     #[arg(
         long,
         env = "WSKAFKA_BENCH_POSTGRES",
@@ -182,6 +183,7 @@ async fn main() {
         (LIMITS_TOPICS[1], 1),
         (scenarios::once::ONCE_TOPIC, 4),
         (scenarios::sse::SSE_TOPIC, 1),
+        (scenarios::push::PUSH_TOPIC, 4),
         ("warmup", 1),
     ] {
         kafka.create_topic(topic, partitions).await;
@@ -251,6 +253,7 @@ async fn main() {
             "once" => scenarios::once(hub, &args).await,
             "http" => scenarios::http(hub, &args).await,
             "sse" => scenarios::sse(hub, &hub_binary, &kafka, &work, &args).await,
+            "push" => scenarios::push(&hub_binary, &kafka, &work, &args).await,
             other => panic!("no scenario called {other}"),
         }
         println!(

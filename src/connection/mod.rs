@@ -13,6 +13,7 @@ mod auth;
 mod history;
 mod presence;
 mod publish;
+mod push;
 mod requests;
 mod subscribe;
 

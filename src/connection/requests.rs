@@ -91,6 +91,11 @@ impl Connection {
                 key,
                 offsets,
             }) => self.commit(id, &topic, key.as_deref(), offsets),
+            Ok(Request::PushSubscribe { id, subscription }) => {
+                self.push_subscribe(id, subscription)
+            }
+            Ok(Request::PushUnsubscribe { id, endpoint }) => self.push_unsubscribe(id, endpoint),
+            Ok(Request::PushKey { id }) => self.push_key(id),
         };
         // The one place a request's answer or refusal is written.
         match handled {
@@ -156,5 +161,8 @@ fn request_kind(request: &Request<'_>) -> Kind {
         Request::Online { .. } => Kind::Online,
         Request::Signal { .. } => Kind::Signal,
         Request::Commit { .. } => Kind::Commit,
+        Request::PushSubscribe { .. }
+        | Request::PushUnsubscribe { .. }
+        | Request::PushKey { .. } => Kind::Push,
     }
 }

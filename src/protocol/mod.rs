@@ -10,12 +10,14 @@ pub mod cursor;
 mod history;
 mod presence;
 mod publish;
+mod push;
 mod record;
 mod reply;
 mod subscribe;
 
 pub use history::{Before, History};
 pub use publish::{Publish, Retry};
+pub use push::PushSubscription;
 pub use record::{PUBLISH_ID_HEADER, RecordView, SENDER_HEADER, is_reserved_header, message_frame};
 pub use reply::{
     ErrorCode, Lost, LostReason, Refused, Reply, close, presence_diff_frame, read_frame,
@@ -113,6 +115,21 @@ pub enum Request<'a> {
         key: Option<Cow<'a, str>>,
         offsets: BTreeMap<i32, i64>,
     },
+    /// Registers a browser's push subscription for the user: pushed to while the user has no
+    /// socket open.
+    PushSubscribe {
+        id: Option<RequestId>,
+        subscription: PushSubscription,
+    },
+    /// Removes the user's push subscription with this endpoint.
+    PushUnsubscribe {
+        id: Option<RequestId>,
+        endpoint: String,
+    },
+    /// The key pushes are signed with, for `PushManager.subscribe`'s `applicationServerKey`.
+    PushKey {
+        id: Option<RequestId>,
+    },
 }
 
 /// A request that could not be understood; answered with a `bad_request` error frame.
@@ -149,6 +166,8 @@ struct Envelope<'a> {
     publish_id: Option<Cow<'a, str>>,
     age_ms: Option<u64>,
     attempt: Option<u32>,
+    subscription: Option<serde_json::Value>,
+    endpoint: Option<String>,
 }
 
 /// `Option<&RawValue>` would read `"payload": null` as a missing field; a JSON `null` is a
@@ -193,6 +212,9 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
         "presence" => presence::presence(envelope),
         "online" => presence::online(envelope),
         "auth" => auth(envelope),
+        "push_subscribe" => push::subscribe(envelope),
+        "push_unsubscribe" => push::unsubscribe(envelope),
+        "push_key" => push::key(envelope),
         "ping" => Ok(Request::Ping { id: envelope.id }),
         other => Err(envelope.bad(format!("unknown request type {other:?}"))),
     }

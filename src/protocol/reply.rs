@@ -140,6 +140,28 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
+    /// The push subscription is stored for the user.
+    #[serde(rename = "push_subscribed")]
+    PushSubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        endpoint: String,
+    },
+    /// `removed` is false when the user had no subscription with this endpoint.
+    #[serde(rename = "push_unsubscribed")]
+    PushUnsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        endpoint: String,
+        removed: bool,
+    },
+    /// The VAPID public key, base64url: `applicationServerKey` for `PushManager.subscribe`.
+    #[serde(rename = "push_key")]
+    PushKey {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        key: String,
+    },
     Authenticated {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,

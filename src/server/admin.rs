@@ -3,7 +3,8 @@
 //! - `/admin`, a page (its script, styles and charting library under `/admin/` too) polling
 //!   the endpoints below;
 //! - `/admin/connections`: this hub's live connections;
-//! - `/admin/fleet`: every hub heard from lately, with its latest sample and connections;
+//! - `/admin/fleet`: every hub heard from lately, with its latest sample, connections and
+//!   Web Push figures;
 //! - `/admin/charts`: this hub's samples, every 5 s for the last hour and every minute for
 //!   the last day (see `fleet`);
 //! - `/admin/topics`: the topics this hub reads, with their subscriptions and each
@@ -328,6 +329,7 @@ pub async fn sample_and_report(hub: Arc<Hub>) {
             latest,
             connections,
             connection_count,
+            push: metrics::push_counts(),
         };
         hub.fleet.heard(report.clone());
         let message =

@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::presence::roster::{Follower, Roster};
 use crate::presence::signal::{self, Signals};
+use crate::push;
 use crate::recent::{Bounds, Recent};
 use crate::registry::{QueueBounds, Registry};
 use crate::replay::Replayer;
@@ -94,6 +95,8 @@ pub enum StartError {
     DescriptorLimit(std::io::Error),
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
+    #[error("Web Push: {0}")]
+    Push(String),
 }
 
 /// The listening socket, with the longest accept queue the kernel allows (`somaxconn`)
@@ -266,6 +269,7 @@ pub async fn serve(
             tasks.clone(),
         )
     });
+    let (push, push_worker) = push_service(&config, &clients, &store, &roster)?;
     let topics = Catalogue::new(&config.topics, publisher.clone());
     let stopping = CancellationToken::new();
     tasks.spawn(topics.clone().keep_fresh(stopping.clone()));
@@ -288,9 +292,13 @@ pub async fn serve(
         roster,
         signals,
         fleet,
+        push,
         tasks,
         shutdown: stopping,
     });
+    if let Some(worker) = push_worker {
+        hub.track(worker.run(hub.shutdown.clone()));
+    }
     hub.auth.start(&hub.tasks, &hub.shutdown);
     hub.track(watch::reload_keys_on_sighup(hub.clone()));
     hub.track(watch::kafka(hub.clone(), clients));
@@ -360,6 +368,62 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With `WSKAFKA_PUSH`: the service the sockets ask, and the worker that pushes; refused
+/// without presence (the roster says who is offline), a contact, or with an unusable key
+/// file.
+fn push_service(
+    config: &ServeConfig,
+    clients: &Clients,
+    store: &Store,
+    roster: &Option<Roster>,
+) -> Result<(Option<Arc<push::Service>>, Option<push::Worker>), StartError> {
+    let push = &config.push;
+    if !push.push {
+        return Ok((None, None));
+    }
+    let Some(roster) = roster else {
+        return Err(StartError::Push(
+            "needs presence (WSKAFKA_PRESENCE_TOPIC): the roster says who is offline".into(),
+        ));
+    };
+    match push.push_contact.as_deref() {
+        Some(c) if c.starts_with("mailto:") || c.starts_with("https:") => {}
+        _ => {
+            return Err(StartError::Push(
+                "WSKAFKA_PUSH_CONTACT must be a mailto: or https: URL for push services to reach"
+                    .into(),
+            ));
+        }
+    }
+    let topics = push.topics(&config.topics).to_vec();
+    if topics.is_empty() {
+        return Err(StartError::Push(
+            "no topics to push: set WSKAFKA_USER_TOPICS or WSKAFKA_PUSH_TOPICS".into(),
+        ));
+    }
+    let key = match &push.push_key_file {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| StartError::Push(format!("{}: {e}", path.display())))?;
+            Some(
+                push::Vapid::from_pem(&pem)
+                    .map_err(|e| StartError::Push(format!("{}: {e}", path.display())))?,
+            )
+        }
+    };
+    let service = Arc::new(push::Service::new(push.clone()));
+    let worker = push::Worker {
+        service: service.clone(),
+        clients: clients.clone(),
+        topics,
+        store: store.clone(),
+        roster: roster.clone(),
+        key,
+    };
+    Ok((Some(service), Some(worker)))
 }
 
 /// Serves HTTP until `stop` is cancelled, then waits for the requests in progress (upgraded

@@ -1,5 +1,5 @@
 //! What the hub serves to browsers: the client library at `/wskafka.js`, and with `--demo`
-//! the demo page at `/` (with `/demo.js` and `/demo.css`) and the development token endpoint
+//! the demo page at `/` (with `/demo.js`, `/demo.css` and its service worker `/sw.js`) and the development token endpoint
 //! it signs in with.
 //!
 //! The files are compiled into the binary, so a deployed hub needs nothing beside it.
@@ -22,6 +22,7 @@ const CLIENT: &str = include_str!("../../web/wskafka.js");
 const DEMO_PAGE: &str = include_str!("../../web/index.html");
 const DEMO_SCRIPT: &str = include_str!("../../web/demo.js");
 const DEMO_STYLE: &str = include_str!("../../web/demo.css");
+const DEMO_WORKER: &str = include_str!("../../web/sw.js");
 
 /// Demo tokens live briefly, so the demo exercises refreshing.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -103,6 +104,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &ServeConfig) -> Router<
             }),
         )
         .route("/demo.js", get(|| async { javascript(DEMO_SCRIPT) }))
+        // At the root, so that its scope is the whole demo.
+        .route("/sw.js", get(|| async { javascript(DEMO_WORKER) }))
         .route(
             "/demo.css",
             get(|| async {

@@ -1,4 +1,5 @@
-//! Durable state: read positions, revocations, and the open sessions behind presence events.
+//! Durable state: read positions, revocations, the open sessions behind presence events, and
+//! Web Push subscriptions.
 //!
 //! One schema (`migrations/`) and one set of statements serve both databases through sqlx's
 //! `Any` driver: a SQLite file for a single hub with nothing to set up, PostgreSQL for hubs
@@ -7,6 +8,9 @@
 //! together apply them once.
 
 pub(crate) mod commits;
+mod push;
+
+pub use push::{AddError, StoredSubscription};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

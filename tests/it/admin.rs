@@ -1,7 +1,7 @@
 //! The admin view as an operator uses it, in a real Chromium against real hubs and the
 //! broker: charts of real traffic, lag for every partition read, the fleet of two hubs with
-//! a revocation from the page closing a user's sockets on both, and `/metrics` on a
-//! listener of its own.
+//! a revocation from the page closing a user's sockets on both, each hub's Web Push figures,
+//! and `/metrics` on a listener of its own.
 
 use crate::common::*;
 use serde_json::json;
@@ -243,6 +243,51 @@ async fn the_fleet_view_shows_both_hubs_and_revoking_from_it_closes_the_user_on_
     }
     // Once hub B reports again, only Bob is listed.
     browser.wait_count("admin", "#list tr", 1).await;
+    assert_eq!(browser.complaints("admin").await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_admin_page_shows_pushes_sent_given_up_and_subscriptions_removed() {
+    use crate::push::{Cluster, Device, PushService, register, until_offline};
+    let cluster = Cluster::new("admin-push", true).await;
+    let service = PushService::default();
+    let origin = service.start().await;
+    // Of Ann's three devices, one is gone (410, removed) and one refused (400, given up).
+    service.answer("/device/old", &[(410, None)]);
+    service.answer("/device/broken", &[(400, None)]);
+    let prefix = unique("admin-push");
+    let instance = format!("{prefix}-hub");
+    let mut args = cluster.args.clone();
+    for (flag, value) in [
+        ("--admin-password", "pw".to_string()),
+        ("--instance-id", instance.clone()),
+        ("--control-topic", format!("{prefix}.control")),
+        ("--fleet-topic", format!("{prefix}.fleet")),
+    ] {
+        args.extend([flag.to_string(), value]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hub = Hub::start(&cluster.glob, &args).await;
+    let devices = ["phone", "old", "broken"].map(|d| Device::new(format!("{origin}/device/{d}")));
+    register(&hub, &cluster.token("ann"), &devices.each_ref()).await;
+    until_offline(&hub, "ann").await;
+    produce(&producer(), &cluster.topic, "ann", br#"{"text":"hi"}"#).await;
+    eventually("a push to each device", async || {
+        service.received().len() >= 3
+    })
+    .await;
+
+    let mut browser = Browser::start().await;
+    let admin = format!("http://{}/admin", hub.addr);
+    browser.open_as("admin", &admin, "admin", "pw").await;
+    browser.wait_text("admin", "#this-hub", &instance).await;
+    // The hub's row, once it reported after the pushes: one sent, one given up for its
+    // 400, one subscription removed, nothing queued.
+    let expected = format!("{instance} (this hub)\t1\t1\t400: 1\t1\t0");
+    eventually("the push figures", async || {
+        browser.texts("admin", "#push tr").await == [expected.clone()]
+    })
+    .await;
     assert_eq!(browser.complaints("admin").await, Vec::<String>::new());
 }
 

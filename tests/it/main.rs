@@ -20,6 +20,7 @@ mod once;
 mod operate;
 mod presence;
 mod pubsub;
+mod push;
 mod react;
 mod resume;
 mod rooms;

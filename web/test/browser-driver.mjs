@@ -24,11 +24,14 @@ const timeout = Number(process.env.PATIENCE_MS ?? 20000);
 const commands = {
   // In a new context (another person), or with `beside`, in the context of that page (another
   // tab of the same person, holding the same credentials). `init`: a script run in the page
-  // before its own.
-  async open({ name, url, credentials, beside, init }) {
+  // before its own. `permissions`: granted to the new context (say, "notifications").
+  async open({ name, url, credentials, beside, init, permissions }) {
     const context = beside
       ? pages.get(beside).context()
-      : await browser.newContext(credentials ? { httpCredentials: credentials } : {});
+      : await browser.newContext({
+        ...(credentials ? { httpCredentials: credentials } : {}),
+        ...(permissions ? { permissions } : {}),
+      });
     const page = await context.newPage();
     complaints.set(name, []);
     page.on("console", (m) => {

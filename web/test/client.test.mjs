@@ -666,3 +666,49 @@ test("a POST the hub refuses for its full queue (429) is sent again, in order, a
   client.close();
   await Promise.all(pings);
 });
+test("registerPush subscribes the browser with the hub's key and stores it; unregisterPush removes it", async () => {
+  const { client, socket } = await connected();
+  const key = "BAEC"; // bytes 4, 1, 2
+  const subscribed = [];
+  /** A browser's subscription, as PushManager gives it. */
+  const browserSubscription = (applicationServerKey) => ({
+    endpoint: "https://push.example.net/s/1",
+    options: { applicationServerKey: applicationServerKey.buffer },
+    toJSON: () => ({ endpoint: "https://push.example.net/s/1", keys: { p256dh: "p", auth: "a" } }),
+    unsubscribe: async () => { current = null; return true; },
+  });
+  // Subscribed before with another key: the hub's replaces it.
+  let current = browserSubscription(new Uint8Array([9, 9]));
+  const registration = {
+    pushManager: {
+      getSubscription: async () => current,
+      subscribe: async (options) => {
+        subscribed.push(options);
+        current = browserSubscription(options.applicationServerKey);
+        return current;
+      },
+    },
+  };
+  const registered = client.registerPush(/** @type {any} */ (registration));
+  await settle();
+  const asked = socket.last("push_key");
+  socket.reply({ type: "push_key", id: asked.id, key });
+  await settle();
+  const stored = socket.last("push_subscribe");
+  assert.deepEqual(Array.from(subscribed[0].applicationServerKey), [4, 1, 2]);
+  assert.equal(subscribed[0].userVisibleOnly, true);
+  assert.deepEqual(stored.subscription, { endpoint: "https://push.example.net/s/1", keys: { p256dh: "p", auth: "a" } });
+  assert.equal(stored.type, "push_subscribe");
+  socket.reply({ type: "push_subscribed", id: stored.id, endpoint: "https://push.example.net/s/1" });
+  assert.equal((await registered).endpoint, "https://push.example.net/s/1");
+
+  const unregistered = client.unregisterPush(/** @type {any} */ (registration));
+  await settle();
+  const removed = socket.last("push_unsubscribe");
+  assert.deepEqual(removed, { type: "push_unsubscribe", endpoint: "https://push.example.net/s/1", id: removed.id });
+  socket.reply({ type: "push_unsubscribed", id: removed.id, endpoint: removed.endpoint, removed: true });
+  assert.equal(await unregistered, true);
+  assert.equal(current, null);
+  assert.equal(await client.unregisterPush(/** @type {any} */ (registration)), false);
+  client.close();
+});

@@ -546,16 +546,16 @@ async fn fill_history(kafka: &Broker) {
 }
 
 /// A database of its own on the PostgreSQL server, dropped at the end.
-struct Database {
+pub struct Database {
     server: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl Database {
     /// None, with a word, when the server cannot be reached: commits then go to SQLite and
     /// their transactions are not counted.
-    async fn create(server: &str, slug: &str) -> Option<Database> {
+    pub async fn create(server: &str, slug: &str) -> Option<Database> {
         let name = format!(
             "wskafka_bench_{}_{}",
             std::process::id(),
@@ -594,7 +594,7 @@ impl Database {
             .unwrap()
     }
 
-    async fn drop(self) {
+    pub async fn drop(self) {
         let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", self.server))
             .await
             .unwrap();
