@@ -32,8 +32,18 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// Polls `check` until it holds, and fails the test when it still does not after
 /// `PATIENCE`: for state that another process shows only when asked (an HTTP endpoint, the
 /// broker), where there is no event to await.
-pub async fn eventually(what: impl std::fmt::Display, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+pub async fn eventually(what: impl std::fmt::Display, check: impl AsyncFnMut() -> bool) {
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// `eventually` for what waits on a bound of its own first (a consumer group's session),
+/// with `limit` instead of `PATIENCE`.
+pub async fn eventually_within(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "never came: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
