@@ -125,6 +125,16 @@ async fn a_dropped_stream_resumes_on_another_hub_by_its_last_event_id_exactly_on
     for (partition, offset) in received.keys() {
         taken[partition.to_string()] = json!(offset + 1);
     }
+    // A partition nothing was taken from yet may be named at its start (the topic was
+    // empty), as the subscription knew it: a resume from there repeats nothing.
+    if let Some(offsets) = cursor[0]["o"].as_object() {
+        for (partition, offset) in offsets {
+            if taken.get(partition).is_none() {
+                assert_eq!(offset, 0, "{cursor}");
+                taken[partition] = json!(0);
+            }
+        }
+    }
     assert_eq!(cursor, json!([{"t": topic, "o": taken}]));
     drop(first);
     // Records keep coming while it is away; the first stream's unread ones count too.
