@@ -51,5 +51,5 @@ pub use config::{Cli, Command, LogFormat};
 pub use connection::WRITE_BATCH;
 pub use protocol::{Request, parse, peek_id};
 pub use server::{READ_BUFFER, WRITE_BUFFER, serve};
-pub use store::Store;
+pub use store::{Claim, Store};
 pub use topic::{TopicPattern, is_valid_topic};

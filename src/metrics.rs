@@ -429,6 +429,12 @@ pub fn push_sent() {
     counter!("wskafka_push_sent_total").increment(1);
 }
 
+/// A push sent again because the hub that claimed it never said it was done (it died or
+/// lost the partition while sending); the push service collapses the two by their `Topic`.
+pub fn push_resent() {
+    counter!("wskafka_push_resent_total").increment(1);
+}
+
 /// A push given up: the push service's last status (`429`, `500`, ...), `unreachable`, or
 /// `bad_keys` (a subscription whose keys do not encrypt).
 pub fn push_failed(reason: &str) {

@@ -9,14 +9,18 @@
 //! partitions move; so a hub that dies leaves at most the records since its last commit to
 //! the hub that takes over.
 //!
-//! Never twice to the same device: before sending, a hub claims (endpoint, record) in the
-//! database, and sends only when the claim is new; the hub that takes a partition over
-//! after a crash finds the claims of what was pushed already. A hub that stops gracefully
-//! gives back the claims of pushes it did not send. A hub killed between claiming and
-//! sending loses those pushes (at most `WSKAFKA_PUSH_MAX_IN_FLIGHT`): the rule is never
-//! twice, and the records stay in Kafka, unread, for the page to show when it opens. Each
-//! push also carries a `Topic` header made from the record's position, so that a push
-//! service holding an undelivered push of the record replaces it rather than adding one.
+//! Once per device, with hubs that die: before sending, a hub claims (endpoint, record) in
+//! the database, and marks the claim done once the push service answered or the push was
+//! given up. The hub that handles a record again (after a crash, or a partition moved while
+//! its pushes were in flight) skips what is done and sends again what was claimed and left
+//! undone: at most `WSKAFKA_PUSH_MAX_IN_FLIGHT` pushes per hub that died. Each push carries
+//! a `Topic` header made from the record's position, the same on every hub, with which a
+//! push service replaces a push it still holds for the device rather than adding one; and a
+//! page's service worker shows a record's notification under one `tag` (the demo's does).
+//! Exactly once on the wire cannot be had over HTTP with a third party that keeps no
+//! request ids: a push whose answer was lost with its hub may or may not have been taken.
+//! This keeps the choice on the side that loses nothing. A hub that stops gracefully gives
+//! back the claims of pushes it did not send.
 //!
 //! Who is online is the roster's (presence must be on): a user with a socket open on any
 //! hub gets the record over that socket and no push. The roster lags a connect or a close
@@ -60,7 +64,7 @@ use crate::kafka::Clients;
 use crate::kafka_settings::Side;
 use crate::metrics;
 use crate::presence::roster::Roster;
-use crate::store::{Store, StoredSubscription};
+use crate::store::{Claim, Store, StoredSubscription};
 use crate::topic::TopicPattern;
 
 /// Largest notification before encryption: a push body is at most 4096 bytes, of which the
@@ -281,8 +285,8 @@ impl Worker {
                     if !done {
                         blocked.insert(partition);
                     } else if !blocked.contains(&partition) {
-                        let next = message.offset() + 1;
-                        if let Err(e) = consumer.store_offset(message.topic(), message.partition(), next) {
+                        // librdkafka stores the offset after the one given: the next to read.
+                        if let Err(e) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
                             // The partition moved to another hub meanwhile.
                             tracing::debug!(error = %e, "storing a push position");
                         }
@@ -423,8 +427,12 @@ impl Pushing {
         };
         loop {
             match self.store.claim_push(&device.endpoint, record).await {
-                Ok(true) => break,
-                Ok(false) => return true,
+                Ok(Claim::New) => break,
+                Ok(Claim::Unfinished) => {
+                    metrics::push_resent();
+                    break;
+                }
+                Ok(Claim::Done) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim a push; trying again");
                     if !self.pause().await {
@@ -458,6 +466,14 @@ impl Pushing {
                     tracing::warn!(error = %e, "cannot give back a push claim");
                 }
                 return false;
+            }
+        }
+        // Left undone, the claim has the record pushed again by whichever hub handles it
+        // next: a repeat the push service collapses, never a loss.
+        while let Err(e) = self.store.push_done(&device.endpoint, record).await {
+            tracing::warn!(error = %e, "cannot mark a push done; trying again");
+            if !self.pause().await {
+                break;
             }
         }
         true

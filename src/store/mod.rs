@@ -10,7 +10,7 @@
 pub(crate) mod commits;
 mod push;
 
-pub use push::{AddError, StoredSubscription};
+pub use push::{AddError, Claim, StoredSubscription};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -13,6 +13,18 @@ pub struct StoredSubscription {
     pub auth: String,
 }
 
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No hub claimed the push before: send it.
+    New,
+    /// A hub claimed it and never said it was done: it died or lost the partition while
+    /// sending. Send it again, under the same `Topic`, for the push service to collapse.
+    Unfinished,
+    /// Sent or given up already.
+    Done,
+}
+
 /// How long a claim is kept: far longer than a record can wait for its push.
 const CLAIMS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -122,18 +134,48 @@ impl Store {
         Ok(key)
     }
 
-    /// Claims the push of `record` to `endpoint`: true when no hub claimed it before.
-    pub async fn claim_push(&self, endpoint: &str, record: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO push_sent (endpoint, record, sent_at) VALUES ($1, $2, $3)
-             ON CONFLICT (endpoint, record) DO NOTHING",
-        )
-        .bind(endpoint)
-        .bind(record)
-        .bind(now_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    /// Claims the push of `record` to `endpoint` before it is sent.
+    pub async fn claim_push(&self, endpoint: &str, record: &str) -> Result<Claim, StoreError> {
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO push_sent (endpoint, record, sent_at, done)
+                 VALUES ($1, $2, $3, FALSE)
+                 ON CONFLICT (endpoint, record) DO NOTHING",
+            )
+            .bind(endpoint)
+            .bind(record)
+            .bind(now_millis())
+            .execute(&self.pool)
+            .await?;
+            if inserted.rows_affected() > 0 {
+                return Ok(Claim::New);
+            }
+            // Counted rather than read: the Any driver decodes no SQLite boolean.
+            let (claims, done): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COUNT(CASE WHEN done THEN 1 END) FROM push_sent
+                 WHERE endpoint = $1 AND record = $2",
+            )
+            .bind(endpoint)
+            .bind(record)
+            .fetch_one(&self.pool)
+            .await?;
+            match (claims, done) {
+                // Given back (its hub stopping) between the two statements: claim it anew.
+                (0, _) => continue,
+                (_, 0) => return Ok(Claim::Unfinished),
+                _ => return Ok(Claim::Done),
+            }
+        }
+    }
+
+    /// Marks a claimed push done: the push service answered, or it was given up.
+    pub async fn push_done(&self, endpoint: &str, record: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE push_sent SET done = TRUE WHERE endpoint = $1 AND record = $2")
+            .bind(endpoint)
+            .bind(record)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Gives a claim back: the push was not sent (the hub is stopping), and whichever hub

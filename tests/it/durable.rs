@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::common::*;
 use rdkafka::Message as _;
 use serde_json::{Value, json};
-use wskafka::Store;
+use wskafka::{Claim, Store};
 
 const ADMIN: &str = "Basic YWRtaW46YWRtaW4tc2VjcmV0"; // admin:admin-secret
 
@@ -211,6 +211,62 @@ async fn positions_from_before_keys_stay_the_topics_on_sqlite() {
 #[tokio::test]
 async fn positions_from_before_keys_stay_the_topics_on_postgres() {
     positions_from_before_keys_stay_the_topics(&fresh_postgres().await).await;
+}
+
+/// A push claim is new, unfinished (claimed, never said done: its hub died while sending)
+/// or done; claims stored before claims could be unfinished read as done.
+async fn push_claims_tell_new_unfinished_and_done(database: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database).await.unwrap();
+    sqlx::migrate!()
+        .run_to(20261207000000, &pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO push_sent (endpoint, record, sent_at) VALUES ('https://p/1', 't/0/1', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = Store::connect(database, 2).await.unwrap();
+    assert_eq!(
+        store.claim_push("https://p/1", "t/0/1").await.unwrap(),
+        Claim::Done
+    );
+    assert_eq!(
+        store.claim_push("https://p/1", "t/0/2").await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        store.claim_push("https://p/1", "t/0/2").await.unwrap(),
+        Claim::Unfinished
+    );
+    store.push_done("https://p/1", "t/0/2").await.unwrap();
+    assert_eq!(
+        store.claim_push("https://p/1", "t/0/2").await.unwrap(),
+        Claim::Done
+    );
+    assert_eq!(
+        store.claim_push("https://p/2", "t/0/2").await.unwrap(),
+        Claim::New
+    );
+    store.unclaim_push("https://p/2", "t/0/2").await.unwrap();
+    assert_eq!(
+        store.claim_push("https://p/2", "t/0/2").await.unwrap(),
+        Claim::New
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn push_claims_tell_new_unfinished_and_done_on_sqlite() {
+    push_claims_tell_new_unfinished_and_done(&sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn push_claims_tell_new_unfinished_and_done_on_postgres() {
+    push_claims_tell_new_unfinished_and_done(&fresh_postgres().await).await;
 }
 
 /// The applied migrations, as sqlx records them.
