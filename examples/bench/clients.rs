@@ -185,9 +185,11 @@ impl Server {
         if self.kind == Kind::Bare {
             return self.sockets(count).await;
         }
+        // A user per socket: a user's requests share a budget across their sockets.
         stream::iter(0..count)
-            .map(|_| async {
-                let (socket, _) = self.subscribe(topic, "load", &Position::default()).await;
+            .map(|n| async move {
+                let user = format!("load-{n}");
+                let (socket, _) = self.subscribe(topic, &user, &Position::default()).await;
                 socket
             })
             .buffer_unordered(64)

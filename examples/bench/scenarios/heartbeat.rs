@@ -329,9 +329,10 @@ impl Listeners {
             tasks: Vec::with_capacity(count),
         };
         let mut opening = stream::iter(0..count)
-            .map(|_| async {
+            .map(|n| async move {
+                let user = format!("load-{n}");
                 let (socket, _) = hub
-                    .subscribe("bench.idle", "load", &Position::default())
+                    .subscribe("bench.idle", &user, &Position::default())
                     .await;
                 socket
             })
