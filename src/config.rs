@@ -182,6 +182,20 @@ pub struct KafkaConfig {
     )]
     pub kafka_consumer: Vec<String>,
 
+    /// Fetch every partition of every exposed topic, whether or not a socket here follows
+    /// it, as hubs did before interest-based consumption: for comparing the two, or for a
+    /// hub whose sockets follow nearly everything (it then never waits on a paused topic's
+    /// end at a first subscribe).
+    #[arg(long, env = "WSKAFKA_CONSUME_ALL")]
+    pub consume_all: bool,
+
+    /// How long the consumer keeps fetching a topic after its last subscriber here left (or
+    /// after a subscribe that waited on it): as long as the recent records are kept, so
+    /// that the sockets of a reconnect storm come back to a topic still read and kept, and
+    /// one socket's churn does not pause and resume the topic each time.
+    #[arg(long, env = "WSKAFKA_INTEREST_LINGER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub interest_linger: Duration,
+
     /// The properties above, gathered at start (see `kafka_settings`).
     #[arg(skip)]
     pub kafka_settings: KafkaSettings,

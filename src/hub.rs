@@ -540,7 +540,7 @@ pub(crate) async fn for_tests(flags: &[&str]) -> Arc<Hub> {
         registry: Arc::default(),
         publisher: Publisher::new(&clients, &config.kafka).unwrap(),
         topics: crate::kafka::Catalogue::fixed(&["t.room"]),
-        live_positions: LivePositions::default(),
+        live_positions: LivePositions::all_new(),
         metrics: METRICS.get_or_init(|| Metrics::install().unwrap()).clone(),
         replayer: Replayer::new(
             &clients,

@@ -213,6 +213,8 @@ struct TopicSeries(BTreeMap<String, TopicCounts>);
 struct TopicCounts {
     subscriptions: u64,
     lag: BTreeMap<i32, i64>,
+    /// Partitions the consumer does not fetch: no interest here.
+    paused: usize,
 }
 
 impl TopicSeries {
@@ -243,6 +245,18 @@ impl TopicSeries {
         for (topic, counts) in series {
             let count = counts.subscriptions;
             let _ = writeln!(text, "wskafka_subscriptions{{topic=\"{topic}\"}} {count}");
+        }
+        // Per topic the consumer was assigned (which its lag or a pause shows).
+        let assigned = |counts: &TopicCounts| !counts.lag.is_empty() || counts.paused > 0;
+        if series.values().any(assigned) {
+            text.push_str("# TYPE wskafka_consumer_paused_partitions gauge\n");
+        }
+        for (topic, counts) in series.iter().filter(|(_, c)| assigned(c)) {
+            let paused = counts.paused;
+            let _ = writeln!(
+                text,
+                "wskafka_consumer_paused_partitions{{topic=\"{topic}\"}} {paused}"
+            );
         }
         if series.values().any(|counts| !counts.lag.is_empty()) {
             text.push_str("# TYPE wskafka_consumer_lag gauge\n");
@@ -388,15 +402,45 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     series.lag(topic, partition, lag);
 }
 
-/// Per topic with a series: its subscriptions on this hub, and its consumer lag per
-/// partition, for the admin view.
-pub fn topics() -> Vec<(String, u64, BTreeMap<i32, i64>)> {
+/// The live consumer's assigned partitions it fetches, and those it paused per topic (see
+/// `kafka::consumer`'s interest): what this hub costs the brokers to feed.
+pub fn consumer_partitions(fetched: usize, paused: &BTreeMap<String, usize>) {
+    let all_paused: usize = paused.values().sum();
+    gauge!("wskafka_consumer_partitions", "state" => "fetched").set(fetched as f64);
+    gauge!("wskafka_consumer_partitions", "state" => "paused").set(all_paused as f64);
+    let mut series = TOPIC_SERIES.lock().expect("topic series lock");
+    for (topic, counts) in series.0.iter_mut() {
+        counts.paused = paused.get(topic).copied().unwrap_or(0);
+    }
+    for (topic, &count) in paused {
+        if count > 0 && !series.0.contains_key(topic) {
+            series.0.entry(topic.clone()).or_default().paused = count;
+        }
+    }
+}
+
+/// Per topic with a series: its subscriptions on this hub, its consumer lag per partition
+/// and how many of its partitions the consumer paused, for the admin view.
+pub fn topics() -> Vec<TopicFigures> {
     let series = TOPIC_SERIES.lock().expect("topic series lock");
     series
         .0
         .iter()
-        .map(|(topic, counts)| (topic.clone(), counts.subscriptions, counts.lag.clone()))
+        .map(|(topic, counts)| TopicFigures {
+            topic: topic.clone(),
+            subscriptions: counts.subscriptions,
+            lag: counts.lag.clone(),
+            paused: counts.paused,
+        })
         .collect()
+}
+
+/// One topic's figures (see `topics`).
+pub struct TopicFigures {
+    pub topic: String,
+    pub subscriptions: u64,
+    pub lag: BTreeMap<i32, i64>,
+    pub paused: usize,
 }
 
 // What holds memory (see `memory`): bytes per part, and sockets ended for bytes.
@@ -521,6 +565,8 @@ mod tests {
             text,
             "# TYPE wskafka_subscriptions gauge\n\
              wskafka_subscriptions{topic=\"kept\"} 1\n\
+             # TYPE wskafka_consumer_paused_partitions gauge\n\
+             wskafka_consumer_paused_partitions{topic=\"kept\"} 0\n\
              # TYPE wskafka_consumer_lag gauge\n\
              wskafka_consumer_lag{topic=\"kept\",partition=\"1\"} 7\n"
         );

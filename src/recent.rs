@@ -17,8 +17,9 @@ use crate::memory::Budget;
 use crate::registry::Delivery;
 
 /// How long a topic's records are still kept after its last subscriber on this hub left:
-/// long enough for the sockets of a storm to come back.
-const KEEP: Duration = Duration::from_secs(300);
+/// long enough for the sockets of a storm to come back. The consumer keeps fetching a topic
+/// as long by default (see `kafka::consumer`'s interest), for the same storm.
+pub const KEEP: Duration = Duration::from_secs(300);
 
 /// Cheap to clone: the consumer thread and the replays share one. One lock for all topics:
 /// the bound on bytes is for all of them together, and the oldest record kept anywhere is
@@ -122,6 +123,12 @@ impl Recent {
             cache.forget(topic);
         }
         !expired
+    }
+
+    /// For the consumer, when it stops fetching `topic`: what it kept would otherwise cover
+    /// a stretch of the partition the live stream then skips.
+    pub fn forget(&self, topic: &str) {
+        self.cache().forget(topic);
     }
 
     /// For the consumer: keeps the record it is about to deliver, which is newer than every

@@ -49,7 +49,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http,sse,push"
+        default_value = "idle,fanout,ingest,latency,room,slow,storm,history,presence,heartbeat,flood,limits,once,http,sse,push,fleet"
     )]
     scenarios: Vec<String>,
     /// The Centrifugo binary measured beside the hub (`scripts/bench` builds it); needed
@@ -125,6 +125,10 @@ struct Args {
     /// Requests a flooding socket keeps awaiting their reply.
     #[arg(long, default_value_t = 64)]
     flood_window: usize,
+    /// Records/s the fleet scenario spreads over its topics (after every other scenario:
+    /// its topics are created then, so that no other scenario's readers cover them).
+    #[arg(long, default_value_t = 2_000.0)]
+    fleet_rate: f64,
     /// The PostgreSQL server the flood scenario's hubs write read positions to (each in a
     /// database of its own, dropped at the end), where its transactions are counted; the
     /// push scenario's hub keeps its subscriptions and claims there.
@@ -254,6 +258,7 @@ async fn main() {
             "http" => scenarios::http(hub, &args).await,
             "sse" => scenarios::sse(hub, &hub_binary, &kafka, &work, &args).await,
             "push" => scenarios::push(&hub_binary, &kafka, &work, &args).await,
+            "fleet" => scenarios::fleet(&hub_binary, &kafka, &work, &args).await,
             other => panic!("no scenario called {other}"),
         }
         println!(

@@ -181,6 +181,7 @@ pub fn run(
             presence,
             ended: DisconnectReason::Closed,
             held: None,
+            positions_waited: false,
             abandon: None,
             hub: hub.clone(),
             id,
@@ -298,6 +299,8 @@ struct Connection {
     ended: DisconnectReason,
     /// A request naming a topic the hub has to ask Kafka about first.
     held: Option<Box<Held>>,
+    /// The request being handled again waited for its topic's live positions.
+    positions_waited: bool,
     /// What it talks over, for its metrics.
     transport: metrics::Transport,
     /// Its writes carry a resume cursor (SSE), last this many bytes long.
@@ -309,11 +312,14 @@ struct Connection {
     _seat: Seat,
 }
 
-/// A request handled again once the hub's list of topics is refreshed. Nothing else is read
-/// from the socket meanwhile, so requests are still handled in the order they came.
+/// A request handled again once the hub's list of topics is refreshed, or a subscribe once
+/// its topic's live positions are resolved. Nothing else is read from the socket meanwhile,
+/// so requests are still handled in the order they came.
 struct Held {
     text: Box<str>,
     refreshed: BoxFuture<'static, ()>,
+    /// It waited for live positions: handled again, it does not wait for them twice.
+    positions: bool,
 }
 
 /// What a request awaited in the background comes back as.
@@ -469,9 +475,11 @@ impl Connection {
                     None => Poll::Pending,
                 }), if self.held.is_some() => {
                     let held = self.held.take().expect("a held request");
+                    self.positions_waited = held.positions;
                     if let Some(pending) = self.handle(&held.text, false) {
                         in_flight.push(pending);
                     }
+                    self.positions_waited = false;
                 }
                 incoming = socket.next(), if in_flight.len() < max_in_flight && self.held.is_none() => match incoming {
                     Some(Ok(Message::Text(text))) => {

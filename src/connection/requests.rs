@@ -141,7 +141,11 @@ impl Connection {
             ),
             Lookup::Refreshing(refreshed) => {
                 let text = text.into();
-                self.held = Some(Box::new(Held { text, refreshed }));
+                self.held = Some(Box::new(Held {
+                    text,
+                    refreshed,
+                    positions: false,
+                }));
                 return Ok(Known::Held);
             }
         };

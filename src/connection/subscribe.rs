@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::policy::Action;
 use crate::hub::Hub;
@@ -15,7 +16,12 @@ use crate::registry::{ConnId, Extras, Filter, Subscriber};
 use crate::replay::{self, Seam};
 
 use super::requests::Known;
-use super::{Answered, Connection, Handled, Refused};
+use super::{Answered, Connection, Handled, Held, Refused};
+
+/// How long a subscribe waits for its topic's live positions (the consumer resolving a paused
+/// topic's end, or the ends of the partitions that existed at start) before it is answered
+/// `unavailable`: the consumer gives a ListOffsets request 10 s.
+const POSITIONS_PATIENCE: Duration = Duration::from_secs(15);
 
 impl Connection {
     pub(super) fn subscribe(
@@ -89,6 +95,28 @@ impl Connection {
         // Join first, then read the live position: every record at or past it reaches us.
         self.hub.registry.subscribe(&topic, self.id, subscriber);
         let (live, resolved) = self.hub.live_positions.of(&topic);
+        if resolved.is_err() {
+            self.hub
+                .registry
+                .unsubscribe(&topic, self.id, filter.key.as_deref());
+            // Both starts wait: a `latest` subscription answered now would miss the records
+            // appended before the consumer knows where its live stream starts.
+            if !self.positions_waited {
+                let positions = &self.hub.live_positions;
+                positions.want(&topic);
+                self.held = Some(Box::new(Held {
+                    text: text.into(),
+                    refreshed: Box::pin(positions.resolved(&topic, POSITIONS_PATIENCE)),
+                    positions: true,
+                }));
+                return Ok(Answered::Nothing);
+            }
+            return Err(Refused::new(
+                id,
+                ErrorCode::Unavailable,
+                "the hub is still finding where this topic's live stream starts: retry shortly",
+            ));
+        }
         if from == Start::Latest {
             self.subscriptions
                 .insert_live(&topic, key.as_deref(), filter, live.clone());
@@ -103,16 +131,6 @@ impl Connection {
                 lost: BTreeMap::new(),
                 waiting: None,
             }));
-        }
-        if resolved.is_err() {
-            self.hub
-                .registry
-                .unsubscribe(&topic, self.id, filter.key.as_deref());
-            return Err(Refused::new(
-                id,
-                ErrorCode::Unavailable,
-                "the hub is still finding where this topic's live stream starts: retry shortly",
-            ));
         }
         let generation = self.subscriptions.next_generation();
         let seam = Arc::new(Seam::new(live));

@@ -264,6 +264,8 @@ struct TopicView {
     /// Records behind the end, per partition read; partitions librdkafka has not reported
     /// on yet are missing.
     lag: Vec<PartitionLag>,
+    /// Partitions this hub's consumer does not fetch: no socket here follows the topic.
+    paused: usize,
 }
 
 #[derive(Serialize)]
@@ -275,14 +277,16 @@ struct PartitionLag {
 async fn topics(State(hub): State<Arc<Hub>>) -> Response {
     let topics: Vec<TopicView> = metrics::topics()
         .into_iter()
-        .map(|(topic, subscriptions, lag)| TopicView {
-            internal: hub.config.is_internal_topic(&topic),
-            lag: lag
+        .map(|figures| TopicView {
+            internal: hub.config.is_internal_topic(&figures.topic),
+            lag: figures
+                .lag
                 .into_iter()
                 .map(|(partition, lag)| PartitionLag { partition, lag })
                 .collect(),
-            topic,
-            subscriptions,
+            topic: figures.topic,
+            subscriptions: figures.subscriptions,
+            paused: figures.paused,
         })
         .collect();
     axum::Json(topics).into_response()
@@ -302,9 +306,9 @@ pub async fn sample_and_report(hub: Arc<Hub>) {
             _ = every.tick() => {}
         }
         let (mut lag, mut internal_lag) = (0, 0);
-        for (topic, _, partitions) in metrics::topics() {
-            let behind: i64 = partitions.values().sum();
-            if hub.config.is_internal_topic(&topic) {
+        for figures in metrics::topics() {
+            let behind: i64 = figures.lag.values().sum();
+            if hub.config.is_internal_topic(&figures.topic) {
                 internal_lag += behind;
             } else {
                 lag += behind;

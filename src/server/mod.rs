@@ -219,15 +219,8 @@ pub async fn serve(
             move |value: &[u8]| signal::deliver(&registry, &origin, value)
         },
     };
-    let consumer = Consumer::start(
-        &clients,
-        &config.limits,
-        &config.topics,
-        &config.presence.signal_topic,
-        sinks,
-        consumer_ready.clone(),
-    )
-    .map_err(kafka_client)?;
+    let consumer =
+        Consumer::start(&clients, &config, sinks, consumer_ready.clone()).map_err(kafka_client)?;
     // Sockets, what they leave behind and the background tasks: shutdown waits for all.
     let tasks = TaskTracker::new();
     let commits = Arc::new(Commits::new(store.clone()));

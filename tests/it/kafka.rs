@@ -436,9 +436,10 @@ async fn the_metrics_of_a_deleted_topic_go_with_it() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    eventually("the topic's subscription and lag series", || async {
-        ours(&hub.metrics().await).len() == 2
-    })
+    eventually(
+        "the topic's subscription, paused partitions and lag series",
+        || async { ours(&hub.metrics().await).len() == 3 },
+    )
     .await;
 
     admin(broker())

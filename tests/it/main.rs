@@ -12,6 +12,7 @@ mod durable;
 mod faults;
 mod http;
 mod identity;
+mod interest;
 mod kafka;
 mod lifecycle;
 mod limits;

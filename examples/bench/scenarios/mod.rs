@@ -1,6 +1,7 @@
 //! One module per scenario, each named as `--scenarios` names it.
 
 pub mod fanout;
+pub mod fleet;
 pub mod flood;
 pub mod heartbeat;
 pub mod history;
@@ -18,6 +19,7 @@ pub mod sse;
 pub mod storm;
 
 pub use fanout::fanout;
+pub use fleet::fleet;
 pub use flood::flood;
 pub use heartbeat::heartbeat;
 pub use history::history;
