@@ -503,6 +503,11 @@ pub fn push_skipped(reason: &'static str) {
     counter!("wskafka_push_skipped_total", "reason" => reason).increment(1);
 }
 
+/// Push requests sent and not answered yet (retries waiting included).
+pub fn push_in_flight(change: f64) {
+    gauge!("wskafka_push_in_flight").increment(change);
+}
+
 /// Records being pushed, or waiting for an earlier one of their partition.
 pub fn push_queue(change: f64) {
     PUSH.queue.fetch_add(change as i64, Ordering::Relaxed);

@@ -297,9 +297,14 @@ function markNotesRead(client) {
 
 /** The notifications read before this page opened: the page of history before the start. */
 async function loadReadNotes(client) {
-  const { messages } = await client.older(notificationsTopic, { limit: READ_SHOWN });
-  notes.unshift(...messages);
-  showNotes();
+  try {
+    const { messages } = await client.older(notificationsTopic, { limit: READ_SHOWN });
+    notes.unshift(...messages);
+    showNotes();
+  } finally {
+    // Complete from here: what was read before, and whatever comes live.
+    $("notifications").setAttribute("aria-busy", "false");
+  }
 }
 
 function showNotes() {

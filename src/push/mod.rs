@@ -449,7 +449,10 @@ impl Pushing {
             urgency: &config.push_urgency,
             contact: config.push_contact.as_deref().unwrap_or_default(),
         };
-        match send::send(&self.client, &self.vapid, &request, &self.stop).await {
+        metrics::push_in_flight(1.0);
+        let outcome = send::send(&self.client, &self.vapid, &request, &self.stop).await;
+        metrics::push_in_flight(-1.0);
+        match outcome {
             Outcome::Sent => metrics::push_sent(),
             Outcome::Gone => {
                 metrics::push_subscription_removed();

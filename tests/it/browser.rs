@@ -71,9 +71,19 @@ impl Demo {
         )
     }
 
+    /// Opens the demo as `user`, once its notifications are subscribed: a notification
+    /// written before that reply is before where a user with nothing read starts.
     async fn open(&self, browser: &mut Browser, user: &str) {
-        browser.open(user, &self.page(user)).await;
-        browser.wait_text(user, "#status", "open").await;
+        self.open_window(browser, user, user).await;
+    }
+
+    /// Opens another window (a device) of `user`, named `window`, as `open` does.
+    async fn open_window(&self, browser: &mut Browser, window: &str, user: &str) {
+        browser.open(window, &self.page(user)).await;
+        browser.wait_text(window, "#status", "open").await;
+        browser
+            .wait_count(window, "#notifications[aria-busy=false]", 1)
+            .await;
     }
 }
 
@@ -876,8 +886,7 @@ async fn the_unread_count_of_notifications_follows_the_bell_in_every_window_of_t
     let mut browser = Browser::start().await;
     let windows = ["alice", "alice-phone"];
     for window in windows {
-        browser.open(window, &demo.page("alice")).await;
-        browser.wait_text(window, "#status", "open").await;
+        demo.open_window(&mut browser, window, "alice").await;
     }
     let producer = producer();
     for text in ["first", "second"] {
@@ -969,8 +978,7 @@ async fn rooms_count_what_the_user_has_not_read_on_any_of_her_devices() {
     demo.open(&mut browser, "bob").await;
     let windows = ["alice", "alice-phone"];
     for window in windows {
-        browser.open(window, &demo.page("alice")).await;
-        browser.wait_text(window, "#status", "open").await;
+        demo.open_window(&mut browser, window, "alice").await;
         browser.wait_text(window, "#members", "bob").await;
     }
     browser
@@ -1019,8 +1027,7 @@ async fn rooms_count_what_the_user_has_not_read_on_any_of_her_devices() {
         wait_room_count(&mut browser, window, "staff", 1).await;
         browser.run(json!({"cmd": "close", "name": window})).await;
     }
-    browser.open("alice", &demo.page("alice")).await;
-    browser.wait_text("alice", "#status", "open").await;
+    demo.open(&mut browser, "alice").await;
     wait_room_count(&mut browser, "alice", "staff", 1).await;
     assert_eq!(room_count(&mut browser, "alice", "random").await, 0);
     assert_eq!(room_count(&mut browser, "alice", "lobby").await, 0);

@@ -291,6 +291,15 @@ pub(crate) async fn register(hub: &Hub, token: &str, devices: &[&Device]) -> Str
     key
 }
 
+/// Push requests the hub sent and has no answer to.
+async fn in_flight(hub: &Hub) -> usize {
+    hub.metrics()
+        .await
+        .get("wskafka_push_in_flight")
+        .copied()
+        .unwrap_or(0.0) as usize
+}
+
 /// Records the hub is pushing, or holding for an earlier one of their partition.
 async fn push_queue(hub: &Hub) -> f64 {
     hub.metrics()
@@ -666,16 +675,18 @@ async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_loses_no_pus
     // The push service stops answering, so that the hub is killed with its 8 pushes in
     // flight: sent, and never known to be taken.
     service.open.send_replace(false);
-    eventually("the killed hub's pushes all in flight", async || {
-        // A full hub has 8 records pending and its 8 pushes at the push service; the other
-        // hub has 8 too, or none while the group has not given it partitions yet.
+    // The hub killed is one with its 8 out (the group may not have given the other any
+    // partition yet); every push either hub sent has arrived.
+    let mut outs = (0, 0);
+    eventually("a hub's pushes all in flight", async || {
         let held =
             service.received().len() - service.answered.load(std::sync::atomic::Ordering::SeqCst);
-        let (a_queue, b_queue) = (push_queue(&a).await, push_queue(&b).await);
-        a_queue == 8.0 && (b_queue == 0.0 || b_queue == 8.0) && held == 8 + b_queue as usize
+        outs = (in_flight(&a).await, in_flight(&b).await);
+        (outs.0 == 8 || outs.1 == 8) && held == outs.0 + outs.1
     })
     .await;
-    a.kill().await;
+    let (killed, survivor) = if outs.0 == 8 { (a, b) } else { (b, a) };
+    killed.kill().await;
     service.open.send_replace(true);
     let at_kill = service.received().len();
     eprintln!("{at_kill} of {expected} pushes received at SIGKILL");
@@ -690,7 +701,10 @@ async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_loses_no_pus
         async || cluster.claims_done().await == expected,
     )
     .await;
-    eventually("the survivor done", async || push_queue(&b).await == 0.0).await;
+    eventually("the survivor done", async || {
+        push_queue(&survivor).await == 0.0
+    })
+    .await;
     // (device path, Topic header) names (device, record): the header is derived from the
     // record's position. A push service keeps one push per Topic for a device that has not
     // fetched it yet (the users here are offline), so each such pair is one notification.
@@ -717,7 +731,11 @@ async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_loses_no_pus
     let again: usize = received.values().map(|n| n - 1).sum();
     assert_eq!(again, 8, "pushes sent again");
     assert_eq!(
-        b.metrics().await.get("wskafka_push_resent_total").copied(),
+        survivor
+            .metrics()
+            .await
+            .get("wskafka_push_resent_total")
+            .copied(),
         Some(8.0)
     );
     // One of them, decrypted, is the record it names.

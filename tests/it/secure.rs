@@ -349,14 +349,17 @@ async fn settings_given_per_side_reach_every_client_the_admin_client_too() {
     )
     .await;
     // Its consumer was assigned its own topics with the first assignment, not at a later
-    // metadata refresh: the room's partition, the control topic, the fleet topic and the
-    // signal topic.
+    // metadata refresh: the room's partition (paused: no socket follows the room yet), the
+    // control topic, the fleet topic and the signal topic.
     let assigned: Vec<String> = hub
         .log_lines()
         .into_iter()
         .filter(|line| line.contains("Kafka partitions assigned"))
         .collect();
-    assert!(assigned[0].ends_with("partitions=4"), "{assigned:?}");
+    assert!(
+        assigned[0].ends_with("partitions=4 paused=1"),
+        "{assigned:?}"
+    );
 
     let mut alice = hub.connect(&token("alice", &[&glob], &[&glob])).await;
     alice.subscribe(&topic).await;
