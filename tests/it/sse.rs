@@ -246,9 +246,19 @@ async fn per_user_topics_never_leak_over_a_stream() {
 #[tokio::test]
 async fn expiry_and_revocation_end_the_stream() {
     let (_, glob) = fresh_topic("sse-end", 1).await;
+    // A control topic of its own: a revocation on the shared one reaches every hub of the
+    // suite that reads it, and closed another test's bob.
+    let control = unique("control");
     let hub = Hub::start(
         &glob,
-        &["--expiry-warning", "1s", "--admin-password", "admin-secret"],
+        &[
+            "--expiry-warning",
+            "1s",
+            "--admin-password",
+            "admin-secret",
+            "--control-topic",
+            &control,
+        ],
     )
     .await;
     let short = wskafka::mint(
