@@ -26,20 +26,15 @@ impl Cluster {
     async fn with_timeout(prefix: &str, timeout: Duration) -> Cluster {
         let (topic, glob) = fresh_topic(prefix, 2).await;
         let database = fresh_postgres().await;
-        let args = vec![
+        let mut args = vec![
             "--database-url".to_string(),
             database.clone(),
-            "--presence-topic".into(),
-            unique("presence"),
-            "--roster-topic".into(),
-            unique("roster"),
-            "--signal-topic".into(),
-            unique("signals"),
             "--keyed-topics".into(),
             glob.clone(),
             "--instance-timeout".into(),
             format!("{}ms", timeout.as_millis()),
         ];
+        args.extend(own_presence_topics());
         Cluster {
             glob,
             topic,

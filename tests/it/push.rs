@@ -198,12 +198,6 @@ impl Cluster {
             database.clone(),
             "--user-topics".into(),
             glob.clone(),
-            "--presence-topic".into(),
-            unique("presence"),
-            "--roster-topic".into(),
-            unique("roster"),
-            "--signal-topic".into(),
-            unique("signals"),
             "--push".into(),
             "--push-contact".into(),
             CONTACT.into(),
@@ -215,6 +209,7 @@ impl Cluster {
             "--user-request-rates".into(),
             "online=1000".into(),
         ];
+        args.extend(own_presence_topics());
         if allow_loopback {
             args.push("--push-allow-loopback".into());
         }
@@ -289,24 +284,6 @@ pub(crate) async fn register(hub: &Hub, token: &str, devices: &[&Device]) -> Str
     })
     .await;
     key
-}
-
-/// Push requests the hub sent and has no answer to.
-async fn in_flight(hub: &Hub) -> usize {
-    hub.metrics()
-        .await
-        .get("wskafka_push_in_flight")
-        .copied()
-        .unwrap_or(0.0) as usize
-}
-
-/// Records the hub is pushing, or holding for an earlier one of their partition.
-async fn push_queue(hub: &Hub) -> f64 {
-    hub.metrics()
-        .await
-        .get("wskafka_push_queue")
-        .copied()
-        .unwrap_or(0.0)
 }
 
 /// Waits until every hub's roster has `user` offline, asked over a socket of `hub`.
@@ -430,11 +407,8 @@ async fn no_push_while_the_user_is_online_on_either_hub_and_one_once_the_last_so
             let mut total = 0.0;
             for hub in [&a, &b] {
                 total += hub
-                    .metrics()
-                    .await
-                    .get("wskafka_push_skipped_total{reason=\"online\"}")
-                    .copied()
-                    .unwrap_or(0.0);
+                    .metric("wskafka_push_skipped_total{reason=\"online\"}")
+                    .await;
             }
             total
         };
@@ -677,15 +651,18 @@ async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_loses_no_pus
     service.open.send_replace(false);
     // The hub killed is one with its 8 out (the group may not have given the other any
     // partition yet); every push either hub sent has arrived.
-    let mut outs = (0, 0);
+    let mut outs = (0.0, 0.0);
     eventually("a hub's pushes all in flight", async || {
         let held =
             service.received().len() - service.answered.load(std::sync::atomic::Ordering::SeqCst);
-        outs = (in_flight(&a).await, in_flight(&b).await);
-        (outs.0 == 8 || outs.1 == 8) && held == outs.0 + outs.1
+        outs = (
+            a.metric("wskafka_push_in_flight").await,
+            b.metric("wskafka_push_in_flight").await,
+        );
+        (outs.0 == 8.0 || outs.1 == 8.0) && held as f64 == outs.0 + outs.1
     })
     .await;
-    let (killed, survivor) = if outs.0 == 8 { (a, b) } else { (b, a) };
+    let (killed, survivor) = if outs.0 == 8.0 { (a, b) } else { (b, a) };
     killed.kill().await;
     service.open.send_replace(true);
     let at_kill = service.received().len();
@@ -702,7 +679,7 @@ async fn a_hub_killed_mid_burst_leaves_its_records_to_the_other_and_loses_no_pus
     )
     .await;
     eventually("the survivor done", async || {
-        push_queue(&survivor).await == 0.0
+        survivor.metric("wskafka_push_queue").await == 0.0
     })
     .await;
     // (device path, Topic header) names (device, record): the header is derived from the
@@ -805,7 +782,10 @@ async fn a_hub_restarted_pushes_what_came_while_it_was_down_once_and_nothing_twi
         cluster.claims_done().await == 5
     })
     .await;
-    eventually("the hub done", async || push_queue(&hub).await == 0.0).await;
+    eventually("the hub done", async || {
+        hub.metric("wskafka_push_queue").await == 0.0
+    })
+    .await;
     let mut pushed = Vec::new();
     for push in service.received() {
         let notification = phone.decrypt(&push.body).await;

@@ -157,6 +157,12 @@ impl Hub {
             .collect()
     }
 
+    /// One series of `/metrics`; 0 while the hub has not reported it (a counter that never
+    /// moved, a gauge never set).
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics().await.get(series).copied().unwrap_or(0.0)
+    }
+
     /// A bare HTTP/1.1 GET; returns the status and the body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         self.get_with(path, &[]).await

@@ -318,6 +318,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Hub arguments naming presence, roster and signal topics of the test's own: the hubs
+/// given them see each other's sockets and no other test's.
+pub fn own_presence_topics() -> Vec<String> {
+    vec![
+        "--presence-topic".into(),
+        unique("presence"),
+        "--roster-topic".into(),
+        unique("roster"),
+        "--signal-topic".into(),
+        unique("signals"),
+    ]
+}
+
 /// Creates `<unique prefix>.room` and returns it with the glob `<unique prefix>.*`, which
 /// exposes it and any other topic the test names under it, and nothing another test creates.
 pub async fn fresh_topic(prefix: &str, partitions: i32) -> (String, String) {
