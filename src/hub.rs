@@ -170,7 +170,8 @@ pub struct ConnectionInfo {
 
 /// Where a new socket stands with authentication.
 pub enum Admission {
-    Admitted(Session, Seat),
+    /// Boxed: a socket's task keeps room for its admission as long as it lives.
+    Admitted(Box<Session>, Seat),
     /// No token came with the upgrade; the permit is held until the `auth` frame arrives.
     Awaiting(OwnedSemaphorePermit),
 }
@@ -365,9 +366,12 @@ impl Hub {
 
     /// Lists an authenticated socket until the returned guard drops, in reach of
     /// revocations and shutdown.
-    pub fn register(&self, id: ConnId, info: ConnectionInfo) -> Registration<'_> {
+    pub fn register(self: &Arc<Self>, id: ConnId, info: ConnectionInfo) -> Registration {
         self.sockets.connections.insert(id, info);
-        Registration { hub: self, id }
+        Registration {
+            hub: self.clone(),
+            id,
+        }
     }
 
     /// A refreshed token for a listed socket, which later revocations are checked against.
@@ -382,16 +386,23 @@ impl Hub {
         self.sockets.seats.len()
     }
 
-    /// The listed sockets, by id.
-    pub fn connections(&self) -> Vec<(ConnId, ConnectionInfo)> {
-        let mut listed: Vec<(ConnId, ConnectionInfo)> = self
-            .sockets
-            .connections
-            .iter()
-            .map(|entry| (*entry.key(), entry.value().clone()))
-            .collect();
-        listed.sort_by_key(|(id, _)| *id);
-        listed
+    /// The oldest `most` listed sockets, by id: only their entries are copied, since the
+    /// fleet report lists a few of many thousands every few seconds.
+    pub fn connections(&self, most: usize) -> Vec<(ConnId, ConnectionInfo)> {
+        let mut ids: Vec<ConnId> = self.sockets.connections.iter().map(|e| *e.key()).collect();
+        ids.sort_unstable();
+        ids.truncate(most);
+        ids.into_iter()
+            .filter_map(|id| {
+                let info = self.sockets.connections.get(&id)?;
+                Some((id, info.clone()))
+            })
+            .collect()
+    }
+
+    /// How many sockets are listed.
+    pub fn connection_count(&self) -> usize {
+        self.sockets.connections.len()
     }
 
     /// Applies a revocation read from the control topic: sockets it covers close.
@@ -465,12 +476,12 @@ impl Hub {
 }
 
 /// Keeps a socket listed until it ends.
-pub struct Registration<'a> {
-    hub: &'a Hub,
+pub struct Registration {
+    hub: Arc<Hub>,
     id: ConnId,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.sockets.connections.remove(&self.id);
     }

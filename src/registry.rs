@@ -291,16 +291,16 @@ impl Registry {
     }
 
     /// Each connection's subscriptions, as `topic` or `topic:key`, for the admin view.
-    pub fn subscriptions(&self) -> HashMap<ConnId, Vec<String>> {
+    pub fn subscriptions(&self, of: impl Fn(ConnId) -> bool) -> HashMap<ConnId, Vec<String>> {
         let mut listed: HashMap<ConnId, Vec<String>> = HashMap::new();
         for entry in self.topics.iter() {
             let (topic, subscribers) = (entry.key(), entry.value());
-            for conn in subscribers.any_key.keys() {
+            for conn in subscribers.any_key.keys().filter(|conn| of(**conn)) {
                 listed.entry(*conn).or_default().push(topic.to_string());
             }
             for (key, keyed) in &subscribers.by_key {
                 let named = format!("{topic}:{}", String::from_utf8_lossy(key));
-                for conn in keyed.keys() {
+                for conn in keyed.keys().filter(|conn| of(**conn)) {
                     listed.entry(*conn).or_default().push(named.clone());
                 }
             }

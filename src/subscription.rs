@@ -42,7 +42,9 @@ impl From<Reply> for Outgoing {
 }
 
 pub struct Subscriptions {
-    by_topic: HashMap<String, TopicSubscriptions>,
+    /// Boxed: a map holds room for several entries from its first, and a socket's first
+    /// topic is most sockets' only one.
+    by_topic: HashMap<String, Box<TopicSubscriptions>>,
     /// Tells a subscription apart from an earlier one to the same topic and key.
     generation: u64,
     /// Subscriptions held, keys counted one by one.
@@ -299,7 +301,7 @@ impl Subscriptions {
             Outbound::Room(room) => {
                 // No position: written as it comes, replay or not, while the socket still
                 // holds the room's subscription.
-                let topic = self.by_topic.get_mut(&*room.topic);
+                let topic = self.by_topic.get_mut(&*room.topic).map(|t| &mut **t);
                 let held = |t: &mut TopicSubscriptions| match room.key.as_deref() {
                     Some(key) => t.for_record(Some(key)).is_some(),
                     None => true,

@@ -47,11 +47,20 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// Taken whole where there are none yet: extending an empty list would allocate room
+    /// for four, held by every socket of the token.
     pub fn extend(&mut self, more: Grants) {
-        self.publish.extend(more.publish);
-        self.subscribe.extend(more.subscribe);
-        self.history.extend(more.history);
-        self.online.extend(more.online);
+        fn join<T>(to: &mut Vec<T>, more: Vec<T>) {
+            if to.is_empty() {
+                *to = more;
+            } else {
+                to.extend(more);
+            }
+        }
+        join(&mut self.publish, more.publish);
+        join(&mut self.subscribe, more.subscribe);
+        join(&mut self.history, more.history);
+        join(&mut self.online, more.online);
     }
 }
 

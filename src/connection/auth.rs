@@ -93,7 +93,7 @@ impl Connection {
                 ));
             }
             match hub.is_revoked(&session.sub, &session.token).await {
-                Ok(false) => Answer::Refreshed(id, session),
+                Ok(false) => Answer::Refreshed(id, Box::new(session)),
                 Ok(true) => Answer::Reply(Reply::error(
                     id,
                     ErrorCode::Unauthorized,

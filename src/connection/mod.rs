@@ -40,7 +40,7 @@ use crate::auth::Session;
 use crate::budget::Budgets;
 use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::hub::{Admission, ConnectionInfo, Hub, Seat};
+use crate::hub::{Admission, ConnectionInfo, Hub, Registration, Seat};
 use crate::metrics::{self, Metrics};
 use crate::presence::DisconnectReason;
 use crate::protocol::{ErrorCode, Refused, Reply, RequestId, close, cursor};
@@ -82,7 +82,10 @@ impl Socket for axum::extract::ws::WebSocket {}
 /// `transport` what the admin view lists it as.
 ///
 /// Not an `async fn`: those keep their arguments twice in the future, once as arguments and
-/// once as locals, and this future lives as long as the socket.
+/// once as locals, and this future lives as long as the socket. For the same reason opening
+/// the socket is boxed: a future keeps room for the largest thing it ever awaits for as
+/// long as it lives, and what opening awaits (the `auth` frame, the token's check, the
+/// session written for presence) is over once the socket is served.
 #[allow(clippy::manual_async_fn)]
 pub fn run(
     hub: Arc<Hub>,
@@ -92,107 +95,26 @@ pub fn run(
     transport: &'static str,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let _open = open;
+        // Held until the socket ends, where it is: moved into a local it would take room twice.
+        let _ = &open;
         let id = hub.next_conn_id();
         let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
-        let authenticated = match admission {
-            Admission::Admitted(session, seat) => Ok((session, seat)),
-            // The permit is given back once the first frame is handled, whatever it was.
-            Admission::Awaiting(_permit) => {
-                first_frame_auth(&hub, &mut socket)
-                    .instrument(span.clone())
-                    .await
-            }
-        };
-        let (session, seat) = match authenticated {
-            Ok(pair) => pair,
-            Err(frame) => {
-                tracing::debug!(parent: &span, frame.code, reason = %frame.reason, "refused the socket");
-                return refuse(&mut socket, frame).await;
-            }
-        };
-        span.record("sub", session.sub.as_str());
-        let stop = Stop::default();
-        let queued = Arc::<Queued>::default();
-        let info = ConnectionInfo {
-            sub: session.sub.clone(),
-            since: now_millis(),
-            transport,
-            token: session.token.clone(),
-            stop: stop.clone(),
-            queued: queued.clone(),
-        };
-        // Registered before the last revocation check: see `control` for why. Shutdown is
-        // checked after it too: see `Hub::going_away`.
-        let _registration = hub.register(id, info);
-        if hub.shutdown.is_cancelled() {
-            stop.going_away();
-        }
-        if hub.revoked_since_start(&session.sub, &session.token) {
-            let reason = Utf8Bytes::from_static("token revoked");
-            return refuse(
-                &mut socket,
-                CloseFrame {
-                    code: close::AUTH_FAILED,
-                    reason,
-                },
-            )
-            .await;
-        }
-        let presence = match &hub.presence {
-            None => None,
-            Some(presence) => match presence.connected(&session.sub).await {
-                Ok(open) => Some(open),
-                Err(e) => {
-                    tracing::error!(parent: &span, error = %e, "cannot record the session for presence");
-                    let reason = Utf8Bytes::from_static("try again shortly");
-                    return refuse(
-                        &mut socket,
-                        CloseFrame {
-                            code: close::INTERNAL,
-                            reason,
-                        },
-                    )
-                    .await;
-                }
-            },
-        };
-        metrics::connection_opened(metrics::Transport::of(transport));
-        let (queue, mut frames) = mpsc::channel(hub.config.limits.send_queue);
-        let stash_bytes = hub.config.limits.memory_budget.send_queue();
-        let mut connection = Connection {
-            transport: metrics::Transport::of(transport),
-            resumable: socket.resumable(),
-            resume_len: 0,
-            queue,
-            queued,
-            taken: 0,
-            replayed: Vec::new(),
-            subscriptions: Subscriptions::new(hub.config.limits.send_queue, stash_bytes),
-            budgets: Budgets::new(&hub.sockets.request_rates, &hub.sockets.rate_clock),
-            abusive: false,
-            share: Arc::new(Semaphore::new(SHARE)),
-            committed_any: false,
-            roster: RosterWrites::default(),
-            watching: Vec::new(),
-            replays: None,
-            out: Vec::new(),
-            stop,
-            presence,
-            ended: DisconnectReason::Closed,
-            held: None,
-            positions_waited: false,
-            abandon: None,
-            hub: hub.clone(),
-            id,
-            user: session.sub.as_str().into(),
-            session,
-            _seat: seat,
+        let opening =
+            Connection::open(hub, &mut socket, admission, id, transport).instrument(span.clone());
+        let Some((mut connection, mut frames)) = Box::pin(opening).await else {
+            return;
         };
         connection
             .serve(&mut socket, &mut frames)
             .instrument(span)
             .await;
+    }
+}
+
+fn closing(code: u16, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
     }
 }
 
@@ -248,10 +170,7 @@ impl Ending {
             Ending::Unresponsive => (close::UNRESPONSIVE, "no answer to ping"),
             Ending::Abusive => (close::POLICY_VIOLATION, "too many requests"),
         };
-        Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })
+        Some(closing(code, reason))
     }
 }
 
@@ -310,6 +229,8 @@ struct Connection {
     /// at the first resend.
     abandon: Option<CancellationToken>,
     _seat: Seat,
+    /// Keeps it in the hub's listing: dropped after the rest of it.
+    _registration: Registration,
 }
 
 /// A request handled again once the hub's list of topics is refreshed, or a subscribe once
@@ -325,8 +246,9 @@ struct Held {
 /// What a request awaited in the background comes back as.
 enum Answer {
     Reply(Reply),
-    /// A refreshed token that verified and is not revoked.
-    Refreshed(Option<RequestId>, Session),
+    /// A refreshed token that verified and is not revoked; boxed, as the answers waited for
+    /// are held in every socket's task.
+    Refreshed(Option<RequestId>, Box<Session>),
 }
 
 type Pending = BoxFuture<'static, Answer>;
@@ -389,6 +311,96 @@ impl Replays {
 }
 
 impl Connection {
+    /// Authenticates the socket, lists it and records its session; `None` once it is refused
+    /// (and told why).
+    async fn open(
+        hub: Arc<Hub>,
+        socket: &mut impl Socket,
+        admission: Admission,
+        id: ConnId,
+        transport: &'static str,
+    ) -> Option<(Connection, mpsc::Receiver<Outbound>)> {
+        let authenticated = match admission {
+            Admission::Admitted(session, seat) => Ok((*session, seat)),
+            // The permit is given back once the first frame is handled, whatever it was.
+            Admission::Awaiting(_permit) => first_frame_auth(&hub, socket).await,
+        };
+        let (session, seat) = match authenticated {
+            Ok(pair) => pair,
+            Err(frame) => {
+                tracing::debug!(frame.code, reason = %frame.reason, "refused the socket");
+                refuse(socket, frame).await;
+                return None;
+            }
+        };
+        tracing::Span::current().record("sub", session.sub.as_str());
+        let stop = Stop::default();
+        let queued = Arc::<Queued>::default();
+        let info = ConnectionInfo {
+            sub: session.sub.clone(),
+            since: now_millis(),
+            transport,
+            token: session.token.clone(),
+            stop: stop.clone(),
+            queued: queued.clone(),
+        };
+        // Registered before the last revocation check: see `control` for why. Shutdown is
+        // checked after it too: see `Hub::going_away`.
+        let registration = hub.register(id, info);
+        if hub.shutdown.is_cancelled() {
+            stop.going_away();
+        }
+        if hub.revoked_since_start(&session.sub, &session.token) {
+            refuse(socket, closing(close::AUTH_FAILED, "token revoked")).await;
+            return None;
+        }
+        let presence = match &hub.presence {
+            None => None,
+            Some(presence) => match presence.connected(&session.sub).await {
+                Ok(open) => Some(open),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record the session for presence");
+                    refuse(socket, closing(close::INTERNAL, "try again shortly")).await;
+                    return None;
+                }
+            },
+        };
+        metrics::connection_opened(metrics::Transport::of(transport));
+        let (queue, frames) = mpsc::channel(hub.config.limits.send_queue);
+        let stash_bytes = hub.config.limits.memory_budget.send_queue();
+        let connection = Connection {
+            transport: metrics::Transport::of(transport),
+            resumable: socket.resumable(),
+            resume_len: 0,
+            queue,
+            queued,
+            taken: 0,
+            replayed: Vec::new(),
+            subscriptions: Subscriptions::new(hub.config.limits.send_queue, stash_bytes),
+            budgets: Budgets::new(&hub.sockets.request_rates, &hub.sockets.rate_clock),
+            abusive: false,
+            share: Arc::new(Semaphore::new(SHARE)),
+            committed_any: false,
+            roster: RosterWrites::default(),
+            watching: Vec::new(),
+            replays: None,
+            out: Vec::new(),
+            stop,
+            presence,
+            ended: DisconnectReason::Closed,
+            held: None,
+            positions_waited: false,
+            abandon: None,
+            hub,
+            id,
+            user: session.sub.as_str().into(),
+            session,
+            _seat: seat,
+            _registration: registration,
+        };
+        Some((connection, frames))
+    }
+
     /// Where a new replay reports.
     fn replay_sender(&mut self) -> mpsc::Sender<Box<Report>> {
         let replays = self.replays.get_or_insert_with(|| {
@@ -403,12 +415,12 @@ impl Connection {
     /// every byte of it counts.
     async fn serve(&mut self, socket: &mut impl Socket, frames: &mut mpsc::Receiver<Outbound>) {
         tracing::debug!("connected");
-        let write_timeout = self.hub.config.server.write_timeout;
-        let max_in_flight = self.hub.config.limits.max_in_flight;
+        // Read from the settings where used rather than kept in locals: every byte this
+        // future holds, each socket's task holds.
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut batch = Vec::new();
-        let expiry = tokio::time::sleep_until(instant_at(self.session.expires_at));
-        let warning = tokio::time::sleep_until(self.warn_at());
+        // One timer for the token: first the warning that it expires, then its expiry.
+        let expiry = tokio::time::sleep_until(self.warn_at());
         let config = &self.hub.config;
         let mut heartbeat = Heartbeat::new(
             self.id,
@@ -422,19 +434,24 @@ impl Connection {
                 .as_ref()
                 .map_or_else(Instant::now, Heartbeat::deadline),
         );
-        tokio::pin!(expiry, warning, beat);
+        tokio::pin!(expiry, beat);
         let mut warned = false;
+        let mut ping = false;
         let mut expires_at = self.session.expires_at;
 
         let ending = loop {
             tokio::select! {
                 biased;
                 reason = poll_fn(|cx| self.stop.poll_stopped(cx)) => break reason.into(),
-                _ = &mut expiry => break Ending::TokenExpired,
-                _ = &mut warning, if !warned => {
+                _ = &mut expiry => {
+                    let expires = instant_at(self.session.expires_at);
+                    if warned || Instant::now() >= expires {
+                        break Ending::TokenExpired;
+                    }
                     warned = true;
                     let expires_at = unix_millis(self.session.expires_at);
                     self.reply(Reply::Expiring { expires_at });
+                    expiry.as_mut().reset(expires);
                 }
                 // Not polled while empty: that poll would only register a waker, per record.
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
@@ -481,7 +498,7 @@ impl Connection {
                     }
                     self.positions_waited = false;
                 }
-                incoming = socket.next(), if in_flight.len() < max_in_flight && self.held.is_none() => match incoming {
+                incoming = socket.next(), if in_flight.len() < self.hub.config.limits.max_in_flight && self.held.is_none() => match incoming {
                     Some(Ok(Message::Text(text))) => {
                         self.hub.metrics.frame_received();
                         if let Some(pending) = self.handle(&text, true) {
@@ -522,36 +539,46 @@ impl Connection {
                 }
                 // Last, and only while the socket is read: a pong already received wins over
                 // the deadline, and a socket held back by publishes in flight is not judged.
-                _ = &mut beat, if heartbeat.is_some() && in_flight.len() < max_in_flight => {
+                _ = &mut beat, if heartbeat.is_some() && in_flight.len() < self.hub.config.limits.max_in_flight => {
                     let Some(heartbeat) = heartbeat.as_mut() else { unreachable!() };
                     match heartbeat.due(Instant::now()) {
                         Beat::Unresponsive => {
                             metrics::unresponsive();
                             break Ending::Unresponsive;
                         }
-                        Beat::Ping => {
-                            let ping = socket.send(Message::Ping(Default::default()));
-                            if !matches!(tokio::time::timeout(write_timeout, ping).await, Ok(Ok(()))) {
-                                break Ending::Broken;
-                            }
-                        }
+                        Beat::Ping => ping = true,
                     }
                     beat.as_mut().reset(heartbeat.deadline());
                 }
             }
+            // Sent out of the `select!`: what it gave back would be held across the wait,
+            // and so take room in every socket's task for good.
+            if std::mem::take(&mut ping) {
+                let ping = socket.send(Message::Ping(Default::default()));
+                if !matches!(
+                    tokio::time::timeout(self.hub.config.server.write_timeout, ping).await,
+                    Ok(Ok(()))
+                ) {
+                    break Ending::Broken;
+                }
+            }
             if self.session.expires_at != expires_at {
                 expires_at = self.session.expires_at;
-                expiry.as_mut().reset(instant_at(expires_at));
-                warning.as_mut().reset(self.warn_at());
+                expiry.as_mut().reset(self.warn_at());
                 warned = false;
             }
             if self.stop.has_lagged() {
                 break Ending::Lagged;
             }
             self.mark_resume(socket);
-            if write_all(socket, &mut self.out, &self.hub.metrics, write_timeout)
-                .await
-                .is_err()
+            if write_all(
+                socket,
+                &mut self.out,
+                &self.hub.metrics,
+                self.hub.config.server.write_timeout,
+            )
+            .await
+            .is_err()
             {
                 break Ending::Broken;
             }
@@ -578,11 +605,20 @@ impl Connection {
             self.answer(answer);
         }
         if writable {
-            let _ = write_all(socket, &mut self.out, &self.hub.metrics, write_timeout).await;
+            let _ = write_all(
+                socket,
+                &mut self.out,
+                &self.hub.metrics,
+                self.hub.config.server.write_timeout,
+            )
+            .await;
         }
         if let Some(frame) = ending.close_frame() {
-            let _ =
-                tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
+            let _ = tokio::time::timeout(
+                self.hub.config.server.write_timeout,
+                socket.send(Message::Close(Some(frame))),
+            )
+            .await;
             // Wait for the client's close frame so the TCP connection ends cleanly.
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 while let Some(Ok(_)) = socket.next().await {}
@@ -590,7 +626,8 @@ impl Connection {
             .await;
         } else {
             // Flushes tungstenite's reply to a client's close frame.
-            let _ = tokio::time::timeout(write_timeout, socket.close()).await;
+            let _ =
+                tokio::time::timeout(self.hub.config.server.write_timeout, socket.close()).await;
         }
     }
 
@@ -613,7 +650,7 @@ impl Connection {
     fn answer(&mut self, answer: Answer) {
         match answer {
             Answer::Reply(reply) => self.reply(reply),
-            Answer::Refreshed(id, session) => self.refreshed(id, session),
+            Answer::Refreshed(id, session) => self.refreshed(id, *session),
         }
     }
 
@@ -802,7 +839,7 @@ mod tests {
         let admission = match token {
             Some(token) => {
                 let (session, seat) = hub.admit(token).await.unwrap();
-                Admission::Admitted(session, seat)
+                Admission::Admitted(Box::new(session), seat)
             }
             None => Admission::Awaiting(hub.await_auth().unwrap()),
         };

@@ -20,6 +20,7 @@
 //! that it comes from the admin view itself or from a tool ([`refusal`]). Wrong passwords
 //! are limited per source ([`Logins`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +41,7 @@ use crate::control::{ControlMessage, Revocation};
 use crate::fleet::{self, Gauges, Listed, Report, ReportMessage};
 use crate::hub::Hub;
 use crate::metrics;
+use crate::registry::ConnId;
 use crate::server::logins::{Logins, Source};
 
 const PAGE: &str = include_str!("../../web/admin.html");
@@ -212,10 +214,12 @@ fn refusal(headers: &HeaderMap, host: Option<&str>, trusted: &[String]) -> Optio
     None
 }
 
-/// This hub's connections, oldest first.
-fn listed(hub: &Hub) -> Vec<Listed> {
-    let mut subscriptions = hub.registry.subscriptions();
-    hub.connections()
+/// This hub's oldest `most` connections, oldest first.
+fn listed(hub: &Hub, most: usize) -> Vec<Listed> {
+    let connections = hub.connections(most);
+    let ids: HashSet<ConnId> = connections.iter().map(|(id, _)| *id).collect();
+    let mut subscriptions = hub.registry.subscriptions(|id| ids.contains(&id));
+    connections
         .into_iter()
         .map(|(id, info)| {
             let mut subscribed = subscriptions.remove(&id).unwrap_or_default();
@@ -233,7 +237,7 @@ fn listed(hub: &Hub) -> Vec<Listed> {
 }
 
 async fn connections(State(hub): State<Arc<Hub>>) -> Response {
-    axum::Json(listed(&hub)).into_response()
+    axum::Json(listed(&hub, usize::MAX)).into_response()
 }
 
 #[derive(Serialize)]
@@ -314,9 +318,12 @@ pub async fn sample_and_report(hub: Arc<Hub>) {
                 lag += behind;
             }
         }
-        let mut connections = listed(&hub);
+        // Counted, and only the oldest listed: a copy of every socket's entry every few
+        // seconds would be a good share of an idle hub's memory and work.
+        let connection_count = hub.connection_count();
+        let connections = listed(&hub, fleet::LISTED);
         let gauges = Gauges {
-            sockets: connections.len() as u64,
+            sockets: connection_count as u64,
             users: hub.users() as u64,
             lag,
             internal_lag,
@@ -325,8 +332,6 @@ pub async fn sample_and_report(hub: Arc<Hub>) {
         let Some(latest) = hub.fleet.sample(gauges) else {
             continue;
         };
-        let connection_count = connections.len();
-        connections.truncate(fleet::LISTED);
         let report = Report {
             instance: hub.fleet.instance.clone(),
             started: hub.fleet.started,

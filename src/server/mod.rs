@@ -606,7 +606,7 @@ async fn websocket(
             }
         },
         Some(token) => match hub.admit(token).await {
-            Ok((session, seat)) => Admission::Admitted(session, seat),
+            Ok((session, seat)) => Admission::Admitted(Box::new(session), seat),
             Err(refusal) => return refusal.into_response(),
         },
     };

@@ -234,7 +234,7 @@ async fn open(
     let served = connection::run(
         hub.clone(),
         socket,
-        Admission::Admitted(session, seat),
+        Admission::Admitted(Box::new(session), seat),
         permit,
         "sse",
     );
