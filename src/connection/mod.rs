@@ -532,9 +532,9 @@ impl Connection {
                         break Ending::Broken;
                     }
                 },
-                _ = tokio::time::sleep_until(self.roster.due.unwrap_or_else(Instant::now)),
-                    if self.roster.due.is_some() =>
-                {
+                // `select!` builds every branch's future on every turn, polled or not: a timer
+                // made here would read the clock and take the runtime's handle per record.
+                () = due(self.roster.due), if self.roster.due.is_some() => {
                     self.write_rooms(Instant::now());
                 }
                 // Last, and only while the socket is read: a pong already received wins over
@@ -686,6 +686,14 @@ impl Connection {
     }
 }
 
+/// Sleeps until `deadline`, made only once polled; never without one.
+async fn due(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A socket that cannot take a write in time is as good as gone.
 struct WriteFailed;
 
@@ -699,21 +707,27 @@ async fn write_all(
     if out.is_empty() {
         return Ok(());
     }
-    let frames = std::mem::take(out);
-    metrics.frames_sent(frames.len());
-    if let Some(oldest) = frames.iter().filter_map(|f| f.timestamp).min() {
+    metrics.frames_sent(out.len());
+    if let Some(oldest) = out.iter().filter_map(|f| f.timestamp).min() {
         metrics.delivered(now_millis() - oldest);
     }
     let batch = async {
-        for Outgoing { frame, .. } in frames {
+        // Taken rather than drained: what a burst grew it to is not kept by an idle socket.
+        for Outgoing { frame, .. } in std::mem::take(out) {
             socket.feed(Message::Text(frame)).await?;
         }
         socket.flush().await
     };
-    match tokio::time::timeout(timeout, batch).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(WriteFailed),
-    }
+    tokio::pin!(batch);
+    // Most writes go through at once: the timer (a clock read and the runtime's handle) is
+    // made only for one that has to wait.
+    let written = match batch.as_mut().now_or_never() {
+        Some(written) => written,
+        None => tokio::time::timeout(timeout, batch)
+            .await
+            .map_err(|_| WriteFailed)?,
+    };
+    written.map_err(|_| WriteFailed)
 }
 
 #[cfg(test)]
