@@ -129,6 +129,9 @@ struct Args {
     /// its topics are created then, so that no other scenario's readers cover them).
     #[arg(long, default_value_t = 2_000.0)]
     fleet_rate: f64,
+    /// Hubs of the fleet scenario, each following a different tenth of its topics (at most 10).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    fleet_hubs: u8,
     /// The PostgreSQL server the flood scenario's hubs write read positions to (each in a
     /// database of its own, dropped at the end), where its transactions are counted; the
     /// push scenario's hub keeps its subscriptions and claims there.

@@ -25,7 +25,6 @@ use crate::servers::{Route, Server};
 
 /// Topics the records flow into; each hub's sockets follow a tenth of them.
 pub const FLEET_TOPICS: usize = 200;
-const HUBS: usize = 3;
 /// Sockets per followed topic on each hub.
 const SOCKETS_PER_TOPIC: usize = 5;
 
@@ -48,8 +47,9 @@ pub async fn fleet(binary: &Path, kafka: &Broker, work: &Path, args: &Args) {
         result.unwrap();
     }
     let followed = FLEET_TOPICS / 10;
+    let hubs = args.fleet_hubs;
     println!(
-        "{HUBS} hubs on one broker, {FLEET_TOPICS} topics of one partition with {:.0} records/s spread over all \
+        "{hubs} hubs on one broker, {FLEET_TOPICS} topics of one partition with {:.0} records/s spread over all \
          for {} s; hub n's sockets follow topics n*{followed}..(n+1)*{followed}, {SOCKETS_PER_TOPIC} sockets each",
         args.fleet_rate, args.seconds
     );
@@ -86,7 +86,7 @@ async fn phase(
     ];
     settings.extend(extra);
     let mut hubs = Vec::new();
-    for n in 0..HUBS {
+    for n in 0..usize::from(args.fleet_hubs) {
         let name = format!("fleet-{n}-{}", label.replace(' ', "-"));
         hubs.push(Server::hub(binary, &kafka.addr, work, 10_000, &name, &settings).await);
     }
@@ -140,7 +140,8 @@ async fn phase(
         );
     }
     println!(
-        "all {HUBS} hubs: broker sent {:.2} MiB over {window:.1} s ({total} records of {} bytes produced)",
+        "all {} hubs: broker sent {:.2} MiB over {window:.1} s ({total} records of {} bytes produced)",
+        hubs.len(),
         sum as f64 / 1048576.0,
         crate::PAYLOAD_BYTES
     );
