@@ -253,6 +253,41 @@ enum Answer {
 
 type Pending = BoxFuture<'static, Answer>;
 
+/// The answers a socket awaits, made with the first: a `FuturesUnordered` allocates its
+/// ready queue when made, and most sockets never ask for anything answered later.
+#[derive(Default)]
+struct InFlight(Option<FuturesUnordered<Pending>>);
+
+impl InFlight {
+    fn push(&mut self, pending: Pending) {
+        self.0
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(pending);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Stream for InFlight {
+    type Item = Answer;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Answer>> {
+        match &mut self.0 {
+            Some(pending) => pending.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
 /// What a request's handler comes back with; a refusal is its `Err`, written by `handle`
 /// (see `requests`) like any answer.
 enum Answered {
@@ -417,7 +452,7 @@ impl Connection {
         tracing::debug!("connected");
         // Read from the settings where used rather than kept in locals: every byte this
         // future holds, each socket's task holds.
-        let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut in_flight = InFlight::default();
         let mut batch = Vec::new();
         // One timer for the token: first the warning that it expires, then its expiry.
         let expiry = tokio::time::sleep_until(self.warn_at());
