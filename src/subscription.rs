@@ -104,7 +104,9 @@ struct Subscription {
     generation: u64,
     filter: Arc<Filter>,
     /// Where it started, as `subscribed` said: a history page asked to end there meets it.
-    start: Option<BTreeMap<i32, i64>>,
+    /// A slice rather than a map: read once in a while, held by every subscription, and a
+    /// map's node has room for eleven partitions.
+    start: Option<Box<[(i32, i64)]>>,
     /// The next offset to write, per partition.
     next: BTreeMap<i32, i64>,
     /// Boxed: few subscriptions replay, and every subscription would carry its size.
@@ -227,7 +229,7 @@ impl Subscriptions {
         let subscription = Subscription {
             generation,
             filter,
-            start: replay.is_none().then(|| next.clone()),
+            start: replay.is_none().then(|| positions(&next)),
             next,
             replay,
             extras: Extras::default(),
@@ -262,13 +264,13 @@ impl Subscriptions {
     /// Where the subscription to `key` of `topic` started, once `subscribed` said so: per
     /// partition, the first offset it delivers; unlisted partitions it delivers from their
     /// first record.
-    pub fn started_at(&self, topic: &str, key: Option<&str>) -> Option<&BTreeMap<i32, i64>> {
+    pub fn started_at(&self, topic: &str, key: Option<&str>) -> Option<BTreeMap<i32, i64>> {
         let subscriptions = self.by_topic.get(topic)?;
         let subscription = match key {
             None => subscriptions.whole.as_ref(),
             Some(key) => subscriptions.keyed.get(key.as_bytes()),
         }?;
-        subscription.start.as_ref()
+        Some(subscription.start.as_deref()?.iter().copied().collect())
     }
 
     /// Ends a subscription; returns its filter, under whose key the registry filed it.
@@ -388,7 +390,7 @@ impl Subscriptions {
                     lost,
                     waiting,
                 };
-                subscription.start = Some(starts.clone());
+                subscription.start = Some(positions(&starts));
                 subscription.next = starts;
                 out.push(subscribed.into());
                 subscription.release(None, out)
@@ -521,6 +523,12 @@ impl Subscription {
 }
 
 /// Queues `record` unless this subscription already wrote it.
+fn positions(map: &BTreeMap<i32, i64>) -> Box<[(i32, i64)]> {
+    map.iter()
+        .map(|(&partition, &offset)| (partition, offset))
+        .collect()
+}
+
 fn write(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Outgoing>) {
     if next
         .get(&record.partition)

@@ -34,7 +34,7 @@ impl Connection {
             Before::Offsets(offsets) => (offsets, None),
             // What the subscription delivers from its first record has nothing before it.
             Before::Subscribed => match self.subscriptions.started_at(&topic, key.as_deref()) {
-                Some(start) => (start.clone(), Some(0)),
+                Some(start) => (start, Some(0)),
                 None => {
                     return Err(Refused::new(
                         id,
