@@ -446,12 +446,11 @@ impl Connection {
     }
 
     /// Everything it works on is borrowed from `run`, so that a connection's state is held
-    /// once rather than copied into each nested future: at tens of thousands of sockets,
-    /// every byte of it counts.
+    /// once rather than copied into each nested future, and settings are read where used
+    /// rather than copied into locals: at tens of thousands of sockets, every byte of this
+    /// future counts.
     async fn serve(&mut self, socket: &mut impl Socket, frames: &mut mpsc::Receiver<Outbound>) {
         tracing::debug!("connected");
-        // Read from the settings where used rather than kept in locals: every byte this
-        // future holds, each socket's task holds.
         let mut in_flight = InFlight::default();
         let mut batch = Vec::new();
         // One timer for the token: first the warning that it expires, then its expiry.
