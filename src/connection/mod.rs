@@ -11,13 +11,13 @@
 
 mod auth;
 mod history;
+mod open;
 mod presence;
 mod publish;
 mod push;
 mod requests;
 mod subscribe;
 
-use self::auth::first_frame_auth;
 use self::presence::RosterWrites;
 use self::subscribe::leave;
 
@@ -40,7 +40,7 @@ use crate::auth::Session;
 use crate::budget::Budgets;
 use crate::clock::{instant_at, now_millis, unix_millis};
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::hub::{Admission, ConnectionInfo, Hub, Registration, Seat};
+use crate::hub::{Admission, Hub, Registration, Seat};
 use crate::metrics::{self, Metrics};
 use crate::presence::DisconnectReason;
 use crate::protocol::{ErrorCode, Refused, Reply, RequestId, close, cursor};
@@ -116,11 +116,6 @@ fn closing(code: u16, reason: &'static str) -> CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     }
-}
-
-/// Ends a socket before it is served.
-async fn refuse(socket: &mut impl Socket, frame: CloseFrame) {
-    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 /// Why a connection ended, and so which close frame it gets.
@@ -346,96 +341,6 @@ impl Replays {
 }
 
 impl Connection {
-    /// Authenticates the socket, lists it and records its session; `None` once it is refused
-    /// (and told why).
-    async fn open(
-        hub: Arc<Hub>,
-        socket: &mut impl Socket,
-        admission: Admission,
-        id: ConnId,
-        transport: &'static str,
-    ) -> Option<(Connection, mpsc::Receiver<Outbound>)> {
-        let authenticated = match admission {
-            Admission::Admitted(session, seat) => Ok((*session, seat)),
-            // The permit is given back once the first frame is handled, whatever it was.
-            Admission::Awaiting(_permit) => first_frame_auth(&hub, socket).await,
-        };
-        let (session, seat) = match authenticated {
-            Ok(pair) => pair,
-            Err(frame) => {
-                tracing::debug!(frame.code, reason = %frame.reason, "refused the socket");
-                refuse(socket, frame).await;
-                return None;
-            }
-        };
-        tracing::Span::current().record("sub", session.sub.as_str());
-        let stop = Stop::default();
-        let queued = Arc::<Queued>::default();
-        let info = ConnectionInfo {
-            sub: session.sub.clone(),
-            since: now_millis(),
-            transport,
-            token: session.token.clone(),
-            stop: stop.clone(),
-            queued: queued.clone(),
-        };
-        // Registered before the last revocation check: see `control` for why. Shutdown is
-        // checked after it too: see `Hub::going_away`.
-        let registration = hub.register(id, info);
-        if hub.shutdown.is_cancelled() {
-            stop.going_away();
-        }
-        if hub.revoked_since_start(&session.sub, &session.token) {
-            refuse(socket, closing(close::AUTH_FAILED, "token revoked")).await;
-            return None;
-        }
-        let presence = match &hub.presence {
-            None => None,
-            Some(presence) => match presence.connected(&session.sub).await {
-                Ok(open) => Some(open),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record the session for presence");
-                    refuse(socket, closing(close::INTERNAL, "try again shortly")).await;
-                    return None;
-                }
-            },
-        };
-        metrics::connection_opened(metrics::Transport::of(transport));
-        let (queue, frames) = mpsc::channel(hub.config.limits.send_queue);
-        let stash_bytes = hub.config.limits.memory_budget.send_queue();
-        let connection = Connection {
-            transport: metrics::Transport::of(transport),
-            resumable: socket.resumable(),
-            resume_len: 0,
-            queue,
-            queued,
-            taken: 0,
-            replayed: Vec::new(),
-            subscriptions: Subscriptions::new(hub.config.limits.send_queue, stash_bytes),
-            budgets: Budgets::new(&hub.sockets.request_rates, &hub.sockets.rate_clock),
-            abusive: false,
-            share: Arc::new(Semaphore::new(SHARE)),
-            committed_any: false,
-            roster: RosterWrites::default(),
-            watching: Vec::new(),
-            replays: None,
-            out: Vec::new(),
-            stop,
-            presence,
-            ended: DisconnectReason::Closed,
-            held: None,
-            positions_waited: false,
-            abandon: None,
-            hub,
-            id,
-            user: session.sub.as_str().into(),
-            session,
-            _seat: seat,
-            _registration: registration,
-        };
-        Some((connection, frames))
-    }
-
     /// Where a new replay reports.
     fn replay_sender(&mut self) -> mpsc::Sender<Box<Report>> {
         let replays = self.replays.get_or_insert_with(|| {
