@@ -19,7 +19,7 @@ use crate::registry::Delivery;
 /// How long a topic's records are still kept after its last subscriber on this hub left:
 /// long enough for the sockets of a storm to come back. The consumer keeps fetching a topic
 /// as long by default (see `kafka::consumer`'s interest), for the same storm.
-pub const KEEP: Duration = Duration::from_secs(300);
+const KEEP: Duration = Duration::from_secs(300);
 
 /// Cheap to clone: the consumer thread and the replays share one. One lock for all topics:
 /// the bound on bytes is for all of them together, and the oldest record kept anywhere is

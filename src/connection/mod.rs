@@ -233,7 +233,8 @@ struct Connection {
 /// so requests are still handled in the order they came.
 struct Held {
     text: Box<str>,
-    refreshed: BoxFuture<'static, ()>,
+    /// Done once what it waits for is known.
+    ready: BoxFuture<'static, ()>,
     /// It waited for live positions: handled again, it does not wait for them twice.
     positions: bool,
 }
@@ -427,7 +428,7 @@ impl Connection {
                     }
                 }
                 () = poll_fn(|cx| match &mut self.held {
-                    Some(held) => held.refreshed.poll_unpin(cx),
+                    Some(held) => held.ready.poll_unpin(cx),
                     None => Poll::Pending,
                 }), if self.held.is_some() => {
                     let held = self.held.take().expect("a held request");

@@ -143,7 +143,7 @@ impl Connection {
                 let text = text.into();
                 self.held = Some(Box::new(Held {
                     text,
-                    refreshed,
+                    ready: refreshed,
                     positions: false,
                 }));
                 return Ok(Known::Held);

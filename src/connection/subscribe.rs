@@ -106,7 +106,7 @@ impl Connection {
                 positions.want(&topic);
                 self.held = Some(Box::new(Held {
                     text: text.into(),
-                    refreshed: Box::pin(positions.resolved(&topic, POSITIONS_PATIENCE)),
+                    ready: Box::pin(positions.resolved(&topic, POSITIONS_PATIENCE)),
                     positions: true,
                 }));
                 return Ok(Answered::Nothing);

@@ -520,6 +520,13 @@ impl Progress {
             .is_some_and(|partitions| partitions.contains(&partition))
     }
 
+    fn pause(&mut self, topic: &str, partition: i32) {
+        self.paused
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition);
+    }
+
     fn unpause(&mut self, topic: &str, partition: i32) -> bool {
         let Some(partitions) = self.paused.get_mut(topic) else {
             return false;
@@ -724,11 +731,7 @@ impl StartPositions {
                 || !self.interest.wants(&mut positions, topic, now)
             {
                 positions.existing.remove(&(topic.clone(), *partition));
-                positions
-                    .paused
-                    .entry(topic.clone())
-                    .or_default()
-                    .insert(*partition);
+                positions.pause(topic, *partition);
                 at_end
                     .add_partition_offset(topic, *partition, Offset::End)
                     .expect("a fresh list takes any offset");
@@ -897,11 +900,7 @@ impl StartPositions {
                     continue;
                 }
                 *count += 1;
-                progress
-                    .paused
-                    .entry(topic.to_string())
-                    .or_default()
-                    .insert(partition);
+                progress.pause(topic, partition);
                 self.recent.forget(topic);
                 pause.add_partition(topic, partition);
             }
