@@ -18,8 +18,10 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use wskafka::{READ_BUFFER, WRITE_BATCH, WRITE_BUFFER};
+use wskafka::{READ_BUFFER, WRITE_BUFFER};
 
+/// Frames taken from the queue before one flush.
+const WRITE_BATCH: usize = 64;
 /// The hub's default `WSKAFKA_SEND_QUEUE`.
 const SEND_QUEUE: usize = 1024;
 /// A frame starting with this is answered, not relayed: the ingest scenario's publishes.

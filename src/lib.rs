@@ -48,7 +48,6 @@ mod topic;
 // What the binary, the tests, the benchmarks and the fuzz targets use.
 pub use auth::{Claims, Grants, check_secret, mint};
 pub use config::{Cli, Command, LogFormat};
-pub use connection::WRITE_BATCH;
 pub use protocol::{Request, parse, peek_id};
 pub use server::{READ_BUFFER, WRITE_BUFFER, serve};
 pub use store::{Claim, Store};

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use flume::TrySendError;
 
 use crate::metrics;
 use crate::stop::Stop;
@@ -67,12 +67,12 @@ pub enum Outbound {
     Record(Arc<Delivery>),
     Room(Arc<RoomFrame>),
     /// For the socket itself rather than a subscription: a watched user's status. Behind a
-    /// pointer like the others, so that an item is 16 bytes: a socket's queue allocates its
-    /// first 32 slots when it is made, idle or not.
+    /// pointer like the others, so that an item is 16 bytes: a burst of records queued for
+    /// ten thousand sockets costs that per socket and record, its frame being shared.
     Socket(Arc<Utf8Bytes>),
 }
 
-// Every socket's queue holds 32 of these from the start (see `Outbound::Socket`).
+// What each queued item costs every socket it is queued for (see `Outbound::Socket`).
 const _: () = assert!(size_of::<Outbound>() <= 16);
 
 impl Outbound {
@@ -178,7 +178,7 @@ pub struct QueueBounds {
 #[derive(Clone)]
 pub struct Subscriber {
     /// The connection's queue, shared by all its subscriptions.
-    pub queue: mpsc::Sender<Outbound>,
+    pub queue: flume::Sender<Outbound>,
     /// The bytes in it, shared by all its subscriptions.
     pub queued: Arc<Queued>,
     /// Told when the queue overflows.
@@ -361,7 +361,7 @@ impl Registry {
                     subscriber.stop.lagged();
                 }
                 // The connection is gone; its own cleanup removes it from here.
-                Err(TrySendError::Closed(_)) => self.written(&subscriber.queued, cost),
+                Err(TrySendError::Disconnected(_)) => self.written(&subscriber.queued, cost),
             }
         }
         queued
@@ -440,7 +440,12 @@ impl Registry {
     /// over the socket's bytes, or on a full queue, it is dropped. Whatever sends into a
     /// socket's queue goes through here or `fan_out`: a frame sent uncounted would be given
     /// back all the same, and the hub's count of queued bytes would wrap below zero.
-    pub fn offer(&self, queue: &mpsc::Sender<Outbound>, queued: &Queued, frame: &Outbound) -> bool {
+    pub fn offer(
+        &self,
+        queue: &flume::Sender<Outbound>,
+        queued: &Queued,
+        frame: &Outbound,
+    ) -> bool {
         let cost = frame.cost();
         if !self.admit(queued, cost) {
             return false;
@@ -457,12 +462,12 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
+    fn subscriber(capacity: usize) -> (Subscriber, flume::Receiver<Outbound>) {
         filtered(capacity, Filter::default())
     }
 
-    fn filtered(capacity: usize, filter: Filter) -> (Subscriber, mpsc::Receiver<Outbound>) {
-        let (queue, rx) = mpsc::channel(capacity);
+    fn filtered(capacity: usize, filter: Filter) -> (Subscriber, flume::Receiver<Outbound>) {
+        let (queue, rx) = flume::bounded(capacity);
         let subscriber = Subscriber {
             queue,
             queued: Arc::default(),
@@ -497,7 +502,7 @@ mod tests {
         headers: &[],
     };
 
-    fn offsets(rx: &mut mpsc::Receiver<Outbound>) -> Vec<i64> {
+    fn offsets(rx: &mut flume::Receiver<Outbound>) -> Vec<i64> {
         std::iter::from_fn(|| match rx.try_recv().ok()? {
             Outbound::Record(record) => Some(record.offset),
             other => panic!("not a record: {other:?}"),
@@ -533,7 +538,7 @@ mod tests {
         registry.subscribe("t", 4, bob);
         registry.subscribe("t", 5, other_room);
         let notice = |n: &'static str| move || n.to_string();
-        let told = |rx: &mut mpsc::Receiver<Outbound>| {
+        let told = |rx: &mut flume::Receiver<Outbound>| {
             std::iter::from_fn(|| match rx.try_recv().ok()? {
                 Outbound::Room(room) => Some(room.frame.to_string()),
                 other => panic!("not a room's frame: {other:?}"),
@@ -576,7 +581,7 @@ mod tests {
     #[test]
     fn frames_told_are_counted_as_records_are_so_what_a_socket_gives_back_adds_up() {
         let registry = Registry::default();
-        let (mut member, mut rx) = filtered(4, key(b"lobby"));
+        let (mut member, rx) = filtered(4, key(b"lobby"));
         member.extras.presence = true;
         let queued = member.queued.clone();
         registry.subscribe("chat.rooms", 1, member);
@@ -837,9 +842,9 @@ mod tests {
             #[test]
             fn fan_out_matches_a_model_of_current_subscriptions(ops in proptest::collection::vec(op(), 1..80)) {
                 let registry = Registry::default();
-                type Queue = (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>);
+                type Queue = (flume::Sender<Outbound>, flume::Receiver<Outbound>);
                 let mut queues: HashMap<ConnId, Queue> =
-                    (0..4).map(|conn| (conn, mpsc::channel(1024))).collect();
+                    (0..4).map(|conn| (conn, flume::bounded(1024))).collect();
                 let mut model: HashMap<(usize, ConnId), Filter> = HashMap::new();
                 let mut offset = 0;
                 for op in ops {

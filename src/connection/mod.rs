@@ -50,8 +50,8 @@ use crate::stop::{Stop, StopReason};
 use crate::store::OpenSession;
 use crate::subscription::{Failed, Outgoing, Subscriptions};
 
-/// Frames taken from a queue before one flush: many frames per syscall under load.
-pub const WRITE_BATCH: usize = 64;
+/// Reports taken from a replay before one flush: many frames per syscall under load.
+const REPORT_BATCH: usize = 64;
 /// How long to wait for the client's reply to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// History pages and Kafka replays one socket may have running at once, each also taking one
@@ -101,11 +101,11 @@ pub fn run(
         let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
         let opening =
             Connection::open(hub, &mut socket, admission, id, transport).instrument(span.clone());
-        let Some((mut connection, mut frames)) = Box::pin(opening).await else {
+        let Some((mut connection, frames)) = Box::pin(opening).await else {
             return;
         };
         connection
-            .serve(&mut socket, &mut frames)
+            .serve(&mut socket, &frames)
             .instrument(span)
             .await;
     }
@@ -176,7 +176,7 @@ struct Connection {
     /// The session's user, shared by the socket's subscriptions in the registry.
     user: Arc<str>,
     /// This socket's queue, shared by all its subscriptions in the registry.
-    queue: mpsc::Sender<Outbound>,
+    queue: flume::Sender<Outbound>,
     /// The bytes of the records queued for it and not yet written.
     queued: Arc<Queued>,
     /// The bytes of the records taken from the queue this turn, no longer counted once the
@@ -355,10 +355,12 @@ impl Connection {
     /// once rather than copied into each nested future, and settings are read where used
     /// rather than copied into locals: at tens of thousands of sockets, every byte of this
     /// future counts.
-    async fn serve(&mut self, socket: &mut impl Socket, frames: &mut mpsc::Receiver<Outbound>) {
+    async fn serve(&mut self, socket: &mut impl Socket, frames: &flume::Receiver<Outbound>) {
         tracing::debug!("connected");
         let mut in_flight = InFlight::default();
-        let mut batch = Vec::new();
+        // Kept across turns: its waker stays registered with the queue, where a receive made
+        // on each turn would register one and take it back.
+        let mut live = frames.stream();
         // One timer for the token: first the warning that it expires, then its expiry.
         let expiry = tokio::time::sleep_until(self.warn_at());
         let config = &self.hub.config;
@@ -408,7 +410,7 @@ impl Connection {
                     if self.replays.as_ref().is_some_and(Replays::running) =>
                 {
                     self.on_report(*event);
-                    for _ in 1..WRITE_BATCH {
+                    for _ in 1..REPORT_BATCH {
                         let Some(Ok(event)) = self.replays.as_mut().map(|r| r.events.try_recv())
                         else {
                             break;
@@ -419,10 +421,10 @@ impl Connection {
                         self.replays = None;
                     }
                 }
-                // One call for many records: each receive gives its slot back under the
-                // queue's lock, and `recv_many` does that once.
-                1.. = frames.recv_many(&mut batch, WRITE_BATCH) => {
-                    for item in batch.drain(..) {
+                // Then everything queued behind it, under one lock, and written in one flush.
+                // `drain` takes the queue's buffer whole: what a burst grew it to goes with it.
+                Some(item) = live.next() => {
+                    for item in std::iter::once(item).chain(frames.drain()) {
                         self.taken += item.cost();
                         self.on_live(item);
                     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::SinkExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::budget::Budgets;
 use crate::clock::now_millis;
@@ -31,7 +31,7 @@ impl Connection {
         admission: Admission,
         id: ConnId,
         transport: &'static str,
-    ) -> Option<(Connection, mpsc::Receiver<Outbound>)> {
+    ) -> Option<(Connection, flume::Receiver<Outbound>)> {
         let authenticated = match admission {
             Admission::Admitted(session, seat) => Ok((*session, seat)),
             // The permit is given back once the first frame is handled, whatever it was.
@@ -78,7 +78,7 @@ impl Connection {
             },
         };
         metrics::connection_opened(metrics::Transport::of(transport));
-        let (queue, frames) = mpsc::channel(hub.config.limits.send_queue);
+        let (queue, frames) = flume::bounded(hub.config.limits.send_queue);
         let stash_bytes = hub.config.limits.memory_budget.send_queue();
         let connection = Connection {
             transport: metrics::Transport::of(transport),

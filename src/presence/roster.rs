@@ -34,7 +34,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::config::PresenceConfig;
 use crate::kafka::{Clients, LagReporting};
@@ -132,7 +131,7 @@ struct State {
 }
 
 /// A socket's queue, for frames that belong to no subscription.
-type Queue = mpsc::Sender<Outbound>;
+type Queue = flume::Sender<Outbound>;
 /// A socket watching a user: its queue, and the bytes queued in it.
 type Watcher = (Queue, Arc<Queued>);
 
@@ -579,7 +578,7 @@ mod tests {
             total: 1 << 30,
         });
         let roster = Roster::new(100, 100);
-        let (queue, mut frames) = mpsc::channel(8);
+        let (queue, frames) = flume::bounded(8);
         let queued = Arc::new(Queued::default());
         roster.watch(1, "alice", &queue, &queued);
         let statuses = vec![Status {
