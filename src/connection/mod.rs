@@ -17,14 +17,16 @@ mod publish;
 mod push;
 mod requests;
 mod subscribe;
+mod write;
 
 use self::presence::RosterWrites;
 use self::subscribe::leave;
+use self::write::write_all;
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -38,10 +40,10 @@ use tracing::Instrument;
 
 use crate::auth::Session;
 use crate::budget::Budgets;
-use crate::clock::{instant_at, now_millis, unix_millis};
+use crate::clock::{instant_at, unix_millis};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::hub::{Admission, Hub, Registration, Seat};
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::presence::DisconnectReason;
 use crate::protocol::{ErrorCode, Refused, Reply, RequestId, close, cursor};
 use crate::registry::{ConnId, Outbound, Queued};
@@ -78,8 +80,19 @@ pub trait Socket:
 
 impl Socket for axum::extract::ws::WebSocket {}
 
-/// Serves one socket until it ends; `open` is its permit under the hub's cap on sockets,
-/// `transport` what the admin view lists it as.
+/// What a socket is let in with, kept together behind one pointer: the task that serves
+/// the socket keeps its arguments, and the upgrade's callback that made it, for as long as
+/// the socket lives, and what is in here is moved out once it is open.
+pub struct Opening {
+    pub hub: Arc<Hub>,
+    pub admission: Admission,
+    /// Its permit under the hub's cap on sockets.
+    pub open: OwnedSemaphorePermit,
+    /// What the admin view lists it as.
+    pub transport: &'static str,
+}
+
+/// Serves one socket until it ends.
 ///
 /// Not an `async fn`: those keep their arguments twice in the future, once as arguments and
 /// once as locals, and this future lives as long as the socket. For the same reason opening
@@ -87,21 +100,10 @@ impl Socket for axum::extract::ws::WebSocket {}
 /// long as it lives, and what opening awaits (the `auth` frame, the token's check, the
 /// session written for presence) is over once the socket is served.
 #[allow(clippy::manual_async_fn)]
-pub fn run(
-    hub: Arc<Hub>,
-    mut socket: impl Socket,
-    admission: Admission,
-    open: OwnedSemaphorePermit,
-    transport: &'static str,
-) -> impl Future<Output = ()> + Send {
+pub fn run(opening: Box<Opening>, mut socket: impl Socket) -> impl Future<Output = ()> + Send {
     async move {
-        // Held until the socket ends, where it is: moved into a local it would take room twice.
-        let _ = &open;
-        let id = hub.next_conn_id();
-        let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
-        let opening =
-            Connection::open(hub, &mut socket, admission, id, transport).instrument(span.clone());
-        let Some((mut connection, frames)) = Box::pin(opening).await else {
+        let Some((mut connection, frames, span)) = Box::pin(open(opening, &mut socket)).await
+        else {
             return;
         };
         connection
@@ -109,6 +111,20 @@ pub fn run(
             .instrument(span)
             .await;
     }
+}
+
+/// `Connection::open` in the connection's span, which comes back with it: made here rather
+/// than in `run`, whose future would keep room for it twice.
+async fn open(
+    opening: Box<Opening>,
+    socket: &mut impl Socket,
+) -> Option<(Connection, flume::Receiver<Outbound>, tracing::Span)> {
+    let id = opening.hub.next_conn_id();
+    let span = tracing::info_span!("conn", id, sub = tracing::field::Empty);
+    let (connection, frames) = Connection::open(opening, socket, id)
+        .instrument(span.clone())
+        .await?;
+    Some((connection, frames, span))
 }
 
 fn closing(code: u16, reason: &'static str) -> CloseFrame {
@@ -224,6 +240,8 @@ struct Connection {
     /// at the first resend.
     abandon: Option<CancellationToken>,
     _seat: Seat,
+    /// Its permit under the hub's cap on sockets.
+    _open: OwnedSemaphorePermit,
     /// Keeps it in the hub's listing: dropped after the rest of it.
     _registration: Registration,
 }
@@ -354,222 +372,254 @@ impl Connection {
     /// Everything it works on is borrowed from `run`, so that a connection's state is held
     /// once rather than copied into each nested future, and settings are read where used
     /// rather than copied into locals: at tens of thousands of sockets, every byte of this
-    /// future counts.
-    async fn serve(&mut self, socket: &mut impl Socket, frames: &flume::Receiver<Outbound>) {
-        tracing::debug!("connected");
-        let mut in_flight = InFlight::default();
-        // Kept across turns: its waker stays registered with the queue, where a receive made
-        // on each turn would register one and take it back.
-        let mut live = frames.stream();
-        // One timer for the token: first the warning that it expires, then its expiry.
-        let expiry = tokio::time::sleep_until(self.warn_at());
-        let config = &self.hub.config;
-        let mut heartbeat = Heartbeat::new(
-            self.id,
-            config.server.ping_interval,
-            config.server.pong_timeout,
-            Instant::now(),
-        );
-        // Never polled without a heartbeat.
-        let beat = tokio::time::sleep_until(
-            heartbeat
-                .as_ref()
-                .map_or_else(Instant::now, Heartbeat::deadline),
-        );
-        tokio::pin!(expiry, beat);
-        let mut warned = false;
-        let mut ping = false;
-        let mut expires_at = self.session.expires_at;
+    /// future counts. Not an `async fn`, for the reason `run` is not.
+    #[allow(clippy::manual_async_fn)]
+    fn serve(
+        &mut self,
+        socket: &mut impl Socket,
+        frames: &flume::Receiver<Outbound>,
+    ) -> impl Future<Output = ()> {
+        async move {
+            tracing::debug!("connected");
+            let mut in_flight = InFlight::default();
+            // Its own future, over when the socket's turns are: the timers and the queue's
+            // stream take no room while the socket closes.
+            let ending = self.turns(socket, frames, &mut in_flight).await;
+            tracing::debug!(?ending, "closing");
+            self.ended = ending.disconnect_reason();
+            if let Some(abandon) = &self.abandon {
+                abandon.cancel();
+            }
 
-        let ending = loop {
-            tokio::select! {
-                biased;
-                reason = poll_fn(|cx| self.stop.poll_stopped(cx)) => break reason.into(),
-                _ = &mut expiry => {
-                    let expires = instant_at(self.session.expires_at);
-                    if warned || Instant::now() >= expires {
-                        break Ending::TokenExpired;
+            // Every publish taken gets its answer while the socket can still carry it.
+            let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
+            if matches!(ending, Ending::Lagged) {
+                metrics::lagged();
+                // After what was already taken off the queue (and counted in the positions);
+                // what is still queued is dropped, and the positions say where it starts.
+                self.reply(self.subscriptions.lagged());
+            }
+            while let Some(answer) = in_flight.next().await {
+                self.answer(answer);
+            }
+            if writable {
+                let _ = write_all(
+                    socket,
+                    &mut self.out,
+                    false,
+                    &self.hub.metrics,
+                    self.hub.config.server.write_timeout,
+                )
+                .await;
+            }
+            if let Some(frame) = ending.close_frame() {
+                let _ = tokio::time::timeout(
+                    self.hub.config.server.write_timeout,
+                    socket.send(Message::Close(Some(frame))),
+                )
+                .await;
+                // Wait for the client's close frame so the TCP connection ends cleanly.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(_)) = socket.next().await {}
+                })
+                .await;
+            } else {
+                // Flushes tungstenite's reply to a client's close frame.
+                let _ = tokio::time::timeout(self.hub.config.server.write_timeout, socket.close())
+                    .await;
+            }
+        }
+    }
+
+    /// The socket's life: each turn waits for whatever comes first, then writes what it
+    /// brought.
+    #[allow(clippy::manual_async_fn)]
+    fn turns(
+        &mut self,
+        socket: &mut impl Socket,
+        frames: &flume::Receiver<Outbound>,
+        in_flight: &mut InFlight,
+    ) -> impl Future<Output = Ending> {
+        async move {
+            // Kept across turns: its waker stays registered with the queue, where a receive
+            // made on each turn would register one and take it back.
+            let mut live = frames.stream();
+            let config = &self.hub.config;
+            let mut heartbeat = Heartbeat::new(
+                self.id,
+                config.server.ping_interval,
+                config.server.pong_timeout,
+                Instant::now(),
+            );
+            // The heartbeat's deadline has passed; it is judged once nothing else is ready.
+            let mut beat_due = false;
+            // One timer for whatever is due next: the token's warning, then its expiry; the
+            // socket's next roster write; the heartbeat's deadline. A timer takes 112 bytes of
+            // the socket's task for as long as the socket lives.
+            let timer =
+                tokio::time::sleep_until(self.next_due(false, beat_at(&heartbeat, beat_due)));
+            tokio::pin!(timer);
+            let mut warned = false;
+            let mut ping = false;
+            let mut expires_at = self.session.expires_at;
+
+            loop {
+                tokio::select! {
+                    biased;
+                    reason = poll_fn(|cx| self.stop.poll_stopped(cx)) => break reason.into(),
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if self.roster.due.is_some_and(|due| due <= now) {
+                            self.write_rooms(now);
+                        }
+                        if beat_at(&heartbeat, beat_due).is_some_and(|at| at <= now) {
+                            beat_due = true;
+                        }
+                        // By the wall clock, which the token's expiry is on: the timer may
+                        // have come for something else.
+                        let wall = SystemTime::now();
+                        if wall >= self.session.expires_at {
+                            break Ending::TokenExpired;
+                        }
+                        if !warned && wall + self.hub.config.server.expiry_warning >= self.session.expires_at {
+                            warned = true;
+                            let expires_at = unix_millis(self.session.expires_at);
+                            self.reply(Reply::Expiring { expires_at });
+                        }
+                        timer.as_mut().reset(self.next_due(warned, beat_at(&heartbeat, beat_due)));
                     }
-                    warned = true;
-                    let expires_at = unix_millis(self.session.expires_at);
-                    self.reply(Reply::Expiring { expires_at });
-                    expiry.as_mut().reset(expires);
-                }
-                // Not polled while empty: that poll would only register a waker, per record.
-                Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.answer(answer);
-                    // Acks come from Kafka in batches: the ones already there share this
-                    // write. (The next turn's `select!` registers the real waker again.)
-                    while let Some(Some(answer)) = in_flight.next().now_or_never() {
+                    // Not polled while empty: that poll would only register a waker, per record.
+                    Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                         self.answer(answer);
+                        // Acks come from Kafka in batches: the ones already there share this
+                        // write. (The next turn's `select!` registers the real waker again.)
+                        while let Some(Some(answer)) = in_flight.next().now_or_never() {
+                            self.answer(answer);
+                        }
                     }
-                }
-                // Only while a replay task holds a sender or left events behind: polling an
-                // empty channel costs a waker registration, on every record.
-                Some(event) = Replays::next(&mut self.replays),
-                    if self.replays.as_ref().is_some_and(Replays::running) =>
-                {
-                    self.on_report(*event);
-                    for _ in 1..REPORT_BATCH {
-                        let Some(Ok(event)) = self.replays.as_mut().map(|r| r.events.try_recv())
-                        else {
-                            break;
-                        };
+                    // Only while a replay task holds a sender or left events behind: polling an
+                    // empty channel costs a waker registration, on every record.
+                    Some(event) = Replays::next(&mut self.replays),
+                        if self.replays.as_ref().is_some_and(Replays::running) =>
+                    {
                         self.on_report(*event);
+                        for _ in 1..REPORT_BATCH {
+                            let Some(Ok(event)) = self.replays.as_mut().map(|r| r.events.try_recv())
+                            else {
+                                break;
+                            };
+                            self.on_report(*event);
+                        }
+                        if !self.replays.as_ref().is_some_and(Replays::running) {
+                            self.replays = None;
+                        }
                     }
-                    if !self.replays.as_ref().is_some_and(Replays::running) {
-                        self.replays = None;
+                    // Then everything queued behind it, under one lock, and written in one flush.
+                    // `drain` takes the queue's buffer whole: what a burst grew it to goes with it.
+                    Some(item) = live.next() => {
+                        for item in std::iter::once(item).chain(frames.drain()) {
+                            self.taken += item.cost();
+                            self.on_live(item);
+                        }
                     }
-                }
-                // Then everything queued behind it, under one lock, and written in one flush.
-                // `drain` takes the queue's buffer whole: what a burst grew it to goes with it.
-                Some(item) = live.next() => {
-                    for item in std::iter::once(item).chain(frames.drain()) {
-                        self.taken += item.cost();
-                        self.on_live(item);
-                    }
-                }
-                () = poll_fn(|cx| match &mut self.held {
-                    Some(held) => held.ready.poll_unpin(cx),
-                    None => Poll::Pending,
-                }), if self.held.is_some() => {
-                    let held = self.held.take().expect("a held request");
-                    self.positions_waited = held.positions;
-                    if let Some(pending) = self.handle(&held.text, false) {
-                        in_flight.push(pending);
-                    }
-                    self.positions_waited = false;
-                }
-                incoming = socket.next(), if in_flight.len() < self.hub.config.limits.max_in_flight && self.held.is_none() => match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        self.hub.metrics.frame_received();
-                        if let Some(pending) = self.handle(&text, true) {
+                    () = poll_fn(|cx| match &mut self.held {
+                        Some(held) => held.ready.poll_unpin(cx),
+                        None => Poll::Pending,
+                    }), if self.held.is_some() => {
+                        let held = self.held.take().expect("a held request");
+                        self.positions_waited = held.positions;
+                        if let Some(pending) = self.handle(&held.text, false) {
                             in_flight.push(pending);
                         }
-                        if self.abusive {
-                            metrics::abusive();
-                            break Ending::Abusive;
+                        self.positions_waited = false;
+                    }
+                    incoming = socket.next(), if in_flight.len() < self.hub.config.limits.max_in_flight && self.held.is_none() => match incoming {
+                        Some(Ok(Message::Text(text))) => {
+                            self.hub.metrics.frame_received();
+                            if let Some(pending) = self.handle(&text, true) {
+                                in_flight.push(pending);
+                            }
+                            if self.abusive {
+                                metrics::abusive();
+                                break Ending::Abusive;
+                            }
                         }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        self.hub.metrics.frame_received();
-                        self.reply(Reply::error(
-                            None,
-                            ErrorCode::BadRequest,
-                            "binary frames are not supported: send JSON text frames",
-                        ));
-                    }
-                    Some(Ok(Message::Pong(_))) => {
-                        if let Some(heartbeat) = heartbeat.as_mut()
-                            && let Some(round_trip) = heartbeat.pong(Instant::now())
-                        {
-                            metrics::ping_round_trip(round_trip);
-                            beat.as_mut().reset(heartbeat.deadline());
+                        Some(Ok(Message::Binary(_))) => {
+                            self.hub.metrics.frame_received();
+                            self.reply(Reply::error(
+                                None,
+                                ErrorCode::BadRequest,
+                                "binary frames are not supported: send JSON text frames",
+                            ));
                         }
+                        Some(Ok(Message::Pong(_))) => {
+                            if let Some(beat) = heartbeat.as_mut()
+                                && let Some(round_trip) = beat.pong(Instant::now())
+                            {
+                                metrics::ping_round_trip(round_trip);
+                                beat_due = false;
+                                timer.as_mut().reset(self.next_due(warned, beat_at(&heartbeat, beat_due)));
+                            }
+                        }
+                        Some(Ok(Message::Ping(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => break Ending::ClientClosed,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "socket read failed");
+                            break Ending::Broken;
+                        }
+                    },
+                    // Last, and only while the socket is read: a pong already received wins over
+                    // the deadline, and a socket held back by publishes in flight is not judged.
+                    () = std::future::ready(()), if beat_due && in_flight.len() < self.hub.config.limits.max_in_flight => {
+                        beat_due = false;
+                        let Some(beat) = heartbeat.as_mut() else { unreachable!() };
+                        match beat.due(Instant::now()) {
+                            Beat::Unresponsive => {
+                                metrics::unresponsive();
+                                break Ending::Unresponsive;
+                            }
+                            Beat::Ping => ping = true,
+                        }
+                        timer.as_mut().reset(self.next_due(warned, beat_at(&heartbeat, beat_due)));
                     }
-                    Some(Ok(Message::Ping(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break Ending::ClientClosed,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "socket read failed");
-                        break Ending::Broken;
-                    }
-                },
-                // `select!` builds every branch's future on every turn, polled or not: a timer
-                // made here would read the clock and take the runtime's handle per record.
-                () = due(self.roster.due), if self.roster.due.is_some() => {
-                    self.write_rooms(Instant::now());
                 }
-                // Last, and only while the socket is read: a pong already received wins over
-                // the deadline, and a socket held back by publishes in flight is not judged.
-                _ = &mut beat, if heartbeat.is_some() && in_flight.len() < self.hub.config.limits.max_in_flight => {
-                    let Some(heartbeat) = heartbeat.as_mut() else { unreachable!() };
-                    match heartbeat.due(Instant::now()) {
-                        Beat::Unresponsive => {
-                            metrics::unresponsive();
-                            break Ending::Unresponsive;
-                        }
-                        Beat::Ping => ping = true,
-                    }
-                    beat.as_mut().reset(heartbeat.deadline());
+                if self.session.expires_at != expires_at {
+                    expires_at = self.session.expires_at;
+                    warned = false;
+                    timer
+                        .as_mut()
+                        .reset(self.next_due(warned, beat_at(&heartbeat, beat_due)));
                 }
-            }
-            // Sent out of the `select!`: what it gave back would be held across the wait,
-            // and so take room in every socket's task for good.
-            if std::mem::take(&mut ping) {
-                let ping = socket.send(Message::Ping(Default::default()));
-                if !matches!(
-                    tokio::time::timeout(self.hub.config.server.write_timeout, ping).await,
-                    Ok(Ok(()))
-                ) {
+                // A roster write made due this turn (no clock read: most turns have none).
+                if let Some(due) = self.roster.due
+                    && due < timer.deadline()
+                {
+                    timer.as_mut().reset(due);
+                }
+                if self.stop.has_lagged() {
+                    break Ending::Lagged;
+                }
+                self.mark_resume(socket);
+                // The ping goes with this turn's frames, out of the `select!`: what that gave
+                // back would be held across the wait, and so take room in every socket's task.
+                let ping = std::mem::take(&mut ping);
+                if write_all(
+                    socket,
+                    &mut self.out,
+                    ping,
+                    &self.hub.metrics,
+                    self.hub.config.server.write_timeout,
+                )
+                .await
+                .is_err()
+                {
                     break Ending::Broken;
                 }
+                self.hub
+                    .registry
+                    .written(&self.queued, std::mem::take(&mut self.taken));
+                self.replayed.clear();
             }
-            if self.session.expires_at != expires_at {
-                expires_at = self.session.expires_at;
-                expiry.as_mut().reset(self.warn_at());
-                warned = false;
-            }
-            if self.stop.has_lagged() {
-                break Ending::Lagged;
-            }
-            self.mark_resume(socket);
-            if write_all(
-                socket,
-                &mut self.out,
-                &self.hub.metrics,
-                self.hub.config.server.write_timeout,
-            )
-            .await
-            .is_err()
-            {
-                break Ending::Broken;
-            }
-            self.hub
-                .registry
-                .written(&self.queued, std::mem::take(&mut self.taken));
-            self.replayed.clear();
-        };
-        tracing::debug!(?ending, "closing");
-        self.ended = ending.disconnect_reason();
-        if let Some(abandon) = &self.abandon {
-            abandon.cancel();
-        }
-
-        // Every publish taken gets its answer while the socket can still carry it.
-        let writable = !matches!(ending, Ending::ClientClosed | Ending::Broken);
-        if matches!(ending, Ending::Lagged) {
-            metrics::lagged();
-            // After what was already taken off the queue (and counted in the positions);
-            // what is still queued is dropped, and the positions say where it starts.
-            self.reply(self.subscriptions.lagged());
-        }
-        while let Some(answer) = in_flight.next().await {
-            self.answer(answer);
-        }
-        if writable {
-            let _ = write_all(
-                socket,
-                &mut self.out,
-                &self.hub.metrics,
-                self.hub.config.server.write_timeout,
-            )
-            .await;
-        }
-        if let Some(frame) = ending.close_frame() {
-            let _ = tokio::time::timeout(
-                self.hub.config.server.write_timeout,
-                socket.send(Message::Close(Some(frame))),
-            )
-            .await;
-            // Wait for the client's close frame so the TCP connection ends cleanly.
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                while let Some(Ok(_)) = socket.next().await {}
-            })
-            .await;
-        } else {
-            // Flushes tungstenite's reply to a client's close frame.
-            let _ =
-                tokio::time::timeout(self.hub.config.server.write_timeout, socket.close()).await;
         }
     }
 
@@ -596,11 +646,23 @@ impl Connection {
         }
     }
 
-    fn warn_at(&self) -> tokio::time::Instant {
+    /// When the token next needs the socket: its warning, or once warned its expiry.
+    fn token_due(&self, warned: bool) -> Instant {
+        let expires = instant_at(self.session.expires_at);
+        if warned {
+            return expires;
+        }
         let warning = self.hub.config.server.expiry_warning;
-        instant_at(self.session.expires_at)
-            .checked_sub(warning)
-            .unwrap_or_else(tokio::time::Instant::now)
+        expires.checked_sub(warning).unwrap_or_else(Instant::now)
+    }
+
+    /// What the timer of `turns` waits for: the token, or a roster write or the heartbeat's
+    /// deadline before it.
+    fn next_due(&self, warned: bool, beat: Option<Instant>) -> Instant {
+        [self.roster.due, beat]
+            .into_iter()
+            .flatten()
+            .fold(self.token_due(warned), Instant::min)
     }
 
     fn on_live(&mut self, item: Outbound) {
@@ -628,48 +690,9 @@ impl Connection {
     }
 }
 
-/// Sleeps until `deadline`, made only once polled; never without one.
-async fn due(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A socket that cannot take a write in time is as good as gone.
-struct WriteFailed;
-
-/// Counted as sent when the write starts, so a client that has a frame knows it is counted.
-async fn write_all(
-    socket: &mut impl Socket,
-    out: &mut Vec<Outgoing>,
-    metrics: &Metrics,
-    timeout: Duration,
-) -> Result<(), WriteFailed> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    metrics.frames_sent(out.len());
-    if let Some(oldest) = out.iter().filter_map(|f| f.timestamp).min() {
-        metrics.delivered(now_millis() - oldest);
-    }
-    let batch = async {
-        // Taken rather than drained: what a burst grew it to is not kept by an idle socket.
-        for Outgoing { frame, .. } in std::mem::take(out) {
-            socket.feed(Message::Text(frame)).await?;
-        }
-        socket.flush().await
-    };
-    tokio::pin!(batch);
-    // Most writes go through at once: the timer (a clock read and the runtime's handle) is
-    // made only for one that has to wait.
-    let written = match batch.as_mut().now_or_never() {
-        Some(written) => written,
-        None => tokio::time::timeout(timeout, batch)
-            .await
-            .map_err(|_| WriteFailed)?,
-    };
-    written.map_err(|_| WriteFailed)
+/// The heartbeat's deadline, unless it has passed already and waits to be judged.
+fn beat_at(heartbeat: &Option<Heartbeat>, due: bool) -> Option<Instant> {
+    heartbeat.as_ref().filter(|_| !due).map(Heartbeat::deadline)
 }
 
 #[cfg(test)]
@@ -803,13 +826,13 @@ mod tests {
             from_client,
             to_client,
         };
-        tokio::spawn(run(
-            hub.clone(),
-            socket,
+        let opening = Opening {
+            hub: hub.clone(),
             admission,
-            hub.open_socket().unwrap(),
-            "test",
-        ));
+            open: hub.open_socket().unwrap(),
+            transport: "test",
+        };
+        tokio::spawn(run(Box::new(opening), socket));
         Client {
             to_hub: Some(to_hub),
             from_hub,

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::budget::Budgets;
 use crate::clock::now_millis;
-use crate::hub::{Admission, ConnectionInfo, Hub};
+use crate::hub::{Admission, ConnectionInfo};
 use crate::metrics;
 use crate::presence::DisconnectReason;
 use crate::protocol::close;
@@ -20,18 +20,22 @@ use crate::subscription::Subscriptions;
 
 use super::auth::first_frame_auth;
 use super::presence::RosterWrites;
-use super::{Connection, SHARE, Socket, closing};
+use super::{Connection, Opening, SHARE, Socket, closing};
 
 impl Connection {
     /// Authenticates the socket, lists it and records its session; `None` once it is refused
     /// (and told why).
     pub(super) async fn open(
-        hub: Arc<Hub>,
+        opening: Box<Opening>,
         socket: &mut impl Socket,
-        admission: Admission,
         id: ConnId,
-        transport: &'static str,
     ) -> Option<(Connection, flume::Receiver<Outbound>)> {
+        let Opening {
+            hub,
+            admission,
+            open,
+            transport,
+        } = *opening;
         let authenticated = match admission {
             Admission::Admitted(session, seat) => Ok((*session, seat)),
             // The permit is given back once the first frame is handled, whatever it was.
@@ -108,6 +112,7 @@ impl Connection {
             user: session.sub.as_str().into(),
             session,
             _seat: seat,
+            _open: open,
             _registration: registration,
         };
         Some((connection, frames))

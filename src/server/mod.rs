@@ -56,9 +56,11 @@ use crate::{connection, memory};
 
 /// Per-socket buffers. axum's defaults (128 KiB each way) would cost gigabytes at tens of
 /// thousands of sockets; frames here are small, and writes are flushed in batches anyway.
-/// An idle socket keeps its read buffer: 1 KiB holds a typical request in one read, and a
-/// larger frame takes one read per KiB into a buffer grown to fit it.
-pub const READ_BUFFER: usize = 1024;
+/// An idle socket keeps its read buffer: 512 bytes hold a typical request (a chat message's
+/// publish, a subscribe) in one read, and a larger frame takes one read per 512 bytes into a
+/// buffer grown to fit it. Pipelined publishes of 100-byte payloads cost the same core time
+/// per publish with 512 as with 1,024 (BENCHMARKS.md, issue 37's third round).
+pub const READ_BUFFER: usize = 512;
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Why the hub could not start, or had to stop: one line naming the part, its address
@@ -619,20 +621,21 @@ async fn websocket(
     } else {
         "WebSocket over HTTP/1.1"
     };
-
+    // Built before the callback, which then holds a pointer rather than all of it for as long
+    // as the socket lives (see `connection::Opening`).
+    let opening = Box::new(connection::Opening {
+        hub,
+        admission,
+        open: socket_permit,
+        transport,
+    });
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            let tracked = hub.clone();
-            tracked.tracked(connection::run(
-                hub,
-                socket,
-                admission,
-                socket_permit,
-                transport,
-            ))
+            let tracked = opening.hub.clone();
+            tracked.tracked(connection::run(opening, socket))
         })
 }

@@ -231,13 +231,13 @@ async fn open(
         },
     };
     tracing::debug!(resumed = resumes.len(), "SSE stream opened");
-    let served = connection::run(
-        hub.clone(),
-        socket,
-        Admission::Admitted(Box::new(session), seat),
-        permit,
-        "sse",
-    );
+    let opening = connection::Opening {
+        hub: hub.clone(),
+        admission: Admission::Admitted(Box::new(session), seat),
+        open: permit,
+        transport: "sse",
+    };
+    let served = connection::run(Box::new(opening), socket);
     tokio::spawn(hub.tracked(served));
 
     let body = futures_util::stream::unfold((body, gone.drop_guard()), |(mut body, guard)| async {
