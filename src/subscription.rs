@@ -108,7 +108,7 @@ struct Subscription {
     /// map's node has room for eleven partitions.
     start: Option<Box<[(i32, i64)]>>,
     /// The next offset to write, per partition.
-    next: BTreeMap<i32, i64>,
+    next: Next,
     /// Boxed: few subscriptions replay, and every subscription would carry its size.
     replay: Option<Box<Replaying>>,
     /// What it asked for besides records, and where a replay was asked to start: what a
@@ -230,7 +230,7 @@ impl Subscriptions {
             generation,
             filter,
             start: replay.is_none().then(|| positions(&next)),
-            next,
+            next: next.into(),
             replay,
             extras: Extras::default(),
             asked: None,
@@ -391,7 +391,7 @@ impl Subscriptions {
                     waiting,
                 };
                 subscription.start = Some(positions(&starts));
-                subscription.next = starts;
+                subscription.next = starts.into();
                 out.push(subscribed.into());
                 subscription.release(None, out)
             }
@@ -451,7 +451,7 @@ impl Subscriptions {
                         Some(asked) => asked.clone(),
                         None => continue,
                     },
-                    _ => s.next.clone(),
+                    _ => s.next.to_map(),
                 };
                 resumes.push(Resume {
                     topic: topic.clone(),
@@ -479,11 +479,11 @@ impl Subscriptions {
                 }
                 match key {
                     None => {
-                        topics.insert(topic.clone(), s.next.clone());
+                        topics.insert(topic.clone(), s.next.to_map());
                     }
                     Some(key) => {
                         let topic = keys.entry(topic.clone()).or_default();
-                        topic.insert(key.to_string(), s.next.clone());
+                        topic.insert(key.to_string(), s.next.to_map());
                     }
                 }
             }
@@ -522,21 +522,50 @@ impl Subscription {
     }
 }
 
-/// Queues `record` unless this subscription already wrote it.
+/// The next offset per partition, in partition order: a vector the size of a topic's few
+/// partitions, where a map's first node (144 bytes) would be held by every subscription.
+#[derive(Debug, Clone, Default)]
+struct Next(Vec<(i32, i64)>);
+
+impl Next {
+    fn get(&self, partition: i32) -> Option<i64> {
+        let at = self.0.binary_search_by_key(&partition, |&(p, _)| p).ok()?;
+        Some(self.0[at].1)
+    }
+
+    fn set(&mut self, partition: i32, offset: i64) {
+        match self.0.binary_search_by_key(&partition, |&(p, _)| p) {
+            Ok(at) => self.0[at].1 = offset,
+            Err(at) => self.0.insert(at, (partition, offset)),
+        }
+    }
+
+    fn to_map(&self) -> BTreeMap<i32, i64> {
+        self.0.iter().copied().collect()
+    }
+}
+
+impl From<BTreeMap<i32, i64>> for Next {
+    fn from(map: BTreeMap<i32, i64>) -> Self {
+        Next(map.into_iter().collect())
+    }
+}
+
 fn positions(map: &BTreeMap<i32, i64>) -> Box<[(i32, i64)]> {
     map.iter()
         .map(|(&partition, &offset)| (partition, offset))
         .collect()
 }
 
-fn write(next: &mut BTreeMap<i32, i64>, record: &Delivery, out: &mut Vec<Outgoing>) {
+/// Queues `record` unless this subscription already wrote it.
+fn write(next: &mut Next, record: &Delivery, out: &mut Vec<Outgoing>) {
     if next
-        .get(&record.partition)
-        .is_some_and(|&n| record.offset < n)
+        .get(record.partition)
+        .is_some_and(|n| record.offset < n)
     {
         return;
     }
-    next.insert(record.partition, record.offset + 1);
+    next.set(record.partition, record.offset + 1);
     out.push(Outgoing {
         frame: record.frame.clone(),
         timestamp: record.timestamp,
