@@ -502,7 +502,7 @@ mod tests {
         headers: &[],
     };
 
-    fn offsets(rx: &mut flume::Receiver<Outbound>) -> Vec<i64> {
+    fn offsets(rx: &flume::Receiver<Outbound>) -> Vec<i64> {
         std::iter::from_fn(|| match rx.try_recv().ok()? {
             Outbound::Record(record) => Some(record.offset),
             other => panic!("not a record: {other:?}"),
@@ -515,11 +515,11 @@ mod tests {
     #[test]
     fn tell_user_reaches_the_users_other_sockets_once_each() {
         let registry = Registry::default();
-        let (whole, mut rx_whole) = subscriber(4);
-        let (room, mut rx_room) = filtered(4, key(b"x"));
-        let (two_rooms, mut rx_two_rooms) = filtered(4, key(b"x"));
-        let (other_room, mut rx_other_room) = filtered(4, key(b"y"));
-        let (bob, mut rx_bob) = subscriber(4);
+        let (whole, rx_whole) = subscriber(4);
+        let (room, rx_room) = filtered(4, key(b"x"));
+        let (two_rooms, rx_two_rooms) = filtered(4, key(b"x"));
+        let (other_room, rx_other_room) = filtered(4, key(b"y"));
+        let (bob, rx_bob) = subscriber(4);
         let bob = Subscriber {
             user: "bob".into(),
             ..bob
@@ -538,7 +538,7 @@ mod tests {
         registry.subscribe("t", 4, bob);
         registry.subscribe("t", 5, other_room);
         let notice = |n: &'static str| move || n.to_string();
-        let told = |rx: &mut flume::Receiver<Outbound>| {
+        let told = |rx: &flume::Receiver<Outbound>| {
             std::iter::from_fn(|| match rx.try_recv().ok()? {
                 Outbound::Room(room) => Some(room.frame.to_string()),
                 other => panic!("not a room's frame: {other:?}"),
@@ -548,27 +548,27 @@ mod tests {
 
         registry.tell_user("t", Some(b"x"), "alice", Some(1), notice("x"));
         registry.tell_user("t", None, "alice", Some(2), notice("all"));
-        assert_eq!(told(&mut rx_whole), ["all"]);
-        assert_eq!(told(&mut rx_room), ["x"]);
-        assert_eq!(told(&mut rx_two_rooms), ["x", "all"]);
-        assert_eq!(told(&mut rx_other_room), ["all"]);
-        assert!(told(&mut rx_bob).is_empty());
+        assert_eq!(told(&rx_whole), ["all"]);
+        assert_eq!(told(&rx_room), ["x"]);
+        assert_eq!(told(&rx_two_rooms), ["x", "all"]);
+        assert_eq!(told(&rx_other_room), ["all"]);
+        assert!(told(&rx_bob).is_empty());
     }
 
     #[test]
     fn fan_out_reaches_every_subscriber_of_the_topic_only() {
         let registry = Registry::default();
-        let (a, mut rx_a) = subscriber(4);
-        let (b, mut rx_b) = subscriber(4);
-        let (c, mut rx_c) = subscriber(4);
+        let (a, rx_a) = subscriber(4);
+        let (b, rx_b) = subscriber(4);
+        let (c, rx_c) = subscriber(4);
         registry.subscribe("chat.lobby", 1, a);
         registry.subscribe("chat.lobby", 2, b);
         registry.subscribe("chat.other", 3, c);
 
         assert_eq!(registry.fan_out("chat.lobby", &NO_META, || delivery(1)), 2);
-        assert_eq!(offsets(&mut rx_a), [1]);
-        assert_eq!(offsets(&mut rx_b), [1]);
-        assert!(offsets(&mut rx_c).is_empty());
+        assert_eq!(offsets(&rx_a), [1]);
+        assert_eq!(offsets(&rx_b), [1]);
+        assert!(offsets(&rx_c).is_empty());
         let built = std::cell::Cell::new(false);
         let count = registry.fan_out("nobody.here", &NO_META, || {
             built.set(true);
@@ -602,18 +602,18 @@ mod tests {
     #[test]
     fn subscribing_twice_delivers_once() {
         let registry = Registry::default();
-        let (a, mut rx) = subscriber(4);
+        let (a, rx) = subscriber(4);
         registry.subscribe("t", 1, a.clone());
         registry.subscribe("t", 1, a);
         registry.fan_out("t", &NO_META, || delivery(7));
-        assert_eq!(offsets(&mut rx), [7]);
+        assert_eq!(offsets(&rx), [7]);
     }
 
     #[test]
     fn unsubscribe_stops_delivery_and_forgets_empty_topics() {
         let registry = Registry::default();
-        let (a, mut rx_a) = subscriber(4);
-        let (b, mut rx_b) = filtered(4, key(b"alice"));
+        let (a, rx_a) = subscriber(4);
+        let (b, rx_b) = filtered(4, key(b"alice"));
         registry.subscribe("t", 1, a);
         registry.subscribe("t", 2, b);
         registry.unsubscribe("t", 1, None);
@@ -622,8 +622,8 @@ mod tests {
             headers: &[],
         };
         assert_eq!(registry.fan_out("t", &meta, || delivery(1)), 1);
-        assert!(offsets(&mut rx_a).is_empty());
-        assert_eq!(offsets(&mut rx_b), [1]);
+        assert!(offsets(&rx_a).is_empty());
+        assert_eq!(offsets(&rx_b), [1]);
 
         registry.unsubscribe("t", 2, Some(b"alice"));
         assert!(!registry.has_subscribers("t"));
@@ -634,9 +634,9 @@ mod tests {
     #[test]
     fn key_filters_deliver_only_matching_records() {
         let registry = Registry::default();
-        let (alice, mut rx_alice) = filtered(8, key(b"alice"));
-        let (bob, mut rx_bob) = filtered(8, key(b"bob"));
-        let (all, mut rx_all) = subscriber(8);
+        let (alice, rx_alice) = filtered(8, key(b"alice"));
+        let (bob, rx_bob) = filtered(8, key(b"bob"));
+        let (all, rx_all) = subscriber(8);
         registry.subscribe("n", 1, alice);
         registry.subscribe("n", 2, bob);
         registry.subscribe("n", 3, all);
@@ -647,9 +647,9 @@ mod tests {
             };
             registry.fan_out("n", &meta, || delivery(offset));
         }
-        assert_eq!(offsets(&mut rx_alice), [0]);
-        assert_eq!(offsets(&mut rx_bob), [1]);
-        assert_eq!(offsets(&mut rx_all), [0, 1, 2]);
+        assert_eq!(offsets(&rx_alice), [0]);
+        assert_eq!(offsets(&rx_bob), [1]);
+        assert_eq!(offsets(&rx_all), [0, 1, 2]);
         assert_eq!(registry.subscriber_count("n"), 3);
     }
 
@@ -673,7 +673,7 @@ mod tests {
         ])));
 
         let registry = Registry::default();
-        let (s, mut rx) = filtered(4, filter);
+        let (s, rx) = filtered(4, filter);
         registry.subscribe("t", 1, s);
         registry.fan_out("t", &meta(&[("lang", Some(b"en"))]), || delivery(0));
         registry.fan_out(
@@ -681,14 +681,14 @@ mod tests {
             &meta(&[("lang", Some(b"en")), ("kind", Some(b"dm"))]),
             || delivery(1),
         );
-        assert_eq!(offsets(&mut rx), [1]);
+        assert_eq!(offsets(&rx), [1]);
     }
 
     #[test]
     fn a_full_queue_flags_its_connection_and_spares_the_others() {
         let registry = Registry::default();
         let (slow, _rx_slow) = subscriber(1);
-        let (fast, mut rx_fast) = subscriber(8);
+        let (fast, rx_fast) = subscriber(8);
         let slow_flag = slow.stop.clone();
         registry.subscribe("t", 1, slow);
         registry.subscribe("t", 2, fast);
@@ -697,7 +697,7 @@ mod tests {
         assert!(!slow_flag.has_lagged());
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(2)), 1);
         assert!(slow_flag.has_lagged());
-        assert_eq!(offsets(&mut rx_fast), [1, 2]);
+        assert_eq!(offsets(&rx_fast), [1, 2]);
     }
 
     #[test]
@@ -709,7 +709,7 @@ mod tests {
             total: usize::MAX,
         });
         let (slow, _rx_slow) = subscriber(100);
-        let (fast, mut rx_fast) = subscriber(100);
+        let (fast, rx_fast) = subscriber(100);
         let (slow_flag, fast_flag) = (slow.stop.clone(), fast.stop.clone());
         let fast_queued = fast.queued.clone();
         registry.subscribe("t", 1, slow);
@@ -718,7 +718,7 @@ mod tests {
         for offset in 0..10 {
             registry.fan_out("t", &NO_META, || delivery(offset));
             // The fast socket writes what it takes.
-            let written = offsets(&mut rx_fast).len() * cost;
+            let written = offsets(&rx_fast).len() * cost;
             registry.written(&fast_queued, written);
         }
         assert!(slow_flag.has_lagged(), "a third record is past its bytes");
@@ -734,12 +734,12 @@ mod tests {
             socket: 10,
             total: 10,
         });
-        let (reader, mut rx) = subscriber(4);
+        let (reader, rx) = subscriber(4);
         let flag = reader.stop.clone();
         registry.subscribe("t", 1, reader);
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(1)), 1);
         assert!(!flag.has_lagged());
-        assert_eq!(offsets(&mut rx), [1]);
+        assert_eq!(offsets(&rx), [1]);
         assert_eq!(registry.fan_out("t", &NO_META, || delivery(2)), 0);
         assert!(flag.has_lagged(), "a second one is past the bound");
     }

@@ -226,11 +226,12 @@ impl Subscriptions {
         next: BTreeMap<i32, i64>,
         replay: Option<Box<Replaying>>,
     ) {
+        let next = Next::from(next);
         let subscription = Subscription {
             generation,
             filter,
-            start: replay.is_none().then(|| positions(&next)),
-            next: next.into(),
+            start: replay.is_none().then(|| next.positions()),
+            next,
             replay,
             extras: Extras::default(),
             asked: None,
@@ -390,8 +391,8 @@ impl Subscriptions {
                     lost,
                     waiting,
                 };
-                subscription.start = Some(positions(&starts));
                 subscription.next = starts.into();
+                subscription.start = Some(subscription.next.positions());
                 out.push(subscribed.into());
                 subscription.release(None, out)
             }
@@ -540,6 +541,11 @@ impl Next {
         }
     }
 
+    /// Where it stands, as `Subscription::start` keeps it.
+    fn positions(&self) -> Box<[(i32, i64)]> {
+        self.0.as_slice().into()
+    }
+
     fn to_map(&self) -> BTreeMap<i32, i64> {
         self.0.iter().copied().collect()
     }
@@ -549,12 +555,6 @@ impl From<BTreeMap<i32, i64>> for Next {
     fn from(map: BTreeMap<i32, i64>) -> Self {
         Next(map.into_iter().collect())
     }
-}
-
-fn positions(map: &BTreeMap<i32, i64>) -> Box<[(i32, i64)]> {
-    map.iter()
-        .map(|(&partition, &offset)| (partition, offset))
-        .collect()
 }
 
 /// Queues `record` unless this subscription already wrote it.
