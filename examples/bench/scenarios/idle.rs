@@ -1,5 +1,8 @@
-//! Idle: how much memory each server holds per authenticated, subscribed socket, and the
-//! hub's refusal past its cap.
+//! Idle: how much memory each server holds per authenticated, subscribed socket, how much
+//! of a core it takes with no socket and with every socket idle, and the hub's refusal past
+//! its cap.
+
+use std::time::Duration;
 
 use tokio_tungstenite::tungstenite;
 
@@ -9,6 +12,8 @@ use crate::servers::{Server, Servers};
 pub async fn idle(servers: &Servers, count: usize) {
     let (hub, centrifugo) = (&servers.hub, servers.centrifugo());
     let per_socket = async |server: &Server| {
+        // The Kafka clients' threads and the server's own timers.
+        let empty = cpu_over(server, "no socket").await;
         let before = server.usage();
         let client = Usage::of_self();
         let sockets = server.subscribers("bench.idle", count).await;
@@ -21,9 +26,11 @@ pub async fn idle(servers: &Servers, count: usize) {
             after.rss_kib
         );
         report_client(&client);
-        (per_socket, sockets)
+        // Nothing is sent: what comes on top is the heartbeats.
+        let idle = cpu_over(server, &format!("{count} idle sockets")).await;
+        ((per_socket, empty, idle), sockets)
     };
-    let (hub_kib, sockets) = per_socket(hub).await;
+    let ((hub_kib, hub_empty, hub_idle), sockets) = per_socket(hub).await;
     let over = match hub.try_open(&hub.ws_url("idle")).await {
         Ok(_) => "ACCEPTED (the cap did not hold)".to_string(),
         Err(tungstenite::Error::Http(response)) => format!("HTTP {}", response.status()),
@@ -32,10 +39,34 @@ pub async fn idle(servers: &Servers, count: usize) {
     println!("hub socket {} (over the cap): {over}", count + 1);
     drop(sockets);
     hub.wait_idle().await;
-    let (centrifugo_kib, sockets) = per_socket(centrifugo).await;
+    let ((centrifugo_kib, centrifugo_empty, centrifugo_idle), sockets) =
+        per_socket(centrifugo).await;
     drop(sockets);
     println!(
         "idle: memory per socket hub / Centrifugo = {:.2} (target: <= 0.5)",
         hub_kib / centrifugo_kib
     );
+    println!(
+        "idle: CPU with no socket, hub / Centrifugo = {:.2}; with every socket idle {:.2}",
+        hub_empty / centrifugo_empty,
+        hub_idle / centrifugo_idle
+    );
+}
+
+/// Long enough for a heartbeat of every socket (the hub's ping interval is 25 s by default)
+/// and statistics reports of each Kafka client (every 5 s).
+const WINDOW: Duration = Duration::from_secs(30);
+
+/// The share of a core `server` takes over `WINDOW`, left alone.
+async fn cpu_over(server: &Server, with: &str) -> f64 {
+    let start = server.usage();
+    tokio::time::sleep(WINDOW).await;
+    let share = server.usage().cpu_since(&start);
+    println!(
+        "{}: {with} for {} s: {:.2}% of a core",
+        server.label(),
+        WINDOW.as_secs(),
+        share * 100.0
+    );
+    share
 }
