@@ -9,6 +9,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY web web
 COPY migrations migrations
+# rdkafka with one fix, patched in by Cargo.toml.
+COPY vendor vendor
 RUN cargo build --release --locked --bin wskafka
 
 FROM debian:bookworm-slim
