@@ -20,9 +20,20 @@ use crate::store::{Owner, Store, StoreError, owner};
 
 pub struct Commits {
     store: Store,
-    pending: Mutex<HashMap<Owner, BTreeMap<i32, i64>>>,
+    pending: Mutex<Pending>,
     /// Asks for a write before the interval is up (a socket closed).
     soon: Notify,
+}
+
+type Positions = HashMap<Owner, BTreeMap<i32, i64>>;
+
+#[derive(Default)]
+struct Pending {
+    /// Taken since the last write began.
+    waiting: Positions,
+    /// Being written: read from here until the database has them, since a subscription
+    /// starting meanwhile would find them in neither place and start from the end.
+    writing: Positions,
 }
 
 impl Commits {
@@ -38,7 +49,7 @@ impl Commits {
     pub fn record(&self, sub: &str, topic: &str, key: &str, offsets: &BTreeMap<i32, i64>) {
         metrics::commit_taken();
         let mut pending = self.pending.lock().expect("commits lock");
-        let held = pending.entry(owner(sub, topic, key)).or_default();
+        let held = pending.waiting.entry(owner(sub, topic, key)).or_default();
         merge(held, offsets);
     }
 
@@ -50,15 +61,21 @@ impl Commits {
         topic: &str,
         key: &str,
     ) -> Result<BTreeMap<i32, i64>, StoreError> {
-        let mut positions = self.store.committed(sub, topic, key).await?;
-        if let Some(held) = self
-            .pending
-            .lock()
-            .expect("commits lock")
-            .get(&owner(sub, topic, key))
+        // Taken before the database is read: a write that ends in between has its positions
+        // either here or there.
+        let mut held = BTreeMap::new();
         {
-            merge(&mut positions, held);
+            let pending = self.pending.lock().expect("commits lock");
+            let owner = owner(sub, topic, key);
+            for offsets in [&pending.writing, &pending.waiting]
+                .into_iter()
+                .filter_map(|positions| positions.get(&owner))
+            {
+                merge(&mut held, offsets);
+            }
         }
+        let mut positions = self.store.committed(sub, topic, key).await?;
+        merge(&mut positions, &held);
         Ok(positions)
     }
 
@@ -71,18 +88,33 @@ impl Commits {
     /// Writes what is pending in one transaction; on failure it stays pending, merged with
     /// what came meanwhile.
     pub async fn write(&self) -> Result<usize, StoreError> {
-        let taken = std::mem::take(&mut *self.pending.lock().expect("commits lock"));
+        let taken = {
+            let mut pending = self.pending.lock().expect("commits lock");
+            let taken = std::mem::take(&mut pending.waiting);
+            for (owner, offsets) in &taken {
+                merge(pending.writing.entry(owner.clone()).or_default(), offsets);
+            }
+            taken
+        };
         if taken.is_empty() {
             return Ok(0);
         }
         let count = taken.len();
         let written = self.store.commit_many(&taken).await;
-        if written.is_err() {
-            let mut pending = self.pending.lock().expect("commits lock");
-            for (owner, offsets) in taken {
-                merge(pending.entry(owner).or_default(), &offsets);
+        let mut pending = self.pending.lock().expect("commits lock");
+        for (owner, offsets) in taken {
+            // In the database now, or waiting again.
+            if let Some(writing) = pending.writing.get_mut(&owner) {
+                writing.retain(|partition, next| offsets.get(partition) < Some(next));
+                if writing.is_empty() {
+                    pending.writing.remove(&owner);
+                }
+            }
+            if written.is_err() {
+                merge(pending.waiting.entry(owner).or_default(), &offsets);
             }
         }
+        drop(pending);
         written.map(|()| {
             metrics::commits_written(count);
             count
@@ -114,7 +146,41 @@ fn merge(into: &mut BTreeMap<i32, i64>, from: &BTreeMap<i32, i64>) {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
+
+    /// A subscription from `committed` that starts while a write is under way still finds
+    /// the positions: no longer waiting and not yet in the database, they were in neither.
+    #[tokio::test]
+    async fn positions_being_written_are_read_until_the_database_has_them() {
+        let path = std::env::temp_dir().join(format!("commits-{}.sqlite", uuid::Uuid::new_v4()));
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()), 2)
+            .await
+            .unwrap();
+        let commits = Commits::new(store.clone());
+        let read = BTreeMap::from([(0, 3)]);
+        commits.record("alice", "notes", "", &read);
+
+        let mut write = std::pin::pin!(commits.write());
+        assert!(
+            (&mut write).now_or_never().is_none(),
+            "the write waits for the database"
+        );
+        assert_eq!(
+            store.committed("alice", "notes", "").await.unwrap(),
+            BTreeMap::new()
+        );
+        assert_eq!(commits.committed("alice", "notes", "").await.unwrap(), read);
+
+        assert_eq!(write.await.unwrap(), 1);
+        assert_eq!(store.committed("alice", "notes", "").await.unwrap(), read);
+        assert_eq!(commits.committed("alice", "notes", "").await.unwrap(), read);
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     #[test]
     fn positions_only_move_forward_whatever_order_commits_come_in() {
