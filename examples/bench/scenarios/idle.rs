@@ -12,7 +12,7 @@ pub async fn idle(servers: &Servers, count: usize) {
     let (hub, centrifugo) = (&servers.hub, servers.centrifugo());
     let per_socket = async |server: &Server| {
         // The Kafka clients' threads and the server's own timers.
-        let empty = cpu_over(server, "no socket").await;
+        let empty = cpu_with_no_socket(server).await;
         let before = server.usage();
         let client = Usage::of_self();
         let sockets = server.subscribers("bench.idle", count).await;
@@ -25,9 +25,9 @@ pub async fn idle(servers: &Servers, count: usize) {
             after.rss_kib
         );
         report_client(&client);
-        ((per_socket, empty), sockets)
+        (per_socket, empty, sockets)
     };
-    let ((hub_kib, hub_empty), sockets) = per_socket(hub).await;
+    let (hub_kib, hub_empty, sockets) = per_socket(hub).await;
     let over = match hub.try_open(&hub.ws_url("idle")).await {
         Ok(_) => "ACCEPTED (the cap did not hold)".to_string(),
         Err(tungstenite::Error::Http(response)) => format!("HTTP {}", response.status()),
@@ -36,7 +36,7 @@ pub async fn idle(servers: &Servers, count: usize) {
     println!("hub socket {} (over the cap): {over}", count + 1);
     drop(sockets);
     hub.wait_idle().await;
-    let ((centrifugo_kib, centrifugo_empty), sockets) = per_socket(centrifugo).await;
+    let (centrifugo_kib, centrifugo_empty, sockets) = per_socket(centrifugo).await;
     drop(sockets);
     println!(
         "idle: memory per socket hub / Centrifugo = {:.2} (target: <= 0.5)",
@@ -53,13 +53,13 @@ pub async fn idle(servers: &Servers, count: usize) {
 /// them open a longer wait would measure sockets being closed as unresponsive.)
 const WINDOW: Duration = Duration::from_secs(30);
 
-/// The share of a core `server` takes over `WINDOW`, left alone.
-async fn cpu_over(server: &Server, with: &str) -> f64 {
+/// The share of a core `server` takes over `WINDOW`, left alone with no socket.
+async fn cpu_with_no_socket(server: &Server) -> f64 {
     let start = server.usage();
     tokio::time::sleep(WINDOW).await;
     let share = server.usage().cpu_since(&start);
     println!(
-        "{}: {with} for {} s: {:.2}% of a core",
+        "{}: no socket for {} s: {:.2}% of a core",
         server.label(),
         WINDOW.as_secs(),
         share * 100.0
